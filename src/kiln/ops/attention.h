@@ -1,0 +1,26 @@
+// Causal self-attention with grouped-query heads (GQA; MQA when K = 1; MHA when K = H).
+// qkv (B,T,(H+2K)*D) is packed per token as one projection produces it: H query heads, then K
+// key heads, then K value heads, D dims each. Query head h reads kv head h / (H/K).
+// Scores are scaled by 1/sqrt(D). Cost: about 2*B*H*T*T*D FLOPs forward (causal half of 4x).
+#pragma once
+
+namespace kiln::ops {
+
+namespace ref {
+// Plain softmax(QK^T)V, materializing each row's scores. out (B,T,H*D); lse (B,H,T) is the
+// log-sum-exp of each query's scaled scores, saved for backward.
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H, int K, int D);
+// dqkv (B,T,(H+2K)*D) overwritten, from dout (B,T,H*D) and the forward's qkv, out and lse.
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int H, int K, int D);
+}  // namespace ref
+
+namespace cpu {
+// Flash-style: key tiles with an online softmax; never stores a T x T matrix.
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H, int K, int D);
+// Recomputes probabilities tile by tile from lse; GQA gradients summed over each group.
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int H, int K, int D);
+}  // namespace cpu
+
+}  // namespace kiln::ops

@@ -1,0 +1,23 @@
+// The LM head fused with softmax cross-entropy. Tokens are processed in chunks so the (N,V)
+// logits are never all stored: per chunk, logits = h @ W^T, loss, and (when training) the
+// gradient, then the chunk's logits are dropped. Cost: 2*N*V*C FLOPs forward, 4*N*V*C backward.
+#pragma once
+
+namespace kiln::ops {
+
+namespace ref {
+// h (N,C) final hidden states; w (V,C) the output embedding; targets (N), a target < 0 is
+// ignored (loss 0, no gradient: padding and prompt tokens in fine-tuning).
+// losses (N) = logsumexp(logits) - logits[target].
+// When dh is not null: dlogits = (softmax(logits) - onehot(target)) * grad_scale, and
+// dh (N,C) = dlogits @ W (overwritten), dw (V,C) += dlogits^T @ h.
+void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
+                           const int* targets, int N, int C, int V, float grad_scale);
+}  // namespace ref
+
+namespace cpu {
+void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
+                           const int* targets, int N, int C, int V, float grad_scale);
+}  // namespace cpu
+
+}  // namespace kiln::ops

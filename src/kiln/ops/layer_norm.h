@@ -1,0 +1,22 @@
+// LayerNorm as GPT-2 uses it: y = (x - mean) / sqrt(var + eps) * w + b (biased variance).
+#pragma once
+
+namespace kiln::ops {
+
+namespace ref {
+// out (N,C); mean, rstd (N) saved for backward.
+void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
+                        const float* b, int N, int C, float eps);
+// dx (N,C) += ...; dw, db (C) += ...
+void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+                         const float* w, const float* mean, const float* rstd, int N, int C);
+}  // namespace ref
+
+namespace cpu {
+void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
+                        const float* b, int N, int C, float eps);
+void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+                         const float* w, const float* mean, const float* rstd, int N, int C);
+}  // namespace cpu
+
+}  // namespace kiln::ops

@@ -1,0 +1,64 @@
+// A byte-level BPE tokenizer: the one type the rest of kiln encodes and decodes text with.
+// Sources: Hugging Face tokenizer.json (BPE), tiktoken rank files, SentencePiece BPE .model.
+// A "byte-level" vocabulary with no merges (256 byte symbols, GPT-2's byte-to-unicode spelling)
+// is the simplest member of the family and what a fresh kiln model starts with.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln {
+
+class Tokenizer {
+ public:
+  // Loads tokenizer.json, a .tiktoken rank file or a SentencePiece .model, chosen by content.
+  // Throws Error naming the file, the key or line, and what is wrong.
+  static Tokenizer load(const std::string& path);
+  // 256 byte tokens (ids 0..255 = bytes 0..255) followed by the given special tokens.
+  static Tokenizer byte_level(const std::vector<std::string>& specials);
+
+  // Writes a Hugging Face tokenizer.json (atomically: temporary file, fsync, rename).
+  void save(const std::string& path) const;
+
+  // Encodes UTF-8 (or any bytes: invalid UTF-8 round-trips through byte tokens). With
+  // allow_special, special-token strings in the text become their ids; otherwise plain text.
+  std::vector<int32_t> encode(std::string_view text, bool allow_special = false) const;
+  // Concatenated bytes of the tokens (may be invalid UTF-8 mid-character).
+  std::string decode(const std::vector<int32_t>& ids) const;
+  std::string token_bytes(int32_t id) const;
+
+  int32_t vocab_size() const;
+  // Id of a special (added) token such as "<|endoftext|>", if the vocabulary has it.
+  std::optional<int32_t> special_id(std::string_view token) const;
+  // Id that ends a document / generation (eos), if any.
+  std::optional<int32_t> eos_id() const;
+
+  Tokenizer();
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Streaming decode for generation: feed ids one at a time, get back only complete UTF-8
+// (bytes of a character split across tokens are held until the character is whole).
+class IncrementalDecoder {
+ public:
+  explicit IncrementalDecoder(const Tokenizer& tok) : tok_(tok) {}
+  std::string push(int32_t id);
+  std::string flush();  // whatever is left, even if incomplete
+
+ private:
+  const Tokenizer& tok_;
+  std::string pending_;
+};
+
+}  // namespace kiln
