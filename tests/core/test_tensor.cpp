@@ -78,7 +78,9 @@ TEST(Parallel, CoversEveryIndexOnce) {
   parallel_for(1000, [&](int64_t i) { hits[i]++; });
   for (int h : hits) EXPECT_EQ(h, 1);
   std::vector<int> hits2(37, 0);
-  parallel_ranges(37, 4, [&](int64_t b, int64_t e) { for (auto i = b; i < e; ++i) hits2[i]++; });
+  parallel_ranges(37, 4, [&](int64_t b, int64_t e) {
+    for (auto i = b; i < e; ++i) hits2[i]++;
+  });
   for (int h : hits2) EXPECT_EQ(h, 1);
 }
 

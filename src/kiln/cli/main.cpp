@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   CLI::App app{"kiln: curate, tokenize, train, fine-tune, quantize and serve LLMs"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");
+  app.fallthrough();  // global options (--threads) may follow the subcommand
   int threads = 0;
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   for (auto& setup : kiln::cli::Command::registry()) setup(app);

@@ -9,30 +9,52 @@ namespace kiln {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::f32: case DType::i32: return 4;
-    case DType::f16: case DType::bf16: case DType::u16: return 2;
-    case DType::i64: return 8;
-    case DType::u8: case DType::i8: return 1;
-    case DType::q8_0: return 34;  // f16 scale + 32 x int8
-    case DType::q4_0: return 18;  // f16 scale + 16 bytes of nibbles
+    case DType::f32:
+    case DType::i32:
+      return 4;
+    case DType::f16:
+    case DType::bf16:
+    case DType::u16:
+      return 2;
+    case DType::i64:
+      return 8;
+    case DType::u8:
+    case DType::i8:
+      return 1;
+    case DType::q8_0:
+      return 34;  // f16 scale + 32 x int8
+    case DType::q4_0:
+      return 18;  // f16 scale + 16 bytes of nibbles
   }
   return 0;
 }
 
-int dtype_block(DType t) { return (t == DType::q8_0 || t == DType::q4_0) ? 32 : 1; }
+int dtype_block(DType t) {
+  return (t == DType::q8_0 || t == DType::q4_0) ? 32 : 1;
+}
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::f16: return "F16";
-    case DType::bf16: return "BF16";
-    case DType::i32: return "I32";
-    case DType::i64: return "I64";
-    case DType::u8: return "U8";
-    case DType::u16: return "U16";
-    case DType::i8: return "I8";
-    case DType::q8_0: return "Q8_0";
-    case DType::q4_0: return "Q4_0";
+    case DType::f32:
+      return "F32";
+    case DType::f16:
+      return "F16";
+    case DType::bf16:
+      return "BF16";
+    case DType::i32:
+      return "I32";
+    case DType::i64:
+      return "I64";
+    case DType::u8:
+      return "U8";
+    case DType::u16:
+      return "U16";
+    case DType::i8:
+      return "I8";
+    case DType::q8_0:
+      return "Q8_0";
+    case DType::q4_0:
+      return "Q4_0";
   }
   return "?";
 }
@@ -43,10 +65,13 @@ DType dtype_from_name(std::string_view name) {
   for (DType t : {DType::f32, DType::f16, DType::bf16, DType::i32, DType::i64, DType::u8,
                   DType::u16, DType::i8, DType::q8_0, DType::q4_0})
     if (dtype_name(t) == n) return t;
-  fail("dtype", "unknown dtype '", name, "': expected one of F32, F16, BF16, I32, I64, U8, U16, I8");
+  fail("dtype", "unknown dtype '", name,
+       "': expected one of F32, F16, BF16, I32, I64, U8, U16, I8");
 }
 
-std::string_view device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+std::string_view device_name(Device d) {
+  return d == Device::cpu ? "cpu" : "cuda";
+}
 
 float f16_to_f32(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
@@ -55,7 +80,10 @@ float f16_to_f32(uint16_t h) {
       u = sign;
     } else {  // subnormal: renormalize
       exp = 127 - 15 + 1;
-      while (!(mant & 0x400)) { mant <<= 1; --exp; }
+      while (!(mant & 0x400)) {
+        mant <<= 1;
+        --exp;
+      }
       u = sign | (exp << 23) | ((mant & 0x3ff) << 13);
     }
   } else if (exp == 31) {

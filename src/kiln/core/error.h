@@ -31,9 +31,9 @@ template <typename... Args>
 }  // namespace kiln
 
 // Always-on check for inputs from outside (files, configs, requests).
-#define KILN_CHECK(cond, op, ...)                 \
-  do {                                            \
-    if (!(cond)) ::kiln::fail(op, __VA_ARGS__);   \
+#define KILN_CHECK(cond, op, ...)               \
+  do {                                          \
+    if (!(cond)) ::kiln::fail(op, __VA_ARGS__); \
   } while (0)
 
 // Debug-only check for internal invariants.

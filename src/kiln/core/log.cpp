@@ -10,7 +10,9 @@ namespace {
 LogLevel g_level = LogLevel::info;
 }
 
-void set_log_level(LogLevel level) { g_level = level; }
+void set_log_level(LogLevel level) {
+  g_level = level;
+}
 
 void log_line(LogLevel level, const std::string& msg) {
   if (level < g_level) return;
@@ -27,8 +29,12 @@ std::string format_duration(double s) {
 }
 
 Progress::Progress(std::string label, int64_t total, std::string unit, double interval_s)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total), interval_s_(interval_s),
-      tty_(isatty(STDERR_FILENO)), t0_(std::chrono::steady_clock::now()) {}
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(total),
+      interval_s_(interval_s),
+      tty_(isatty(STDERR_FILENO)),
+      t0_(std::chrono::steady_clock::now()) {}
 
 double Progress::elapsed_s() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
@@ -42,7 +48,9 @@ void Progress::update(int64_t done, const std::string& extra) {
   print(done, extra, false);
 }
 
-void Progress::finish(const std::string& extra) { print(total_, extra, true); }
+void Progress::finish(const std::string& extra) {
+  print(total_, extra, true);
+}
 
 void Progress::print(int64_t done, const std::string& extra, bool final) {
   double t = elapsed_s();
@@ -50,9 +58,9 @@ void Progress::print(int64_t done, const std::string& extra, bool final) {
   double eta = rate > 0 ? double(total_ - done) / rate : -1;
   char rate_buf[32];
   std::snprintf(rate_buf, sizeof rate_buf, "%.2f", rate);
-  std::string line = str(label_, " ", done, "/", total_, " [", total_ ? 100 * done / total_ : 100,
-                         "%] ", rate_buf, " ", unit_, "/s, ",
-                         final ? "took " + format_duration(t) : "ETA " + format_duration(eta));
+  std::string line =
+      str(label_, " ", done, "/", total_, " [", total_ ? 100 * done / total_ : 100, "%] ", rate_buf,
+          " ", unit_, "/s, ", final ? "took " + format_duration(t) : "ETA " + format_duration(eta));
   if (!extra.empty()) line += " | " + extra;
   if (tty_) {
     std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");

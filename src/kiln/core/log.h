@@ -15,11 +15,17 @@ void set_log_level(LogLevel level);
 void log_line(LogLevel level, const std::string& msg);
 
 template <typename... Args>
-void log_info(Args&&... a) { log_line(LogLevel::info, str(std::forward<Args>(a)...)); }
+void log_info(Args&&... a) {
+  log_line(LogLevel::info, str(std::forward<Args>(a)...));
+}
 template <typename... Args>
-void log_warn(Args&&... a) { log_line(LogLevel::warn, str(std::forward<Args>(a)...)); }
+void log_warn(Args&&... a) {
+  log_line(LogLevel::warn, str(std::forward<Args>(a)...));
+}
 template <typename... Args>
-void log_debug(Args&&... a) { log_line(LogLevel::debug, str(std::forward<Args>(a)...)); }
+void log_debug(Args&&... a) {
+  log_line(LogLevel::debug, str(std::forward<Args>(a)...));
+}
 
 // A progress line: "  label 120/1000 [12%] 3.4 it/s, ETA 4m18s | extra". On a terminal it
 // redraws in place; otherwise it prints a line at most every `interval_s` seconds.

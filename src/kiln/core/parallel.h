@@ -23,7 +23,8 @@ void parallel_for(int64_t n, F&& f) {
 // per thread at most. For loops whose per-item work is tiny.
 template <typename F>
 void parallel_ranges(int64_t n, int64_t grain, F&& f) {
-  int64_t parts = std::max<int64_t>(1, std::min<int64_t>(num_threads(), n / std::max<int64_t>(grain, 1)));
+  int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>(num_threads(), n / std::max<int64_t>(grain, 1)));
   if (parts <= 1) {
     if (n > 0) f(int64_t(0), n);
     return;

@@ -16,8 +16,12 @@ class Rng {
   }
   uint64_t next_u64() {
     uint64_t r = rotl(s_[1] * 5, 7) * 9, t = s_[1] << 17;
-    s_[2] ^= s_[0]; s_[3] ^= s_[1]; s_[1] ^= s_[2]; s_[0] ^= s_[3];
-    s_[2] ^= t; s_[3] = rotl(s_[3], 45);
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
     return r;
   }
   // Uniform in [0, 1) with 24 random bits (exact in float).
@@ -33,7 +37,9 @@ class Rng {
   }
   // State, for checkpoints.
   const uint64_t* state() const { return s_; }
-  void set_state(const uint64_t* s) { for (int i = 0; i < 4; ++i) s_[i] = s[i]; }
+  void set_state(const uint64_t* s) {
+    for (int i = 0; i < 4; ++i) s_[i] = s[i];
+  }
 
  private:
   static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }

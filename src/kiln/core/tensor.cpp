@@ -26,7 +26,9 @@ void* aligned_alloc64(size_t bytes) {
   return p;
 }
 
-void aligned_free(void* p) { std::free(p); }
+void aligned_free(void* p) {
+  std::free(p);
+}
 
 size_t Tensor::nbytes() const {
   int64_t n = numel();
@@ -38,7 +40,8 @@ Tensor Tensor::empty(Shape shape, DType dtype) {
   Tensor t;
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
-  for (auto d : t.shape_) KILN_CHECK(d >= 0, "tensor", "negative dimension in shape ", shape_str(t.shape_));
+  for (auto d : t.shape_)
+    KILN_CHECK(d >= 0, "tensor", "negative dimension in shape ", shape_str(t.shape_));
   void* p = aligned_alloc64(t.nbytes());
   t.storage_ = std::shared_ptr<void>(p, aligned_free);
   t.data_ = p;
@@ -66,8 +69,8 @@ float* Tensor::f32() const {
 }
 
 Tensor Tensor::reshape(Shape shape) const {
-  KILN_CHECK(shape_numel(shape) == numel(), "reshape",
-             "cannot reshape ", shape_str(shape_), " to ", shape_str(shape), ": element counts differ");
+  KILN_CHECK(shape_numel(shape) == numel(), "reshape", "cannot reshape ", shape_str(shape_), " to ",
+             shape_str(shape), ": element counts differ");
   Tensor t = *this;
   t.shape_ = std::move(shape);
   return t;

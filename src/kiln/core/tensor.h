@@ -43,7 +43,9 @@ class Tensor {
 
   void* raw() const { return data_; }
   template <typename T>
-  T* data() const { return static_cast<T*>(data_); }
+  T* data() const {
+    return static_cast<T*>(data_);
+  }
   float* f32() const;  // checks dtype == f32
 
   // Same storage, new shape with the same number of elements.

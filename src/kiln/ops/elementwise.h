@@ -14,7 +14,7 @@ double sum_squares(const float* x, int64_t n);                    // sum x^2 in 
 namespace cpu {
 void add(float* out, const float* a, const float* b, int64_t n);
 void scale(float* x, float s, int64_t n);
-// Deterministic for a given thread count: fixed per-thread ranges, summed in order.
+// Deterministic whatever the thread count: fixed-size chunks, their partials summed in order.
 double sum_squares(const float* x, int64_t n);
 }  // namespace cpu
 

@@ -13,6 +13,8 @@ void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, con
 }  // namespace ref
 
 namespace cpu {
+// Backward's dw and db are summed over row chunks fixed by N, in order: the same bits for any
+// thread count (bit-exact resume).
 void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
                         const float* b, int N, int C, float eps);
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,

@@ -10,20 +10,22 @@ enum class WeightLayout { out_in, in_out };
 namespace ref {
 // C (M,N) = alpha * op(A) @ op(B) + beta * C, op(X) = X^T when trans_X.
 // A is (M,K) or, transposed, (K,M); B is (K,N) or, transposed, (N,K).
-void gemm(float* c, const float* a, const float* b, int M, int N, int K, bool trans_a,
-          bool trans_b, float alpha, float beta);
+void gemm(float* c, const float* a, const float* b, int M, int N, int K, bool trans_a, bool trans_b,
+          float alpha, float beta);
 // y (N,OUT) = x (N,IN) @ W^T + bias (bias may be null).
 void linear_forward(float* y, const float* x, const float* w, const float* bias, int N, int IN,
                     int OUT, WeightLayout layout);
-// dx (N,IN) = dy @ W (overwritten; skipped if dx is null); dw += dy^T x in w's layout;
-// dbias (OUT) += column sums of dy (skipped if null).
+// dx (N,IN) = dy @ W (overwritten; skipped if dx is null); dw += dy^T x in w's layout
+// (skipped if null: a frozen weight); dbias (OUT) += column sums of dy (skipped if null).
 void linear_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                      const float* w, int N, int IN, int OUT, WeightLayout layout);
 }  // namespace ref
 
 namespace cpu {
-void gemm(float* c, const float* a, const float* b, int M, int N, int K, bool trans_a,
-          bool trans_b, float alpha, float beta);
+// One cblas_sgemm each. dbias is summed per column in row order: the same bits for any
+// thread count.
+void gemm(float* c, const float* a, const float* b, int M, int N, int K, bool trans_a, bool trans_b,
+          float alpha, float beta);
 void linear_forward(float* y, const float* x, const float* w, const float* bias, int N, int IN,
                     int OUT, WeightLayout layout);
 void linear_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,

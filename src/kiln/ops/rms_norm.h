@@ -13,6 +13,8 @@ void rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, 
 }  // namespace ref
 
 namespace cpu {
+// Backward's dw is summed over row chunks fixed by N, in order: the same bits for any thread
+// count (bit-exact resume).
 void rms_norm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C,
                       float eps);
 void rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,

@@ -21,18 +21,18 @@ void rope_table(float* cos, float* sin, const float* inv_freq, int T, int D);
 namespace ref {
 // Rotates, in place, `heads` heads of D dims at the start of each of N rows (rows `stride`
 // floats apart), row n at position pos[n]. cos/sin are tables from rope_table.
-void rope_forward(float* x, int N, int heads, int D, int stride, const int* pos,
-                  const float* cos, const float* sin);
+void rope_forward(float* x, int N, int heads, int D, int stride, const int* pos, const float* cos,
+                  const float* sin);
 // The inverse rotation applied to gradients, in place.
-void rope_backward(float* dx, int N, int heads, int D, int stride, const int* pos,
-                   const float* cos, const float* sin);
+void rope_backward(float* dx, int N, int heads, int D, int stride, const int* pos, const float* cos,
+                   const float* sin);
 }  // namespace ref
 
 namespace cpu {
-void rope_forward(float* x, int N, int heads, int D, int stride, const int* pos,
-                  const float* cos, const float* sin);
-void rope_backward(float* dx, int N, int heads, int D, int stride, const int* pos,
-                   const float* cos, const float* sin);
+void rope_forward(float* x, int N, int heads, int D, int stride, const int* pos, const float* cos,
+                  const float* sin);
+void rope_backward(float* dx, int N, int heads, int D, int stride, const int* pos, const float* cos,
+                   const float* sin);
 }  // namespace cpu
 
 }  // namespace kiln::ops

@@ -11,13 +11,21 @@
 #include <string_view>
 #include <vector>
 
+#include "kiln/tokenizer/pattern.h"
+
 namespace kiln {
+
+// What a file cannot say itself (a .tiktoken rank file has no pattern or special tokens).
+struct LoadOptions {
+  std::optional<Pattern> pattern;                         // overrides the file's own
+  std::vector<std::pair<std::string, int32_t>> specials;  // replaces the standard ones
+};
 
 class Tokenizer {
  public:
   // Loads tokenizer.json, a .tiktoken rank file or a SentencePiece .model, chosen by content.
   // Throws Error naming the file, the key or line, and what is wrong.
-  static Tokenizer load(const std::string& path);
+  static Tokenizer load(const std::string& path, const LoadOptions& opts = {});
   // 256 byte tokens (ids 0..255 = bytes 0..255) followed by the given special tokens.
   static Tokenizer byte_level(const std::vector<std::string>& specials);
 
@@ -42,7 +50,9 @@ class Tokenizer {
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
-  struct Impl;
+  struct Impl;                                     // tokenizer_impl.h
+  explicit Tokenizer(std::unique_ptr<Impl> impl);  // for the loaders and the trainer
+  const Impl& impl() const { return *impl_; }
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -1,0 +1,91 @@
+// kiln bench train --model-config CONFIG.json --batch B --seq T --steps S [--seed S]
+// Times full training steps (forward, backward, AdamW) on synthetic tokens; one JSON line.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "kiln/cli/command.h"
+#include "kiln/core/parallel.h"
+#include "kiln/core/rng.h"
+#include "kiln/model/config.h"
+#include "kiln/model/transformer.h"
+#include "kiln/train/optimizer.h"
+
+namespace kiln::cli {
+namespace {
+
+struct BenchTrainArgs {
+  std::string model_config;
+  int batch = 8, seq = 256, steps = 10, warmup = 2;
+  uint64_t seed = 0;
+  float lr = 1e-4f;
+};
+
+// FLOPs of one training step: 6 per parameter per token for the matmuls (forward 2, backward 4),
+// counting the LM head but not embedding lookups, plus causal attention: QK^T and PV are
+// 2*2*T*T*H*D/2 per sequence per layer forward, three times that forward+backward.
+double train_flops(const ModelConfig& c, int64_t params, int B, int T) {
+  int64_t matmul_params = params - int64_t(c.vocab_size) * c.hidden;  // minus the lookup table
+  if (c.tie_embeddings) matmul_params += int64_t(c.vocab_size) * c.hidden;  // it is the head too
+  if (c.arch == Arch::gpt2) matmul_params -= int64_t(c.max_positions) * c.hidden;
+  double tokens = double(B) * T;
+  double attn = 3.0 * 2.0 * double(B) * T * T * c.heads * c.head_dim * c.layers;
+  return 6.0 * double(matmul_params) * tokens + attn;
+}
+
+Command reg([](CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks (one JSON line on stdout)");
+  bench->require_subcommand(1);
+  auto a = std::make_shared<BenchTrainArgs>();
+  auto* cmd = bench->add_subcommand("train", "Time training steps on synthetic data");
+  cmd->add_option("--model-config", a->model_config, "Hugging Face config.json")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--batch", a->batch, "Sequences per step")->capture_default_str();
+  cmd->add_option("--seq", a->seq, "Sequence length")->capture_default_str();
+  cmd->add_option("--steps", a->steps, "Timed steps")->capture_default_str();
+  cmd->add_option("--warmup", a->warmup, "Untimed steps first")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "Seeds the weights and the data")->capture_default_str();
+  cmd->add_option("--lr", a->lr, "AdamW learning rate")->capture_default_str();
+  cmd->callback([a] {
+    ModelConfig cfg = load_model_config(a->model_config);
+    Model model(cfg);
+    model.init_weights(a->seed);
+    AdamW opt(model, {0.9f, 0.95f, 1e-8f, 0.0f});
+    TrainState ts(model, a->batch, a->seq);
+    Tensor grads = Tensor::zeros({model.num_params()});
+    const int64_t N = int64_t(a->batch) * a->seq;
+    std::vector<int32_t> ids(N), targets(N);
+    Rng rng(a->seed + 1);
+    std::vector<double> ms, losses;
+    for (int s = 0; s < a->warmup + a->steps; ++s) {
+      for (int64_t i = 0; i < N; ++i) {
+        ids[i] = int32_t(rng.below(cfg.vocab_size));
+        targets[i] = int32_t(rng.below(cfg.vocab_size));
+      }
+      auto t0 = std::chrono::steady_clock::now();
+      std::memset(grads.raw(), 0, grads.nbytes());
+      double loss = ts.step(model, ids.data(), targets.data(), grads.f32());
+      opt.step(model, grads.f32(), a->lr);
+      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (s >= a->warmup) ms.push_back(dt * 1e3);
+      losses.push_back(loss);
+    }
+    std::vector<double> sorted = ms;
+    std::sort(sorted.begin(), sorted.end());
+    double med = sorted[sorted.size() / 2];
+    double flops = train_flops(cfg, model.num_params(), a->batch, a->seq);
+    std::printf(
+        "{\"impl\":\"kiln\",\"threads\":%d,\"params\":%lld,\"batch\":%d,\"seq\":%d,"
+        "\"step_ms_median\":%.3f,\"tokens_per_s\":%.1f,\"gflops\":%.2f,"
+        "\"activation_bytes\":%zu,\"losses\":[",
+        num_threads(), (long long)model.num_params(), a->batch, a->seq, med,
+        double(N) / (med / 1e3), flops / (med / 1e3) / 1e9, ts.bytes());
+    for (size_t i = 0; i < losses.size(); ++i) std::printf("%s%.6f", i ? "," : "", losses[i]);
+    std::printf("]}\n");
+  });
+});
+
+}  // namespace
+}  // namespace kiln::cli

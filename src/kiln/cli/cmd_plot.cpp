@@ -1,0 +1,22 @@
+// kiln plot RUN_DIR... --output curves.svg
+#include "kiln/cli/command.h"
+#include "kiln/core/log.h"
+#include "kiln/train/plot.h"
+
+namespace kiln::cli {
+namespace {
+
+Command reg([](CLI::App& app) {
+  auto runs = std::make_shared<std::vector<std::string>>();
+  auto out = std::make_shared<std::string>("curves.svg");
+  auto* cmd = app.add_subcommand("plot", "Draw loss curves of one or more runs as SVG");
+  cmd->add_option("runs", *runs, "Run directories (with metrics.jsonl)")->required();
+  cmd->add_option("--output,-o", *out, "Output .svg")->capture_default_str();
+  cmd->callback([runs, out] {
+    plot_runs(*runs, *out);
+    log_info("wrote ", *out);
+  });
+});
+
+}  // namespace
+}  // namespace kiln::cli

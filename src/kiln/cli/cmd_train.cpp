@@ -1,0 +1,34 @@
+// kiln train CONFIG.yaml [dotted.key=value ...] [--resume]
+#include "kiln/cli/command.h"
+#include "kiln/core/log.h"
+#include "kiln/train/train_config.h"
+#include "kiln/train/trainer.h"
+
+namespace kiln::cli {
+namespace {
+
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  bool resume = false;
+};
+
+Command reg([](CLI::App& app) {
+  auto args = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "Train a model from a YAML config");
+  cmd->add_option("config", args->config, "YAML config (see configs/)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("overrides", args->overrides,
+                  "Overrides: section.key=value (e.g. optim.lr=1e-3)");
+  cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint in run_dir");
+  cmd->callback([args] {
+    TrainConfig cfg = load_train_config(args->config, args->overrides);
+    TrainResult r = train(cfg, args->resume);
+    log_info("done: ", r.steps, " steps, loss ", r.final_loss, ", val_loss ", r.final_val_loss,
+             "; checkpoint ", r.checkpoint);
+  });
+});
+
+}  // namespace
+}  // namespace kiln::cli

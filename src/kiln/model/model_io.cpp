@@ -1,0 +1,88 @@
+#include "kiln/model/model_io.h"
+
+#include <cstring>
+#include <map>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/io/json_file.h"
+#include "kiln/io/safetensors.h"
+
+namespace kiln {
+
+std::unique_ptr<Model> load_model(const std::string& dir) {
+  KILN_CHECK(file_exists(dir + "/config.json"), "model", "no config.json in '", dir,
+             "': pass a checkpoint directory (config.json + model.safetensors)");
+  auto model = std::make_unique<Model>(load_model_config(dir + "/config.json"));
+  load_weights(*model, dir);
+  return model;
+}
+
+void load_weights(Model& model, const std::string& dir) {
+  // One file, or shards named by an index's weight_map.
+  std::vector<std::string> files;
+  if (file_exists(dir + "/model.safetensors")) {
+    files.push_back(dir + "/model.safetensors");
+  } else if (file_exists(dir + "/model.safetensors.index.json")) {
+    auto index = read_json_file(dir + "/model.safetensors.index.json");
+    KILN_CHECK(index.contains("weight_map") && index["weight_map"].is_object(), "model", dir,
+               "/model.safetensors.index.json has no weight_map object");
+    std::map<std::string, bool> seen;
+    for (auto& [name, file] : index["weight_map"].items()) {
+      std::string f = file.get<std::string>();
+      if (!seen[f]) files.push_back(dir + "/" + f);
+      seen[f] = true;
+    }
+  } else {
+    fail("model", "no model.safetensors in '", dir, "': the checkpoint is incomplete; re-save it");
+  }
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::string> origin;
+  std::vector<SafeTensorsFile> keep;
+  for (const auto& f : files) {
+    keep.push_back(load_safetensors(f));
+    for (auto& [name, t] : keep.back().tensors) {
+      tensors[name] = t;
+      origin[name] = f;
+    }
+  }
+  float* w = model.weights().f32();
+  for (const ParamInfo& p : model.params()) {
+    auto it = tensors.find(p.name);
+    KILN_CHECK(it != tensors.end(), "model", "tensor '", p.name, "' is missing from ", files[0],
+               ": the weights do not match config.json (wrong architecture or layer count?)");
+    const Tensor& t = it->second;
+    KILN_CHECK(t.shape() == p.shape, "model", "tensor '", p.name, "' in ", origin[p.name],
+               " has shape ", shape_str(t.shape()), " but config.json implies ", shape_str(p.shape),
+               ": the config and the weights disagree");
+    if (t.dtype() == DType::f32) {
+      std::memcpy(w + p.offset, t.raw(), p.numel() * sizeof(float));
+    } else {
+      Tensor f = t.to_f32();
+      std::memcpy(w + p.offset, f.raw(), p.numel() * sizeof(float));
+    }
+    tensors.erase(it);
+  }
+  // A tied model's file may still carry lm_head.weight (some exporters write it); anything
+  // else left over means the file is not this model.
+  tensors.erase("lm_head.weight");
+  for (auto& [name, t] : tensors) {
+    if (name.find("rotary_emb.inv_freq") != std::string::npos ||
+        name.find(".attn.bias") != std::string::npos ||
+        name.find(".attn.masked_bias") != std::string::npos)
+      continue;  // buffers older HF versions saved
+    fail("model", "unexpected tensor '", name, "' in ", origin[name],
+         ": the weights do not match config.json");
+  }
+}
+
+void save_model(const Model& model, const std::string& dir) {
+  make_dirs(dir);
+  write_json_file_atomic(dir + "/config.json", model.config().to_json());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const ParamInfo& p : model.params())
+    tensors.emplace_back(p.name, model.param_view(p, model.weights()));
+  save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+}
+
+}  // namespace kiln

@@ -1,0 +1,21 @@
+// A model directory is a Hugging Face checkpoint: config.json + model.safetensors (or shards
+// listed in model.safetensors.index.json). Saving is atomic per file; a directory being written
+// is not visible under its final name until complete (see train/checkpoint.h).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "kiln/model/transformer.h"
+
+namespace kiln {
+
+// Loads config.json and the weights (F32, BF16 or F16 on disk; fp32 in memory). Every tensor the
+// config implies must be present with the right shape; errors name the file, tensor and fix.
+std::unique_ptr<Model> load_model(const std::string& dir);
+// Copies weights from a safetensors file (or index) into `model`, checking names and shapes.
+void load_weights(Model& model, const std::string& dir);
+// Writes config.json and model.safetensors into `dir` (created if missing).
+void save_model(const Model& model, const std::string& dir);
+
+}  // namespace kiln

@@ -1,0 +1,357 @@
+#include "kiln/model/transformer.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/core/rng.h"
+#include "kiln/ops/activation.h"
+#include "kiln/ops/attention.h"
+#include "kiln/ops/cross_entropy.h"
+#include "kiln/ops/elementwise.h"
+#include "kiln/ops/embedding.h"
+#include "kiln/ops/layer_norm.h"
+#include "kiln/ops/matmul.h"
+#include "kiln/ops/rms_norm.h"
+#include "kiln/ops/rope.h"
+
+namespace kiln {
+
+namespace cpu = ops::cpu;
+using ops::WeightLayout;
+
+namespace {
+
+bool is_embedding(const std::string& name) {
+  return name.find("embed_tokens") != std::string::npos ||
+         name.find(".wte.") != std::string::npos || name.find(".wpe.") != std::string::npos;
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
+  cfg_.validate("model");
+  const int64_t C = cfg.hidden, V = cfg.vocab_size, F = cfg.intermediate, D = cfg.head_dim;
+  const int64_t HD = int64_t(cfg.heads) * D, KD = int64_t(cfg.kv_heads) * D;
+  int64_t offset = 0;
+  auto add = [&](std::string name, Shape shape) {
+    bool decay = shape.size() == 2 && !is_embedding(name);
+    params_.push_back({std::move(name), shape, offset, decay});
+    offset += shape_numel(shape);
+  };
+  if (cfg.arch == Arch::llama) {
+    add("model.embed_tokens.weight", {V, C});
+    for (int l = 0; l < cfg.layers; ++l) {
+      std::string p = "model.layers." + std::to_string(l) + ".";
+      add(p + "input_layernorm.weight", {C});
+      add(p + "self_attn.q_proj.weight", {HD, C});  // q|k|v back to back: one GEMM
+      add(p + "self_attn.k_proj.weight", {KD, C});
+      add(p + "self_attn.v_proj.weight", {KD, C});
+      add(p + "self_attn.o_proj.weight", {C, HD});
+      add(p + "post_attention_layernorm.weight", {C});
+      add(p + "mlp.gate_proj.weight", {F, C});  // gate|up back to back: one GEMM
+      add(p + "mlp.up_proj.weight", {F, C});
+      add(p + "mlp.down_proj.weight", {C, F});
+    }
+    add("model.norm.weight", {C});
+  } else {
+    add("transformer.wte.weight", {V, C});
+    add("transformer.wpe.weight", {int64_t(cfg.max_positions), C});
+    for (int l = 0; l < cfg.layers; ++l) {
+      std::string p = "transformer.h." + std::to_string(l) + ".";
+      add(p + "ln_1.weight", {C});
+      add(p + "ln_1.bias", {C});
+      add(p + "attn.c_attn.weight", {C, 3 * C});
+      add(p + "attn.c_attn.bias", {3 * C});
+      add(p + "attn.c_proj.weight", {C, C});
+      add(p + "attn.c_proj.bias", {C});
+      add(p + "ln_2.weight", {C});
+      add(p + "ln_2.bias", {C});
+      add(p + "mlp.c_fc.weight", {C, F});
+      add(p + "mlp.c_fc.bias", {F});
+      add(p + "mlp.c_proj.weight", {F, C});
+      add(p + "mlp.c_proj.bias", {C});
+    }
+    add("transformer.ln_f.weight", {C});
+    add("transformer.ln_f.bias", {C});
+  }
+  if (!cfg.tie_embeddings) add("lm_head.weight", {V, C});
+  weights_ = Tensor::zeros({offset});
+}
+
+const ParamInfo& Model::param(const std::string& name) const {
+  for (const auto& p : params_)
+    if (p.name == name) return p;
+  fail("model", "no parameter named '", name, "' (first is '", params_.front().name, "')");
+}
+
+Tensor Model::param_view(const ParamInfo& p, const Tensor& flat) const {
+  return Tensor::view(flat.f32() + p.offset, p.shape, DType::f32);
+}
+
+ModelParams Model::bind(float* flat) const {
+  ModelParams m{};
+  auto at = [&](const std::string& name) { return flat + param(name).offset; };
+  bool llama = cfg_.arch == Arch::llama;
+  m.layers.resize(cfg_.layers);
+  if (llama) {
+    m.wte = at("model.embed_tokens.weight");
+    m.lnf_w = at("model.norm.weight");
+    for (int l = 0; l < cfg_.layers; ++l) {
+      std::string p = "model.layers." + std::to_string(l) + ".";
+      LayerParams& L = m.layers[l];
+      L = {};
+      L.ln1_w = at(p + "input_layernorm.weight");
+      L.qkv_w = at(p + "self_attn.q_proj.weight");
+      L.o_w = at(p + "self_attn.o_proj.weight");
+      L.ln2_w = at(p + "post_attention_layernorm.weight");
+      L.up_w = at(p + "mlp.gate_proj.weight");
+      L.down_w = at(p + "mlp.down_proj.weight");
+    }
+  } else {
+    m.wte = at("transformer.wte.weight");
+    m.wpe = at("transformer.wpe.weight");
+    m.lnf_w = at("transformer.ln_f.weight");
+    m.lnf_b = at("transformer.ln_f.bias");
+    for (int l = 0; l < cfg_.layers; ++l) {
+      std::string p = "transformer.h." + std::to_string(l) + ".";
+      LayerParams& L = m.layers[l];
+      L.ln1_w = at(p + "ln_1.weight");
+      L.ln1_b = at(p + "ln_1.bias");
+      L.qkv_w = at(p + "attn.c_attn.weight");
+      L.qkv_b = at(p + "attn.c_attn.bias");
+      L.o_w = at(p + "attn.c_proj.weight");
+      L.o_b = at(p + "attn.c_proj.bias");
+      L.ln2_w = at(p + "ln_2.weight");
+      L.ln2_b = at(p + "ln_2.bias");
+      L.up_w = at(p + "mlp.c_fc.weight");
+      L.up_b = at(p + "mlp.c_fc.bias");
+      L.down_w = at(p + "mlp.c_proj.weight");
+      L.down_b = at(p + "mlp.c_proj.bias");
+    }
+  }
+  m.lm_head = cfg_.tie_embeddings ? m.wte : at("lm_head.weight");
+  return m;
+}
+
+void Model::init_weights(uint64_t seed) {
+  Rng rng(seed);
+  const float std = cfg_.initializer_range;
+  const float resid_std = std / std::sqrt(2.0f * float(cfg_.layers));
+  float* w = weights_.f32();
+  for (const auto& p : params_) {
+    float* x = w + p.offset;
+    const int64_t n = p.numel();
+    const bool bias = p.name.size() > 5 && p.name.compare(p.name.size() - 5, 5, ".bias") == 0;
+    const bool norm = p.shape.size() == 1 && !bias;
+    const bool resid = p.name.find("o_proj") != std::string::npos ||
+                       p.name.find("down_proj") != std::string::npos ||
+                       p.name.find("c_proj") != std::string::npos;
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = norm ? 1.0f : bias ? 0.0f : (resid ? resid_std : std) * rng.normal();
+    }
+  }
+}
+
+TrainState::TrainState(const Model& model, int B, int T) : B_(B), T_(T) {
+  const ModelConfig& c = model.config();
+  KILN_CHECK(B > 0 && T > 0, "train", "batch size and sequence length must be positive, got B=", B,
+             " T=", T);
+  KILN_CHECK(T <= c.max_positions, "train", "sequence length ", T,
+             " exceeds the model's max_position_embeddings (", c.max_positions,
+             "); lower train.seq_len or raise the model's context");
+  const int64_t N = int64_t(B) * T, C = c.hidden, F = c.intermediate, D = c.head_dim;
+  const int64_t HD = int64_t(c.heads) * D, QKV = (int64_t(c.heads) + 2 * c.kv_heads) * D;
+  const int64_t UP = c.arch == Arch::llama ? 2 * F : F;
+  const bool gpt2 = c.arch == Arch::gpt2;
+  acts_.resize(c.layers);
+  for (auto& a : acts_) {
+    a.x_in = Tensor::empty({N, C});
+    a.ln1 = Tensor::empty({N, C});
+    if (gpt2) a.mean1 = Tensor::empty({N});
+    a.rstd1 = Tensor::empty({N});
+    a.qkv = Tensor::empty({N, QKV});
+    a.att = Tensor::empty({N, HD});
+    a.lse = Tensor::empty({int64_t(B), int64_t(c.heads), int64_t(T)});
+    a.x_mid = Tensor::empty({N, C});
+    a.ln2 = Tensor::empty({N, C});
+    if (gpt2) a.mean2 = Tensor::empty({N});
+    a.rstd2 = Tensor::empty({N});
+    a.up = Tensor::empty({N, UP});
+    a.act = Tensor::empty({N, F});
+  }
+  x_out_ = Tensor::empty({N, C});
+  lnf_ = Tensor::empty({N, C});
+  if (gpt2) meanf_ = Tensor::empty({N});
+  rstdf_ = Tensor::empty({N});
+  dlnf_ = Tensor::empty({N, C});
+  dres_ = Tensor::empty({N, C});
+  dln_ = Tensor::empty({N, C});
+  datt_ = Tensor::empty({N, HD});
+  dqkv_ = Tensor::empty({N, QKV});
+  dup_ = Tensor::empty({N, UP});
+  dact_ = Tensor::empty({N, F});
+  pos_.resize(N);
+  for (int64_t n = 0; n < N; ++n) pos_[n] = int(n % T);
+  losses_.assign(N, 0.0f);
+  if (!gpt2) {
+    std::vector<float> inv_freq(D / 2);
+    ops::rope_inv_freq(inv_freq.data(), int(D), c.rope_theta, c.rope_scaling, T);
+    rope_cos_ = Tensor::empty({int64_t(T), D / 2});
+    rope_sin_ = Tensor::empty({int64_t(T), D / 2});
+    ops::rope_table(rope_cos_.f32(), rope_sin_.f32(), inv_freq.data(), T, int(D));
+  }
+}
+
+size_t TrainState::bytes() const {
+  size_t b = 0;
+  for (const auto& a : acts_)
+    for (const Tensor* t : {&a.x_in, &a.ln1, &a.mean1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid,
+                            &a.ln2, &a.mean2, &a.rstd2, &a.up, &a.act})
+      if (t->defined()) b += t->nbytes();
+  for (const Tensor* t :
+       {&x_out_, &lnf_, &meanf_, &rstdf_, &dlnf_, &dres_, &dln_, &datt_, &dqkv_, &dup_, &dact_})
+    if (t->defined()) b += t->nbytes();
+  return b;
+}
+
+void TrainState::forward(const Model& model, const ModelParams& w, const int* ids) {
+  const ModelConfig& c = model.config();
+  const int N = B_ * T_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
+            K = c.kv_heads;
+  const int HD = H * D, QKV = (H + 2 * K) * D;
+  const bool llama = c.arch == Arch::llama;
+  const WeightLayout layout = llama ? WeightLayout::out_in : WeightLayout::in_out;
+
+  cpu::embedding_forward(acts_[0].x_in.f32(), ids, w.wte, N, C, false);
+  if (!llama) cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
+
+  for (int l = 0; l < c.layers; ++l) {
+    LayerActs& a = acts_[l];
+    const LayerParams& p = w.layers[l];
+    float* x_next = l + 1 < c.layers ? acts_[l + 1].x_in.f32() : x_out_.f32();
+    // Attention block: x_mid = x_in + o_proj(attention(rope(qkv(norm(x_in)))))
+    if (llama) {
+      cpu::rms_norm_forward(a.ln1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w, N, C, c.norm_eps);
+    } else {
+      cpu::layer_norm_forward(a.ln1.f32(), a.mean1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w,
+                              p.ln1_b, N, C, c.norm_eps);
+    }
+    cpu::linear_forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w, p.qkv_b, N, C, QKV, layout);
+    if (llama) {
+      cpu::rope_forward(a.qkv.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(),
+                        rope_sin_.f32());
+    }
+    cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, H, K, D);
+    cpu::linear_forward(a.x_mid.f32(), a.att.f32(), p.o_w, p.o_b, N, HD, C, layout);
+    cpu::add(a.x_mid.f32(), a.x_mid.f32(), a.x_in.f32(), int64_t(N) * C);
+    // MLP block: x_next = x_mid + down(act(up(norm(x_mid))))
+    if (llama) {
+      cpu::rms_norm_forward(a.ln2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, N, C, c.norm_eps);
+      cpu::linear_forward(a.up.f32(), a.ln2.f32(), p.up_w, nullptr, N, C, 2 * F, layout);
+      cpu::swiglu_forward(a.act.f32(), a.up.f32(), N, F);
+    } else {
+      cpu::layer_norm_forward(a.ln2.f32(), a.mean2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w,
+                              p.ln2_b, N, C, c.norm_eps);
+      cpu::linear_forward(a.up.f32(), a.ln2.f32(), p.up_w, p.up_b, N, C, F, layout);
+      cpu::gelu_forward(a.act.f32(), a.up.f32(), int64_t(N) * F);
+    }
+    cpu::linear_forward(x_next, a.act.f32(), p.down_w, p.down_b, N, F, C, layout);
+    cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(N) * C);
+  }
+  if (llama) {
+    cpu::rms_norm_forward(lnf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, N, C, c.norm_eps);
+  } else {
+    cpu::layer_norm_forward(lnf_.f32(), meanf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, w.lnf_b,
+                            N, C, c.norm_eps);
+  }
+}
+
+void TrainState::backward(const Model& model, const ModelParams& w, const ModelParams& g,
+                          const int* ids) {
+  const ModelConfig& c = model.config();
+  const int N = B_ * T_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
+            K = c.kv_heads;
+  const int HD = H * D, QKV = (H + 2 * K) * D;
+  const bool llama = c.arch == Arch::llama;
+  const WeightLayout layout = llama ? WeightLayout::out_in : WeightLayout::in_out;
+  float* dres = dres_.f32();  // gradient of the residual stream, walking down the layers
+
+  std::memset(dres, 0, dres_.nbytes());
+  if (llama) {
+    cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
+  } else {
+    cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
+                             meanf_.f32(), rstdf_.f32(), N, C);
+  }
+  for (int l = c.layers - 1; l >= 0; --l) {
+    LayerActs& a = acts_[l];
+    const LayerParams& p = w.layers[l];
+    const LayerParams& gp = g.layers[l];
+    // MLP block. dres holds d x_next; the residual passes it straight to x_mid.
+    cpu::linear_backward(dact_.f32(), gp.down_w, gp.down_b, dres, a.act.f32(), p.down_w, N, F, C,
+                         layout);
+    if (llama) {
+      cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), N, F);
+      cpu::linear_backward(dln_.f32(), gp.up_w, nullptr, dup_.f32(), a.ln2.f32(), p.up_w, N, C,
+                           2 * F, layout);
+      cpu::rms_norm_backward(dres, gp.ln2_w, dln_.f32(), a.x_mid.f32(), p.ln2_w, a.rstd2.f32(), N,
+                             C);
+    } else {
+      cpu::gelu_backward(dup_.f32(), dact_.f32(), a.up.f32(), int64_t(N) * F);
+      cpu::linear_backward(dln_.f32(), gp.up_w, gp.up_b, dup_.f32(), a.ln2.f32(), p.up_w, N, C, F,
+                           layout);
+      cpu::layer_norm_backward(dres, gp.ln2_w, gp.ln2_b, dln_.f32(), a.x_mid.f32(), p.ln2_w,
+                               a.mean2.f32(), a.rstd2.f32(), N, C);
+    }
+    // Attention block. dres now holds d x_mid.
+    cpu::linear_backward(datt_.f32(), gp.o_w, gp.o_b, dres, a.att.f32(), p.o_w, N, HD, C, layout);
+    cpu::attention_backward(dqkv_.f32(), datt_.f32(), a.qkv.f32(), a.att.f32(), a.lse.f32(), B_, T_,
+                            H, K, D);
+    if (llama) {
+      cpu::rope_backward(dqkv_.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(),
+                         rope_sin_.f32());
+    }
+    cpu::linear_backward(dln_.f32(), gp.qkv_w, gp.qkv_b, dqkv_.f32(), a.ln1.f32(), p.qkv_w, N, C,
+                         QKV, layout);
+    if (llama) {
+      cpu::rms_norm_backward(dres, gp.ln1_w, dln_.f32(), a.x_in.f32(), p.ln1_w, a.rstd1.f32(), N,
+                             C);
+    } else {
+      cpu::layer_norm_backward(dres, gp.ln1_w, gp.ln1_b, dln_.f32(), a.x_in.f32(), p.ln1_w,
+                               a.mean1.f32(), a.rstd1.f32(), N, C);
+    }
+  }
+  cpu::embedding_backward(g.wte, dres, ids, N, C);
+  if (!llama) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
+}
+
+double TrainState::step(const Model& model, const int* ids, const int* targets, float* grads,
+                        float grad_scale) {
+  const ModelConfig& c = model.config();
+  const int N = B_ * T_;
+  for (int n = 0; n < N; ++n) {
+    KILN_CHECK(ids[n] >= 0 && ids[n] < c.vocab_size, "model", "token id ", ids[n], " at position ",
+               n, " is outside the vocabulary [0, ", c.vocab_size,
+               "): the data was tokenized with a different tokenizer");
+  }
+  ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
+  forward(model, w, ids);
+  if (!targets) return 0.0;
+  counted_ = 0;
+  for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
+  if (counted_ == 0) return 0.0;
+  // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
+  const float scale = grad_scale / float(counted_);
+  ModelParams g{};
+  if (grads) g = model.bind(grads);
+  cpu::lm_head_cross_entropy(losses_.data(), grads ? dlnf_.f32() : nullptr,
+                             grads ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N,
+                             c.hidden, c.vocab_size, scale);
+  double sum = 0;
+  for (int n = 0; n < N; ++n) sum += losses_[n];
+  if (grads) backward(model, w, g, ids);
+  return sum / double(counted_);
+}
+
+}  // namespace kiln

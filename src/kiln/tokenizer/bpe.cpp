@@ -1,0 +1,248 @@
+#include "kiln/tokenizer/bpe.h"
+
+#include <algorithm>
+#include <cstring>
+#include <queue>
+
+#include "kiln/core/error.h"
+
+namespace kiln::tok {
+
+uint64_t hash_bytes(std::string_view s) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
+  const char* p = s.data();
+  size_t n = s.size();
+  while (n >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 31;
+    p += 8;
+    n -= 8;
+  }
+  if (n) {
+    uint64_t w = 0;
+    std::memcpy(&w, p, n);
+    h = (h ^ w) * 0x94D049BB133111EBull;
+    h ^= h >> 29;
+  }
+  h *= 0xFF51AFD7ED558CCDull;
+  return h ^ (h >> 32);
+}
+
+static uint64_t hash_pair(uint64_t key) {
+  key *= 0x9E3779B97F4A7C15ull;
+  return key ^ (key >> 29);
+}
+
+void BytesMap::build(const std::vector<std::string>& tokens) {
+  size_t cap = 16;
+  while (cap < tokens.size() * 2) cap *= 2;
+  slots_.assign(cap, Slot{0, -1});
+  mask_ = cap - 1;
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    if (tokens[id].empty() || find(tokens[id], tokens) >= 0)
+      continue;  // first id wins on duplicates
+    uint64_t h = hash_bytes(tokens[id]);
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+      if (slots_[i].id < 0) {
+        slots_[i] = Slot{uint32_t(h >> 32), int32_t(id)};
+        break;
+      }
+    }
+  }
+}
+
+int32_t BytesMap::find(std::string_view s, const std::vector<std::string>& tokens) const {
+  if (slots_.empty()) return -1;
+  uint64_t h = hash_bytes(s);
+  auto tag = uint32_t(h >> 32);
+  for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+    const Slot& slot = slots_[i];
+    if (slot.id < 0) return -1;
+    if (slot.tag == tag && tokens[size_t(slot.id)] == s) return slot.id;
+  }
+}
+
+Bpe::Bpe(std::vector<std::string> tokens) : tokens_(std::move(tokens)) {
+  map_.build(tokens_);
+  for (int b = 0; b < 256; ++b) {
+    char c = char(b);
+    byte_id_[b] = find(std::string_view(&c, 1));
+  }
+  pairs_.assign(1024, PairSlot{kEmpty, {}});
+  pair_mask_ = pairs_.size() - 1;
+}
+
+void Bpe::grow() {
+  std::vector<PairSlot> old(pairs_.size() * 2, PairSlot{kEmpty, {}});
+  old.swap(pairs_);
+  pair_mask_ = pairs_.size() - 1;
+  for (const PairSlot& s : old)
+    if (s.key != kEmpty) {
+      for (uint64_t i = hash_pair(s.key) & pair_mask_;; i = (i + 1) & pair_mask_)
+        if (pairs_[i].key == kEmpty) {
+          pairs_[i] = s;
+          break;
+        }
+    }
+}
+
+void Bpe::insert(uint64_t key, Merge m) {
+  if ((num_merges_ + 1) * 2 > pairs_.size()) grow();
+  for (uint64_t i = hash_pair(key) & pair_mask_;; i = (i + 1) & pair_mask_) {
+    if (pairs_[i].key == key) {
+      if (m.rank < pairs_[i].m.rank) pairs_[i].m = m;  // the earlier merge wins
+      return;
+    }
+    if (pairs_[i].key == kEmpty) {
+      pairs_[i] = PairSlot{key, m};
+      ++num_merges_;
+      return;
+    }
+  }
+}
+
+void Bpe::add_merge(int32_t left, int32_t right, int32_t merged, int32_t rank) {
+  insert(uint64_t(uint32_t(left)) << 32 | uint32_t(right), Merge{rank, merged});
+}
+
+void Bpe::merges_from_ranks() {
+  for (size_t id = 0; id < tokens_.size(); ++id) {
+    std::string_view t = tokens_[id];
+    for (size_t k = 1; k < t.size(); ++k) {
+      int32_t l = find(t.substr(0, k)), r = find(t.substr(k));
+      if (l >= 0 && r >= 0) add_merge(l, r, int32_t(id), int32_t(id));
+    }
+  }
+}
+
+Bpe::Merge Bpe::lookup(int32_t left, int32_t right) const {
+  uint64_t key = uint64_t(uint32_t(left)) << 32 | uint32_t(right);
+  for (uint64_t i = hash_pair(key) & pair_mask_;; i = (i + 1) & pair_mask_) {
+    const PairSlot& s = pairs_[i];
+    if (s.key == key) return s.m;
+    if (s.key == kEmpty) return Merge{kNoRank, -1};
+  }
+}
+
+std::vector<std::array<int32_t, 3>> Bpe::merges_by_rank() const {
+  std::vector<std::pair<int32_t, std::array<int32_t, 3>>> all;
+  for (const PairSlot& s : pairs_)
+    if (s.key != kEmpty)
+      all.push_back({s.m.rank, {int32_t(s.key >> 32), int32_t(s.key & 0xFFFFFFFF), s.m.merged}});
+  std::sort(all.begin(), all.end());
+  std::vector<std::array<int32_t, 3>> out;
+  out.reserve(all.size());
+  for (auto& [rank, m] : all) out.push_back(m);
+  return out;
+}
+
+void Bpe::encode_piece(std::string_view piece, std::vector<int32_t>& out) const {
+  if (piece.empty()) return;
+  if (piece.size() == 1 || ignore_merges_) {
+    int32_t id = piece.size() == 1 ? byte_id_[uint8_t(piece[0])] : find(piece);
+    if (id >= 0) {
+      out.push_back(id);
+      return;
+    }
+  }
+  if (piece.size() <= kHeapThreshold) {
+    encode_small(piece, out);
+  } else {
+    encode_heap(piece, out);
+  }
+}
+
+static int32_t checked_byte(const std::array<int32_t, 256>& byte_id, char c) {
+  int32_t id = byte_id[uint8_t(c)];
+  if (id < 0)
+    fail("bpe", "byte 0x", std::hex, int(uint8_t(c)),
+         " has no single-byte token in this vocabulary: the vocabulary is not byte-level");
+  return id;
+}
+
+void Bpe::encode_small(std::string_view piece, std::vector<int32_t>& out) const {
+  // tiktoken's loop: parts and the rank of each adjacent pair; merge the minimum, update the two
+  // neighbouring ranks. n <= kHeapThreshold, so the O(n) scans are cheap.
+  int32_t parts[kHeapThreshold];
+  int32_t ranks[kHeapThreshold];
+  int32_t merged[kHeapThreshold];
+  int n = int(piece.size());
+  for (int i = 0; i < n; ++i) parts[i] = checked_byte(byte_id_, piece[i]);
+  for (int i = 0; i + 1 < n; ++i) {
+    Merge m = lookup(parts[i], parts[i + 1]);
+    ranks[i] = m.rank;
+    merged[i] = m.merged;
+  }
+  while (n > 1) {
+    int best = 0;
+    for (int i = 1; i + 1 < n; ++i)
+      if (ranks[i] < ranks[best]) best = i;
+    if (ranks[best] == kNoRank) break;
+    parts[best] = merged[best];
+    std::memmove(parts + best + 1, parts + best + 2, sizeof(int32_t) * size_t(n - best - 2));
+    std::memmove(ranks + best + 1, ranks + best + 2,
+                 sizeof(int32_t) * size_t(std::max(0, n - best - 3)));
+    std::memmove(merged + best + 1, merged + best + 2,
+                 sizeof(int32_t) * size_t(std::max(0, n - best - 3)));
+    --n;
+    if (best > 0) {
+      Merge m = lookup(parts[best - 1], parts[best]);
+      ranks[best - 1] = m.rank;
+      merged[best - 1] = m.merged;
+    }
+    if (best + 1 < n) {
+      Merge m = lookup(parts[best], parts[best + 1]);
+      ranks[best] = m.rank;
+      merged[best] = m.merged;
+    }
+  }
+  out.insert(out.end(), parts, parts + n);
+}
+
+void Bpe::encode_heap(std::string_view piece, std::vector<int32_t>& out) const {
+  // A doubly linked list of symbols and a min-heap of candidate merges keyed by (rank, position).
+  // A popped candidate is stale if either symbol changed since it was pushed; symbols only grow,
+  // so equal ids mean the pair is unchanged.
+  struct Node {
+    int32_t id, prev, next;
+  };
+  struct Cand {
+    int32_t rank, pos, left, right, merged;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  int n = int(piece.size());
+  std::vector<Node> nodes(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i)
+    nodes[size_t(i)] = Node{checked_byte(byte_id_, piece[i]), i - 1, i + 1};
+  nodes[size_t(n - 1)].next = -1;
+  std::vector<Cand> store;
+  store.reserve(size_t(n));
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(std::greater<Cand>(),
+                                                                        std::move(store));
+  auto push = [&](int pos) {
+    int nx = nodes[size_t(pos)].next;
+    if (nx < 0) return;
+    Merge m = lookup(nodes[size_t(pos)].id, nodes[size_t(nx)].id);
+    if (m.rank != kNoRank)
+      heap.push(Cand{m.rank, pos, nodes[size_t(pos)].id, nodes[size_t(nx)].id, m.merged});
+  };
+  for (int i = 0; i + 1 < n; ++i) push(i);
+  while (!heap.empty()) {
+    Cand c = heap.top();
+    heap.pop();
+    Node& a = nodes[size_t(c.pos)];
+    if (a.id != c.left || a.next < 0 || nodes[size_t(a.next)].id != c.right) continue;
+    int b = a.next;
+    a.id = c.merged;
+    a.next = nodes[size_t(b)].next;
+    if (a.next >= 0) nodes[size_t(a.next)].prev = c.pos;
+    nodes[size_t(b)].id = -1;
+    if (a.prev >= 0) push(a.prev);
+    push(c.pos);
+  }
+  for (int i = 0; i >= 0; i = nodes[size_t(i)].next) out.push_back(nodes[size_t(i)].id);
+}
+
+}  // namespace kiln::tok

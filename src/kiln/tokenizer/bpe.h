@@ -1,0 +1,92 @@
+// The BPE merge core over byte strings. A vocabulary maps byte strings to ids; each merge gives an
+// adjacent pair (left id, right id) a rank and the id it becomes. Encoding a piece merges the
+// lowest-ranked adjacent pair, leftmost first, until none is left (tiktoken's and Hugging Face's
+// rule). Cost: O(n^2) with tiny constants on pieces up to kHeapThreshold bytes, O(n log n) with
+// a heap and a linked list beyond, so pathological pieces (1 MB without a space) stay linear-ish.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln::tok {
+
+uint64_t hash_bytes(std::string_view s);
+
+// Open-addressing map from byte strings to ids; the strings live in the owner's vector, which
+// every call passes (so moving the owner never leaves a dangling pointer here).
+class BytesMap {
+ public:
+  void build(const std::vector<std::string>& tokens);
+  // Id of `s` in `tokens` (the vector build() saw), or -1.
+  int32_t find(std::string_view s, const std::vector<std::string>& tokens) const;
+
+ private:
+  struct Slot {
+    uint32_t tag;  // high bits of the hash, to skip most string compares
+    int32_t id;    // -1: empty
+  };
+  std::vector<Slot> slots_;
+  uint64_t mask_ = 0;
+};
+
+class Bpe {
+ public:
+  static constexpr size_t kHeapThreshold = 128;
+  static constexpr int32_t kNoRank = INT32_MAX;
+
+  Bpe() = default;
+  // tokens[id] = the bytes of token id; "" marks an id that is not a BPE token (a special).
+  explicit Bpe(std::vector<std::string> tokens);
+
+  void add_merge(int32_t left, int32_t right, int32_t merged, int32_t rank);
+  // tiktoken's rule: a merge's rank is the id of the token it makes; adds every split of every
+  // token into two tokens.
+  void merges_from_ranks();
+  // A piece that is itself a token is emitted whole, before any merge (tiktoken always does
+  // this; Hugging Face when the model says "ignore_merges": true, as Llama 3 does).
+  void set_ignore_merges(bool on) { ignore_merges_ = on; }
+  bool ignore_merges() const { return ignore_merges_; }
+
+  // Appends the ids of `piece`. Every byte must have a single-byte token.
+  void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
+
+  int32_t find(std::string_view bytes) const { return map_.find(bytes, tokens_); }
+  int32_t byte_id(uint8_t b) const { return byte_id_[b]; }
+  const std::string& token(int32_t id) const { return tokens_[size_t(id)]; }
+  const std::vector<std::string>& tokens() const { return tokens_; }
+  int32_t size() const { return int32_t(tokens_.size()); }
+  size_t num_merges() const { return num_merges_; }
+  // {left, right, merged} in rank order (what tokenizer.json's "merges" lists).
+  std::vector<std::array<int32_t, 3>> merges_by_rank() const;
+
+ private:
+  struct Merge {
+    int32_t rank;
+    int32_t merged;
+  };
+  Merge lookup(int32_t left, int32_t right) const;
+  void insert(uint64_t key, Merge m);
+  void grow();
+  void encode_small(std::string_view piece, std::vector<int32_t>& out) const;
+  void encode_heap(std::string_view piece, std::vector<int32_t>& out) const;
+
+  struct PairSlot {
+    uint64_t key;  // left << 32 | right; kEmpty when free
+    Merge m;
+  };
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+
+  std::vector<std::string> tokens_;
+  BytesMap map_;
+  std::array<int32_t, 256> byte_id_{};
+  std::vector<PairSlot> pairs_;
+  uint64_t pair_mask_ = 0;
+  size_t num_merges_ = 0;
+  bool ignore_merges_ = false;
+};
+
+}  // namespace kiln::tok

@@ -1,0 +1,51 @@
+// SentencePiece BPE (Llama 2): spaces become "▁" (U+2581), a "▁" is prepended (the dummy prefix),
+// then characters merge pairwise, highest-scoring piece first, leftmost on ties; characters
+// outside the vocabulary become their UTF-8 bytes as <0xNN> tokens (byte fallback).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace kiln::tok {
+
+class SentencePiece {
+ public:
+  enum class Type : int32_t {
+    normal = 1,
+    unknown = 2,
+    control = 3,
+    user_defined = 4,
+    unused = 5,
+    byte = 6
+  };
+  struct Piece {
+    std::string text;  // UTF-8, with "▁" for spaces
+    float score = 0;
+    Type type = Type::normal;
+  };
+
+  SentencePiece() = default;
+  SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix, bool byte_fallback);
+
+  void encode(std::string_view text, std::vector<int32_t>& out) const;
+  // The bytes a piece stands for: "▁" -> ' ', <0xNN> -> the byte, control pieces -> "".
+  std::string piece_bytes(int32_t id) const;
+
+  const std::vector<Piece>& pieces() const { return pieces_; }
+  bool add_dummy_prefix() const { return add_dummy_prefix_; }
+  bool byte_fallback() const { return byte_fallback_; }
+  int32_t unk_id() const { return unk_id_; }
+
+ private:
+  std::vector<Piece> pieces_;
+  std::unordered_map<std::string, int32_t> index_;  // normal/user-defined pieces by text
+  int32_t byte_ids_[256];
+  int32_t unk_id_ = -1;
+  bool add_dummy_prefix_ = true;
+  bool byte_fallback_ = false;
+};
+
+}  // namespace kiln::tok

@@ -1,0 +1,227 @@
+#include "kiln/tokenizer/tokenizer.h"
+
+#include <algorithm>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/tokenizer/tokenizer_impl.h"
+
+namespace kiln {
+
+// ---- Impl ----
+
+void Tokenizer::Impl::finalize() {
+  size_t n = sp ? sp->pieces().size() : size_t(bpe.size());
+  for (const Added& a : added) {
+    KILN_CHECK(a.id >= 0 && !a.text.empty(), "tokenizer", "added token '", a.text, "' with id ",
+               a.id, " is invalid: ids are >= 0 and tokens non-empty");
+    n = std::max(n, size_t(a.id) + 1);
+  }
+  id_bytes.assign(n, "");
+  is_hole.assign(n, 1);
+  if (sp) {
+    for (size_t i = 0; i < sp->pieces().size(); ++i) {
+      id_bytes[i] = sp->piece_bytes(int32_t(i));
+      is_hole[i] = 0;
+    }
+  } else {
+    for (int32_t i = 0; i < bpe.size(); ++i)
+      if (!bpe.token(i).empty()) {
+        id_bytes[size_t(i)] = bpe.token(i);
+        is_hole[size_t(i)] = 0;
+      }
+  }
+  for (auto& list : added_by_first) list.clear();
+  for (size_t k = 0; k < added.size(); ++k) {
+    id_bytes[size_t(added[k].id)] = added[k].text;
+    is_hole[size_t(added[k].id)] = 0;
+    added_by_first[uint8_t(added[k].text[0])].push_back(int32_t(k));
+  }
+  for (auto& list : added_by_first)  // longest match wins: "<|endoftext|>" over "<|end"
+    std::stable_sort(list.begin(), list.end(), [&](int32_t a, int32_t b) {
+      return added[size_t(a)].text.size() > added[size_t(b)].text.size();
+    });
+  if (!eos) {
+    for (const char* name : {"<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>"})
+      for (const Added& a : added)
+        if (!eos && a.text == name) eos = a.id;
+    if (!eos && sp)
+      for (size_t i = 0; i < sp->pieces().size(); ++i)
+        if (!eos && sp->pieces()[i].text == "</s>") eos = int32_t(i);
+  }
+}
+
+void Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
+  if (text.empty()) return;
+  if (sp) {
+    sp->encode(text, out);
+    return;
+  }
+  if (bpe.num_merges() == 0 && !bpe.ignore_merges() && !add_prefix_space) {
+    // Bytes only (a fresh byte-level vocabulary): no need to pre-tokenize.
+    for (char c : text) {
+      int32_t id = bpe.byte_id(uint8_t(c));
+      KILN_CHECK(id >= 0, "tokenizer", "byte 0x", std::hex, int(uint8_t(c)),
+                 " has no token in this vocabulary");
+      out.push_back(id);
+    }
+    return;
+  }
+  std::string prefixed;
+  if (add_prefix_space && text[0] != ' ') {
+    prefixed.reserve(text.size() + 1);
+    prefixed.push_back(' ');
+    prefixed.append(text);
+    text = prefixed;
+  }
+  thread_local std::vector<std::string_view> pieces;
+  pieces.clear();
+  pre.split(text, pieces);
+  for (std::string_view piece : pieces) bpe.encode_piece(piece, out);
+}
+
+Tokenizer make_tokenizer(Tokenizer::Impl impl) {
+  impl.finalize();
+  return Tokenizer(std::make_unique<Tokenizer::Impl>(std::move(impl)));
+}
+
+// ---- Tokenizer ----
+
+Tokenizer::Tokenizer() : Tokenizer(byte_level({})) {}
+Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+Tokenizer Tokenizer::byte_level(const std::vector<std::string>& specials) {
+  std::vector<std::string> tokens(256);
+  for (int b = 0; b < 256; ++b) tokens[size_t(b)] = std::string(1, char(b));
+  Impl impl;
+  impl.bpe = tok::Bpe(std::move(tokens));
+  for (const std::string& s : specials) {
+    KILN_CHECK(!s.empty(), "tokenizer", "a special token is empty");
+    for (const auto& a : impl.added)
+      KILN_CHECK(a.text != s, "tokenizer", "special token '", s, "' is given twice");
+    impl.added.push_back({s, int32_t(256 + impl.added.size()), true});
+  }
+  return make_tokenizer(std::move(impl));
+}
+
+Tokenizer Tokenizer::load(const std::string& path, const LoadOptions& opts) {
+  std::string content = read_file(path);
+  size_t first = content.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && content[first] == '{')
+    return make_tokenizer(load_hf_json(path, content));
+  // A rank file's first line is "<base64> <rank>"; anything else is taken for a protobuf.
+  size_t eol = content.find('\n');
+  std::string_view line = std::string_view(content).substr(0, eol);
+  size_t sp = line.find(' ');
+  bool rank_line = sp != std::string_view::npos && sp > 0 && sp + 1 < line.size() &&
+                   line.find_first_not_of(
+                       "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") == sp &&
+                   line.find_first_not_of("0123456789\r", sp + 1) == std::string_view::npos;
+  if (rank_line) return make_tokenizer(load_tiktoken(path, content, opts));
+  return make_tokenizer(load_sentencepiece(path, content));
+}
+
+void Tokenizer::save(const std::string& path) const {
+  write_file_atomic(path, to_hf_json(*impl_));
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool allow_special) const {
+  const Impl& m = *impl_;
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 3 + 1);
+  if (m.added.empty()) {
+    m.encode_ordinary(text, out);
+    return out;
+  }
+  // Cut the text at added tokens (leftmost, then longest) and encode the stretches between.
+  size_t start = 0;
+  for (size_t i = 0; i < text.size();) {
+    const auto& cands = m.added_by_first[uint8_t(text[i])];
+    const Impl::Added* hit = nullptr;
+    for (int32_t k : cands) {
+      const Impl::Added& a = m.added[size_t(k)];
+      if ((allow_special || !a.special) && text.compare(i, a.text.size(), a.text) == 0) {
+        hit = &a;
+        break;
+      }
+    }
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    m.encode_ordinary(text.substr(start, i - start), out);
+    out.push_back(hit->id);
+    i += hit->text.size();
+    start = i;
+  }
+  m.encode_ordinary(text.substr(start), out);
+  return out;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string out;
+  for (int32_t id : ids) out += token_bytes(id);
+  if (impl_->sp && impl_->sp->add_dummy_prefix() && !ids.empty() && !out.empty() && out[0] == ' ' &&
+      impl_->id_bytes[size_t(ids[0])][0] == ' ')
+    out.erase(0, 1);  // SentencePiece's dummy prefix
+  return out;
+}
+
+std::string Tokenizer::token_bytes(int32_t id) const {
+  const Impl& m = *impl_;
+  KILN_CHECK(id >= 0 && size_t(id) < m.id_bytes.size() && !m.is_hole[size_t(id)], "tokenizer",
+             "token id ", id, " is not in the vocabulary (size ", m.id_bytes.size(), ")");
+  return m.id_bytes[size_t(id)];
+}
+
+int32_t Tokenizer::vocab_size() const {
+  return int32_t(impl_->id_bytes.size());
+}
+
+std::optional<int32_t> Tokenizer::special_id(std::string_view token) const {
+  for (const auto& a : impl_->added)
+    if (a.text == token) return a.id;
+  return std::nullopt;
+}
+
+std::optional<int32_t> Tokenizer::eos_id() const {
+  return impl_->eos;
+}
+
+// ---- IncrementalDecoder ----
+
+namespace {
+// Length of the longest prefix of `s` that does not end inside an incomplete UTF-8 character.
+// Invalid bytes count as complete (they are passed through, never held forever).
+size_t complete_prefix(const std::string& s) {
+  size_t n = s.size(), j = n;
+  while (j > 0 && n - j < 4 && (uint8_t(s[j - 1]) & 0xC0) == 0x80) --j;
+  if (j == 0) return n;
+  auto lead = uint8_t(s[j - 1]);
+  size_t need = lead >= 0xF0 && lead <= 0xF4  ? 4
+                : lead >= 0xE0 && lead < 0xF0 ? 3
+                : lead >= 0xC2 && lead < 0xE0 ? 2
+                                              : 0;
+  size_t have = n - (j - 1);
+  return need > have ? j - 1 : n;
+}
+}  // namespace
+
+std::string IncrementalDecoder::push(int32_t id) {
+  pending_ += tok_.token_bytes(id);
+  size_t cut = complete_prefix(pending_);
+  std::string out = pending_.substr(0, cut);
+  pending_.erase(0, cut);
+  return out;
+}
+
+std::string IncrementalDecoder::flush() {
+  std::string out;
+  out.swap(pending_);
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,54 @@
+// Tokenizer::Impl, shared by the files that build one (hf_json.cpp, tiktoken_file.cpp,
+// sentencepiece_model.cpp, trainer.cpp) and the one that runs it (tokenizer.cpp). Internal.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/tokenizer/bpe.h"
+#include "kiln/tokenizer/pre_tokenizer.h"
+#include "kiln/tokenizer/sentencepiece.h"
+#include "kiln/tokenizer/tokenizer.h"
+
+namespace kiln {
+
+struct Tokenizer::Impl {
+  // An added token: matched in the text before pre-tokenization and never split. `special`
+  // ones are matched only when encode() is asked to (allow_special); the others always.
+  struct Added {
+    std::string text;
+    int32_t id;
+    bool special;
+  };
+
+  tok::Bpe bpe;                   // byte-level BPE vocabulary: tokens()[id] = bytes ("" for holes)
+  tok::PreTokenizer pre;          // cuts text into pieces before BPE
+  bool add_prefix_space = false;  // Hugging Face ByteLevel: prepend ' ' to the text
+  std::optional<tok::SentencePiece> sp;  // set for SentencePiece models (replaces bpe/pre)
+  std::vector<Added> added;              // in id order
+  std::vector<std::string> id_bytes;     // decode table, every id (holes: "")
+  std::vector<uint8_t> is_hole;          // 1 for ids with no token
+  std::optional<int32_t> eos;
+
+  // Matching of added tokens: for each first byte, the candidates longest first.
+  std::array<std::vector<int32_t>, 256> added_by_first;  // indices into `added`
+
+  // Fills id_bytes, is_hole, added_by_first and eos (unless set) from bpe/sp and `added`.
+  void finalize();
+  void encode_ordinary(std::string_view text, std::vector<int32_t>& out) const;
+};
+
+// Builders, one per file format; `path` is only for messages.
+Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content);
+std::string to_hf_json(const Tokenizer::Impl& impl);
+Tokenizer::Impl load_tiktoken(const std::string& path, const std::string& content,
+                              const LoadOptions& opts);
+Tokenizer::Impl load_sentencepiece(const std::string& path, const std::string& content);
+
+// Wraps a Tokenizer around a built Impl.
+Tokenizer make_tokenizer(Tokenizer::Impl impl);
+
+}  // namespace kiln

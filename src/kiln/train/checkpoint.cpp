@@ -1,0 +1,119 @@
+#include "kiln/train/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/io/json_file.h"
+#include "kiln/io/safetensors.h"
+#include "kiln/model/model_io.h"
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> checkpoints(const std::string& run_dir) {
+  std::vector<std::string> out;
+  fs::path dir = fs::path(run_dir) / "checkpoints";
+  if (!fs::is_directory(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::string name = e.path().filename().string();
+    // Complete checkpoints only: temporary directories end in ".tmp".
+    if (name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos &&
+        fs::exists(e.path() / "trainer_state.json"))
+      out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());  // zero-padded step numbers sort by step
+  return out;
+}
+
+void fsync_dir(const std::string& path) {
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    fsync(fileno(f));
+    std::fclose(f);
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& run_dir, const Model& model, const Tokenizer& tok,
+                            const AdamW& opt, const TrainerState& state, int keep) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%08lld", (long long)state.step);
+  const std::string parent = run_dir + "/checkpoints";
+  const std::string final_dir = parent + "/" + name, tmp = final_dir + ".tmp";
+  fs::remove_all(tmp);
+  make_dirs(tmp);
+  save_model(model, tmp);
+  tok.save(tmp + "/tokenizer.json");
+  save_safetensors(
+      tmp + "/optimizer.safetensors",
+      {{"exp_avg", const_cast<AdamW&>(opt).m()}, {"exp_avg_sq", const_cast<AdamW&>(opt).v()}},
+      {{"step", std::to_string(opt.steps())}});
+  nlohmann::json js;
+  js["step"] = state.step;
+  js["tokens_seen"] = state.tokens_seen;
+  js["optimizer_steps"] = opt.steps();
+  // 64-bit generator words as strings: JSON numbers are doubles in many readers.
+  js["loader"]["rng"] = nlohmann::json::array();
+  for (uint64_t w : state.loader.rng) js["loader"]["rng"].push_back(std::to_string(w));
+  js["loader"]["drawn"] = state.loader.drawn;
+  write_json_file_atomic(tmp + "/trainer_state.json", js);
+  fsync_dir(tmp);
+  fs::remove_all(final_dir);  // re-saving a step after a resume
+  fs::rename(tmp, final_dir);
+  fsync_dir(parent);
+  if (keep > 0) {
+    auto all = checkpoints(run_dir);
+    for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
+  }
+  return final_dir;
+}
+
+std::string latest_checkpoint(const std::string& run_dir) {
+  auto all = checkpoints(run_dir);
+  return all.empty() ? "" : all.back();
+}
+
+void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state) {
+  load_weights(model, dir);
+  auto st = load_safetensors(dir + "/optimizer.safetensors");
+  for (auto [name, dst] :
+       {std::pair<const char*, Tensor*>{"exp_avg", &opt.m()}, {"exp_avg_sq", &opt.v()}}) {
+    const Tensor& t = st.get(name);
+    KILN_CHECK(t.numel() == dst->numel() && t.dtype() == DType::f32, "checkpoint", dir,
+               "/optimizer.safetensors: '", name, "' has ", t.numel(), " elements, the model has ",
+               dst->numel(), " parameters: the checkpoint belongs to another model");
+    std::memcpy(dst->raw(), t.raw(), dst->nbytes());
+  }
+  auto js = read_json_file(dir + "/trainer_state.json");
+  try {
+    state.step = js.at("step").get<int64_t>();
+    state.tokens_seen = js.at("tokens_seen").get<int64_t>();
+    opt.set_steps(js.at("optimizer_steps").get<int64_t>());
+    auto rng = js.at("loader").at("rng");
+    KILN_CHECK(rng.size() == 4, "checkpoint", dir, "/trainer_state.json: loader.rng needs 4 words");
+    for (int i = 0; i < 4; ++i) state.loader.rng[i] = std::stoull(rng[i].get<std::string>());
+    state.loader.drawn = js.at("loader").at("drawn").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint", dir, "/trainer_state.json is malformed (", e.what(),
+         "); resume from an earlier checkpoint");
+  }
+}
+
+std::string resolve_model_dir(const std::string& path) {
+  if (file_exists(path + "/config.json")) return path;
+  std::string latest = latest_checkpoint(path);
+  KILN_CHECK(!latest.empty(), "model", "'", path,
+             "' is neither a model directory (config.json) nor a run directory with checkpoints");
+  return latest;
+}
+
+}  // namespace kiln

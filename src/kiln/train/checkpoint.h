@@ -1,0 +1,36 @@
+// Training checkpoints: RUN_DIR/checkpoints/step_NNNNNNNN/ holds a complete Hugging Face model
+// directory (config.json, model.safetensors, tokenizer.json) plus optimizer.safetensors (AdamW
+// moments) and trainer_state.json (step, loader position). The directory is written under a
+// temporary name and renamed when complete, so a run killed at any moment leaves only whole
+// checkpoints behind.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kiln/data/text_dataset.h"
+#include "kiln/model/transformer.h"
+#include "kiln/tokenizer/tokenizer.h"
+#include "kiln/train/optimizer.h"
+
+namespace kiln {
+
+struct TrainerState {
+  int64_t step = 0;
+  int64_t tokens_seen = 0;
+  WindowSampler::State loader{};
+};
+
+// Writes a checkpoint for state.step; removes the oldest beyond `keep` (0 keeps all).
+// Returns its directory.
+std::string save_checkpoint(const std::string& run_dir, const Model& model, const Tokenizer& tok,
+                            const AdamW& opt, const TrainerState& state, int keep);
+// The newest complete checkpoint directory in run_dir, or "" if there is none.
+std::string latest_checkpoint(const std::string& run_dir);
+// Restores weights, optimizer moments and trainer state from a checkpoint directory.
+void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state);
+// A model directory from a path that is a model directory, a checkpoint, or a run directory
+// (its newest checkpoint). Throws naming the path when none is found.
+std::string resolve_model_dir(const std::string& path);
+
+}  // namespace kiln

@@ -1,0 +1,42 @@
+// AdamW over the model's flat parameter buffer, with weight decay per parameter (none on norms,
+// biases and embeddings: ParamInfo::decay). State: first and second moments, fp32, (P) each.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/core/tensor.h"
+#include "kiln/model/transformer.h"
+
+namespace kiln {
+
+struct AdamWConfig {
+  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f;
+};
+
+class AdamW {
+ public:
+  AdamW(const Model& model, AdamWConfig cfg);
+  // One update of every parameter from `grads` (P) at learning rate lr.
+  void step(Model& model, const float* grads, float lr);
+  int64_t steps() const { return step_; }
+
+  Tensor& m() { return m_; }
+  Tensor& v() { return v_; }
+  void set_steps(int64_t s) { step_ = s; }
+
+ private:
+  AdamWConfig cfg_;
+  Tensor m_, v_;
+  int64_t step_ = 0;
+};
+
+// L2 norm of all gradients (double accumulation, deterministic for a thread count).
+double grad_norm(const float* grads, int64_t n);
+
+// One optimizer update as the trainer does it: global-norm clipping to `clip` (0 = off), then
+// AdamW. A non-finite gradient norm skips the update (the weights stay untouched) and returns
+// false. `norm` receives the pre-clipping norm.
+[[nodiscard]] bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip,
+                                 double* norm);
+
+}  // namespace kiln

@@ -1,0 +1,201 @@
+#include "kiln/train/train_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <map>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+
+namespace kiln {
+
+namespace {
+
+// YAML -> JSON for the model section (HF config keys are JSON-typed).
+nlohmann::json to_json(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: {
+      nlohmann::json j = nlohmann::json::object();
+      for (auto it : n) j[it.first.as<std::string>()] = to_json(it.second);
+      return j;
+    }
+    case YAML::NodeType::Sequence: {
+      nlohmann::json j = nlohmann::json::array();
+      for (auto it : n) j.push_back(to_json(it));
+      return j;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string s = n.Scalar();
+      if (n.Tag() == "!") return s;  // quoted
+      if (s == "true" || s == "True") return true;
+      if (s == "false" || s == "False") return false;
+      if (s == "null" || s == "~") return nullptr;
+      try {
+        size_t used;
+        long long i = std::stoll(s, &used);
+        if (used == s.size()) return i;
+      } catch (...) {
+      }
+      try {
+        size_t used;
+        double d = std::stod(s, &used);
+        if (used == s.size()) return d;
+      } catch (...) {
+      }
+      return s;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+// Sets root[a][b][c] = value for "a.b.c=value"; the value is parsed as YAML.
+void apply_override(YAML::Node root, const std::string& kv) {
+  auto eq = kv.find('=');
+  KILN_CHECK(eq != std::string::npos && eq > 0, "config", "override '", kv,
+             "' must look like section.key=value (e.g. optim.lr=1e-3)");
+  std::string path = kv.substr(0, eq), value = kv.substr(eq + 1);
+  std::vector<std::string> keys;
+  for (size_t b = 0;;) {
+    size_t e = path.find('.', b);
+    keys.push_back(path.substr(b, e - b));
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  std::vector<YAML::Node> chain{root};
+  for (size_t i = 0; i + 1 < keys.size(); ++i) {
+    YAML::Node next = chain.back()[keys[i]];
+    chain.push_back(next);
+  }
+  chain.back()[keys.back()] = YAML::Load(value);
+}
+
+template <typename T>
+void read(const YAML::Node& sec, const std::string& section, const char* key, T& out,
+          const std::string& src) {
+  if (!sec[key]) return;
+  try {
+    out = sec[key].as<T>();
+  } catch (const YAML::Exception&) {
+    fail("config", src, ": '", section, ".", key, "' has an invalid value '", YAML::Dump(sec[key]),
+         "'");
+  }
+}
+
+void check_keys(const YAML::Node& sec, const std::string& section,
+                const std::vector<std::string>& known, const std::string& src) {
+  if (!sec) return;
+  KILN_CHECK(sec.IsMap(), "config", src, ": '", section, "' must be a mapping");
+  for (auto it : sec) {
+    std::string k = it.first.as<std::string>();
+    bool ok = false;
+    for (const auto& kk : known) ok |= kk == k;
+    if (!ok) {
+      std::string list;
+      for (const auto& kk : known) list += (list.empty() ? "" : ", ") + kk;
+      fail("config", src, ": unknown key '", section.empty() ? k : section + "." + k,
+           "'; known keys", section.empty() ? "" : " in " + section, ": ", list);
+    }
+  }
+}
+
+}  // namespace
+
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(read_file(path));
+  } catch (const YAML::Exception& e) {
+    fail("config", path, ": not valid YAML at line ", e.mark.line + 1, ": ", e.msg);
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  KILN_CHECK(root.IsMap(), "config", path, ": the top level must be a mapping of sections");
+  for (const auto& o : overrides) apply_override(root, o);
+
+  TrainConfig c;
+  check_keys(root, "",
+             {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim"}, path);
+  read(root, "", "run_dir", c.run_dir, path);
+  read(root, "", "seed", c.seed, path);
+  read(root, "", "threads", c.threads, path);
+  read(root, "", "init_from", c.init_from, path);
+  KILN_CHECK(root["model"] || !c.init_from.empty(), "config", path,
+             ": no 'model' section; give the model's Hugging Face config keys under model:, or "
+             "init_from: a checkpoint directory");
+  if (root["model"]) {
+    nlohmann::json mj = to_json(root["model"]);
+    c.vocab_from_tokenizer = !mj.contains("vocab_size");
+    if (c.vocab_from_tokenizer) mj["vocab_size"] = 1;  // placeholder until the tokenizer loads
+    c.model = ModelConfig::from_json(mj, path + " (model section)", true);
+  }
+
+  const YAML::Node data = root["data"];
+  check_keys(data, "data", {"train", "val", "val_fraction", "tokenizer"}, path);
+  if (data) {
+    if (data["train"] && data["train"].IsSequence()) {
+      c.data.train = data["train"].as<std::vector<std::string>>();
+    } else if (data["train"]) {
+      c.data.train = {data["train"].as<std::string>()};
+    }
+    read(data, "data", "val", c.data.val, path);
+    read(data, "data", "val_fraction", c.data.val_fraction, path);
+    read(data, "data", "tokenizer", c.data.tokenizer, path);
+  }
+  KILN_CHECK(!c.data.train.empty(), "config", path, ": data.train names no text file");
+  KILN_CHECK(c.data.val_fraction >= 0 && c.data.val_fraction < 1, "config", path,
+             ": data.val_fraction must be in [0, 1), got ", c.data.val_fraction);
+
+  const YAML::Node tr = root["train"];
+  check_keys(tr, "train",
+             {"steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
+              "checkpoint_every", "keep_checkpoints", "log_every", "samples", "sample_tokens"},
+             path);
+  if (tr) {
+    read(tr, "train", "steps", c.train.steps, path);
+    read(tr, "train", "batch_size", c.train.batch_size, path);
+    read(tr, "train", "seq_len", c.train.seq_len, path);
+    read(tr, "train", "grad_accum", c.train.grad_accum, path);
+    read(tr, "train", "eval_every", c.train.eval_every, path);
+    read(tr, "train", "eval_batches", c.train.eval_batches, path);
+    read(tr, "train", "checkpoint_every", c.train.checkpoint_every, path);
+    read(tr, "train", "keep_checkpoints", c.train.keep_checkpoints, path);
+    read(tr, "train", "log_every", c.train.log_every, path);
+    read(tr, "train", "samples", c.train.samples, path);
+    read(tr, "train", "sample_tokens", c.train.sample_tokens, path);
+  }
+  for (auto [v, k] : {std::pair{c.train.steps, "steps"},
+                      {c.train.batch_size, "batch_size"},
+                      {c.train.seq_len, "seq_len"},
+                      {c.train.grad_accum, "grad_accum"}})
+    KILN_CHECK(v > 0, "config", path, ": train.", k, " must be positive, got ", v);
+
+  const YAML::Node op = root["optim"];
+  check_keys(op, "optim",
+             {"lr", "min_lr", "warmup_steps", "schedule", "beta1", "beta2", "eps", "weight_decay",
+              "grad_clip"},
+             path);
+  if (op) {
+    read(op, "optim", "lr", c.optim.lr, path);
+    read(op, "optim", "min_lr", c.optim.min_lr, path);
+    read(op, "optim", "warmup_steps", c.optim.warmup_steps, path);
+    read(op, "optim", "schedule", c.optim.schedule, path);
+    read(op, "optim", "beta1", c.optim.beta1, path);
+    read(op, "optim", "beta2", c.optim.beta2, path);
+    read(op, "optim", "eps", c.optim.eps, path);
+    read(op, "optim", "weight_decay", c.optim.weight_decay, path);
+    read(op, "optim", "grad_clip", c.optim.grad_clip, path);
+  }
+  KILN_CHECK(c.optim.schedule == "cosine" || c.optim.schedule == "linear" ||
+                 c.optim.schedule == "constant",
+             "config", path, ": optim.schedule '", c.optim.schedule,
+             "' is unknown; use cosine, linear or constant");
+  KILN_CHECK(c.optim.lr > 0, "config", path, ": optim.lr must be positive");
+
+  YAML::Emitter out;
+  out << root;
+  c.yaml = std::string(out.c_str()) + "\n";
+  return c;
+}
+
+}  // namespace kiln

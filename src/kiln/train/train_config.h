@@ -1,0 +1,60 @@
+// The training configuration: a YAML file plus dotted command-line overrides
+// (`kiln train configs/quickstart.yaml optim.lr=1e-3`). Every key is known; a typo is an error
+// naming the key. The model section uses Hugging Face config.json names.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/model/config.h"
+
+namespace kiln {
+
+struct TrainConfig {
+  std::string run_dir = "runs/default";
+  uint64_t seed = 1337;
+  int threads = 0;  // 0 = all cores
+
+  ModelConfig model;
+  bool vocab_from_tokenizer = false;  // model.vocab_size omitted: take the tokenizer's
+  std::string init_from;  // optional: a checkpoint directory whose weights start the run
+
+  struct Data {
+    std::vector<std::string> train;  // text files, concatenated in order
+    std::string val;                 // optional held-out text file
+    double val_fraction = 0.05;      // used when `val` is empty: the tail of the training text
+    std::string tokenizer = "byte";  // "byte" or a tokenizer file (tokenizer.json, .tiktoken)
+  } data;
+
+  struct Train {
+    int steps = 1000;
+    int batch_size = 8;  // sequences per micro-batch
+    int seq_len = 256;
+    int grad_accum = 1;  // micro-batches per optimizer step
+    int eval_every = 100;
+    int eval_batches = 10;
+    int checkpoint_every = 500;
+    int keep_checkpoints = 2;
+    int log_every = 1;  // metrics.jsonl gets every step; the progress line redraws
+    int samples = 2;    // sample generations printed at the end
+    int sample_tokens = 200;
+  } train;
+
+  struct Optim {
+    float lr = 1e-3f;
+    float min_lr = 1e-4f;
+    int warmup_steps = 100;
+    std::string schedule = "cosine";  // cosine | linear | constant
+    float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+    float weight_decay = 0.1f;
+    float grad_clip = 1.0f;  // global-norm clipping; 0 disables
+  } optim;
+
+  std::string yaml;  // the resolved configuration, as written to RUN_DIR/config.yaml
+};
+
+// Reads `path`, applies "dotted.key=value" overrides, validates. Errors name the file and key.
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace kiln

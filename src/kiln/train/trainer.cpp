@@ -1,0 +1,186 @@
+#include "kiln/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "kiln/core/error.h"
+#include "kiln/core/log.h"
+#include "kiln/core/parallel.h"
+#include "kiln/data/text_dataset.h"
+#include "kiln/infer/generate.h"
+#include "kiln/io/file.h"
+#include "kiln/model/model_io.h"
+#include "kiln/ops/elementwise.h"
+#include "kiln/train/checkpoint.h"
+#include "kiln/train/optimizer.h"
+#include "kiln/train/schedule.h"
+
+namespace kiln {
+
+namespace {
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+// Keeps only the metrics records up to `step` (a resumed run rewrites what follows).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!file_exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step")) continue;  // a torn last line from a kill
+    if (j["step"].get<int64_t>() <= step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+double evaluate(const Model& model, TrainState& ts, const WindowSampler& val, int max_batches) {
+  const int B = ts.B(), T = ts.T();
+  int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
+  if (n <= 0) return NAN;
+  std::vector<int32_t> ids(size_t(B) * T), tg(size_t(B) * T);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    val.eval_batch(int(i), B, ids.data(), tg.data());
+    sum += ts.step(model, ids.data(), tg.data(), nullptr);
+  }
+  return sum / double(n);
+}
+
+}  // namespace
+
+TrainResult train(TrainConfig cfg, bool resume) {
+  if (cfg.threads > 0) set_num_threads(cfg.threads);
+  make_dirs(cfg.run_dir);
+  write_file_atomic(cfg.run_dir + "/config.yaml", cfg.yaml);
+
+  Tokenizer tok = cfg.data.tokenizer == "byte" ? Tokenizer::byte_level({"<|endoftext|>"})
+                                               : Tokenizer::load(cfg.data.tokenizer);
+  std::unique_ptr<Model> model;
+  if (!cfg.init_from.empty()) {
+    model = load_model(resolve_model_dir(cfg.init_from));
+    cfg.model = model->config();
+  } else {
+    if (cfg.vocab_from_tokenizer) cfg.model.vocab_size = tok.vocab_size();
+    if (auto eos = tok.eos_id()) cfg.model.eos_token_id = cfg.model.bos_token_id = *eos;
+    model = std::make_unique<Model>(cfg.model);
+    model->init_weights(cfg.seed);
+  }
+  KILN_CHECK(model->config().vocab_size >= tok.vocab_size(), "train", "the model's vocab_size (",
+             model->config().vocab_size, ") is smaller than the tokenizer's (", tok.vocab_size(),
+             "); raise model.vocab_size or omit it to take the tokenizer's");
+
+  log_info("tokenizing ", cfg.data.train.size(), " file(s) with a ", tok.vocab_size(),
+           "-token vocabulary");
+  TokenSplit data = load_text_tokens(cfg.data.train, cfg.data.val, cfg.data.val_fraction, tok);
+  const int B = cfg.train.batch_size, T = cfg.train.seq_len, accum = cfg.train.grad_accum;
+  WindowSampler sampler(data.train, T, cfg.seed + 1);
+  std::unique_ptr<WindowSampler> val;
+  if (int64_t(data.val.size()) > T) val = std::make_unique<WindowSampler>(data.val, T, 0);
+  log_info("data: ", data.train.size(), " training tokens, ", data.val.size(),
+           " validation tokens; model: ", model->num_params(), " parameters");
+
+  AdamW opt(*model, {cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay});
+  TrainerState state;
+  const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
+  if (resume) {
+    std::string ckpt = latest_checkpoint(cfg.run_dir);
+    KILN_CHECK(!ckpt.empty(), "train", "--resume: no checkpoint in ", cfg.run_dir,
+               "/checkpoints; start without --resume");
+    load_checkpoint(ckpt, *model, opt, state);
+    sampler.set_state(state.loader);
+    truncate_metrics(metrics_path, state.step);
+    log_info("resumed from ", ckpt, " at step ", state.step);
+  } else {
+    write_file_atomic(metrics_path, "");
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  TrainState ts(*model, B, T);
+  Tensor grads = Tensor::zeros({model->num_params()});
+  std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
+  const int64_t tokens_per_step = int64_t(B) * T * accum;
+  TrainResult result;
+  Progress progress("train", cfg.train.steps, "steps");
+  double last_loss = NAN, last_val = NAN;
+  int consecutive_skips = 0;
+
+  for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
+    auto t0 = std::chrono::steady_clock::now();
+    const float lr = lr_at(int(step), cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr,
+                           cfg.optim.warmup_steps, cfg.optim.schedule);
+    std::memset(grads.raw(), 0, grads.nbytes());
+    double loss = 0;
+    for (int micro = 0; micro < accum; ++micro) {
+      sampler.next(B, ids.data(), targets.data());
+      loss += ts.step(*model, ids.data(), targets.data(), grads.f32(), 1.0f / float(accum));
+    }
+    loss /= accum;
+    double norm = 0;
+    bool updated = std::isfinite(loss) &&
+                   clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
+    if (!updated) {
+      // A non-finite loss or gradient never reaches the weights.
+      log_warn("step ", step, ": non-finite ", std::isfinite(loss) ? "gradient" : "loss",
+               "; skipping the update");
+      KILN_CHECK(++consecutive_skips < 10, "train", "10 consecutive non-finite steps ending at ",
+                 step, ": the run diverged; lower optim.lr or raise optim.warmup_steps");
+    } else {
+      consecutive_skips = 0;
+    }
+    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.step = step;
+    state.tokens_seen += tokens_per_step;
+    last_loss = loss;
+    nlohmann::json rec = {{"step", step},
+                          {"loss", loss},
+                          {"lr", lr},
+                          {"grad_norm", norm},
+                          {"tokens", state.tokens_seen},
+                          {"tokens_per_s", double(tokens_per_step) / dt},
+                          {"step_ms", dt * 1e3}};
+    const bool last = step == cfg.train.steps;
+    if (val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
+      last_val = evaluate(*model, ts, *val, cfg.train.eval_batches);
+      rec["val_loss"] = last_val;
+      rec["val_perplexity"] = std::exp(last_val);
+    }
+    metrics << rec.dump() << "\n" << std::flush;
+    progress.update(step, "loss " + fmt("%.4f", loss) +
+                              (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
+                              " lr " + fmt("%.2e", lr) + " " +
+                              fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
+    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last) {
+      state.loader = sampler.state();
+      result.checkpoint =
+          save_checkpoint(cfg.run_dir, *model, tok, opt, state, cfg.train.keep_checkpoints);
+    }
+  }
+  progress.finish("loss " + fmt("%.4f", last_loss));
+  if (result.checkpoint.empty()) result.checkpoint = latest_checkpoint(cfg.run_dir);
+  result.final_loss = last_loss;
+  result.final_val_loss = last_val;
+  result.steps = state.step;
+
+  for (int s = 0; s < cfg.train.samples; ++s) {
+    SamplingParams sp;
+    sp.temperature = 0.8f;
+    sp.top_k = 40;
+    sp.seed = cfg.seed + s;
+    const char* prompts[] = {"The ", "In the morning, ", "He said that ", "It was "};
+    auto r = generate(*model, tok, prompts[s % 4], cfg.train.sample_tokens, sp);
+    std::printf("--- sample %d ---\n%s%s\n", s + 1, prompts[s % 4], r.text.c_str());
+  }
+  std::fflush(stdout);
+  return result;
+}
+
+}  // namespace kiln

@@ -1,0 +1,27 @@
+// The training loop: data -> forward/backward -> clip -> AdamW, with evaluation, metrics
+// (RUN_DIR/metrics.jsonl), atomic checkpoints and bit-exact resume.
+#pragma once
+
+#include <string>
+
+#include "kiln/train/train_config.h"
+
+namespace kiln {
+
+struct TrainResult {
+  double final_loss = 0, final_val_loss = 0;
+  int64_t steps = 0;
+  std::string checkpoint;  // the last checkpoint written
+};
+
+// Runs (or, with resume, continues from the newest checkpoint in cfg.run_dir) the training
+// described by cfg. Writes RUN_DIR/config.yaml, metrics.jsonl and checkpoints/.
+TrainResult train(TrainConfig cfg, bool resume);
+
+// Mean cross-entropy of `model` over a token stream, in windows of T (B at a time).
+struct EvalResult {
+  double loss = 0;
+  int64_t tokens = 0;
+};
+
+}  // namespace kiln

@@ -1,0 +1,182 @@
+// Fused LM head + cross-entropy: cpu (chunked sgemms) vs ref over odd shapes including chunk
+// boundaries, ignored targets, zero weights, and both backwards vs central finite differences
+// of a double-precision forward.
+//
+// Tolerances (normwise). A logit is a C-term dot product (error <= C kU sum|h w|); the softmax
+// sums V exponentials (V kU relative in the sum, i.e. absolute in the log-sum-exp); dh sums V
+// terms of dlogits * W; dW sums the N rows' contributions. So losses and dh are good to about
+// (C + V) kU and dW to about (C + V + N) kU, relative to their scale; safety factor 4.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cross_entropy.h"
+#include "op_test_util.h"
+
+namespace kiln::test {
+namespace {
+
+struct Shape {
+  int N, C, V;
+};
+
+struct Result {
+  std::vector<float> losses, dh, dw;
+};
+
+template <typename F>
+Result run(F f, const std::vector<float>& h, const std::vector<float>& w, const std::vector<int>& y,
+           const std::vector<float>& dw0, const Shape& s, float scale) {
+  Result r{std::vector<float>(s.N, NAN), std::vector<float>(int64_t(s.N) * s.C, NAN), dw0};
+  f(r.losses.data(), r.dh.data(), r.dw.data(), h.data(), w.data(), y.data(), s.N, s.C, s.V, scale);
+  return r;
+}
+
+// Targets with every fourth-ish one ignored (-1 or -100, as HF pads labels).
+std::vector<int> targets(const Shape& s, uint64_t seed) {
+  auto y = random_ids(s.N, s.V, seed);
+  const auto r = random_ids(s.N, 4, seed + 1);
+  for (int n = 0; n < s.N; ++n)
+    if (r[n] == 0) y[n] = n % 2 ? -1 : -100;
+  return y;
+}
+
+TEST(CrossEntropy, CpuMatchesRefAcrossChunkBoundaries) {
+  // The cpu path takes 256-row chunks for these vocabularies: N = 255, 256, 257 and 600 put the
+  // last chunk at every kind of boundary. V = 40000 shrinks the chunk to 52 rows (8 MB of
+  // logits), so N = 110 is chunks of 52, 52 and 6.
+  for (const Shape& s :
+       {Shape{1, 8, 5}, Shape{7, 16, 33}, Shape{255, 32, 100}, Shape{256, 8, 17},
+        Shape{257, 24, 97}, Shape{600, 16, 50}, Shape{70, 64, 2000}, Shape{110, 8, 40000}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C << " V=" << s.V);
+    const auto h = random_vector(int64_t(s.N) * s.C, 1);
+    const auto w = random_vector(int64_t(s.V) * s.C, 2, -0.5f, 0.5f);
+    const auto dw0 = random_vector(int64_t(s.V) * s.C, 3);  // dW accumulates onto this
+    const auto y = targets(s, 4);
+    const float scale = 1.0f / s.N;
+    const Result ref = run(ops::ref::lm_head_cross_entropy, h, w, y, dw0, s, scale);
+    const Result cpu = run(ops::cpu::lm_head_cross_entropy, h, w, y, dw0, s, scale);
+    const double tol = 4 * (s.C + s.V) * kU, tol_dw = 4 * (s.C + s.V + s.N) * kU;
+    EXPECT_TRUE(normwise_close(cpu.losses, ref.losses, tol));
+    EXPECT_TRUE(normwise_close(cpu.dh, ref.dh, tol));
+    // Compare the accumulated part, dW - dW0, at its own scale.
+    std::vector<float> gc(dw0.size());
+    std::vector<double> gr(dw0.size());
+    for (size_t i = 0; i < dw0.size(); ++i) {
+      gc[i] = cpu.dw[i] - dw0[i];
+      gr[i] = double(ref.dw[i]) - dw0[i];
+    }
+    // Subtracting dW0 (|dW0| <= 1) costs up to 2 kU of absolute error.
+    EXPECT_TRUE(all_close(gc, gr, 0, tol_dw * max_abs(gr) + 2 * kU));
+    // Ignored rows: zero loss and zero gradient.
+    for (int n = 0; n < s.N; ++n)
+      if (y[n] < 0) {
+        EXPECT_EQ(cpu.losses[n], 0.0f);
+        for (int c = 0; c < s.C; ++c) ASSERT_EQ(cpu.dh[int64_t(n) * s.C + c], 0.0f);
+      }
+  }
+}
+
+TEST(CrossEntropy, ForwardOnlyGivesTheSameLosses) {
+  const Shape s{300, 16, 70};
+  const auto h = random_vector(int64_t(s.N) * s.C, 5);
+  const auto w = random_vector(int64_t(s.V) * s.C, 6);
+  const auto y = targets(s, 7);
+  std::vector<float> l0(s.N), l1(s.N);
+  ops::cpu::lm_head_cross_entropy(l0.data(), nullptr, nullptr, h.data(), w.data(), y.data(), s.N,
+                                  s.C, s.V, 1.0f);
+  const Result r =
+      run(ops::cpu::lm_head_cross_entropy, h, w, y, std::vector<float>(s.V * s.C), s, 1.0f);
+  EXPECT_TRUE(all_close(l0, r.losses, 0, 0));  // same arithmetic, bit for bit
+  ops::ref::lm_head_cross_entropy(l1.data(), nullptr, nullptr, h.data(), w.data(), y.data(), s.N,
+                                  s.C, s.V, 1.0f);
+  EXPECT_TRUE(normwise_close(l0, l1, 4 * (s.C + s.V) * kU));
+}
+
+TEST(CrossEntropy, AllIgnoredLeavesDwUntouched) {
+  const Shape s{40, 8, 30};
+  const auto h = random_vector(int64_t(s.N) * s.C, 8);
+  const auto w = random_vector(int64_t(s.V) * s.C, 9);
+  const auto dw0 = random_vector(int64_t(s.V) * s.C, 10);
+  const std::vector<int> y(s.N, -100);
+  for (auto f : {ops::ref::lm_head_cross_entropy, ops::cpu::lm_head_cross_entropy}) {
+    const Result r = run(f, h, w, y, dw0, s, 1.0f);
+    EXPECT_TRUE(bit_equal(r.dw, dw0));
+    EXPECT_EQ(max_abs(r.losses), 0.0);
+    EXPECT_EQ(max_abs(r.dh), 0.0);
+  }
+}
+
+TEST(CrossEntropy, ZeroWeightsGiveLogV) {
+  // All logits 0: uniform softmax, loss log(V); dh = dlogits W = 0; dW = (1/V - onehot)^T h.
+  const Shape s{260, 8, 37};
+  const auto h = random_vector(int64_t(s.N) * s.C, 11);
+  const std::vector<float> w(int64_t(s.V) * s.C, 0.0f);
+  const auto y = random_ids(s.N, s.V, 12);
+  for (auto f : {ops::ref::lm_head_cross_entropy, ops::cpu::lm_head_cross_entropy}) {
+    const Result r = run(f, h, w, y, std::vector<float>(w.size(), 0.0f), s, 1.0f);
+    for (int n = 0; n < s.N; ++n) EXPECT_NEAR(r.losses[n], std::log(double(s.V)), 4 * kU * 4);
+    EXPECT_EQ(max_abs(r.dh), 0.0);
+    std::vector<double> dw(w.size(), 0.0);
+    for (int n = 0; n < s.N; ++n)
+      for (int v = 0; v < s.V; ++v)
+        for (int c = 0; c < s.C; ++c) dw[v * s.C + c] += (1.0 / s.V - (v == y[n])) * h[n * s.C + c];
+    EXPECT_TRUE(normwise_close(r.dw, dw, 4 * (s.N + s.V) * kU));
+  }
+}
+
+// L = grad_scale * sum of the (non-ignored) rows' losses, in double.
+double loss_double(const std::vector<double>& h, const std::vector<double>& w,
+                   const std::vector<int>& y, const Shape& s, double scale) {
+  double L = 0.0;
+  std::vector<double> z(s.V);
+  for (int n = 0; n < s.N; ++n) {
+    if (y[n] < 0) continue;
+    double m = -INFINITY, sum = 0.0;
+    for (int v = 0; v < s.V; ++v) {
+      z[v] = 0.0;
+      for (int c = 0; c < s.C; ++c) z[v] += h[n * s.C + c] * w[v * s.C + c];
+      m = std::max(m, z[v]);
+    }
+    for (int v = 0; v < s.V; ++v) sum += std::exp(z[v] - m);
+    L += scale * (m + std::log(sum) - z[y[n]]);
+  }
+  return L;
+}
+
+TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
+  const Shape s{6, 5, 7};
+  const auto h = random_vector(int64_t(s.N) * s.C, 13, -2, 2);
+  const auto w = random_vector(int64_t(s.V) * s.C, 14, -2, 2);
+  std::vector<int> y = random_ids(s.N, s.V, 15);
+  y[2] = -1;
+  const float scale = 0.37f;
+  auto hd = to_double(h), wd = to_double(w);
+  const auto L = [&] { return loss_double(hd, wd, y, s, scale); };
+  const auto dh_fd = fd_gradient(hd, L), dw_fd = fd_gradient(wd, L);
+  for (auto f : {ops::ref::lm_head_cross_entropy, ops::cpu::lm_head_cross_entropy}) {
+    const Result r = run(f, h, w, y, std::vector<float>(w.size(), 0.0f), s, scale);
+    // The float backward's own error; FD in double is good to ~1e-9.
+    EXPECT_TRUE(normwise_close(r.dh, dh_fd, 4 * (s.C + s.V) * kU + 1e-8));
+    EXPECT_TRUE(normwise_close(r.dw, dw_fd, 4 * (s.C + s.V + s.N) * kU + 1e-8));
+    // And the forward against the double loss.
+    double total = 0.0;
+    for (float l : r.losses) total += scale * l;
+    EXPECT_NEAR(total, L(), 4 * (s.C + s.V) * kU * std::fabs(L()));
+  }
+}
+
+TEST(CrossEntropy, RejectsTargetOutsideVocabulary) {
+  const Shape s{2, 4, 5};
+  const auto h = random_vector(8, 16), w = random_vector(20, 17);
+  const std::vector<int> y = {1, 5};
+  std::vector<float> l(2);
+  EXPECT_THROW(ops::cpu::lm_head_cross_entropy(l.data(), nullptr, nullptr, h.data(), w.data(),
+                                               y.data(), s.N, s.C, s.V, 1.0f),
+               Error);
+}
+
+}  // namespace
+}  // namespace kiln::test

@@ -1,0 +1,182 @@
+// Tokenizer: byte-level vocabulary, specials, save/load through tokenizer.json, decode round
+// trips of arbitrary bytes, and the incremental (streaming) decoder.
+#include "kiln/tokenizer/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/io/json_file.h"
+#include "kiln/tokenizer/byte_unicode.h"
+
+namespace kiln {
+namespace {
+
+std::string temp_path(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("kiln_tok_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+std::string random_bytes(std::mt19937& rng, size_t n) {
+  std::string s(n, '\0');
+  for (char& c : s) c = char(rng() & 0xFF);
+  return s;
+}
+
+TEST(ByteUnicode, RoundTripsEveryByte) {
+  for (int b = 0; b < 256; ++b) {
+    std::string out;
+    ASSERT_TRUE(tok::unicode_to_bytes(tok::byte_to_unicode(uint8_t(b)), out));
+    EXPECT_EQ(out, std::string(1, char(b)));
+  }
+  EXPECT_EQ(tok::byte_to_unicode(' '), "\xC4\xA0");   // "Ġ"
+  EXPECT_EQ(tok::byte_to_unicode('\n'), "\xC4\x8A");  // "Ċ"
+  EXPECT_EQ(tok::byte_to_unicode('a'), "a");
+}
+
+TEST(ByteLevel, VocabularyAndIds) {
+  Tokenizer t = Tokenizer::byte_level({"<|endoftext|>", "<|pad|>"});
+  EXPECT_EQ(t.vocab_size(), 258);
+  EXPECT_EQ(t.special_id("<|endoftext|>"), 256);
+  EXPECT_EQ(t.special_id("<|pad|>"), 257);
+  EXPECT_EQ(t.special_id("<|nope|>"), std::nullopt);
+  EXPECT_EQ(t.eos_id(), 256);
+  EXPECT_EQ(t.encode("ab"), (std::vector<int32_t>{'a', 'b'}));
+  EXPECT_EQ(t.token_bytes(200), std::string(1, char(200)));
+  EXPECT_EQ(t.token_bytes(257), "<|pad|>");
+  EXPECT_THROW(t.token_bytes(258), Error);
+  EXPECT_THROW(t.token_bytes(-1), Error);
+  EXPECT_FALSE(Tokenizer::byte_level({}).eos_id().has_value());
+}
+
+TEST(ByteLevel, RoundTripsArbitraryBytes) {
+  Tokenizer t = Tokenizer::byte_level({"<|endoftext|>"});
+  std::mt19937 rng(1);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string s = random_bytes(rng, rng() % 300);
+    auto ids = t.encode(s);
+    EXPECT_EQ(ids.size(), s.size());
+    EXPECT_EQ(t.decode(ids), s);
+  }
+  std::string invalid = "\xFF\xFE\xC0\x80 ok \xED\xA0\x80 \xF4\x90\x80\x80";
+  EXPECT_EQ(t.decode(t.encode(invalid)), invalid);
+}
+
+TEST(ByteLevel, SpecialsAreNeverSplitWhenAllowed) {
+  Tokenizer t = Tokenizer::byte_level({"<|endoftext|>", "<|end|>"});
+  std::string text = "a<|endoftext|>b<|end|><|endoftext|>";
+  auto with = t.encode(text, /*allow_special=*/true);
+  EXPECT_EQ(with, (std::vector<int32_t>{'a', 256, 'b', 257, 256}));
+  EXPECT_EQ(t.decode(with), text);
+  // Without allow_special the same characters are plain text.
+  auto without = t.encode(text, /*allow_special=*/false);
+  EXPECT_EQ(without.size(), text.size());
+  for (int32_t id : without) EXPECT_LT(id, 256);
+  EXPECT_EQ(t.decode(without), text);
+  // A special at the very start and end, and a partial one.
+  EXPECT_EQ(t.encode("<|end|>", true), (std::vector<int32_t>{257}));
+  EXPECT_EQ(t.encode("<|en", true).size(), 4u);
+}
+
+TEST(ByteLevel, SaveLoadIsIdentical) {
+  Tokenizer t = Tokenizer::byte_level({"<|endoftext|>", "<|user|>"});
+  std::string path = temp_path("byte_level.json");
+  t.save(path);
+  Tokenizer u = Tokenizer::load(path);
+  EXPECT_EQ(u.vocab_size(), t.vocab_size());
+  EXPECT_EQ(u.special_id("<|user|>"), 257);
+  EXPECT_EQ(u.eos_id(), t.eos_id());
+  for (int32_t id = 0; id < t.vocab_size(); ++id) EXPECT_EQ(u.token_bytes(id), t.token_bytes(id));
+  std::mt19937 rng(2);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::string s = random_bytes(rng, rng() % 200) + "<|user|>x<|endoftext|>";
+    EXPECT_EQ(u.encode(s, true), t.encode(s, true));
+    EXPECT_EQ(u.encode(s, false), t.encode(s, false));
+  }
+  // Saving the loaded one gives the same file.
+  std::string path2 = temp_path("byte_level2.json");
+  u.save(path2);
+  EXPECT_EQ(read_file(path), read_file(path2));
+}
+
+TEST(ByteLevel, SavedFileIsHuggingFaceByteLevelBpe) {
+  std::string path = temp_path("hf.json");
+  Tokenizer::byte_level({"<|endoftext|>"}).save(path);
+  std::string text = read_file(path);
+  auto j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["model"]["type"], "BPE");
+  EXPECT_EQ(j["model"]["vocab"].size(), 256u);
+  EXPECT_EQ(j["model"]["vocab"]["\xC4\xA0"], 32);  // "Ġ" is the space byte
+  EXPECT_EQ(j["model"]["vocab"]["!"], 33);
+  EXPECT_TRUE(j["model"]["merges"].empty());
+  EXPECT_EQ(j["pre_tokenizer"]["type"], "ByteLevel");
+  EXPECT_EQ(j["pre_tokenizer"]["add_prefix_space"], false);
+  EXPECT_EQ(j["pre_tokenizer"]["use_regex"], false);
+  EXPECT_EQ(j["decoder"]["type"], "ByteLevel");
+  ASSERT_EQ(j["added_tokens"].size(), 1u);
+  EXPECT_EQ(j["added_tokens"][0]["id"], 256);
+  EXPECT_EQ(j["added_tokens"][0]["content"], "<|endoftext|>");
+  EXPECT_EQ(j["added_tokens"][0]["special"], true);
+}
+
+TEST(Load, BadFilesNameTheProblem) {
+  std::string path = temp_path("bad.json");
+  write_file_atomic(path, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, ");
+  try {
+    Tokenizer::load(path);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("JSON"), std::string::npos) << e.what();
+  }
+  write_file_atomic(path, R"({"model": {"type": "Unigram", "vocab": []}})");
+  EXPECT_THROW(Tokenizer::load(path), Error);
+  write_file_atomic(path,
+                    R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]},
+                             "decoder": {"type": "ByteLevel"}})");
+  try {
+    Tokenizer::load(path);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.merges[0]"), std::string::npos) << e.what();
+  }
+}
+
+TEST(IncrementalDecoder, EmitsOnlyCompleteUtf8) {
+  Tokenizer t = Tokenizer::byte_level({"<|endoftext|>"});
+  std::string text = "h\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80!";  // "hé € 😀!"
+  IncrementalDecoder dec(t);
+  std::string streamed;
+  for (int32_t id : t.encode(text)) {
+    std::string piece = dec.push(id);
+    // Every emitted chunk is valid UTF-8 on its own.
+    for (size_t i = 0; i < piece.size();) {
+      auto c = uint8_t(piece[i]);
+      size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+      ASSERT_LE(i + len, piece.size()) << "split character in chunk";
+      i += len;
+    }
+    streamed += piece;
+  }
+  streamed += dec.flush();
+  EXPECT_EQ(streamed, text);
+
+  // The euro sign arrives in three pieces: nothing, nothing, then the character.
+  IncrementalDecoder d2(t);
+  EXPECT_EQ(d2.push(0xE2), "");
+  EXPECT_EQ(d2.push(0x82), "");
+  EXPECT_EQ(d2.push(0xAC), "\xE2\x82\xAC");
+  // Invalid bytes are passed through, not held.
+  EXPECT_EQ(d2.push(0xFF), "\xFF");
+  EXPECT_EQ(d2.push(256), "<|endoftext|>");
+  // An incomplete character is returned by flush.
+  EXPECT_EQ(d2.push(0xF0), "");
+  EXPECT_EQ(d2.flush(), "\xF0");
+}
+
+}  // namespace
+}  // namespace kiln
