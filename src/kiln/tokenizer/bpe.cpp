@@ -35,18 +35,28 @@ static uint64_t hash_pair(uint64_t key) {
   return key ^ (key >> 29);
 }
 
+namespace {
+uint64_t head_word(std::string_view s) {
+  uint64_t w = 0;
+  std::memcpy(&w, s.data(), std::min<size_t>(s.size(), 8));
+  return w;
+}
+uint32_t tag_of(uint64_t h, size_t len) {
+  return uint32_t(h >> 40) << 8 | uint32_t(std::min<size_t>(len, 255));
+}
+}  // namespace
+
 void BytesMap::build(const std::vector<std::string>& tokens) {
   size_t cap = 16;
   while (cap < tokens.size() * 2) cap *= 2;
-  slots_.assign(cap, Slot{0, -1});
+  slots_.assign(cap, Slot{0, -1, 0});
   mask_ = cap - 1;
   for (size_t id = 0; id < tokens.size(); ++id) {
-    if (tokens[id].empty() || find(tokens[id], tokens) >= 0)
-      continue;  // first id wins on duplicates
+    if (tokens[id].empty() || find(tokens[id], tokens) >= 0) continue;  // first id wins
     uint64_t h = hash_bytes(tokens[id]);
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
       if (slots_[i].id < 0) {
-        slots_[i] = Slot{uint32_t(h >> 32), int32_t(id)};
+        slots_[i] = Slot{tag_of(h, tokens[id].size()), int32_t(id), head_word(tokens[id])};
         break;
       }
     }
@@ -54,13 +64,16 @@ void BytesMap::build(const std::vector<std::string>& tokens) {
 }
 
 int32_t BytesMap::find(std::string_view s, const std::vector<std::string>& tokens) const {
-  if (slots_.empty()) return -1;
+  if (slots_.empty() || s.empty()) return -1;
   uint64_t h = hash_bytes(s);
-  auto tag = uint32_t(h >> 32);
+  uint32_t tag = tag_of(h, s.size());
+  uint64_t head = head_word(s);
   for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
     const Slot& slot = slots_[i];
     if (slot.id < 0) return -1;
-    if (slot.tag == tag && tokens[size_t(slot.id)] == s) return slot.id;
+    if (slot.tag == tag && slot.head == head &&
+        (s.size() <= 8 || std::string_view(tokens[size_t(slot.id)]).substr(8) == s.substr(8)))
+      return slot.id;
   }
 }
 

@@ -1,20 +1,162 @@
 #include "kiln/tokenizer/sentencepiece.h"
 
+#include <queue>
+
 #include "kiln/core/error.h"
 
 namespace kiln::tok {
 
-SentencePiece::SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix, bool byte_fallback)
+namespace {
+constexpr std::string_view kSpace = "\xE2\x96\x81";  // "▁", U+2581
+
+size_t utf8_len(uint8_t lead) {
+  return lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+}
+
+// "<0x0A>" -> 10; -1 if not a byte piece.
+int byte_of_piece(std::string_view p) {
+  if (p.size() != 6 || p.substr(0, 3) != "<0x" || p[5] != '>') return -1;
+  int v = 0;
+  for (char c : p.substr(3, 2)) {
+    v *= 16;
+    if (c >= '0' && c <= '9')
+      v += c - '0';
+    else if (c >= 'A' && c <= 'F')
+      v += c - 'A' + 10;
+    else if (c >= 'a' && c <= 'f')
+      v += c - 'a' + 10;
+    else
+      return -1;
+  }
+  return v;
+}
+}  // namespace
+
+SentencePiece::SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix,
+                             bool remove_extra_whitespaces, bool byte_fallback)
     : pieces_(std::move(pieces)),
       add_dummy_prefix_(add_dummy_prefix),
-      byte_fallback_(byte_fallback) {}
+      remove_extra_whitespaces_(remove_extra_whitespaces),
+      byte_fallback_(byte_fallback) {
+  mergeable_.resize(pieces_.size());
+  std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const Piece& p = pieces_[i];
+    if (p.type == Type::normal || p.type == Type::user_defined) mergeable_[i] = p.text;
+    if (p.type == Type::unknown && unk_id_ < 0) unk_id_ = int32_t(i);
+    if (p.type == Type::byte) {
+      int b = byte_of_piece(p.text);
+      KILN_CHECK(b >= 0, "sentencepiece", "byte piece ", i, " '", p.text, "' is not <0xNN>");
+      byte_ids_[b] = int32_t(i);
+    }
+  }
+  index_.build(mergeable_);
+  if (byte_fallback_)
+    for (int b = 0; b < 256; ++b)
+      KILN_CHECK(byte_ids_[b] >= 0, "sentencepiece",
+                 "byte_fallback is on but there is no piece <0x", std::hex, b, ">");
+}
 
 void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out) const {
-  fail("sentencepiece", "encode is not implemented yet");
+  // Normalize: optional whitespace cleanup, the dummy prefix, ' ' -> "▁".
+  std::string norm;
+  norm.reserve(text.size() * 2 + 3);
+  if (remove_extra_whitespaces_) {
+    size_t b = text.find_first_not_of(' '), e = text.find_last_not_of(' ');
+    text = b == std::string_view::npos ? std::string_view() : text.substr(b, e - b + 1);
+  }
+  if (text.empty()) return;
+  if (add_dummy_prefix_) norm += kSpace;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == ' ') {
+      if (remove_extra_whitespaces_ && i > 0 && text[i - 1] == ' ') continue;
+      norm += kSpace;
+    } else {
+      norm += text[i];
+    }
+  }
+
+  // Symbols are byte ranges of `norm`, starting as characters, in a linked list; candidate merges
+  // wait in a heap ordered by score (highest first), then position (leftmost first). A candidate
+  // is stale if either symbol's length changed since it was pushed.
+  struct Sym {
+    int32_t start, len, prev, next;
+  };
+  struct Cand {
+    float score;
+    int32_t left, left_len, right_len, id;
+    bool operator<(const Cand& o) const {
+      return score != o.score ? score < o.score : left > o.left;
+    }
+  };
+  std::vector<Sym> syms;
+  for (size_t i = 0; i < norm.size();) {
+    size_t n = std::min(utf8_len(uint8_t(norm[i])), norm.size() - i);
+    syms.push_back(Sym{int32_t(i), int32_t(n), int32_t(syms.size()) - 1, int32_t(syms.size()) + 1});
+    i += n;
+  }
+  syms.back().next = -1;
+  std::priority_queue<Cand> heap;
+  auto push = [&](int32_t l) {
+    if (l < 0 || syms[size_t(l)].next < 0) return;
+    const Sym& a = syms[size_t(l)];
+    const Sym& b = syms[size_t(a.next)];
+    int32_t id = index_.find(std::string_view(norm).substr(size_t(a.start), size_t(a.len + b.len)),
+                             mergeable_);
+    if (id >= 0) heap.push(Cand{pieces_[size_t(id)].score, l, a.len, b.len, id});
+  };
+  for (int32_t i = 0; i + 1 < int32_t(syms.size()); ++i) push(i);
+  while (!heap.empty()) {
+    Cand c = heap.top();
+    heap.pop();
+    Sym& a = syms[size_t(c.left)];
+    if (a.len != c.left_len || a.next < 0 || syms[size_t(a.next)].len != c.right_len) continue;
+    Sym& b = syms[size_t(a.next)];
+    a.len += b.len;
+    a.next = b.next;
+    if (a.next >= 0) syms[size_t(a.next)].prev = c.left;
+    b.len = 0;
+    push(a.prev);
+    push(c.left);
+  }
+  for (int32_t i = 0; i >= 0; i = syms[size_t(i)].next) {
+    std::string_view s =
+        std::string_view(norm).substr(size_t(syms[size_t(i)].start), size_t(syms[size_t(i)].len));
+    int32_t id = index_.find(s, mergeable_);
+    if (id >= 0) {
+      out.push_back(id);
+    } else if (byte_fallback_) {
+      for (char ch : s) out.push_back(byte_ids_[uint8_t(ch)]);
+    } else {
+      KILN_CHECK(unk_id_ >= 0, "sentencepiece", "'", s,
+                 "' is not in the vocabulary and the model has neither byte fallback nor <unk>");
+      out.push_back(unk_id_);
+    }
+  }
 }
 
 std::string SentencePiece::piece_bytes(int32_t id) const {
-  return pieces_[size_t(id)].text;
+  const Piece& p = pieces_[size_t(id)];
+  switch (p.type) {
+    case Type::control:
+      return "";
+    case Type::unknown:
+      return " \xE2\x81\x87 ";  // " ⁇ ", SentencePiece's surface for <unk>
+    case Type::byte:
+      return std::string(1, char(byte_of_piece(p.text)));
+    default: {
+      std::string out;
+      for (size_t i = 0; i < p.text.size();) {
+        if (p.text.compare(i, kSpace.size(), kSpace) == 0) {
+          out += ' ';
+          i += kSpace.size();
+        } else {
+          out += p.text[i++];
+        }
+      }
+      return out;
+    }
+  }
 }
 
 }  // namespace kiln::tok

@@ -6,8 +6,9 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
+
+#include "kiln/tokenizer/bpe.h"
 
 namespace kiln::tok {
 
@@ -28,7 +29,8 @@ class SentencePiece {
   };
 
   SentencePiece() = default;
-  SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix, bool byte_fallback);
+  SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix, bool remove_extra_whitespaces,
+                bool byte_fallback);
 
   void encode(std::string_view text, std::vector<int32_t>& out) const;
   // The bytes a piece stands for: "▁" -> ' ', <0xNN> -> the byte, control pieces -> "".
@@ -37,14 +39,17 @@ class SentencePiece {
   const std::vector<Piece>& pieces() const { return pieces_; }
   bool add_dummy_prefix() const { return add_dummy_prefix_; }
   bool byte_fallback() const { return byte_fallback_; }
+  bool remove_extra_whitespaces() const { return remove_extra_whitespaces_; }
   int32_t unk_id() const { return unk_id_; }
 
  private:
   std::vector<Piece> pieces_;
-  std::unordered_map<std::string, int32_t> index_;  // normal/user-defined pieces by text
+  std::vector<std::string> mergeable_;  // text of normal/user-defined pieces, "" for the others
+  BytesMap index_;                      // over mergeable_
   int32_t byte_ids_[256];
   int32_t unk_id_ = -1;
   bool add_dummy_prefix_ = true;
+  bool remove_extra_whitespaces_ = false;
   bool byte_fallback_ = false;
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kiln/core/error.h"
+#include "kiln/core/parallel.h"
 #include "kiln/io/file.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
 
@@ -158,6 +159,14 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool allow_special
     start = i;
   }
   m.encode_ordinary(text.substr(start), out);
+  return out;
+}
+
+std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view>& docs,
+                                                          bool allow_special) const {
+  std::vector<std::vector<int32_t>> out(docs.size());
+  parallel_for(int64_t(docs.size()),
+               [&](int64_t i) { out[size_t(i)] = encode(docs[size_t(i)], allow_special); });
   return out;
 }
 

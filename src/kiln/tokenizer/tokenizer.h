@@ -35,6 +35,9 @@ class Tokenizer {
   // Encodes UTF-8 (or any bytes: invalid UTF-8 round-trips through byte tokens). With
   // allow_special, special-token strings in the text become their ids; otherwise plain text.
   std::vector<int32_t> encode(std::string_view text, bool allow_special = false) const;
+  // encode() of every document, across kiln's thread pool (documents are independent).
+  std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& docs,
+                                                 bool allow_special = false) const;
   // Concatenated bytes of the tokens (may be invalid UTF-8 mid-character).
   std::string decode(const std::vector<int32_t>& ids) const;
   std::string token_bytes(int32_t id) const;

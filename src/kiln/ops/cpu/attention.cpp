@@ -119,14 +119,14 @@ void check_args(int B, int T, int H, int K, int D) {
 // Copies n <= bk rows (keys or values) of one kv head, `stride` floats apart, into dst (D, bk),
 // transposed so that dimension d of a 16-key tile is one vector. Rows past n are zero.
 void load_transposed(float* dst, int bk, const float* src, int64_t stride, int n, int D) {
-  std::fill(dst, dst + int64_t(D) * bk, 0.0f);
+  if (n < bk) std::fill(dst, dst + int64_t(D) * bk, 0.0f);
   for (int j = 0; j < n; ++j)
     for (int d = 0; d < D; ++d) dst[d * bk + j] = src[j * stride + d];
 }
 
 // Copies n <= bk rows into dst (bk, Dp), each zero-padded to Dp floats, for products along d.
 void load_rows(float* dst, int bk, int Dp, const float* src, int64_t stride, int n, int D) {
-  std::fill(dst, dst + int64_t(bk) * Dp, 0.0f);
+  if (n < bk || D < Dp) std::fill(dst, dst + int64_t(bk) * Dp, 0.0f);
   for (int j = 0; j < n; ++j) std::copy(src + j * stride, src + j * stride + D, dst + j * Dp);
 }
 
@@ -230,56 +230,65 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
   const int Dp = (D + kL - 1) / kL * kL;
   const int nqt = (T + kBq - 1) / kBq;
   const float c = float(1.0 / std::sqrt(double(D))) * kLog2e;
-  // Tasks (b, h, query tile), tile innermost so each thread's contiguous share mixes cheap
-  // (early) and expensive (late) causal tiles.
-  parallel_for(int64_t(B) * H * nqt, [&](int64_t task) {
-    const int qt = int(task % nqt), h = int(task / nqt % H), b = int(task / nqt / H);
-    const int g = h / (H / K), i0 = qt * kBq, i1 = std::min(T, i0 + kBq);
-    float* kt = scratch(size_t(D) * kBk + size_t(kBk) * Dp + size_t(kBq) * (Dp + 2));
-    float* vrows = kt + D * kBk;
-    float* o = vrows + kBk * Dp;
-    float* m = o + kBq * Dp;
-    float* l = m + kBq;
-    std::fill(o, o + kBq * Dp, 0.0f);
-    std::fill(m, m + kBq, -INFINITY);
-    std::fill(l, l + kBq, 0.0f);
+  const int G = H / K;  // query heads per kv head
+  // Tasks (b, kv head, query tile), tile innermost so each thread's contiguous share mixes cheap
+  // (early) and expensive (late) causal tiles. The G query heads of a kv head share each key
+  // block, so it is transposed and copied once per group rather than once per head.
+  parallel_for(int64_t(B) * K * nqt, [&](int64_t task) {
+    const int qt = int(task % nqt), g = int(task / nqt % K), b = int(task / nqt / K);
+    const int i0 = qt * kBq, i1 = std::min(T, i0 + kBq);
+    const size_t acc = size_t(G) * kBq;  // accumulator rows: G heads x kBq queries
+    float* kt = scratch(size_t(D) * kBk + size_t(kBk) * Dp + acc * (Dp + 2));
+    float* vrows = kt + D * kBk;  // (kBk, Dp)
+    float* o = vrows + kBk * Dp;  // (G, kBq, Dp) running numerators
+    float* m = o + acc * Dp;      // (G, kBq) running max of s2
+    float* l = m + acc;           // (G, kBq) running sum of 2^(s2 - m)
+    std::fill(o, o + acc * Dp, 0.0f);
+    std::fill(m, m + acc, -INFINITY);
+    std::fill(l, l + acc, 0.0f);
     for (int j0 = 0; j0 < i1; j0 += kBk) {
       // Causal: this tile's last query (i1 - 1) needs keys up to i1 - 1 only.
       const int nk = std::min(kBk, i1 - j0);
       load_transposed(kt, kBk, qkv + L.k(b, j0, g), L.W(), nk, D);
       load_rows(vrows, kBk, Dp, qkv + L.v(b, j0, g), L.W(), nk, D);
-      for (int r0 = i0; r0 < i1; r0 += kR) {
-        const int last = r0 + kR - 1;  // rows past i1 read row i1-1 and are discarded
-        if (last < j0) continue;       // the whole block is in these rows' future
-        FwdTile t;
-        for (int r = 0; r < kR; ++r) t.q[r] = qkv + L.q(b, std::min(r0 + r, i1 - 1), h);
-        t.o = o + (r0 - i0) * Dp;
-        t.m = m + (r0 - i0);
-        t.l = l + (r0 - i0);
-        t.row0 = r0;
-        const int nv = std::min(kNV, (last - j0) / kL + 1);  // key vectors not all in the future
-        const bool mask = j0 + nv * kL - 1 > r0;             // some key is after some row
-        switch (nv) {
-          case 1:
-            fwd_step<1>(t, kt, vrows, D, Dp, c, j0, mask);
-            break;
-          case 2:
-            fwd_step<2>(t, kt, vrows, D, Dp, c, j0, mask);
-            break;
-          case 3:
-            fwd_step<3>(t, kt, vrows, D, Dp, c, j0, mask);
-            break;
-          default:
-            fwd_step<4>(t, kt, vrows, D, Dp, c, j0, mask);
-            break;
+      for (int hg = 0; hg < G; ++hg)
+        for (int r0 = i0; r0 < i1; r0 += kR) {
+          const int last = r0 + kR - 1;  // rows past i1 read row i1-1 and are discarded
+          if (last < j0) continue;       // the whole block is in these rows' future
+          FwdTile t;
+          for (int r = 0; r < kR; ++r) t.q[r] = qkv + L.q(b, std::min(r0 + r, i1 - 1), g * G + hg);
+          const size_t row = size_t(hg) * kBq + (r0 - i0);
+          t.o = o + row * Dp;
+          t.m = m + row;
+          t.l = l + row;
+          t.row0 = r0;
+          const int nv = std::min(kNV, (last - j0) / kL + 1);  // key vectors not all in the future
+          const bool mask = j0 + nv * kL - 1 > r0;             // some key is after some row
+          switch (nv) {
+            case 1:
+              fwd_step<1>(t, kt, vrows, D, Dp, c, j0, mask);
+              break;
+            case 2:
+              fwd_step<2>(t, kt, vrows, D, Dp, c, j0, mask);
+              break;
+            case 3:
+              fwd_step<3>(t, kt, vrows, D, Dp, c, j0, mask);
+              break;
+            default:
+              fwd_step<4>(t, kt, vrows, D, Dp, c, j0, mask);
+              break;
+          }
         }
-      }
     }
-    for (int i = i0; i < i1; ++i) {
-      const float inv = 1.0f / l[i - i0];
-      float* dst = out + L.o(b, i, h);
-      for (int d = 0; d < D; ++d) dst[d] = o[(i - i0) * Dp + d] * inv;
-      lse[(int64_t(b) * H + h) * T + i] = (m[i - i0] + std::log2(l[i - i0])) * kLn2;
+    for (int hg = 0; hg < G; ++hg) {
+      const int h = g * G + hg;
+      for (int i = i0; i < i1; ++i) {
+        const size_t row = size_t(hg) * kBq + (i - i0);
+        const float inv = 1.0f / l[row];
+        float* dst = out + L.o(b, i, h);
+        for (int d = 0; d < D; ++d) dst[d] = o[row * Dp + d] * inv;
+        lse[(int64_t(b) * H + h) * T + i] = (m[row] + std::log2(l[row])) * kLn2;
+      }
     }
   });
 }

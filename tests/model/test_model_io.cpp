@@ -1,0 +1,126 @@
+// Checkpoint directories: a saved model reloads bit-identically, and every way a checkpoint can
+// disagree with its config is an error naming the file, the tensor and the fix.
+#include "kiln/model/model_io.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "kiln/core/error.h"
+#include "kiln/io/json_file.h"
+#include "kiln/io/safetensors.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+ModelConfig tiny(Arch arch) {
+  ModelConfig c;
+  c.arch = arch;
+  c.vocab_size = 50;
+  c.hidden = 16;
+  c.layers = 2;
+  c.heads = 4;
+  c.kv_heads = arch == Arch::llama ? 2 : 4;
+  c.head_dim = 4;
+  c.intermediate = 24;
+  c.max_positions = 32;
+  c.tie_embeddings = arch == Arch::gpt2;
+  return c;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelIo, SaveLoadIsBitIdentical) {
+  for (Arch arch : {Arch::llama, Arch::gpt2}) {
+    test::TempDir dir;
+    Model m(tiny(arch));
+    m.init_weights(3);
+    save_model(m, dir.path());
+    auto back = load_model(dir.path());
+    ASSERT_EQ(back->num_params(), m.num_params());
+    EXPECT_EQ(std::memcmp(back->weights().raw(), m.weights().raw(), m.weights().nbytes()), 0);
+    EXPECT_EQ(back->config().to_json(), m.config().to_json());
+  }
+}
+
+TEST(ModelIo, ParameterCountMatchesConfigFormula) {
+  for (Arch arch : {Arch::llama, Arch::gpt2}) {
+    Model m(tiny(arch));
+    EXPECT_EQ(m.num_params(), m.config().num_params());
+  }
+}
+
+TEST(ModelIo, HuggingFaceNames) {
+  Model m(tiny(Arch::llama));
+  EXPECT_NO_THROW(m.param("model.layers.1.self_attn.k_proj.weight"));
+  EXPECT_EQ(m.param("model.layers.0.self_attn.k_proj.weight").shape, (Shape{8, 16}));
+  Model g(tiny(Arch::gpt2));
+  EXPECT_EQ(g.param("transformer.h.0.attn.c_attn.weight").shape, (Shape{16, 48}));
+}
+
+TEST(ModelIo, MissingDirectoryOrWeights) {
+  test::TempDir dir;
+  EXPECT_NE(error_of([&] { load_model(dir / "nope"); }).find("no config.json"), std::string::npos);
+  Model m(tiny(Arch::llama));
+  save_model(m, dir.path());
+  std::remove((dir / "model.safetensors").c_str());
+  EXPECT_NE(error_of([&] { load_model(dir.path()); }).find("no model.safetensors"),
+            std::string::npos);
+}
+
+TEST(ModelIo, ConfigDisagreeingWithWeights) {
+  test::TempDir dir;
+  Model m(tiny(Arch::llama));
+  save_model(m, dir.path());
+  auto cfg = read_json_file(dir / "config.json");
+  cfg["intermediate_size"] = 32;
+  write_json_file_atomic(dir / "config.json", cfg);
+  std::string e = error_of([&] { load_model(dir.path()); });
+  EXPECT_NE(e.find("mlp.gate_proj.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("disagree"), std::string::npos) << e;
+  cfg["intermediate_size"] = 24;
+  cfg["num_hidden_layers"] = 3;
+  write_json_file_atomic(dir / "config.json", cfg);
+  e = error_of([&] { load_model(dir.path()); });
+  EXPECT_NE(e.find("model.layers.2"), std::string::npos) << e;
+  EXPECT_NE(e.find("missing"), std::string::npos) << e;
+}
+
+TEST(ModelIo, TruncatedWeights) {
+  test::TempDir dir;
+  Model m(tiny(Arch::gpt2));
+  save_model(m, dir.path());
+  std::string path = dir / "model.safetensors";
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) - 100);
+  std::string e = error_of([&] { load_model(dir.path()); });
+  EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+}
+
+TEST(ModelIo, BadConfigValues) {
+  nlohmann::json j = tiny(Arch::llama).to_json();
+  j["num_key_value_heads"] = 3;
+  EXPECT_NE(error_of([&] { ModelConfig::from_json(j, "x", false); }).find("multiple"),
+            std::string::npos);
+  j = tiny(Arch::llama).to_json();
+  j["hidden_sise"] = 3;
+  EXPECT_NE(
+      error_of([&] { ModelConfig::from_json(j, "x", true); }).find("unknown key 'hidden_sise'"),
+      std::string::npos);
+  EXPECT_NO_THROW(ModelConfig::from_json(j, "x", false));  // config.json may carry extra keys
+  j = tiny(Arch::llama).to_json();
+  j["architectures"] = {"MistralForCausalLM"};
+  EXPECT_NE(error_of([&] { ModelConfig::from_json(j, "x", false); }).find("not supported"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiln
