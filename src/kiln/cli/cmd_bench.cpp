@@ -10,6 +10,7 @@
 #include "kiln/core/rng.h"
 #include "kiln/model/config.h"
 #include "kiln/model/transformer.h"
+#include "kiln/ops/matmul.h"
 #include "kiln/train/optimizer.h"
 
 namespace kiln::cli {
@@ -84,6 +85,41 @@ Command reg([](CLI::App& app) {
         double(N) / (med / 1e3), flops / (med / 1e3) / 1e9, ts.bytes());
     for (size_t i = 0; i < losses.size(); ++i) std::printf("%s%.6f", i ? "," : "", losses[i]);
     std::printf("]}\n");
+  });
+
+  // kiln bench gemm: achieved GFLOP/s of the GEMM kiln calls, on a large square problem (the
+  // machine's practical peak) and on the training benchmark's shapes.
+  auto reps = std::make_shared<int>(20);
+  auto* gemm = bench->add_subcommand("gemm", "GEMM GFLOP/s: peak and training shapes");
+  gemm->add_option("--reps", *reps, "Repetitions per shape (median)")->capture_default_str();
+  gemm->callback([reps] {
+    struct Shape3 {
+      const char* what;
+      int M, N, K;
+      bool ta, tb;
+    };
+    // Training benchmark: N = B*T = 2048 rows, C = 256, F = 704, V = 8192.
+    const Shape3 shapes[] = {{"square 2048 (peak)", 2048, 2048, 2048, false, false},
+                             {"qkv fwd (2048x512x256)", 2048, 512, 256, false, true},
+                             {"gate|up fwd (2048x1408x256)", 2048, 1408, 256, false, true},
+                             {"down fwd (2048x256x704)", 2048, 256, 704, false, true},
+                             {"lm head fwd (256 rows x 8192 x 256)", 256, 8192, 256, false, true},
+                             {"gate|up dW (1408x256x2048)", 1408, 256, 2048, true, false}};
+    for (const auto& s : shapes) {
+      std::vector<float> a(size_t(s.M) * s.K, 0.5f), b(size_t(s.K) * s.N, 0.25f),
+          c(size_t(s.M) * s.N);
+      std::vector<double> ms;
+      for (int r = 0; r < *reps + 2; ++r) {
+        auto t0 = std::chrono::steady_clock::now();
+        ops::cpu::gemm(c.data(), a.data(), b.data(), s.M, s.N, s.K, s.ta, s.tb, 1.0f, 0.0f);
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r >= 2) ms.push_back(dt);
+      }
+      std::sort(ms.begin(), ms.end());
+      double gf = 2.0 * s.M * s.N * s.K / ms[ms.size() / 2] / 1e9;
+      std::printf("{\"shape\":\"%s\",\"M\":%d,\"N\":%d,\"K\":%d,\"threads\":%d,\"gflops\":%.1f}\n",
+                  s.what, s.M, s.N, s.K, num_threads(), gf);
+    }
   });
 });
 

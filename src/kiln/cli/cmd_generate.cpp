@@ -101,8 +101,17 @@ Command eval([](CLI::App& app) {
       count += ts.counted_tokens();
     }
     double loss = sum / double(count);
-    std::printf("{\"loss\":%.6f,\"perplexity\":%.4f,\"tokens\":%lld}\n", loss, std::exp(loss),
-                (long long)count);
+    // Baseline: the entropy of the text's own token frequencies, i.e. the loss of the best
+    // model that ignores context. A model that learned anything beats it.
+    std::vector<int64_t> freq(model->config().vocab_size, 0);
+    for (size_t i = 1; i < ids.size(); ++i) ++freq[ids[i]];
+    double unigram = 0;
+    for (int64_t f : freq)
+      if (f > 0)
+        unigram -=
+            double(f) / double(ids.size() - 1) * std::log(double(f) / double(ids.size() - 1));
+    std::printf("{\"loss\":%.6f,\"perplexity\":%.4f,\"tokens\":%lld,\"unigram_entropy\":%.6f}\n",
+                loss, std::exp(loss), (long long)count, unigram);
   });
 });
 

@@ -9,6 +9,7 @@
 //   of 256 rows stay in L2/L3 between the sgemm that writes them and the two that read them.
 //   -> compute bound on the sgemms: 25.8 GFLOP at ~150-250 GFLOP/s on 2 SPR cores ~ 100-170 ms.
 #include "kiln/ops/cross_entropy.h"
+#include "kiln/ops/cpu/vec16.h"
 
 #include <cblas.h>
 
@@ -24,45 +25,7 @@ namespace kiln::ops::cpu {
 
 namespace {
 
-// 16 fp32 lanes (one zmm with AVX-512), as in cpu/attention.cpp.
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-constexpr int kL = 16;
-constexpr float kLog2e = 1.4426950408889634f;
-
-inline v16 load(const float* p) {
-  return *reinterpret_cast<const v16u*>(p);
-}
-inline void store(float* p, v16 v) {
-  *reinterpret_cast<v16u*>(p) = v;
-}
-inline v16 splat(float x) {
-  return v16{} + x;
-}
-
-// e^x for x <= 0 to ~2 ulp: x log2(e) = n + f, |f| <= 1/2, 2^f by Taylor series to degree 7,
-// 2^n from exponent bits; exactly 0 below 2^-126. The same 2^x as cpu/attention.cpp (a shared
-// cpu vector-math header is the right home once a third op needs it).
-inline v16 expv(v16 x) {
-  x *= kLog2e;
-  const v16 lo = splat(-126.0f);
-  const v16 xc = x < lo ? lo : x;
-  const v16 magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const v16 n = (xc + magic) - magic;
-  const v16 f = xc - n;
-  v16 p = splat(1.5252733804059840e-5f);
-  p = p * f + 1.5403530393381606e-4f;
-  p = p * f + 1.3333558146428443e-3f;
-  p = p * f + 9.6181291076284770e-3f;
-  p = p * f + 5.5504108664821580e-2f;
-  p = p * f + 2.4022650695910071e-1f;
-  p = p * f + 6.9314718055994531e-1f;
-  p = p * f + 1.0f;
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
-  const v16 r = p * (v16)bits;
-  return x < lo ? v16{} : r;
-}
+using namespace vec;
 
 float row_max(const float* x, int V) {
   v16 m = splat(-INFINITY);

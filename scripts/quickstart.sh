@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The quickstart: installs what is missing, builds, trains a small Llama on the Brown corpus on
+# this machine's CPU, plots its loss curves, and talks to it. A few minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh
+run=runs/quickstart
+./build/kiln train configs/quickstart.yaml "$@"
+./build/kiln plot "$run" --output "$run/curves.svg"
+echo
+echo "== held-out evaluation (data/brown_val.txt) =="
+./build/kiln eval --model "$run" --text data/brown_val.txt
+echo
+echo "== generation =="
+./build/kiln generate --model "$run" --prompt "The jury said" --max-new-tokens 200 \
+  --temperature 0.8 --top-k 40 --seed 1
+echo
+echo "Loss curves: $run/curves.svg   Checkpoint: $(ls -d $run/checkpoints/step_* | tail -1)"
