@@ -35,6 +35,7 @@ inline std::string gpt_file(const std::string& enc) {
 
 inline bool refs_present() {
   return std::filesystem::exists(refs_dir() + "/node_modules/gpt-tokenizer") &&
+         std::filesystem::exists(refs_dir() + "/node_modules/@huggingface/tokenizers") &&
          std::filesystem::exists(ref_file("llama2.model"));
 }
 #define KILN_REQUIRE_REFS()                                                                \
@@ -79,7 +80,8 @@ inline std::vector<std::string> brown(size_t stride, size_t lines) {
 inline std::vector<std::string> adversarial() {
   std::vector<std::string> v = {
       "Hello, world! I'm here; you're there. WE'LL SEE'S it'D",
-      "👩‍👩‍👧‍👦 family, 👍🏽 thumbs, 🏳️‍🌈 flag, ❤️‍🔥 and 🇰🇷🇯🇵 "
+      "👩‍👩‍👧‍👦 family, 👍🏽 thumbs, 🏳️‍🌈 flag, ❤️‍🔥 and "
+      "🇰🇷🇯🇵 "
       "flags",
       "e\xCC\x81\xCC\x81 cafe\xCC\x81 n\xCC\x83"
       "o Z\xCD\x91\xCD\x97\xCD\xA0"
@@ -134,12 +136,13 @@ inline std::vector<std::vector<int32_t>> reference(const std::string& encoding,
                                                    const std::vector<std::string>& texts,
                                                    bool special) {
   auto dir = std::filesystem::temp_directory_path();
-  std::string tag = encoding + "_" + std::to_string(::getpid());
+  std::string tag =
+      (encoding.starts_with("hf:") ? "hf" : encoding) + "_" + std::to_string(::getpid());
   std::string in = (dir / ("kiln_ref_in_" + tag + ".json")).string();
   std::string out = (dir / ("kiln_ref_out_" + tag + ".json")).string();
   write_file_atomic(in, nlohmann::json(texts).dump());
-  std::string cmd = "node '" + source_dir() + "/tests/tokenizer/ref_encode.mjs' " + encoding +
-                    " '" + in + "' '" + out + "'" + (special ? " special" : "");
+  std::string cmd = "node '" + source_dir() + "/tests/tokenizer/ref_encode.mjs' '" + encoding +
+                    "' '" + in + "' '" + out + "'" + (special ? " special" : "");
   int rc = std::system(cmd.c_str());
   EXPECT_EQ(rc, 0) << cmd;
   std::vector<std::vector<int32_t>> ids;

@@ -2,7 +2,9 @@
 // scripts/fetch_tokenizer_refs.sh installs into data/tokenizer_refs.
 //   node ref_encode.mjs ENCODING IN.json OUT.json [special]
 // IN.json: an array of strings; OUT.json: an array of id arrays. ENCODING: r50k, p50k, cl100k,
-// o200k (gpt-tokenizer), llama3 (llama3-tokenizer-js), llama2 (llama-tokenizer-js).
+// o200k (gpt-tokenizer), llama3 (llama3-tokenizer-js), llama2 (llama-tokenizer-js), or
+// hf:PATH (Hugging Face's tokenizers.js running the tokenizer.json at PATH; it always parses
+// added tokens).
 // "special": special-token text becomes its id; otherwise it is plain text (llama3-tokenizer-js
 // always parses specials; llama-tokenizer-js never does).
 import fs from 'fs'
@@ -45,6 +47,10 @@ if (gpt[encoding]) {
 } else if (encoding === 'llama2') {
   const m = await load('llama-tokenizer-js/llama-tokenizer.js')
   encode = (t) => m.default.encode(t, false, true)
+} else if (encoding.startsWith('hf:')) {
+  const { Tokenizer } = await load('@huggingface/tokenizers/dist/tokenizers.mjs')
+  const tok = new Tokenizer(JSON.parse(fs.readFileSync(encoding.slice(3), 'utf8')), {})
+  encode = (t) => tok.encode(t, { add_special_tokens: false }).ids
 } else {
   console.error(`ref_encode: unknown encoding '${encoding}'`)
   process.exit(2)

@@ -146,6 +146,51 @@ TEST(Load, BadFilesNameTheProblem) {
   }
 }
 
+std::string error_of(const std::string& path) {
+  try {
+    Tokenizer::load(path);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Load, BadRankFileNamesTheLine) {
+  std::string path = temp_path("bad.tiktoken");
+  std::string good;
+  for (int b = 0; b < 256; ++b) {
+    // base64 of one byte
+    static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    good += str(a[b >> 2], a[(b & 3) << 4], "== ", b, "\n");
+  }
+  write_file_atomic(path, good + "YWI= 256\n");
+  LoadOptions opts;
+  opts.pattern = Pattern::gpt2;
+  Tokenizer t = Tokenizer::load(path, opts);
+  EXPECT_EQ(t.encode("ab"), (std::vector<int32_t>{256}));
+  EXPECT_NE(error_of(path).find("give the pattern"), std::string::npos) << error_of(path);
+  write_file_atomic(path, good + "YWI= 256\nnot base64! 257\n");
+  EXPECT_NE(error_of(path).find(":258:"), std::string::npos) << error_of(path);
+  write_file_atomic(path, good + "YWI= 12x\n");
+  EXPECT_NE(error_of(path).find("is not a number"), std::string::npos) << error_of(path);
+  opts.specials = {{"<|x|>", 256}};  // id taken by "ab"
+  write_file_atomic(path, good + "YWI= 256\n");
+  EXPECT_THROW(Tokenizer::load(path, opts), Error);
+  opts.specials = {{"<|x|>", 257}};
+  EXPECT_EQ(Tokenizer::load(path, opts).encode("<|x|>ab", true), (std::vector<int32_t>{257, 256}));
+  write_file_atomic(path, "YWI= 0\n");  // no single bytes
+  EXPECT_NE(error_of(path).find("single bytes"), std::string::npos) << error_of(path);
+}
+
+TEST(Load, TruncatedSentencePieceModelIsAnError) {
+  std::string path = temp_path("bad.model");
+  // One piece message, cut short: field 1, length 20, then 3 bytes.
+  write_file_atomic(path, std::string("\x0A\x14\x0A\x01", 4) + "ab");
+  std::string err = error_of(path);
+  EXPECT_NE(err.find(path), std::string::npos) << err;
+  EXPECT_NE(err.find("runs past the end"), std::string::npos) << err;
+}
+
 TEST(IncrementalDecoder, EmitsOnlyCompleteUtf8) {
   Tokenizer t = Tokenizer::byte_level({"<|endoftext|>"});
   std::string text = "h\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80!";  // "hé € 😀!"

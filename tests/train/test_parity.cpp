@@ -93,6 +93,7 @@ void check_parity(const std::string& config_name) {
     EXPECT_NEAR(l, ref_losses[s], 2e-5 * std::fabs(ref_losses[s])) << "step " << s;
     double norm;
     ASSERT_TRUE(clip_and_step(model, opt, grads.f32(), lr, clip, &norm));
+    ts.refresh_weights(model);
   }
   for (const ParamInfo& p : model.params()) {
     const float* want = ref.get("final." + p.name).f32();

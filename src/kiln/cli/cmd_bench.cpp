@@ -21,6 +21,7 @@ struct BenchTrainArgs {
   int batch = 8, seq = 256, steps = 10, warmup = 2;
   uint64_t seed = 0;
   float lr = 1e-4f;
+  std::string precision = "fp32", recompute = "none";
 };
 
 // FLOPs of one training step: 6 per parameter per token for the matmuls (forward 2, backward 4),
@@ -49,12 +50,15 @@ Command reg([](CLI::App& app) {
   cmd->add_option("--warmup", a->warmup, "Untimed steps first")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seeds the weights and the data")->capture_default_str();
   cmd->add_option("--lr", a->lr, "AdamW learning rate")->capture_default_str();
+  cmd->add_option("--precision", a->precision, "fp32 | bf16 | fp16")->capture_default_str();
+  cmd->add_option("--recompute", a->recompute, "none | selective | full")->capture_default_str();
   cmd->callback([a] {
     ModelConfig cfg = load_model_config(a->model_config);
     Model model(cfg);
     model.init_weights(a->seed);
     AdamW opt(model, {0.9f, 0.95f, 1e-8f, 0.0f});
-    TrainState ts(model, a->batch, a->seq);
+    TrainOptions opt_cfg{precision_from_name(a->precision), recompute_from_name(a->recompute)};
+    TrainState ts(model, a->batch, a->seq, opt_cfg);
     Tensor grads = Tensor::zeros({model.num_params()});
     const int64_t N = int64_t(a->batch) * a->seq;
     std::vector<int32_t> ids(N), targets(N);
@@ -69,6 +73,7 @@ Command reg([](CLI::App& app) {
       std::memset(grads.raw(), 0, grads.nbytes());
       double loss = ts.step(model, ids.data(), targets.data(), grads.f32());
       opt.step(model, grads.f32(), a->lr);
+      ts.refresh_weights(model);
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (s >= a->warmup) ms.push_back(dt * 1e3);
       losses.push_back(loss);

@@ -153,33 +153,55 @@ void Model::init_weights(uint64_t seed) {
   }
 }
 
-TrainState::TrainState(const Model& model, int B, int T) : B_(B), T_(T) {
+// Allocates one layer's activation tensors: x_in when `input`, the attention output and
+// log-sum-exp when `core`, everything else when `body`.
+void TrainState::alloc_layer(const ModelConfig& c, LayerActs& a, bool input, bool body, bool core) {
+  const int64_t N = int64_t(B_) * T_, C = c.hidden, F = c.intermediate, D = c.head_dim;
+  const int64_t HD = int64_t(c.heads) * D, QKV = (int64_t(c.heads) + 2 * c.kv_heads) * D;
+  const bool gpt2 = c.arch == Arch::gpt2;
+  if (input) a.x_in = Tensor::empty({N, C});
+  if (core) {
+    a.att = Tensor::empty({N, HD});
+    a.lse = Tensor::empty({int64_t(B_), int64_t(c.heads), int64_t(T_)});
+  }
+  if (!body) return;
+  a.ln1 = Tensor::empty({N, C});
+  if (gpt2) a.mean1 = Tensor::empty({N});
+  a.rstd1 = Tensor::empty({N});
+  a.qkv = Tensor::empty({N, QKV});
+  a.x_mid = Tensor::empty({N, C});
+  a.ln2 = Tensor::empty({N, C});
+  if (gpt2) a.mean2 = Tensor::empty({N});
+  a.rstd2 = Tensor::empty({N});
+  a.up = Tensor::empty({N, c.arch == Arch::llama ? 2 * F : F});
+  a.act = Tensor::empty({N, F});
+}
+
+TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
+    : B_(B), T_(T), opt_(opt), lin_(opt.precision) {
   const ModelConfig& c = model.config();
   KILN_CHECK(B > 0 && T > 0, "train", "batch size and sequence length must be positive, got B=", B,
              " T=", T);
   KILN_CHECK(T <= c.max_positions, "train", "sequence length ", T,
              " exceeds the model's max_position_embeddings (", c.max_positions,
              "); lower train.seq_len or raise the model's context");
+  KILN_CHECK(opt.recompute_layers >= -1 && opt.recompute_layers <= c.layers, "train",
+             "recompute_layers = ", opt.recompute_layers, " but the model has ", c.layers,
+             " layers; use -1 (all) or 0..", c.layers);
   const int64_t N = int64_t(B) * T, C = c.hidden, F = c.intermediate, D = c.head_dim;
   const int64_t HD = int64_t(c.heads) * D, QKV = (int64_t(c.heads) + 2 * c.kv_heads) * D;
   const int64_t UP = c.arch == Arch::llama ? 2 * F : F;
   const bool gpt2 = c.arch == Arch::gpt2;
   acts_.resize(c.layers);
-  for (auto& a : acts_) {
-    a.x_in = Tensor::empty({N, C});
-    a.ln1 = Tensor::empty({N, C});
-    if (gpt2) a.mean1 = Tensor::empty({N});
-    a.rstd1 = Tensor::empty({N});
-    a.qkv = Tensor::empty({N, QKV});
-    a.att = Tensor::empty({N, HD});
-    a.lse = Tensor::empty({int64_t(B), int64_t(c.heads), int64_t(T)});
-    a.x_mid = Tensor::empty({N, C});
-    a.ln2 = Tensor::empty({N, C});
-    if (gpt2) a.mean2 = Tensor::empty({N});
-    a.rstd2 = Tensor::empty({N});
-    a.up = Tensor::empty({N, UP});
-    a.act = Tensor::empty({N, F});
+  bool any_full = false, any_selective = false;
+  for (int l = 0; l < c.layers; ++l) {
+    LayerActs& a = acts_[l];
+    Recompute m = mode(l);
+    any_full |= m == Recompute::full;
+    any_selective |= m == Recompute::selective;
+    alloc_layer(c, a, true, m != Recompute::full, m == Recompute::none);
   }
+  if (any_full || any_selective) alloc_layer(c, scratch_, false, any_full, true);
   x_out_ = Tensor::empty({N, C});
   lnf_ = Tensor::empty({N, C});
   if (gpt2) meanf_ = Tensor::empty({N});
@@ -201,63 +223,87 @@ TrainState::TrainState(const Model& model, int B, int T) : B_(B), T_(T) {
     rope_sin_ = Tensor::empty({int64_t(T), D / 2});
     ops::rope_table(rope_cos_.f32(), rope_sin_.f32(), inv_freq.data(), T, int(D));
   }
+  refresh_weights(model);
+}
+
+Recompute TrainState::mode(int l) const {
+  if (opt_.recompute == Recompute::none) return Recompute::none;
+  return (opt_.recompute_layers < 0 || l < opt_.recompute_layers) ? opt_.recompute
+                                                                  : Recompute::none;
 }
 
 size_t TrainState::bytes() const {
-  size_t b = 0;
-  for (const auto& a : acts_)
+  size_t b = lin_.bytes();
+  auto add = [&](const LayerActs& a) {
     for (const Tensor* t : {&a.x_in, &a.ln1, &a.mean1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid,
                             &a.ln2, &a.mean2, &a.rstd2, &a.up, &a.act})
       if (t->defined()) b += t->nbytes();
+  };
+  for (const auto& a : acts_) add(a);
+  add(scratch_);
   for (const Tensor* t :
        {&x_out_, &lnf_, &meanf_, &rstdf_, &dlnf_, &dres_, &dln_, &datt_, &dqkv_, &dup_, &dact_})
     if (t->defined()) b += t->nbytes();
   return b;
 }
 
-void TrainState::forward(const Model& model, const ModelParams& w, const int* ids) {
+// One transformer block, x_next = block(a.x_in), saving what backward needs in `a`.
+void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerActs& a,
+                               float* x_next) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
             K = c.kv_heads;
   const int HD = H * D, QKV = (H + 2 * K) * D;
   const bool llama = c.arch == Arch::llama;
   const WeightLayout layout = llama ? WeightLayout::out_in : WeightLayout::in_out;
+  // Attention block: x_mid = x_in + o_proj(attention(rope(qkv(norm(x_in)))))
+  if (llama) {
+    cpu::rms_norm_forward(a.ln1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w, N, C, c.norm_eps);
+  } else {
+    cpu::layer_norm_forward(a.ln1.f32(), a.mean1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w,
+                            p.ln1_b, N, C, c.norm_eps);
+  }
+  lin_.forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w, p.qkv_b, N, C, QKV, layout);
+  if (llama) {
+    cpu::rope_forward(a.qkv.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(), rope_sin_.f32());
+  }
+  cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, H, K, D);
+  lin_.forward(a.x_mid.f32(), a.att.f32(), p.o_w, p.o_b, N, HD, C, layout);
+  cpu::add(a.x_mid.f32(), a.x_mid.f32(), a.x_in.f32(), int64_t(N) * C);
+  // MLP block: x_next = x_mid + down(act(up(norm(x_mid))))
+  if (llama) {
+    cpu::rms_norm_forward(a.ln2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, N, C, c.norm_eps);
+    lin_.forward(a.up.f32(), a.ln2.f32(), p.up_w, nullptr, N, C, 2 * F, layout);
+    cpu::swiglu_forward(a.act.f32(), a.up.f32(), N, F);
+  } else {
+    cpu::layer_norm_forward(a.ln2.f32(), a.mean2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w,
+                            p.ln2_b, N, C, c.norm_eps);
+    lin_.forward(a.up.f32(), a.ln2.f32(), p.up_w, p.up_b, N, C, F, layout);
+    cpu::gelu_forward(a.act.f32(), a.up.f32(), int64_t(N) * F);
+  }
+  lin_.forward(x_next, a.act.f32(), p.down_w, p.down_b, N, F, C, layout);
+  cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(N) * C);
+}
 
+void TrainState::forward(const Model& model, const ModelParams& w, const int* ids) {
+  const ModelConfig& c = model.config();
+  const int N = B_ * T_, C = c.hidden;
+  const bool llama = c.arch == Arch::llama;
   cpu::embedding_forward(acts_[0].x_in.f32(), ids, w.wte, N, C, false);
   if (!llama) cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
-
   for (int l = 0; l < c.layers; ++l) {
-    LayerActs& a = acts_[l];
-    const LayerParams& p = w.layers[l];
     float* x_next = l + 1 < c.layers ? acts_[l + 1].x_in.f32() : x_out_.f32();
-    // Attention block: x_mid = x_in + o_proj(attention(rope(qkv(norm(x_in)))))
-    if (llama) {
-      cpu::rms_norm_forward(a.ln1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w, N, C, c.norm_eps);
-    } else {
-      cpu::layer_norm_forward(a.ln1.f32(), a.mean1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w,
-                              p.ln1_b, N, C, c.norm_eps);
+    Recompute m = mode(l);
+    if (m == Recompute::none) {
+      forward_layer(model, w.layers[l], acts_[l], x_next);
+      continue;
     }
-    cpu::linear_forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w, p.qkv_b, N, C, QKV, layout);
-    if (llama) {
-      cpu::rope_forward(a.qkv.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(),
-                        rope_sin_.f32());
-    }
-    cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, H, K, D);
-    cpu::linear_forward(a.x_mid.f32(), a.att.f32(), p.o_w, p.o_b, N, HD, C, layout);
-    cpu::add(a.x_mid.f32(), a.x_mid.f32(), a.x_in.f32(), int64_t(N) * C);
-    // MLP block: x_next = x_mid + down(act(up(norm(x_mid))))
-    if (llama) {
-      cpu::rms_norm_forward(a.ln2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, N, C, c.norm_eps);
-      cpu::linear_forward(a.up.f32(), a.ln2.f32(), p.up_w, nullptr, N, C, 2 * F, layout);
-      cpu::swiglu_forward(a.act.f32(), a.up.f32(), N, F);
-    } else {
-      cpu::layer_norm_forward(a.ln2.f32(), a.mean2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w,
-                              p.ln2_b, N, C, c.norm_eps);
-      cpu::linear_forward(a.up.f32(), a.ln2.f32(), p.up_w, p.up_b, N, C, F, layout);
-      cpu::gelu_forward(a.act.f32(), a.up.f32(), int64_t(N) * F);
-    }
-    cpu::linear_forward(x_next, a.act.f32(), p.down_w, p.down_b, N, F, C, layout);
-    cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(N) * C);
+    // Run the block in scratch; keep what this layer's mode keeps.
+    LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
+    a.x_in = acts_[l].x_in;
+    a.att = scratch_.att;
+    a.lse = scratch_.lse;
+    forward_layer(model, w.layers[l], a, x_next);
   }
   if (llama) {
     cpu::rms_norm_forward(lnf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, N, C, c.norm_eps);
@@ -267,16 +313,53 @@ void TrainState::forward(const Model& model, const ModelParams& w, const int* id
   }
 }
 
-void TrainState::backward(const Model& model, const ModelParams& w, const ModelParams& g,
-                          const int* ids) {
+// Backward through one block. dres_ holds d x_next on entry and d x_in on exit.
+void TrainState::backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
+                                LayerActs& a) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
             K = c.kv_heads;
   const int HD = H * D, QKV = (H + 2 * K) * D;
   const bool llama = c.arch == Arch::llama;
   const WeightLayout layout = llama ? WeightLayout::out_in : WeightLayout::in_out;
-  float* dres = dres_.f32();  // gradient of the residual stream, walking down the layers
+  float* dres = dres_.f32();
+  // MLP block. The residual passes d x_next straight to x_mid.
+  lin_.backward(dact_.f32(), gp.down_w, gp.down_b, dres, a.act.f32(), p.down_w, N, F, C, layout);
+  if (llama) {
+    cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), N, F);
+    lin_.backward(dln_.f32(), gp.up_w, nullptr, dup_.f32(), a.ln2.f32(), p.up_w, N, C, 2 * F,
+                  layout);
+    cpu::rms_norm_backward(dres, gp.ln2_w, dln_.f32(), a.x_mid.f32(), p.ln2_w, a.rstd2.f32(), N, C);
+  } else {
+    cpu::gelu_backward(dup_.f32(), dact_.f32(), a.up.f32(), int64_t(N) * F);
+    lin_.backward(dln_.f32(), gp.up_w, gp.up_b, dup_.f32(), a.ln2.f32(), p.up_w, N, C, F, layout);
+    cpu::layer_norm_backward(dres, gp.ln2_w, gp.ln2_b, dln_.f32(), a.x_mid.f32(), p.ln2_w,
+                             a.mean2.f32(), a.rstd2.f32(), N, C);
+  }
+  // Attention block. dres now holds d x_mid.
+  lin_.backward(datt_.f32(), gp.o_w, gp.o_b, dres, a.att.f32(), p.o_w, N, HD, C, layout);
+  cpu::attention_backward(dqkv_.f32(), datt_.f32(), a.qkv.f32(), a.att.f32(), a.lse.f32(), B_, T_,
+                          H, K, D);
+  if (llama) {
+    cpu::rope_backward(dqkv_.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(),
+                       rope_sin_.f32());
+  }
+  lin_.backward(dln_.f32(), gp.qkv_w, gp.qkv_b, dqkv_.f32(), a.ln1.f32(), p.qkv_w, N, C, QKV,
+                layout);
+  if (llama) {
+    cpu::rms_norm_backward(dres, gp.ln1_w, dln_.f32(), a.x_in.f32(), p.ln1_w, a.rstd1.f32(), N, C);
+  } else {
+    cpu::layer_norm_backward(dres, gp.ln1_w, gp.ln1_b, dln_.f32(), a.x_in.f32(), p.ln1_w,
+                             a.mean1.f32(), a.rstd1.f32(), N, C);
+  }
+}
 
+void TrainState::backward(const Model& model, const ModelParams& w, const ModelParams& g,
+                          const int* ids) {
+  const ModelConfig& c = model.config();
+  const int N = B_ * T_, C = c.hidden;
+  const bool llama = c.arch == Arch::llama;
+  float* dres = dres_.f32();  // gradient of the residual stream, walking down the layers
   std::memset(dres, 0, dres_.nbytes());
   if (llama) {
     cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
@@ -285,42 +368,25 @@ void TrainState::backward(const Model& model, const ModelParams& w, const ModelP
                              meanf_.f32(), rstdf_.f32(), N, C);
   }
   for (int l = c.layers - 1; l >= 0; --l) {
-    LayerActs& a = acts_[l];
-    const LayerParams& p = w.layers[l];
-    const LayerParams& gp = g.layers[l];
-    // MLP block. dres holds d x_next; the residual passes it straight to x_mid.
-    cpu::linear_backward(dact_.f32(), gp.down_w, gp.down_b, dres, a.act.f32(), p.down_w, N, F, C,
-                         layout);
-    if (llama) {
-      cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), N, F);
-      cpu::linear_backward(dln_.f32(), gp.up_w, nullptr, dup_.f32(), a.ln2.f32(), p.up_w, N, C,
-                           2 * F, layout);
-      cpu::rms_norm_backward(dres, gp.ln2_w, dln_.f32(), a.x_mid.f32(), p.ln2_w, a.rstd2.f32(), N,
-                             C);
+    Recompute m = mode(l);
+    if (m == Recompute::none) {
+      backward_layer(model, w.layers[l], g.layers[l], acts_[l]);
+      continue;
+    }
+    LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
+    a.x_in = acts_[l].x_in;
+    a.att = scratch_.att;
+    a.lse = scratch_.lse;
+    if (m == Recompute::full) {
+      // Rebuild the block's activations; its output (already in the next layer's input, or in
+      // x_out) is recomputed bit for bit, so it goes to a scratch row we do not need.
+      forward_layer(model, w.layers[l], a, dln_.f32());
     } else {
-      cpu::gelu_backward(dup_.f32(), dact_.f32(), a.up.f32(), int64_t(N) * F);
-      cpu::linear_backward(dln_.f32(), gp.up_w, gp.up_b, dup_.f32(), a.ln2.f32(), p.up_w, N, C, F,
-                           layout);
-      cpu::layer_norm_backward(dres, gp.ln2_w, gp.ln2_b, dln_.f32(), a.x_mid.f32(), p.ln2_w,
-                               a.mean2.f32(), a.rstd2.f32(), N, C);
+      // Selective: only the attention core, from the saved qkv.
+      cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, c.heads, c.kv_heads,
+                             c.head_dim);
     }
-    // Attention block. dres now holds d x_mid.
-    cpu::linear_backward(datt_.f32(), gp.o_w, gp.o_b, dres, a.att.f32(), p.o_w, N, HD, C, layout);
-    cpu::attention_backward(dqkv_.f32(), datt_.f32(), a.qkv.f32(), a.att.f32(), a.lse.f32(), B_, T_,
-                            H, K, D);
-    if (llama) {
-      cpu::rope_backward(dqkv_.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(),
-                         rope_sin_.f32());
-    }
-    cpu::linear_backward(dln_.f32(), gp.qkv_w, gp.qkv_b, dqkv_.f32(), a.ln1.f32(), p.qkv_w, N, C,
-                         QKV, layout);
-    if (llama) {
-      cpu::rms_norm_backward(dres, gp.ln1_w, dln_.f32(), a.x_in.f32(), p.ln1_w, a.rstd1.f32(), N,
-                             C);
-    } else {
-      cpu::layer_norm_backward(dres, gp.ln1_w, gp.ln1_b, dln_.f32(), a.x_in.f32(), p.ln1_w,
-                               a.mean1.f32(), a.rstd1.f32(), N, C);
-    }
+    backward_layer(model, w.layers[l], g.layers[l], a);
   }
   cpu::embedding_backward(g.wte, dres, ids, N, C);
   if (!llama) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
@@ -345,7 +411,7 @@ double TrainState::step(const Model& model, const int* ids, const int* targets, 
   const float scale = grad_scale / float(counted_);
   ModelParams g{};
   if (grads) g = model.bind(grads);
-  cpu::lm_head_cross_entropy(losses_.data(), grads ? dlnf_.f32() : nullptr,
+  lin_.lm_head_cross_entropy(losses_.data(), grads ? dlnf_.f32() : nullptr,
                              grads ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N,
                              c.hidden, c.vocab_size, scale);
   double sum = 0;

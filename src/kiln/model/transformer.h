@@ -10,6 +10,8 @@
 
 #include "kiln/core/tensor.h"
 #include "kiln/model/config.h"
+#include "kiln/model/mixed_linear.h"
+#include "kiln/model/precision.h"
 
 namespace kiln {
 
@@ -73,36 +75,52 @@ class Model {
   Tensor weights_;
 };
 
-// Activations and scratch for training on (B, T). Sized once; reused every step.
+// Activations and scratch for training on (B, T). Sized once; reused every step. With
+// recomputation, the layers that recompute keep only what their mode needs (full: the layer
+// input; selective: all but the attention output and log-sum-exp) and rebuild the rest in backward
+// into shared scratch, computing bit for bit what the forward computed.
 class TrainState {
  public:
-  TrainState(const Model& model, int B, int T);
+  TrainState(const Model& model, int B, int T, TrainOptions opt = {});
   int B() const { return B_; }
   int T() const { return T_; }
+  const TrainOptions& options() const { return opt_; }
 
   // Forward pass; when `targets` is given, returns the mean cross-entropy over targets >= 0.
   // With `grads` non-null, also runs the backward pass into `grads` (+=, same layout as the
-  // weights), the loss scaled by `grad_scale` (1/micro-batches for gradient accumulation).
-  // ids, targets: (B, T). Fused because the LM head computes its gradient chunk by chunk.
+  // weights), the loss scaled by `grad_scale` (1/micro-batches for gradient accumulation, times
+  // the loss scale in fp16). ids, targets: (B, T). Fused because the LM head computes its
+  // gradient chunk by chunk. Call refresh_weights() after every change of the weights.
   double step(const Model& model, const int* ids, const int* targets, float* grads,
               float grad_scale = 1.0f);
+  // Rounds the weights into the precision's low-precision copy (no-op in fp32).
+  void refresh_weights(const Model& model) { lin_.refresh(model.weights()); }
   // Per-token losses of the last step (B*T); 0 where the target was ignored.
   const std::vector<float>& token_losses() const { return losses_; }
   int64_t counted_tokens() const { return counted_; }
   // Final-norm output of the last forward (B*T, C): logits = final_hidden @ lm_head^T.
   const Tensor& final_hidden() const { return lnf_; }
-  // Bytes held by activations and scratch.
+  // Bytes held by activations, scratch and low-precision weight copies.
   size_t bytes() const;
 
  private:
   struct LayerActs {
     Tensor x_in, ln1, mean1, rstd1, qkv, att, lse, x_mid, ln2, mean2, rstd2, up, act;
   };
+  void alloc_layer(const ModelConfig& c, LayerActs& a, bool input, bool body, bool core);
+  // Which storage layer l's activations live in: its own, or the shared recompute scratch.
+  Recompute mode(int l) const;
+  void forward_layer(const Model& model, const LayerParams& p, LayerActs& a, float* x_next);
+  void backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
+                      LayerActs& a);
   void forward(const Model& model, const ModelParams& w, const int* ids);
   void backward(const Model& model, const ModelParams& w, const ModelParams& g, const int* ids);
 
   int B_, T_;
+  TrainOptions opt_;
+  MixedLinear lin_;
   std::vector<LayerActs> acts_;
+  LayerActs scratch_;  // the recomputing layers' activations, rebuilt one layer at a time
   Tensor x_out_, lnf_, meanf_, rstdf_, dlnf_;
   Tensor dres_, dln_, datt_, dqkv_, dup_, dact_;
   Tensor rope_cos_, rope_sin_;

@@ -3,6 +3,8 @@
 // gradient, then the chunk's logits are dropped. Cost: 2*N*V*C FLOPs forward, 4*N*V*C backward.
 #pragma once
 
+#include <cstdint>
+
 namespace kiln::ops {
 
 namespace ref {
@@ -18,6 +20,11 @@ void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, 
 namespace cpu {
 void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
                            const int* targets, int N, int C, int V, float grad_scale);
+// Mixed precision: the three GEMMs take bf16 inputs (w_bf16 is W rounded to bf16, (V,C); h and
+// dlogits are rounded per chunk) with fp32 accumulation; softmax, loss and gradients stay fp32.
+void lm_head_cross_entropy_bf16(float* losses, float* dh, float* dw, const float* h,
+                                const uint16_t* w_bf16, const int* targets, int N, int C, int V,
+                                float grad_scale);
 }  // namespace cpu
 
 }  // namespace kiln::ops

@@ -1,12 +1,18 @@
 #include "kiln/tokenizer/bpe.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <memory>
 #include <queue>
 
 #include "kiln/core/error.h"
 
 namespace kiln::tok {
+
+namespace {
+std::atomic<uint32_t> g_next_owner{1};  // see Bpe::cache_owner_
+}  // namespace
 
 uint64_t hash_bytes(std::string_view s) {
   uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
@@ -78,6 +84,7 @@ int32_t BytesMap::find(std::string_view s, const std::vector<std::string>& token
 }
 
 Bpe::Bpe(std::vector<std::string> tokens) : tokens_(std::move(tokens)) {
+  cache_owner_ = g_next_owner++;
   map_.build(tokens_);
   for (int b = 0; b < 256; ++b) {
     char c = char(b);
@@ -117,7 +124,13 @@ void Bpe::insert(uint64_t key, Merge m) {
 }
 
 void Bpe::add_merge(int32_t left, int32_t right, int32_t merged, int32_t rank) {
+  cache_owner_ = g_next_owner++;  // cached encodings are stale
   insert(uint64_t(uint32_t(left)) << 32 | uint32_t(right), Merge{rank, merged});
+}
+
+void Bpe::set_ignore_merges(bool on) {
+  ignore_merges_ = on;
+  cache_owner_ = g_next_owner++;
 }
 
 void Bpe::merges_from_ranks() {
@@ -151,7 +164,45 @@ std::vector<std::array<int32_t, 3>> Bpe::merges_by_rank() const {
   return out;
 }
 
+namespace {
+// One cache line holds two entries: pieces up to 14 bytes whose encoding is at most 3 ids.
+struct CacheEntry {
+  uint32_t owner;  // Bpe::cache_owner_ (0: empty)
+  uint8_t len, n;
+  char key[14];
+  int32_t ids[3];
+};
+static_assert(sizeof(CacheEntry) == 32, "two cache entries per cache line");
+constexpr size_t kCacheEntries = 1 << 16;  // 2 MB per thread
+}  // namespace
+
 void Bpe::encode_piece(std::string_view piece, std::vector<int32_t>& out) const {
+  if (piece.size() < 2 || piece.size() > sizeof(CacheEntry::key)) {
+    encode_uncached(piece, out);
+    return;
+  }
+  // The cache holds the key inline, so a hit costs one memory access; a vocabulary lookup of a
+  // token longer than 8 bytes costs two.
+  thread_local std::unique_ptr<CacheEntry[]> cache(new CacheEntry[kCacheEntries]());
+  CacheEntry& e = cache[hash_bytes(piece) & (kCacheEntries - 1)];
+  if (e.owner == cache_owner_ && e.len == piece.size() &&
+      std::memcmp(e.key, piece.data(), piece.size()) == 0) {
+    out.insert(out.end(), e.ids, e.ids + e.n);
+    return;
+  }
+  size_t before = out.size();
+  encode_uncached(piece, out);
+  size_t n = out.size() - before;
+  if (n <= 3) {
+    e.owner = cache_owner_;
+    e.len = uint8_t(piece.size());
+    e.n = uint8_t(n);
+    std::memcpy(e.key, piece.data(), piece.size());
+    std::memcpy(e.ids, out.data() + before, n * sizeof(int32_t));
+  }
+}
+
+void Bpe::encode_uncached(std::string_view piece, std::vector<int32_t>& out) const {
   if (piece.empty()) return;
   if (piece.size() == 1 || ignore_merges_) {
     int32_t id = piece.size() == 1 ? byte_id_[uint8_t(piece[0])] : find(piece);
@@ -160,6 +211,10 @@ void Bpe::encode_piece(std::string_view piece, std::vector<int32_t>& out) const 
       return;
     }
   }
+  encode_merges(piece, out);
+}
+
+void Bpe::encode_merges(std::string_view piece, std::vector<int32_t>& out) const {
   if (piece.size() <= kHeapThreshold) {
     encode_small(piece, out);
   } else {

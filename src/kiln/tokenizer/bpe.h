@@ -27,9 +27,9 @@ class BytesMap {
  private:
   // 16 bytes: a lookup of a token of up to 8 bytes touches one cache line and never the strings.
   struct Slot {
-    uint32_t tag;  // high hash bits << 8 | min(length, 255): most mismatches end here
-    int32_t id;    // -1: empty
-    uint64_t head; // the first 8 bytes, zero-padded
+    uint32_t tag;   // high hash bits << 8 | min(length, 255): most mismatches end here
+    int32_t id;     // -1: empty
+    uint64_t head;  // the first 8 bytes, zero-padded
   };
   std::vector<Slot> slots_;
   uint64_t mask_ = 0;
@@ -50,10 +50,11 @@ class Bpe {
   void merges_from_ranks();
   // A piece that is itself a token is emitted whole, before any merge (tiktoken always does
   // this; Hugging Face when the model says "ignore_merges": true, as Llama 3 does).
-  void set_ignore_merges(bool on) { ignore_merges_ = on; }
+  void set_ignore_merges(bool on);
   bool ignore_merges() const { return ignore_merges_; }
 
-  // Appends the ids of `piece`. Every byte must have a single-byte token.
+  // Appends the ids of `piece`. Every byte must have a single-byte token. Pieces of 2 to 14
+  // bytes go through a per-thread cache of 2 MB (text repeats its words).
   void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
 
   int32_t find(std::string_view bytes) const { return map_.find(bytes, tokens_); }
@@ -73,6 +74,8 @@ class Bpe {
   Merge lookup(int32_t left, int32_t right) const;
   void insert(uint64_t key, Merge m);
   void grow();
+  void encode_uncached(std::string_view piece, std::vector<int32_t>& out) const;
+  void encode_merges(std::string_view piece, std::vector<int32_t>& out) const;
   void encode_small(std::string_view piece, std::vector<int32_t>& out) const;
   void encode_heap(std::string_view piece, std::vector<int32_t>& out) const;
 
@@ -89,6 +92,7 @@ class Bpe {
   uint64_t pair_mask_ = 0;
   size_t num_merges_ = 0;
   bool ignore_merges_ = false;
+  uint32_t cache_owner_ = 0;  // tags this vocabulary's entries in the per-thread piece cache
 };
 
 }  // namespace kiln::tok

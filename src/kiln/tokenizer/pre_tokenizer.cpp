@@ -4,6 +4,7 @@
 #include <pcre2.h>
 
 #include "kiln/core/error.h"
+#include "kiln/tokenizer/standard_split.h"
 
 namespace kiln {
 
@@ -132,13 +133,14 @@ PreTokenizer::~PreTokenizer() = default;
 PreTokenizer::PreTokenizer(PreTokenizer&&) noexcept = default;
 PreTokenizer& PreTokenizer::operator=(PreTokenizer&&) noexcept = default;
 
-PreTokenizer::PreTokenizer(Pattern p, const std::string& regex) : pattern_(p) {
+PreTokenizer::PreTokenizer(Pattern p, const std::string& regex, bool force_regex) : pattern_(p) {
   if (p == Pattern::none) return;
   regex_ = p == Pattern::custom ? regex : pattern_regex(p);
   // A custom regex that spells a standard pattern runs as that pattern.
   if (p == Pattern::custom)
     for (Pattern q : {Pattern::llama3, Pattern::o200k, Pattern::gpt2})
       if (regex == pattern_regex(q)) pattern_ = q;
+  fast_ = has_standard_split(pattern_) && !force_regex;
   std::string source = with_js_spaces(pattern_ == Pattern::custom ? regex_ : js_pattern(pattern_));
   int err = 0;
   PCRE2_SIZE offset = 0;
@@ -172,6 +174,10 @@ struct MatchState {
 }  // namespace
 
 void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& pieces) const {
+  if (fast_) {
+    split_standard(pattern_, text, pieces);
+    return;
+  }
   if (!re_) {
     if (!text.empty()) pieces.push_back(text);
     return;

@@ -19,8 +19,9 @@ using kiln::Pattern;
 class PreTokenizer {
  public:
   PreTokenizer();
-  // For Pattern::custom, `regex` is the expression; otherwise it is ignored.
-  explicit PreTokenizer(Pattern p, const std::string& regex = "");
+  // For Pattern::custom, `regex` is the expression; otherwise it is ignored. The standard
+  // patterns run on the hand-written splitter (standard_split.h) unless `force_regex`.
+  explicit PreTokenizer(Pattern p, const std::string& regex = "", bool force_regex = false);
   ~PreTokenizer();
   PreTokenizer(PreTokenizer&&) noexcept;
   PreTokenizer& operator=(PreTokenizer&&) noexcept;
@@ -36,6 +37,7 @@ class PreTokenizer {
   struct Regex;
   Pattern pattern_ = Pattern::none;
   std::string regex_;
+  bool fast_ = false;                // split_standard instead of the regex
   std::shared_ptr<const Regex> re_;  // compiled once, shared by copies; matching is thread-safe
 };
 

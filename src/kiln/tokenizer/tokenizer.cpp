@@ -34,6 +34,10 @@ void Tokenizer::Impl::finalize() {
   }
   for (auto& list : added_by_first) list.clear();
   for (size_t k = 0; k < added.size(); ++k) {
+    const std::string& have = id_bytes[size_t(added[k].id)];
+    KILN_CHECK(is_hole[size_t(added[k].id)] || have == added[k].text, "tokenizer",
+               "special token '", added[k].text, "' would take id ", added[k].id,
+               ", which is already the token '", have, "': give it a free id");
     id_bytes[size_t(added[k].id)] = added[k].text;
     is_hole[size_t(added[k].id)] = 0;
     added_by_first[uint8_t(added[k].text[0])].push_back(int32_t(k));
@@ -188,6 +192,29 @@ std::string Tokenizer::token_bytes(int32_t id) const {
 
 int32_t Tokenizer::vocab_size() const {
   return int32_t(impl_->id_bytes.size());
+}
+
+TokenizerInfo Tokenizer::info() const {
+  const Impl& m = *impl_;
+  TokenizerInfo info;
+  info.kind = m.sp ? "sentencepiece" : "bpe";
+  info.pattern = m.sp ? "sentencepiece" : pattern_name(m.pre.pattern());
+  info.vocab_size = vocab_size();
+  info.merges = m.sp ? 0 : int64_t(m.bpe.num_merges());
+  for (const auto& a : m.added) info.specials.push_back({a.text, a.id});
+  info.eos = m.eos;
+  return info;
+}
+
+std::vector<std::string_view> split_at_lines(std::string_view text, size_t bytes) {
+  std::vector<std::string_view> docs;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t end = pos + bytes >= text.size() ? text.size() : text.find('\n', pos + bytes);
+    end = end == std::string_view::npos ? text.size() : std::min(text.size(), end + 1);
+    docs.push_back(text.substr(pos, end - pos));
+    pos = end;
+  }
+  return docs;
 }
 
 std::optional<int32_t> Tokenizer::special_id(std::string_view token) const {

@@ -21,6 +21,16 @@ struct LoadOptions {
   std::vector<std::pair<std::string, int32_t>> specials;  // replaces the standard ones
 };
 
+// What a tokenizer is, for `kiln tokenizer info` and logs.
+struct TokenizerInfo {
+  std::string kind;     // "bpe" (byte-level) or "sentencepiece"
+  std::string pattern;  // pre-tokenizer name ("cl100k", "custom", "none", ...)
+  int32_t vocab_size = 0;
+  int64_t merges = 0;
+  std::vector<std::pair<std::string, int32_t>> specials;  // added tokens
+  std::optional<int32_t> eos;
+};
+
 class Tokenizer {
  public:
   // Loads tokenizer.json, a .tiktoken rank file or a SentencePiece .model, chosen by content.
@@ -43,6 +53,7 @@ class Tokenizer {
   std::string token_bytes(int32_t id) const;
 
   int32_t vocab_size() const;
+  TokenizerInfo info() const;
   // Id of a special (added) token such as "<|endoftext|>", if the vocabulary has it.
   std::optional<int32_t> special_id(std::string_view token) const;
   // Id that ends a document / generation (eos), if any.
@@ -60,6 +71,10 @@ class Tokenizer {
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// Cuts text into documents of about `bytes` bytes, each ending at a line end (for encode_batch
+// and training on large files: pieces rarely cross a line end, so ids barely change).
+std::vector<std::string_view> split_at_lines(std::string_view text, size_t bytes);
 
 // Streaming decode for generation: feed ids one at a time, get back only complete UTF-8
 // (bytes of a character split across tokens are held until the character is whole).

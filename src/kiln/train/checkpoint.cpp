@@ -65,6 +65,9 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
   js["loader"]["rng"] = nlohmann::json::array();
   for (uint64_t w : state.loader.rng) js["loader"]["rng"].push_back(std::to_string(w));
   js["loader"]["drawn"] = state.loader.drawn;
+  js["loss_scale"] = {{"scale", state.loss_scale},
+                      {"growth", state.scale_growth},
+                      {"hysteresis_left", state.scale_hysteresis}};
   write_json_file_atomic(tmp + "/trainer_state.json", js);
   fsync_dir(tmp);
   fs::remove_all(final_dir);  // re-saving a step after a resume
@@ -102,6 +105,11 @@ void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerSt
     KILN_CHECK(rng.size() == 4, "checkpoint", dir, "/trainer_state.json: loader.rng needs 4 words");
     for (int i = 0; i < 4; ++i) state.loader.rng[i] = std::stoull(rng[i].get<std::string>());
     state.loader.drawn = js.at("loader").at("drawn").get<int64_t>();
+    if (js.contains("loss_scale")) {
+      state.loss_scale = js["loss_scale"].at("scale").get<double>();
+      state.scale_growth = js["loss_scale"].at("growth").get<int>();
+      state.scale_hysteresis = js["loss_scale"].at("hysteresis_left").get<int>();
+    }
   } catch (const nlohmann::json::exception& e) {
     fail("checkpoint", dir, "/trainer_state.json is malformed (", e.what(),
          "); resume from an earlier checkpoint");

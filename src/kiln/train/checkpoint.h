@@ -19,6 +19,8 @@ struct TrainerState {
   int64_t step = 0;
   int64_t tokens_seen = 0;
   WindowSampler::State loader{};
+  double loss_scale = 0;  // fp16's dynamic loss scale (0 when unused)
+  int scale_growth = 0, scale_hysteresis = 0;
 };
 
 // Writes a checkpoint for state.step; removes the oldest beyond `keep` (0 keeps all).

@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <functional>
 #include <map>
 
@@ -149,7 +150,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   const YAML::Node tr = root["train"];
   check_keys(tr, "train",
              {"steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
-              "checkpoint_every", "keep_checkpoints", "log_every", "samples", "sample_tokens"},
+              "checkpoint_every", "keep_checkpoints", "log_every", "samples", "sample_tokens",
+              "precision", "recompute", "recompute_layers", "max_skips", "inject_overflow_at"},
              path);
   if (tr) {
     read(tr, "train", "steps", c.train.steps, path);
@@ -163,7 +165,41 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     read(tr, "train", "log_every", c.train.log_every, path);
     read(tr, "train", "samples", c.train.samples, path);
     read(tr, "train", "sample_tokens", c.train.sample_tokens, path);
+    std::string precision = "fp32", recompute = "none";
+    read(tr, "train", "precision", precision, path);
+    read(tr, "train", "recompute", recompute, path);
+    c.train.precision = precision_from_name(precision);
+    c.train.recompute = recompute_from_name(recompute);
+    read(tr, "train", "recompute_layers", c.train.recompute_layers, path);
+    read(tr, "train", "max_skips", c.train.max_skips, path);
+    read(tr, "train", "inject_overflow_at", c.train.inject_overflow_at, path);
   }
+  if (c.train.recompute_layers != -1 && root["model"]) {
+    KILN_CHECK(c.train.recompute_layers >= 0 && c.train.recompute_layers <= c.model.layers,
+               "config", path, ": train.recompute_layers = ", c.train.recompute_layers,
+               " but the model has ", c.model.layers, " layers; use 0..", c.model.layers,
+               " or -1 for all");
+  }
+  KILN_CHECK(c.train.max_skips > 0, "config", path, ": train.max_skips must be positive");
+
+  const YAML::Node ls = root["loss_scale"];
+  check_keys(ls, "loss_scale", {"dynamic", "initial", "min", "growth_interval", "hysteresis"},
+             path);
+  if (ls) {
+    read(ls, "loss_scale", "dynamic", c.loss_scale.dynamic, path);
+    read(ls, "loss_scale", "initial", c.loss_scale.initial, path);
+    read(ls, "loss_scale", "min", c.loss_scale.min_scale, path);
+    read(ls, "loss_scale", "growth_interval", c.loss_scale.growth_interval, path);
+    read(ls, "loss_scale", "hysteresis", c.loss_scale.hysteresis, path);
+  }
+  auto power_of_two = [](double x) {
+    int e;
+    return x > 0 && std::frexp(x, &e) == 0.5;
+  };
+  KILN_CHECK(power_of_two(c.loss_scale.initial) && power_of_two(c.loss_scale.min_scale), "config",
+             path, ": loss_scale.initial and loss_scale.min must be powers of two (exact scaling)");
+  KILN_CHECK(c.loss_scale.growth_interval > 0 && c.loss_scale.hysteresis > 0, "config", path,
+             ": loss_scale.growth_interval and loss_scale.hysteresis must be positive");
   for (auto [v, k] : {std::pair{c.train.steps, "steps"},
                       {c.train.batch_size, "batch_size"},
                       {c.train.seq_len, "seq_len"},

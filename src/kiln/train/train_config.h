@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "kiln/model/config.h"
+#include "kiln/model/precision.h"
+#include "kiln/train/loss_scaler.h"
 
 namespace kiln {
 
@@ -39,7 +41,15 @@ struct TrainConfig {
     int log_every = 1;  // metrics.jsonl gets every step; the progress line redraws
     int samples = 2;    // sample generations printed at the end
     int sample_tokens = 200;
+    Precision precision = Precision::fp32;
+    Recompute recompute = Recompute::none;
+    int recompute_layers = -1;  // layers (from the first) that recompute; -1 = all
+    int max_skips = 10;         // consecutive skipped steps (non-finite / overflow) before stopping
+    std::vector<int64_t>
+        inject_overflow_at;  // testing aid: treat these steps' first try as overflow
   } train;
+
+  LossScaleConfig loss_scale;  // fp16 only
 
   struct Optim {
     float lr = 1e-3f;

@@ -1,5 +1,6 @@
 #include "kiln/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "kiln/model/model_io.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/train/checkpoint.h"
+#include "kiln/train/loss_scaler.h"
 #include "kiln/train/optimizer.h"
 #include "kiln/train/schedule.h"
 
@@ -27,6 +29,15 @@ std::string fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
   return buf;
+}
+
+// The process's peak resident memory (VmHWM), in bytes; 0 where /proc is unavailable.
+int64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
 }
 
 // Keeps only the metrics records up to `step` (a resumed run rewrites what follows).
@@ -104,10 +115,18 @@ TrainResult train(TrainConfig cfg, bool resume) {
   }
   std::ofstream metrics(metrics_path, std::ios::app);
 
-  TrainState ts(*model, B, T);
+  TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
+  TrainState ts(*model, B, T, topt);
   Tensor grads = Tensor::zeros({model->num_params()});
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
+  const bool fp16 = cfg.train.precision == Precision::fp16;
+  LossScaler scaler(cfg.loss_scale);
+  if (resume && fp16 && state.loss_scale > 0)
+    scaler.restore(state.loss_scale, state.scale_growth, state.scale_hysteresis);
+  log_info("precision ", name_of(cfg.train.precision), ", recompute ", name_of(cfg.train.recompute),
+           "; weights+grads+AdamW ", (4 * model->weights().nbytes()) >> 20, " MiB, activations ",
+           ts.bytes() >> 20, " MiB");
   TrainResult result;
   Progress progress("train", cfg.train.steps, "steps");
   double last_loss = NAN, last_val = NAN;
@@ -117,24 +136,51 @@ TrainResult train(TrainConfig cfg, bool resume) {
     auto t0 = std::chrono::steady_clock::now();
     const float lr = lr_at(int(step), cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr,
                            cfg.optim.warmup_steps, cfg.optim.schedule);
-    std::memset(grads.raw(), 0, grads.nbytes());
-    double loss = 0;
-    for (int micro = 0; micro < accum; ++micro) {
-      sampler.next(B, ids.data(), targets.data());
-      loss += ts.step(*model, ids.data(), targets.data(), grads.f32(), 1.0f / float(accum));
+    const WindowSampler::State before = sampler.state();
+    const bool inject =
+        std::find(cfg.train.inject_overflow_at.begin(), cfg.train.inject_overflow_at.end(), step) !=
+        cfg.train.inject_overflow_at.end();
+    double loss = 0, norm = 0;
+    int skipped = 0;
+    bool updated = false;
+    for (;;) {
+      const double scale = fp16 ? scaler.scale() : 1.0;
+      std::memset(grads.raw(), 0, grads.nbytes());
+      loss = 0;
+      for (int micro = 0; micro < accum; ++micro) {
+        sampler.next(B, ids.data(), targets.data());
+        loss += ts.step(*model, ids.data(), targets.data(), grads.f32(), float(scale / accum));
+      }
+      loss /= accum;
+      bool bad = !std::isfinite(loss) || (fp16 && fp16_overflow(grads.f32(), grads.numel())) ||
+                 (inject && skipped == 0);
+      if (!bad) {
+        if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());  // exact: 2^-k
+        // A non-finite gradient norm also skips: nothing non-finite reaches the weights.
+        updated = clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
+        bad = !updated;
+      }
+      if (fp16) scaler.update(bad);
+      if (!bad) break;
+      ++skipped;
+      // fp16 overflow above the minimum scale is the scaler doing its job: retry the same batch
+      // at the lowered scale. Anything else skips the batch and counts towards the limit.
+      const bool retry = fp16 && scale > cfg.loss_scale.min_scale;
+      log_warn("step ", step, ": ", fp16 ? "fp16 overflow" : "non-finite loss or gradient",
+               " at loss scale ", scale, "; update skipped",
+               retry ? ", retrying at scale " + fmt("%g", scaler.scale()) : "");
+      if (!retry) {
+        KILN_CHECK(++consecutive_skips < cfg.train.max_skips, "train", cfg.train.max_skips,
+                   " consecutive steps without a finite update, ending at step ", step,
+                   ": the run diverged; lower optim.lr, raise optim.warmup_steps, or use bf16 ",
+                   "instead of fp16");
+        break;
+      }
+      sampler.set_state(before);
     }
-    loss /= accum;
-    double norm = 0;
-    bool updated = std::isfinite(loss) &&
-                   clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
-    if (!updated) {
-      // A non-finite loss or gradient never reaches the weights.
-      log_warn("step ", step, ": non-finite ", std::isfinite(loss) ? "gradient" : "loss",
-               "; skipping the update");
-      KILN_CHECK(++consecutive_skips < 10, "train", "10 consecutive non-finite steps ending at ",
-                 step, ": the run diverged; lower optim.lr or raise optim.warmup_steps");
-    } else {
+    if (updated) {
       consecutive_skips = 0;
+      ts.refresh_weights(*model);
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.step = step;
@@ -146,7 +192,11 @@ TrainResult train(TrainConfig cfg, bool resume) {
                           {"grad_norm", norm},
                           {"tokens", state.tokens_seen},
                           {"tokens_per_s", double(tokens_per_step) / dt},
-                          {"step_ms", dt * 1e3}};
+                          {"step_ms", dt * 1e3},
+                          {"peak_bytes", peak_rss_bytes()}};
+    if (fp16) rec["loss_scale"] = scaler.scale();
+    if (skipped || fp16) rec["skipped"] = skipped;
+    if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
       last_val = evaluate(*model, ts, *val, cfg.train.eval_batches);
@@ -160,6 +210,9 @@ TrainResult train(TrainConfig cfg, bool resume) {
                               fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
     if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last) {
       state.loader = sampler.state();
+      state.loss_scale = fp16 ? scaler.scale() : 0;
+      state.scale_growth = scaler.growth();
+      state.scale_hysteresis = scaler.hysteresis_left();
       result.checkpoint =
           save_checkpoint(cfg.run_dir, *model, tok, opt, state, cfg.train.keep_checkpoints);
     }

@@ -10,6 +10,7 @@
 //   -> compute bound on the sgemms: 25.8 GFLOP at ~150-250 GFLOP/s on 2 SPR cores ~ 100-170 ms.
 #include "kiln/ops/cross_entropy.h"
 #include "kiln/ops/cpu/vec16.h"
+#include "kiln/ops/matmul_bf16.h"
 
 #include <cblas.h>
 
@@ -65,10 +66,13 @@ int chunk_rows(int V) {
   return std::clamp((1 << 21) / std::max(V, 1), 32, 256);
 }
 
-}  // namespace
-
-void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
-                           const int* targets, int N, int C, int V, float grad_scale) {
+// The chunked loop, with the three GEMMs supplied by the caller (fp32 or bf16):
+//   logits_of(nc, h_chunk, logits)   logits (nc,V) = h_chunk (nc,C) @ W^T
+//   grads_of(nc, h_chunk, dlogits, dh_chunk)   dh_chunk = dlogits @ W;  dW += dlogits^T @ h_chunk
+template <typename Logits, typename Grads>
+void cross_entropy_chunks(float* losses, float* dh, float* dw, const float* h, const int* targets,
+                          int N, int C, int V, float grad_scale, Logits&& logits_of,
+                          Grads&& grads_of) {
   KILN_CHECK(N >= 0 && C > 0 && V > 0, "cross_entropy", "bad shape N=", N, " C=", C, " V=", V);
   KILN_CHECK(!dh || dw, "cross_entropy", "dh given without dw: the backward needs both");
   // Targets come from data: check them here, outside the parallel region (no throwing there).
@@ -84,9 +88,7 @@ void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, 
   for (int n0 = 0; n0 < N; n0 += rows) {
     const int nc = std::min(rows, N - n0);
     const float* hc = h + int64_t(n0) * C;
-    // logits (nc,V) = h_chunk (nc,C) @ W^T, W (V,C)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nc, V, C, 1.0f, hc, C, w, C, 0.0f, logits,
-                V);
+    logits_of(nc, hc, logits);
     parallel_for(nc, [&](int64_t r) {
       float* x = logits + r * V;
       const int y = targets[n0 + r];
@@ -105,13 +107,48 @@ void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, 
       x[y] -= grad_scale;
     });
     if (!train) continue;
-    // dh (nc,C) = dlogits (nc,V) @ W (V,C), overwritten.
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, C, V, 1.0f, logits, V, w, C, 0.0f,
-                dh + int64_t(n0) * C, C);
-    // dW (V,C) += dlogits^T (V,nc) @ h_chunk (nc,C).
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, nc, 1.0f, logits, V, hc, C, 1.0f, dw,
-                C);
+    grads_of(nc, hc, logits, dh + int64_t(n0) * C);
   }
+}
+
+}  // namespace
+
+void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
+                           const int* targets, int N, int C, int V, float grad_scale) {
+  cross_entropy_chunks(
+      losses, dh, dw, h, targets, N, C, V, grad_scale,
+      [&](int nc, const float* hc, float* logits) {
+        // logits (nc,V) = h_chunk (nc,C) @ W^T, W (V,C)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nc, V, C, 1.0f, hc, C, w, C, 0.0f,
+                    logits, V);
+      },
+      [&](int nc, const float* hc, const float* dlogits, float* dhc) {
+        // dh (nc,C) = dlogits (nc,V) @ W (V,C), overwritten.
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, C, V, 1.0f, dlogits, V, w, C,
+                    0.0f, dhc, C);
+        // dW (V,C) += dlogits^T (V,nc) @ h_chunk (nc,C).
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, nc, 1.0f, dlogits, V, hc, C,
+                    1.0f, dw, C);
+      });
+}
+
+void lm_head_cross_entropy_bf16(float* losses, float* dh, float* dw, const float* h,
+                                const uint16_t* w, const int* targets, int N, int C, int V,
+                                float grad_scale) {
+  std::vector<uint16_t> hb, gb;  // the chunk's h and dlogits in bf16
+  cross_entropy_chunks(
+      losses, dh, dw, h, targets, N, C, V, grad_scale,
+      [&](int nc, const float* hc, float* logits) {
+        hb.resize(size_t(nc) * C);
+        f32_to_bf16(hb.data(), hc, int64_t(nc) * C);
+        gemm_bf16(logits, hb.data(), w, nc, V, C, false, true, 1.0f, 0.0f);
+      },
+      [&](int nc, const float*, const float* dlogits, float* dhc) {
+        gb.resize(size_t(nc) * V);
+        f32_to_bf16(gb.data(), dlogits, int64_t(nc) * V);
+        gemm_bf16(dhc, gb.data(), w, nc, C, V, false, false, 1.0f, 0.0f);
+        gemm_bf16(dw, gb.data(), hb.data(), V, C, nc, true, false, 1.0f, 1.0f);
+      });
 }
 
 }  // namespace kiln::ops::cpu

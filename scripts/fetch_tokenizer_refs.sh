@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the reference tokenizers the oracle tests and the tokenizer benchmark run against
+# (npm: gpt-tokenizer, llama3-tokenizer-js, llama-tokenizer-js, Hugging Face's tokenizers.js for
+# the tokenizer.json files kiln writes, and the nlp-corpus sentences)
+# into data/tokenizer_refs (git-ignored), then writes the Llama 3 / Llama 2 vocabularies that
+# exist only inside those packages as files kiln loads (tests/tokenizer/make_ref_files.mjs).
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=data/tokenizer_refs
+pkgs=(gpt-tokenizer@4.0.0 llama3-tokenizer-js@1.2.0 llama-tokenizer-js@1.2.2 nlp-corpus@4.4.0
+      @huggingface/tokenizers@0.2.0)
+mkdir -p "$dir"
+if [ ! -d "$dir/node_modules/gpt-tokenizer" ] || [ ! -d "$dir/node_modules/llama3-tokenizer-js" ] ||
+   [ ! -d "$dir/node_modules/llama-tokenizer-js" ] || [ ! -d "$dir/node_modules/nlp-corpus" ] ||
+   [ ! -d "$dir/node_modules/@huggingface/tokenizers" ]; then
+  [ -f "$dir/package.json" ] || echo '{"name": "kiln-tokenizer-refs", "private": true}' > "$dir/package.json"
+  (cd "$dir" && npm install --silent --no-audit --no-fund "${pkgs[@]}")
+fi
+if [ ! -s "$dir/files/llama2.model" ] || [ ! -s "$dir/files/llama3/tokenizer.json" ] ||
+   [ ! -s "$dir/files/llama3.tiktoken" ]; then
+  node tests/tokenizer/make_ref_files.mjs "$dir/files"
+fi
+echo "[refs] tokenizer references in $dir"

@@ -1,0 +1,107 @@
+#include "kiln/model/mixed_linear.h"
+
+#include "kiln/core/parallel.h"
+#include "kiln/ops/cross_entropy.h"
+#include "kiln/ops/matmul_bf16.h"
+
+namespace kiln {
+
+using ops::WeightLayout;
+
+void MixedLinear::refresh(const Tensor& weights) {
+  base_ = weights.f32();
+  const int64_t P = weights.numel();
+  if (p_ == Precision::bf16) {
+    if (bf16_.numel() != P) bf16_ = Tensor::empty({P}, DType::bf16);
+    ops::cpu::f32_to_bf16(bf16_.data<uint16_t>(), base_, P);
+  } else if (p_ == Precision::fp16) {
+    if (fp16_.numel() != P) fp16_ = Tensor::empty({P});
+    float* dst = fp16_.f32();
+    parallel_ranges(P, 1 << 14, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dst[i] = f16_to_f32(f32_to_f16(base_[i]));
+    });
+  }
+}
+
+size_t MixedLinear::bytes() const {
+  return (bf16_.defined() ? bf16_.nbytes() : 0) + (fp16_.defined() ? fp16_.nbytes() : 0) +
+         (xa_.capacity() + xb_.capacity()) * 2 + (fa_.capacity() + fb_.capacity()) * 4;
+}
+
+uint16_t* MixedLinear::to_bf16(std::vector<uint16_t>& buf, const float* x, int64_t n) {
+  if (int64_t(buf.size()) < n) buf.resize(n);
+  ops::cpu::f32_to_bf16(buf.data(), x, n);
+  return buf.data();
+}
+
+float* MixedLinear::to_fp16(std::vector<float>& buf, const float* x, int64_t n) {
+  if (int64_t(buf.size()) < n) buf.resize(n);
+  float* d = buf.data();
+  parallel_ranges(n, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) d[i] = f16_to_f32(f32_to_f16(x[i]));
+  });
+  return d;
+}
+
+void MixedLinear::forward(float* y, const float* x, const float* w, const float* b, int N, int IN,
+                          int OUT, WeightLayout layout) {
+  if (p_ == Precision::fp32) return ops::cpu::linear_forward(y, x, w, b, N, IN, OUT, layout);
+  if (p_ == Precision::fp16) {
+    return ops::cpu::linear_forward(y, to_fp16(fa_, x, int64_t(N) * IN), fp16_of(w), b, N, IN, OUT,
+                                    layout);
+  }
+  const uint16_t* xb = to_bf16(xa_, x, int64_t(N) * IN);
+  ops::cpu::gemm_bf16(y, xb, bf16_of(w), N, OUT, IN, false, layout == WeightLayout::out_in, 1.0f,
+                      0.0f);
+  if (b) {
+    parallel_for(N, [&](int64_t n) {
+      float* row = y + n * OUT;
+      for (int o = 0; o < OUT; ++o) row[o] += b[o];
+    });
+  }
+}
+
+void MixedLinear::backward(float* dx, float* dw, float* db, const float* dy, const float* x,
+                           const float* w, int N, int IN, int OUT, WeightLayout layout) {
+  if (p_ == Precision::fp32) {
+    return ops::cpu::linear_backward(dx, dw, db, dy, x, w, N, IN, OUT, layout);
+  }
+  if (p_ == Precision::fp16) {
+    return ops::cpu::linear_backward(dx, dw, db, to_fp16(fb_, dy, int64_t(N) * OUT),
+                                     to_fp16(fa_, x, int64_t(N) * IN), fp16_of(w), N, IN, OUT,
+                                     layout);
+  }
+  const bool out_in = layout == WeightLayout::out_in;
+  const uint16_t* dyb = to_bf16(xb_, dy, int64_t(N) * OUT);
+  // dx (N,IN) = dy (N,OUT) @ W: W is (OUT,IN) as stored, or (IN,OUT) and transposed.
+  if (dx) ops::cpu::gemm_bf16(dx, dyb, bf16_of(w), N, IN, OUT, false, !out_in, 1.0f, 0.0f);
+  if (dw) {
+    const uint16_t* xb = to_bf16(xa_, x, int64_t(N) * IN);
+    if (out_in) {  // dW (OUT,IN) += dy^T @ x
+      ops::cpu::gemm_bf16(dw, dyb, xb, OUT, IN, N, true, false, 1.0f, 1.0f);
+    } else {  // dW (IN,OUT) += x^T @ dy
+      ops::cpu::gemm_bf16(dw, xb, dyb, IN, OUT, N, true, false, 1.0f, 1.0f);
+    }
+  }
+  if (db) {
+    // Column sums in a fixed order (row by row) per column block: deterministic.
+    parallel_ranges(OUT, 16, [&](int64_t o0, int64_t o1) {
+      for (int n = 0; n < N; ++n)
+        for (int64_t o = o0; o < o1; ++o) db[o] += dy[int64_t(n) * OUT + o];
+    });
+  }
+}
+
+void MixedLinear::lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h,
+                                        const float* w, const int* targets, int N, int C, int V,
+                                        float grad_scale) {
+  if (p_ == Precision::bf16) {
+    return ops::cpu::lm_head_cross_entropy_bf16(losses, dh, dw, h, bf16_of(w), targets, N, C, V,
+                                                grad_scale);
+  }
+  const float* hh = p_ == Precision::fp16 ? to_fp16(fb_, h, int64_t(N) * C) : h;
+  const float* ww = p_ == Precision::fp16 ? fp16_of(w) : w;
+  ops::cpu::lm_head_cross_entropy(losses, dh, dw, hh, ww, targets, N, C, V, grad_scale);
+}
+
+}  // namespace kiln
