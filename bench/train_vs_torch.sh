@@ -3,14 +3,17 @@
 # and thread count, interleaved in one run so both see the same machine. Prints a table of
 # medians and the ratio; raw JSON lines go to bench/out/train_vs_torch.jsonl.
 #   bench/train_vs_torch.sh [CONFIG.json] [--rounds N] [--threads N] [--batch B] [--seq T] [--steps S]
+#                           [--precisions "fp32 bf16"] [--recompute "none full"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=configs/models/llama-bench.json rounds=3 threads=$(nproc) batch=8 seq=256 steps=5
+precisions=fp32 recomputes=none
 [ $# -gt 0 ] && [[ $1 != --* ]] && { config=$1; shift; }
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2 ;; --threads) threads=$2 ;; --batch) batch=$2 ;;
     --seq) seq=$2 ;; --steps) steps=$2 ;;
+    --precisions) precisions=$2 ;; --recompute) recomputes=$2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -20,10 +23,15 @@ out=bench/out/train_vs_torch.jsonl
 : >"$out"
 for r in $(seq "$rounds"); do
   echo "[bench] round $r/$rounds" >&2
-  ./build/kiln bench train --model-config "$config" --batch "$batch" --seq "$seq" \
-    --steps "$steps" --threads "$threads" >>"$out"
-  OMP_NUM_THREADS=$threads /usr/bin/python3 bench/train_torch.py --model-config "$config" \
-    --batch "$batch" --seq "$seq" --steps "$steps" --threads "$threads" >>"$out"
+  for p in $precisions; do
+    for rc in $recomputes; do
+      ./build/kiln bench train --model-config "$config" --batch "$batch" --seq "$seq" \
+        --steps "$steps" --threads "$threads" --precision "$p" --recompute "$rc" >>"$out"
+    done
+    [ "$p" = fp16 ] && continue  # PyTorch's CPU autocast has no fp16
+    OMP_NUM_THREADS=$threads /usr/bin/python3 bench/train_torch.py --model-config "$config" \
+      --batch "$batch" --seq "$seq" --steps "$steps" --threads "$threads" --precision "$p" >>"$out"
+  done
 done
 /usr/bin/python3 - "$out" "$config" "$threads" "$batch" "$seq" <<'PY'
 import json, statistics, sys
@@ -31,14 +39,18 @@ path, config, threads, batch, seq = sys.argv[1:]
 rows = [json.loads(l) for l in open(path) if l.strip().startswith("{")]
 by = {}
 for r in rows:
-    by.setdefault(r["impl"], []).append(r)
-med = {k: (statistics.median(x["tokens_per_s"] for x in v), statistics.median(x["gflops"] for x in v), len(v))
-       for k, v in by.items()}
-print(f"model {config}, batch {batch}, seq {seq}, {threads} threads, fp32")
-print(f"| impl | runs | tokens/s (median) | GFLOP/s (median) |")
-print(f"|---|---|---|---|")
-for k, (tps, gf, n) in med.items():
-    print(f"| {k} | {n} | {tps:,.0f} | {gf:.1f} |")
-if "kiln" in med and "pytorch" in med:
-    print(f"\nkiln / PyTorch tokens/s: {med['kiln'][0] / med['pytorch'][0]:.2f}x")
+    key = (r["impl"], r.get("precision", "fp32"), r.get("recompute", "-") if r["impl"] == "kiln" else "-")
+    by.setdefault(key, []).append(r)
+med = {k: (statistics.median(x["tokens_per_s"] for x in v), statistics.median(x["gflops"] for x in v),
+           max(x.get("peak_bytes", 0) for x in v), len(v)) for k, v in by.items()}
+base = med.get(("pytorch", "fp32", "-"), (None,))[0]
+kbase = med.get(("kiln", "fp32", "none"), (None,))[0]
+print(f"model {config}, batch {batch}, seq {seq}, {threads} threads")
+print("| impl | precision | recompute | runs | tokens/s (median) | GFLOP/s | state+activation MiB | vs PyTorch fp32 | vs kiln fp32 |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (impl, prec, rc), (tps, gf, peak, n) in sorted(med.items()):
+    r1 = f"{tps / base:.2f}x" if base else "-"
+    r2 = f"{tps / kbase:.2f}x" if kbase else "-"
+    mib = f"{peak / 2**20:.0f}" if peak else "-"
+    print(f"| {impl} | {prec} | {rc} | {n} | {tps:,.0f} | {gf:.1f} | {mib} | {r1} | {r2} |")
 PY

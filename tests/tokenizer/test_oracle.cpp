@@ -33,6 +33,22 @@ TEST_P(Oracle, SampleMatchesReference) {
   expect_same_ids(tok, enc, special_texts, /*special=*/true);
 }
 
+TEST_P(Oracle, SavedAsTokenizerJsonStillMatches) {
+  // A rank file saved as tokenizer.json (merges from the ranks, ignore_merges, the pattern as a
+  // Split) and loaded back encodes like the reference.
+  KILN_REQUIRE_REFS();
+  std::string enc = GetParam();
+  std::string path = (std::filesystem::temp_directory_path() / ("kiln_" + enc + ".json")).string();
+  Tokenizer::load(gpt_file(enc)).save(path);
+  Tokenizer tok = Tokenizer::load(path);
+  EXPECT_EQ(tok.info().pattern, enc == "r50k" || enc == "p50k" ? "gpt2" : enc);
+  auto texts = without_bom(adversarial());
+  auto some = nlp_corpus(500);
+  texts.insert(texts.end(), some.begin(), some.end());
+  expect_same_ids(tok, enc, texts, /*special=*/false);
+  std::filesystem::remove(path);
+}
+
 INSTANTIATE_TEST_SUITE_P(Gpt, Oracle, ::testing::Values("r50k", "p50k", "cl100k", "o200k"));
 
 TEST(OracleLlama3, TokenizerJsonMatchesReference) {

@@ -15,11 +15,21 @@
 namespace kiln {
 namespace {
 
-std::string temp_path(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("kiln_tok_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
+std::filesystem::path temp_dir() {
+  return std::filesystem::temp_directory_path() / ("kiln_tok_" + std::to_string(::getpid()));
 }
+
+std::string temp_path(const std::string& name) {
+  std::filesystem::create_directories(temp_dir());
+  return (temp_dir() / name).string();
+}
+
+// Removes the files the tests wrote.
+class TempDirCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override { std::filesystem::remove_all(temp_dir()); }
+};
+const auto* const cleanup = ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
 
 std::string random_bytes(std::mt19937& rng, size_t n) {
   std::string s(n, '\0');

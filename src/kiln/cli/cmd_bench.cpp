@@ -11,6 +11,7 @@
 #include "kiln/model/config.h"
 #include "kiln/model/transformer.h"
 #include "kiln/ops/matmul.h"
+#include "kiln/ops/matmul_bf16.h"
 #include "kiln/train/optimizer.h"
 
 namespace kiln::cli {
@@ -85,9 +86,12 @@ Command reg([](CLI::App& app) {
     std::printf(
         "{\"impl\":\"kiln\",\"threads\":%d,\"params\":%lld,\"batch\":%d,\"seq\":%d,"
         "\"step_ms_median\":%.3f,\"tokens_per_s\":%.1f,\"gflops\":%.2f,"
-        "\"activation_bytes\":%zu,\"losses\":[",
+        "\"activation_bytes\":%zu,\"peak_bytes\":%zu,\"precision\":\"%s\","
+        "\"recompute\":\"%s\",\"bf16_backend\":\"%s\",\"losses\":[",
         num_threads(), (long long)model.num_params(), a->batch, a->seq, med,
-        double(N) / (med / 1e3), flops / (med / 1e3) / 1e9, ts.bytes());
+        double(N) / (med / 1e3), flops / (med / 1e3) / 1e9, ts.bytes(),
+        size_t(4) * model.weights().nbytes() + ts.bytes(), a->precision.c_str(),
+        a->recompute.c_str(), std::string(ops::cpu::bf16_backend()).c_str());
     for (size_t i = 0; i < losses.size(); ++i) std::printf("%s%.6f", i ? "," : "", losses[i]);
     std::printf("]}\n");
   });

@@ -53,8 +53,8 @@ Command reg([](CLI::App& app) {
     in->model = estimate_model(a->model);
     in->params_override = int64_t(a->params);
     in->gpu_memory = parse_bytes(a->gpu_memory);
-    in->precision = parse_precision(a->precision);
-    in->recompute = parse_recompute(a->recompute);
+    in->precision = precision_from_name(a->precision);
+    in->recompute = recompute_from_name(a->recompute);
     in->accounting = parse_accounting(a->accounting);
     if (a->suggest) {
       std::vector<Estimate> fits = suggest(*in);

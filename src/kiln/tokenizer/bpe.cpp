@@ -187,7 +187,11 @@ void Bpe::encode_piece(std::string_view piece, std::vector<int32_t>& out) const 
   CacheEntry& e = cache[hash_bytes(piece) & (kCacheEntries - 1)];
   if (e.owner == cache_owner_ && e.len == piece.size() &&
       std::memcmp(e.key, piece.data(), piece.size()) == 0) {
-    out.insert(out.end(), e.ids, e.ids + e.n);
+    if (e.n == 1) {
+      out.push_back(e.ids[0]);
+    } else {
+      out.insert(out.end(), e.ids, e.ids + e.n);
+    }
     return;
   }
   size_t before = out.size();

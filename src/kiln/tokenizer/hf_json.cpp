@@ -3,6 +3,7 @@
 // Split + ByteLevel (Llama 3) or null, decoder ByteLevel, added_tokens. Anything else is an
 // error naming the key, rather than a tokenizer that silently encodes differently.
 #include <filesystem>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -99,6 +100,113 @@ std::optional<std::string> config_eos(const std::string& path) {
   return std::nullopt;
 }
 
+// Llama 2 style tokenizer.json: BPE over characters with "▁" for spaces and byte fallback
+// (normalizer Prepend + Replace, or pre_tokenizer Metaspace), run by the SentencePiece engine
+// with Hugging Face's merge list.
+Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
+  const json& m = j["model"];
+  const std::string kSpace = "\xE2\x96\x81";
+  bool replace_space = false, prefix = false, first_only = false;
+  const json norm = j.value("normalizer", json());
+  std::vector<json> norms;
+  if (is_type(norm, "Sequence")) {
+    for (const json& x : norm.at("normalizers")) norms.push_back(x);
+  } else if (!norm.is_null()) {
+    norms.push_back(norm);
+  }
+  for (const json& x : norms) {
+    std::string t = x.value("type", "");
+    if (t == "Prepend" && x.value("prepend", "") == kSpace) {
+      prefix = true;
+    } else if (t == "Replace" && x.contains("pattern") && x["pattern"].value("String", "") == " " &&
+               x.value("content", "") == kSpace) {
+      replace_space = true;
+    } else {
+      fail("tokenizer", path, ": normalizer '", t,
+           "' is not supported (only Prepend(\"\xE2\x96\x81\") and Replace(\" \", "
+           "\"\xE2\x96\x81\"), as Llama 2 uses)");
+    }
+  }
+  const json pre = j.value("pre_tokenizer", json());
+  if (is_type(pre, "Metaspace")) {
+    KILN_CHECK(!pre.value("split", false), "tokenizer", path,
+               ": pre_tokenizer Metaspace with split true is not supported");
+    replace_space = true;
+    std::string scheme =
+        pre.value("prepend_scheme", pre.value("add_prefix_space", true) ? "always" : "never");
+    prefix = scheme != "never";
+    first_only = scheme == "first";
+  } else {
+    KILN_CHECK(pre.is_null(), "tokenizer", path, ": pre_tokenizer '", pre.value("type", "?"),
+               "' is not supported for a SentencePiece-style (byte fallback) BPE");
+  }
+  KILN_CHECK(replace_space, "tokenizer", path,
+             ": neither ByteLevel nor Metaspace nor Replace(\" \", \"\xE2\x96\x81\"): not a "
+             "tokenizer kiln can run");
+
+  const json& vocab = m.at("vocab");
+  int32_t max_id = -1;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    max_id = std::max(max_id, it->get<int32_t>());
+  std::vector<tok::SentencePiece::Piece> pieces(size_t(max_id + 1));
+  for (auto& p : pieces) p.type = tok::SentencePiece::Type::unused;
+  std::string unk =
+      m.value("unk_token", json()).is_string() ? m["unk_token"].get<std::string>() : "";
+  std::vector<bool> is_special(pieces.size(), false);
+  if (j.contains("added_tokens"))
+    for (const json& a : j["added_tokens"]) {
+      auto id = a.at("id").get<int32_t>();
+      if (id >= 0 && size_t(id) < pieces.size() && a.value("special", false))
+        is_special[size_t(id)] = true;
+    }
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    auto id = it->get<size_t>();
+    tok::SentencePiece::Piece& p = pieces[id];
+    p.text = it.key();
+    const std::string& t = p.text;
+    bool byte = t.size() == 6 && t.starts_with("<0x") && t.back() == '>';
+    p.type = t == unk         ? tok::SentencePiece::Type::unknown
+             : is_special[id] ? tok::SentencePiece::Type::control
+             : byte           ? tok::SentencePiece::Type::byte
+                              : tok::SentencePiece::Type::normal;
+  }
+  std::unordered_map<uint64_t, int32_t> pair_rank;
+  const json& merges = m.at("merges");
+  for (size_t i = 0; i < merges.size(); ++i) {
+    std::string a, b;
+    const json& e = merges[i];
+    if (e.is_string()) {
+      auto text = e.get<std::string>();
+      size_t sp = text.find(' ');
+      KILN_CHECK(sp != std::string::npos, "tokenizer", path, ": model.merges[", i, "] '", text,
+                 "' is not two tokens separated by a space");
+      a = text.substr(0, sp);
+      b = text.substr(sp + 1);
+    } else {
+      a = e.at(0).get<std::string>();
+      b = e.at(1).get<std::string>();
+    }
+    auto ia = vocab.find(a), ib = vocab.find(b), iab = vocab.find(a + b);
+    KILN_CHECK(ia != vocab.end() && ib != vocab.end() && iab != vocab.end(), "tokenizer", path,
+               ": model.merges[", i, "] '", a, " ", b,
+               "' uses or makes a token not in model.vocab");
+    pair_rank.emplace(uint64_t(ia->get<uint32_t>()) << 32 | ib->get<uint32_t>(), int32_t(i));
+  }
+  Tokenizer::Impl impl;
+  impl.sp.emplace(std::move(pieces), prefix, /*remove_extra_whitespaces=*/false,
+                  m.value("byte_fallback", false));
+  impl.sp->set_prefix_first_only(first_only);
+  impl.sp->set_merges(std::move(pair_rank));
+  if (j.contains("added_tokens"))
+    for (const json& a : j["added_tokens"])
+      impl.added.push_back({a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
+                            a.value("special", false)});
+  if (auto eos = config_eos(path))
+    for (const auto& a : impl.added)
+      if (a.text == *eos) impl.eos = a.id;
+  return impl;
+}
+
 }  // namespace
 
 Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content) {
@@ -116,14 +224,12 @@ Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content
     std::string type = m.value("type", "BPE");
     KILN_CHECK(type == "BPE", "tokenizer", path, ": model.type is '", type,
                "': only BPE models are supported");
+    if (!mentions_byte_level(j.value("pre_tokenizer", json())) &&
+        !mentions_byte_level(j.value("decoder", json())))
+      return load_hf_sentencepiece(path, j);
     KILN_CHECK(j.value("normalizer", json()).is_null(), "tokenizer", path, ": has a normalizer (",
                j["normalizer"].value("type", "?"),
                "): only byte-level BPE without a normalizer is supported");
-    KILN_CHECK(mentions_byte_level(j.value("pre_tokenizer", json())) ||
-                   mentions_byte_level(j.value("decoder", json())),
-               "tokenizer", path,
-               ": neither pre_tokenizer nor decoder is ByteLevel: only byte-level BPE "
-               "tokenizer.json files are supported (load a SentencePiece model from its .model)");
 
     // Vocabulary: spelled token -> id.
     const json& vocab = m.at("vocab");

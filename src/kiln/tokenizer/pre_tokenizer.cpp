@@ -41,7 +41,8 @@ std::string pattern_regex(Pattern p) {
   switch (p) {
     case Pattern::gpt2:
       return R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-    case Pattern::cl100k:
+    case Pattern::cl100k:  // tiktoken's current spelling: keeps whitespace that ends the text
+      return R"('(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s)";
     case Pattern::llama3:
       return R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
     case Pattern::o200k:
@@ -138,7 +139,7 @@ PreTokenizer::PreTokenizer(Pattern p, const std::string& regex, bool force_regex
   regex_ = p == Pattern::custom ? regex : pattern_regex(p);
   // A custom regex that spells a standard pattern runs as that pattern.
   if (p == Pattern::custom)
-    for (Pattern q : {Pattern::llama3, Pattern::o200k, Pattern::gpt2})
+    for (Pattern q : {Pattern::llama3, Pattern::cl100k, Pattern::o200k, Pattern::gpt2})
       if (regex == pattern_regex(q)) pattern_ = q;
   fast_ = has_standard_split(pattern_) && !force_regex;
   std::string source = with_js_spaces(pattern_ == Pattern::custom ? regex_ : js_pattern(pattern_));

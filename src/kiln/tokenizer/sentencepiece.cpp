@@ -1,5 +1,6 @@
 #include "kiln/tokenizer/sentencepiece.h"
 
+#include <atomic>
 #include <queue>
 
 #include "kiln/core/error.h"
@@ -51,13 +52,22 @@ SentencePiece::SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix,
     }
   }
   index_.build(mergeable_);
+  // Words may be encoded one by one when no piece has a "▁" after another character.
+  split_words_ = true;
+  for (const std::string& t : mergeable_) {
+    size_t first_other = 0;
+    while (t.compare(first_other, kSpace.size(), kSpace) == 0) first_other += kSpace.size();
+    if (t.find(kSpace, first_other) != std::string::npos) split_words_ = false;
+  }
+  static std::atomic<uint64_t> next_owner{1};
+  owner_ = next_owner++;
   if (byte_fallback_)
     for (int b = 0; b < 256; ++b)
       KILN_CHECK(byte_ids_[b] >= 0, "sentencepiece",
                  "byte_fallback is on but there is no piece <0x", std::hex, b, ">");
 }
 
-void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out) const {
+void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, bool first) const {
   // Normalize: optional whitespace cleanup, the dummy prefix, ' ' -> "▁".
   std::string norm;
   norm.reserve(text.size() * 2 + 3);
@@ -66,7 +76,7 @@ void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out) con
     text = b == std::string_view::npos ? std::string_view() : text.substr(b, e - b + 1);
   }
   if (text.empty()) return;
-  if (add_dummy_prefix_) norm += kSpace;
+  if (add_dummy_prefix_ && (first || !prefix_first_only_)) norm += kSpace;
   for (size_t i = 0; i < text.size(); ++i) {
     if (text[i] == ' ') {
       if (remove_extra_whitespaces_ && i > 0 && text[i - 1] == ' ') continue;
@@ -76,6 +86,38 @@ void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out) con
     }
   }
 
+  if (!split_words_) {
+    encode_word(norm, out);
+    return;
+  }
+  // Words: a run of "▁" then a run of other characters. No piece spans a word boundary (checked
+  // at load), so words encode independently, and repeated words come from the cache.
+  struct Entry {
+    uint64_t owner = 0;
+    std::string key;
+    std::vector<int32_t> ids;
+  };
+  constexpr size_t kEntries = 1 << 12;
+  thread_local std::vector<Entry> cache(kEntries);
+  std::string_view all = norm;
+  for (size_t pos = 0; pos < all.size();) {
+    size_t e = pos;
+    while (all.compare(e, kSpace.size(), kSpace) == 0) e += kSpace.size();
+    while (e < all.size() && all.compare(e, kSpace.size(), kSpace) != 0) ++e;
+    std::string_view word = all.substr(pos, e - pos);
+    pos = e;
+    Entry& entry = cache[hash_bytes(word) & (kEntries - 1)];
+    if (entry.owner != owner_ || entry.key != word) {
+      entry.owner = owner_;
+      entry.key.assign(word);
+      entry.ids.clear();
+      encode_word(word, entry.ids);
+    }
+    out.insert(out.end(), entry.ids.begin(), entry.ids.end());
+  }
+}
+
+void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out) const {
   // Symbols are byte ranges of `norm`, starting as characters, in a linked list; candidate merges
   // wait in a heap ordered by score (highest first), then position (leftmost first). A candidate
   // is stale if either symbol's length changed since it was pushed.
@@ -97,13 +139,22 @@ void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out) con
   }
   syms.back().next = -1;
   std::priority_queue<Cand> heap;
+  auto piece_id = [&](const Sym& x) {
+    return index_.find(norm.substr(size_t(x.start), size_t(x.len)), mergeable_);
+  };
   auto push = [&](int32_t l) {
     if (l < 0 || syms[size_t(l)].next < 0) return;
     const Sym& a = syms[size_t(l)];
     const Sym& b = syms[size_t(a.next)];
-    int32_t id = index_.find(std::string_view(norm).substr(size_t(a.start), size_t(a.len + b.len)),
-                             mergeable_);
-    if (id >= 0) heap.push(Cand{pieces_[size_t(id)].score, l, a.len, b.len, id});
+    if (pair_merges_.empty()) {  // SentencePiece: any pair that makes a piece, by its score
+      int32_t id = index_.find(norm.substr(size_t(a.start), size_t(a.len + b.len)), mergeable_);
+      if (id >= 0) heap.push(Cand{pieces_[size_t(id)].score, l, a.len, b.len, id});
+    } else {  // Hugging Face: only listed merges, by rank
+      int32_t ia = piece_id(a), ib = piece_id(b);
+      if (ia < 0 || ib < 0) return;
+      auto it = pair_merges_.find(uint64_t(uint32_t(ia)) << 32 | uint32_t(ib));
+      if (it != pair_merges_.end()) heap.push(Cand{-float(it->second), l, a.len, b.len, 0});
+    }
   };
   for (int32_t i = 0; i + 1 < int32_t(syms.size()); ++i) push(i);
   while (!heap.empty()) {
@@ -120,8 +171,7 @@ void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out) con
     push(c.left);
   }
   for (int32_t i = 0; i >= 0; i = syms[size_t(i)].next) {
-    std::string_view s =
-        std::string_view(norm).substr(size_t(syms[size_t(i)].start), size_t(syms[size_t(i)].len));
+    std::string_view s = norm.substr(size_t(syms[size_t(i)].start), size_t(syms[size_t(i)].len));
     int32_t id = index_.find(s, mergeable_);
     if (id >= 0) {
       out.push_back(id);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "kiln/tokenizer/bpe.h"
@@ -32,7 +33,15 @@ class SentencePiece {
   SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix, bool remove_extra_whitespaces,
                 bool byte_fallback);
 
-  void encode(std::string_view text, std::vector<int32_t>& out) const;
+  // `first`: the text starts the input (not after an added token); with a "first only" prefix
+  // scheme (Hugging Face Metaspace prepend_scheme "first") only such text gets the dummy prefix.
+  void encode(std::string_view text, std::vector<int32_t>& out, bool first = true) const;
+  void set_prefix_first_only(bool on) { prefix_first_only_ = on; }
+  // Hugging Face byte-fallback BPE (tokenizer.json): only these pairs (left id, right id) merge,
+  // lowest rank first, instead of any pair whose concatenation is a piece.
+  void set_merges(std::unordered_map<uint64_t, int32_t> pair_rank) {
+    pair_merges_ = std::move(pair_rank);
+  }
   // The bytes a piece stands for: "▁" -> ' ', <0xNN> -> the byte, control pieces -> "".
   std::string piece_bytes(int32_t id) const;
 
@@ -43,6 +52,8 @@ class SentencePiece {
   int32_t unk_id() const { return unk_id_; }
 
  private:
+  void encode_word(std::string_view norm, std::vector<int32_t>& out) const;
+
   std::vector<Piece> pieces_;
   std::vector<std::string> mergeable_;  // text of normal/user-defined pieces, "" for the others
   BytesMap index_;                      // over mergeable_
@@ -51,6 +62,10 @@ class SentencePiece {
   bool add_dummy_prefix_ = true;
   bool remove_extra_whitespaces_ = false;
   bool byte_fallback_ = false;
+  bool split_words_ = false;  // see encode()
+  bool prefix_first_only_ = false;
+  std::unordered_map<uint64_t, int32_t> pair_merges_;  // left << 32 | right -> rank
+  uint64_t owner_ = 0;  // tags this model's entries in the per-thread word cache
 };
 
 }  // namespace kiln::tok

@@ -35,7 +35,7 @@ void Tokenizer::Impl::finalize() {
   for (auto& list : added_by_first) list.clear();
   for (size_t k = 0; k < added.size(); ++k) {
     const std::string& have = id_bytes[size_t(added[k].id)];
-    KILN_CHECK(is_hole[size_t(added[k].id)] || have == added[k].text, "tokenizer",
+    KILN_CHECK(is_hole[size_t(added[k].id)] || have.empty() || have == added[k].text, "tokenizer",
                "special token '", added[k].text, "' would take id ", added[k].id,
                ", which is already the token '", have, "': give it a free id");
     id_bytes[size_t(added[k].id)] = added[k].text;
@@ -56,10 +56,11 @@ void Tokenizer::Impl::finalize() {
   }
 }
 
-void Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
+void Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<int32_t>& out,
+                                      bool first) const {
   if (text.empty()) return;
   if (sp) {
-    sp->encode(text, out);
+    sp->encode(text, out, first);
     return;
   }
   if (bpe.num_merges() == 0 && !bpe.ignore_merges() && !add_prefix_space) {
@@ -157,12 +158,12 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool allow_special
       ++i;
       continue;
     }
-    m.encode_ordinary(text.substr(start, i - start), out);
+    m.encode_ordinary(text.substr(start, i - start), out, start == 0);
     out.push_back(hit->id);
     i += hit->text.size();
     start = i;
   }
-  m.encode_ordinary(text.substr(start), out);
+  m.encode_ordinary(text.substr(start), out, start == 0);
   return out;
 }
 

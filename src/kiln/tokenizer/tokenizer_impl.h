@@ -38,7 +38,8 @@ struct Tokenizer::Impl {
 
   // Fills id_bytes, is_hole, added_by_first and eos (unless set) from bpe/sp and `added`.
   void finalize();
-  void encode_ordinary(std::string_view text, std::vector<int32_t>& out) const;
+  // Encodes text with no added tokens in it; `first`: it starts the input.
+  void encode_ordinary(std::string_view text, std::vector<int32_t>& out, bool first = true) const;
 };
 
 // Builders, one per file format; `path` is only for messages.

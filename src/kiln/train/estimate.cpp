@@ -160,7 +160,7 @@ ModelConfig estimate_model(const std::string& spec) {
   return load_model_config(spec);
 }
 
-MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& c, int B, int T) {
+MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& c, int B, int T, const TrainOptions& opt) {
   // Mirrors TrainState's constructor (model/transformer.cpp), in floats per token row N = B·T.
   const bool gpt2 = c.arch == Arch::gpt2;
   const double N = double(B) * T, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads;
@@ -169,14 +169,27 @@ MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& c, int B, int T) {
   // Per layer: x_in, ln1, x_mid, ln2 (4C), qkv, att, lse (H per token), up, act, and the norm
   // statistics (rstd; GPT-2's LayerNorm also keeps the mean).
   const double per_layer = 4 * C + QKV + HD + H + UP + F + (gpt2 ? 4 : 2);
+  // Recomputing layers keep less: selective drops the attention output and lse (HD + H), full
+  // keeps only x_in (C); one shared scratch layer holds what they rebuild in backward.
+  const int rl = opt.recompute == Recompute::none ? 0
+                 : opt.recompute_layers < 0       ? c.layers
+                                                  : opt.recompute_layers;
+  const double kept = opt.recompute == Recompute::full ? C : per_layer - (HD + H);
+  const double scratch = opt.recompute == Recompute::none   ? 0
+                         : opt.recompute == Recompute::full ? per_layer - C
+                                                            : HD + H;
   // Once: x_out, lnf, dlnf, and the backward's dres, dln (5C), datt, dqkv, dup, dact, rstdf/meanf.
   const double once = 5 * C + HD + QKV + UP + F + (gpt2 ? 2 : 1);
   MemoryBytes m;
   m.weights = 4 * P;
   m.grads = 4 * P;
-  m.optimizer = 8 * P;                                            // AdamW m and v
-  m.activations = 4 * N * (c.layers * per_layer + once) + 8 * N;  // + positions, token losses
-  if (!gpt2) m.activations += 4.0 * T * D;                        // RoPE cos and sin (T, D/2)
+  m.optimizer = 8 * P;  // AdamW m and v
+  m.activations = 4 * N * ((c.layers - rl) * per_layer + rl * kept + (rl ? scratch : 0) + once) +
+                  8 * N;  // + positions, token losses
+  // Low-precision weight copies: bf16 (2 bytes) or fp16 values kept in fp32 (4 bytes).
+  if (opt.precision == Precision::bf16) m.weights += 2 * P;
+  if (opt.precision == Precision::fp16) m.weights += 4 * P;
+  if (!gpt2) m.activations += 4.0 * T * D;  // RoPE cos and sin (T, D/2)
   // The fused LM head keeps one chunk of logits: rows = clamp(2^21 / V, 32, 256)
   // (ops/cpu/cross_entropy.cpp chunk_rows), at most N.
   const double rows = std::clamp((1 << 21) / std::max(c.vocab_size, 1), 32, 256);
@@ -381,7 +394,7 @@ std::string estimate_table(const Estimate& e) {
          layout_str(in).c_str(), in.micro_batch, e.micro_batches, in.seq,
          (long long)in.global_batch);
     line("training  %s, recompute %s, %s accounting: %g+%g+%g = %g bytes/param",
-         to_string(in.precision), to_string(in.recompute), to_string(in.accounting),
+         name_of(in.precision), name_of(in.recompute), to_string(in.accounting),
          e.bytes_per_param[0], e.bytes_per_param[1], e.bytes_per_param[2],
          e.bytes_per_param[0] + e.bytes_per_param[1] + e.bytes_per_param[2]);
   }
@@ -425,8 +438,8 @@ nlohmann::json estimate_json(const Estimate& e) {
   j["micro_batches"] = e.micro_batches;
   j["global_batch"] = in.global_batch;
   j["seq"] = in.seq;
-  j["precision"] = to_string(in.precision);
-  j["recompute"] = to_string(in.recompute);
+  j["precision"] = name_of(in.precision);
+  j["recompute"] = name_of(in.recompute);
   j["accounting"] = to_string(in.accounting);
   j["kiln_cpu"] = in.kiln_cpu;
   j["bytes_per_param"] = {{"weights", e.bytes_per_param[0]},
@@ -495,32 +508,12 @@ double parse_bytes(const std::string& text) {
   return v * mul;
 }
 
-EstimateInput::Precision parse_precision(const std::string& s) {
-  if (s == "fp32") return Precision::fp32;
-  if (s == "bf16") return Precision::bf16;
-  if (s == "fp16") return Precision::fp16;
-  fail("estimate", "--precision '", s, "' is not one of fp32, bf16, fp16");
-}
-
-EstimateInput::Recompute parse_recompute(const std::string& s) {
-  if (s == "none") return Recompute::none;
-  if (s == "selective") return Recompute::selective;
-  if (s == "full") return Recompute::full;
-  fail("estimate", "--recompute '", s, "' is not one of none, selective, full");
-}
-
 EstimateInput::Accounting parse_accounting(const std::string& s) {
   if (s == "standard") return Accounting::standard;
   if (s == "seed") return Accounting::seed;
   fail("estimate", "--accounting '", s, "' is not one of standard (2+2+12), seed (2+2+4)");
 }
 
-const char* to_string(EstimateInput::Precision p) {
-  return p == Precision::fp32 ? "fp32" : p == Precision::bf16 ? "bf16" : "fp16";
-}
-const char* to_string(EstimateInput::Recompute r) {
-  return r == Recompute::none ? "none" : r == Recompute::selective ? "selective" : "full";
-}
 const char* to_string(EstimateInput::Accounting a) {
   return a == Accounting::standard ? "standard" : "seed";
 }

@@ -12,12 +12,13 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/model/config.h"
+#include "kiln/model/precision.h"
 
 namespace kiln {
 
 struct EstimateInput {
-  enum class Precision { fp32, bf16, fp16 };
-  enum class Recompute { none, selective, full };
+  using Precision = kiln::Precision;  // model/precision.h: one definition for all of kiln
+  using Recompute = kiln::Recompute;
   // Bytes per parameter of the model states: `standard` is mixed-precision Adam as in ZeRO
   // (2 weights + 2 grads + 12 fp32 master, m, v; fp32 training: 4 + 4 + 8); `seed` is the seed
   // notes' 2 weights + 2 grads + 4 Adam state = 8 (16-bit m and v, no fp32 master copy).
@@ -100,9 +101,11 @@ std::string what_would_fit(const EstimateInput& in);
 // kiln's CPU fp32 training memory for (B, T), counted from TrainState's shapes: weights, grads,
 // AdamW m and v (P floats each), the activations and scratch TrainState allocates, and the LM
 // head's logits chunk. The oracle is tests/train/test_estimate.cpp (measured peak RSS).
-MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& cfg, int B, int T);
-inline size_t estimate_kiln_cpu_bytes(const ModelConfig& cfg, int B, int T) {
-  return size_t(estimate_kiln_cpu_memory(cfg, B, T).total());
+MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& cfg, int B, int T,
+                                     const TrainOptions& opt = {});
+inline size_t estimate_kiln_cpu_bytes(const ModelConfig& cfg, int B, int T,
+                                      const TrainOptions& opt = {}) {
+  return size_t(estimate_kiln_cpu_memory(cfg, B, T, opt).total());
 }
 
 // The readable report `kiln estimate` prints, and the same figures as one JSON object.
@@ -113,11 +116,7 @@ std::string suggest_table(const std::vector<Estimate>& layouts);
 
 // "80GiB", "40 GB", "512MiB", "1e9" -> bytes. Throws naming the text.
 double parse_bytes(const std::string& text);
-EstimateInput::Precision parse_precision(const std::string& s);
-EstimateInput::Recompute parse_recompute(const std::string& s);
 EstimateInput::Accounting parse_accounting(const std::string& s);
-const char* to_string(EstimateInput::Precision p);
-const char* to_string(EstimateInput::Recompute r);
 const char* to_string(EstimateInput::Accounting a);
 
 }  // namespace kiln

@@ -115,8 +115,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   for (const auto& o : overrides) apply_override(root, o);
 
   TrainConfig c;
-  check_keys(root, "",
-             {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim"}, path);
+  check_keys(
+      root, "",
+      {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim", "loss_scale"},
+      path);
   read(root, "", "run_dir", c.run_dir, path);
   read(root, "", "seed", c.seed, path);
   read(root, "", "threads", c.threads, path);
