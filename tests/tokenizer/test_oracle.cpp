@@ -74,5 +74,16 @@ TEST(OracleLlama2, SentencePieceMatchesReference) {
   expect_same_ids(tok, "llama2", sample(), /*special=*/false);
 }
 
+TEST(OracleLlama2, TokenizerJsonMatchesReference) {
+  // Hugging Face's Llama 2 form: byte-fallback BPE with Prepend/Replace normalizers.
+  KILN_REQUIRE_REFS();
+  Tokenizer tok = Tokenizer::load(ref_file("llama2/tokenizer.json"));
+  EXPECT_EQ(tok.vocab_size(), 32000);
+  EXPECT_EQ(tok.special_id("</s>"), 2);
+  EXPECT_EQ(tok.eos_id(), 2);
+  expect_same_ids(tok, "llama2", sample(), /*special=*/false);
+  EXPECT_EQ(tok.encode("<s>hi</s>", /*allow_special=*/true).front(), 1);
+}
+
 }  // namespace
 }  // namespace kiln

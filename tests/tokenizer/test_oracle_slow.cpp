@@ -23,13 +23,16 @@ TEST_P(OracleSlow, WholeCorporaMatchReference) {
     expect_same_ids(Tokenizer::load(ref_file("llama3/tokenizer.json")), enc, corpus(), true);
   } else if (enc == "llama2") {
     expect_same_ids(Tokenizer::load(ref_file("llama2.model")), enc, corpus(), false);
+  } else if (enc == "llama2-json") {
+    expect_same_ids(Tokenizer::load(ref_file("llama2/tokenizer.json")), "llama2", corpus(), false);
   } else {
     expect_same_ids(Tokenizer::load(gpt_file(enc)), enc, without_bom(corpus()), false);
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(All, OracleSlow,
-                         ::testing::Values("r50k", "p50k", "cl100k", "o200k", "llama3", "llama2"));
+                         ::testing::Values("r50k", "p50k", "cl100k", "o200k", "llama3", "llama2",
+                                           "llama2-json"));
 
 }  // namespace
 }  // namespace kiln

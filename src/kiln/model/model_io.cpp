@@ -7,6 +7,7 @@
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/ops/matmul_bf16.h"
 
 namespace kiln {
 
@@ -76,12 +77,23 @@ void load_weights(Model& model, const std::string& dir) {
   }
 }
 
-void save_model(const Model& model, const std::string& dir) {
+void save_model(const Model& model, const std::string& dir, DType dtype) {
+  KILN_CHECK(dtype == DType::f32 || dtype == DType::bf16, "model", "cannot save weights as ",
+             dtype_name(dtype), ": use F32 or BF16");
   make_dirs(dir);
-  write_json_file_atomic(dir + "/config.json", model.config().to_json());
+  nlohmann::json cfg = model.config().to_json();
+  cfg["torch_dtype"] = dtype == DType::bf16 ? "bfloat16" : "float32";
+  write_json_file_atomic(dir + "/config.json", cfg);
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const ParamInfo& p : model.params())
-    tensors.emplace_back(p.name, model.param_view(p, model.weights()));
+  for (const ParamInfo& p : model.params()) {
+    Tensor t = model.param_view(p, model.weights());
+    if (dtype == DType::bf16) {
+      Tensor b = Tensor::empty(p.shape, DType::bf16);
+      ops::cpu::f32_to_bf16(b.data<uint16_t>(), t.f32(), p.numel());
+      t = b;
+    }
+    tensors.emplace_back(p.name, t);
+  }
   save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
 }
 

@@ -15,7 +15,8 @@ namespace kiln {
 std::unique_ptr<Model> load_model(const std::string& dir);
 // Copies weights from a safetensors file (or index) into `model`, checking names and shapes.
 void load_weights(Model& model, const std::string& dir);
-// Writes config.json and model.safetensors into `dir` (created if missing).
-void save_model(const Model& model, const std::string& dir);
+// Writes config.json and model.safetensors into `dir` (created if missing), the weights as F32
+// or (rounded to nearest even) BF16.
+void save_model(const Model& model, const std::string& dir, DType dtype = DType::f32);
 
 }  // namespace kiln

@@ -35,7 +35,8 @@ void Tokenizer::Impl::finalize() {
   for (auto& list : added_by_first) list.clear();
   for (size_t k = 0; k < added.size(); ++k) {
     const std::string& have = id_bytes[size_t(added[k].id)];
-    KILN_CHECK(is_hole[size_t(added[k].id)] || have.empty() || have == added[k].text, "tokenizer",
+    // (SentencePiece models list their control pieces, <s> </s> <unk>, as added tokens too.)
+    KILN_CHECK(sp || is_hole[size_t(added[k].id)] || have == added[k].text, "tokenizer",
                "special token '", added[k].text, "' would take id ", added[k].id,
                ", which is already the token '", have, "': give it a free id");
     id_bytes[size_t(added[k].id)] = added[k].text;

@@ -44,19 +44,20 @@ void fsync_dir(const std::string& path) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const Tokenizer& tok,
-                            const AdamW& opt, const TrainerState& state, int keep) {
+                            const AdamW& opt, const TrainerState& state, int keep, DType dtype) {
   char name[32];
   std::snprintf(name, sizeof name, "step_%08lld", (long long)state.step);
   const std::string parent = run_dir + "/checkpoints";
   const std::string final_dir = parent + "/" + name, tmp = final_dir + ".tmp";
   fs::remove_all(tmp);
   make_dirs(tmp);
-  save_model(model, tmp);
+  save_model(model, tmp, dtype);
   tok.save(tmp + "/tokenizer.json");
-  save_safetensors(
-      tmp + "/optimizer.safetensors",
-      {{"exp_avg", const_cast<AdamW&>(opt).m()}, {"exp_avg_sq", const_cast<AdamW&>(opt).v()}},
-      {{"step", std::to_string(opt.steps())}});
+  std::vector<std::pair<std::string, Tensor>> opt_tensors = {
+      {"exp_avg", const_cast<AdamW&>(opt).m()}, {"exp_avg_sq", const_cast<AdamW&>(opt).v()}};
+  if (dtype != DType::f32) opt_tensors.emplace_back("master_weights", model.weights());
+  save_safetensors(tmp + "/optimizer.safetensors", opt_tensors,
+                   {{"step", std::to_string(opt.steps())}});
   nlohmann::json js;
   js["step"] = state.step;
   js["tokens_seen"] = state.tokens_seen;
@@ -95,6 +96,12 @@ void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerSt
                "/optimizer.safetensors: '", name, "' has ", t.numel(), " elements, the model has ",
                dst->numel(), " parameters: the checkpoint belongs to another model");
     std::memcpy(dst->raw(), t.raw(), dst->nbytes());
+  }
+  if (st.contains("master_weights")) {  // bf16 checkpoint: the fp32 masters are here
+    const Tensor& t = st.get("master_weights");
+    KILN_CHECK(t.numel() == model.num_params() && t.dtype() == DType::f32, "checkpoint", dir,
+               "/optimizer.safetensors: master_weights does not match the model");
+    std::memcpy(model.weights().raw(), t.raw(), model.weights().nbytes());
   }
   auto js = read_json_file(dir + "/trainer_state.json");
   try {

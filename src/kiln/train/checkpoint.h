@@ -25,8 +25,11 @@ struct TrainerState {
 
 // Writes a checkpoint for state.step; removes the oldest beyond `keep` (0 keeps all).
 // Returns its directory.
+// With dtype BF16 the model directory holds bf16 weights (half the size, what Hugging Face users
+// load) and optimizer.safetensors keeps the fp32 master weights, so resume stays bit-exact.
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const Tokenizer& tok,
-                            const AdamW& opt, const TrainerState& state, int keep);
+                            const AdamW& opt, const TrainerState& state, int keep,
+                            DType dtype = DType::f32);
 // The newest complete checkpoint directory in run_dir, or "" if there is none.
 std::string latest_checkpoint(const std::string& run_dir);
 // Restores weights, optimizer moments and trainer state from a checkpoint directory.

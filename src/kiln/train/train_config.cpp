@@ -150,11 +150,12 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
              ": data.val_fraction must be in [0, 1), got ", c.data.val_fraction);
 
   const YAML::Node tr = root["train"];
-  check_keys(tr, "train",
-             {"steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
-              "checkpoint_every", "keep_checkpoints", "log_every", "samples", "sample_tokens",
-              "precision", "recompute", "recompute_layers", "max_skips", "inject_overflow_at"},
-             path);
+  check_keys(
+      tr, "train",
+      {"steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
+       "checkpoint_every", "keep_checkpoints", "log_every", "samples", "sample_tokens", "precision",
+       "recompute", "recompute_layers", "max_skips", "inject_overflow_at", "checkpoint_dtype"},
+      path);
   if (tr) {
     read(tr, "train", "steps", c.train.steps, path);
     read(tr, "train", "batch_size", c.train.batch_size, path);
@@ -175,6 +176,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     read(tr, "train", "recompute_layers", c.train.recompute_layers, path);
     read(tr, "train", "max_skips", c.train.max_skips, path);
     read(tr, "train", "inject_overflow_at", c.train.inject_overflow_at, path);
+    read(tr, "train", "checkpoint_dtype", c.train.checkpoint_dtype, path);
+    KILN_CHECK(c.train.checkpoint_dtype == "fp32" || c.train.checkpoint_dtype == "bf16", "config",
+               path, ": train.checkpoint_dtype '", c.train.checkpoint_dtype,
+               "' is unknown; use fp32 or bf16");
   }
   if (c.train.recompute_layers != -1 && root["model"]) {
     KILN_CHECK(c.train.recompute_layers >= 0 && c.train.recompute_layers <= c.model.layers,

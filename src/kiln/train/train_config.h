@@ -46,7 +46,8 @@ struct TrainConfig {
     int recompute_layers = -1;  // layers (from the first) that recompute; -1 = all
     int max_skips = 10;         // consecutive skipped steps (non-finite / overflow) before stopping
     std::vector<int64_t>
-        inject_overflow_at;  // testing aid: treat these steps' first try as overflow
+        inject_overflow_at;                 // testing aid: treat these steps' first try as overflow
+    std::string checkpoint_dtype = "fp32";  // fp32 | bf16 (model weights; masters stay fp32)
   } train;
 
   LossScaleConfig loss_scale;  // fp16 only

@@ -214,7 +214,8 @@ TrainResult train(TrainConfig cfg, bool resume) {
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();
       result.checkpoint =
-          save_checkpoint(cfg.run_dir, *model, tok, opt, state, cfg.train.keep_checkpoints);
+          save_checkpoint(cfg.run_dir, *model, tok, opt, state, cfg.train.keep_checkpoints,
+                          cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
     }
   }
   progress.finish("loss " + fmt("%.4f", last_loss));
