@@ -9,7 +9,7 @@ SUDO=""
 
 PKGS=(build-essential cmake ninja-build pkg-config git
       libopenblas-openmp-dev libopenblas0-pthread
-      libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libpcre2-dev
+      libyaml-cpp-dev nlohmann-json3-dev libcairo2-dev libcli11-dev libgtest-dev libpcre2-dev
       python3 python3-numpy python3-torch
       nodejs npm)
 missing=()
