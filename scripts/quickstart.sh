@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 run=runs/quickstart
+# A 4096-token byte-level BPE vocabulary trained on the training text (about a second).
+[ -s data/brown-bpe4096.json ] || ./build/kiln tokenizer train --input data/brown_train.txt \
+  --vocab-size 4096 --special '<|endoftext|>' --output data/brown-bpe4096.json
 ./build/kiln train configs/quickstart.yaml "$@"
 ./build/kiln plot "$run" --output "$run/curves.svg"
 echo

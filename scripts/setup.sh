@@ -10,12 +10,13 @@ SUDO=""
 PKGS=(build-essential cmake ninja-build pkg-config git
       libopenblas-openmp-dev libopenblas0-pthread
       libyaml-cpp-dev nlohmann-json3-dev libcairo2-dev libcli11-dev libgtest-dev libpcre2-dev
-      python3 python3-numpy python3-torch
-      nodejs npm)
+      python3 python3-numpy python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node and npm (corpus and reference tokenizers): any install will do, Debian's if there is none.
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] installing: ${missing[*]}"
   $SUDO apt-get update -qq

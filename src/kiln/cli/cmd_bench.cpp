@@ -114,20 +114,35 @@ Command reg([](CLI::App& app) {
                              {"down fwd (2048x256x704)", 2048, 256, 704, false, true},
                              {"lm head fwd (256 rows x 8192 x 256)", 256, 8192, 256, false, true},
                              {"gate|up dW (1408x256x2048)", 1408, 256, 2048, true, false}};
+    auto median_s = [&](auto&& fn) {
+      std::vector<double> t;
+      for (int r = 0; r < *reps + 2; ++r) {
+        auto t0 = std::chrono::steady_clock::now();
+        fn();
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r >= 2) t.push_back(dt);
+      }
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    };
     for (const auto& s : shapes) {
       std::vector<float> a(size_t(s.M) * s.K, 0.5f), b(size_t(s.K) * s.N, 0.25f),
           c(size_t(s.M) * s.N);
-      std::vector<double> ms;
-      for (int r = 0; r < *reps + 2; ++r) {
-        auto t0 = std::chrono::steady_clock::now();
+      std::vector<uint16_t> ab(a.size()), bb(b.size());
+      ops::cpu::f32_to_bf16(ab.data(), a.data(), int64_t(a.size()));
+      ops::cpu::f32_to_bf16(bb.data(), b.data(), int64_t(b.size()));
+      const double flop = 2.0 * s.M * s.N * s.K;
+      double f32 = median_s([&] {
         ops::cpu::gemm(c.data(), a.data(), b.data(), s.M, s.N, s.K, s.ta, s.tb, 1.0f, 0.0f);
-        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (r >= 2) ms.push_back(dt);
-      }
-      std::sort(ms.begin(), ms.end());
-      double gf = 2.0 * s.M * s.N * s.K / ms[ms.size() / 2] / 1e9;
-      std::printf("{\"shape\":\"%s\",\"M\":%d,\"N\":%d,\"K\":%d,\"threads\":%d,\"gflops\":%.1f}\n",
-                  s.what, s.M, s.N, s.K, num_threads(), gf);
+      });
+      double bf16 = median_s([&] {
+        ops::cpu::gemm_bf16(c.data(), ab.data(), bb.data(), s.M, s.N, s.K, s.ta, s.tb, 1.0f, 0.0f);
+      });
+      std::printf(
+          "{\"shape\":\"%s\",\"M\":%d,\"N\":%d,\"K\":%d,\"threads\":%d,"
+          "\"sgemm_gflops\":%.1f,\"bf16_gflops\":%.1f,\"bf16_backend\":\"%s\"}\n",
+          s.what, s.M, s.N, s.K, num_threads(), flop / f32 / 1e9, flop / bf16 / 1e9,
+          std::string(ops::cpu::bf16_backend()).c_str());
     }
   });
 });

@@ -76,7 +76,9 @@ Command eval([](CLI::App& app) {
     auto model = load_model(dir);
     Tokenizer tok = load_model_tokenizer(dir);
     KILN_CHECK(file_exists(a->text), "eval", "cannot read '", a->text, "': no such file");
-    std::vector<int32_t> ids = tok.encode(read_file(a->text));
+    const std::string text = read_file(a->text);
+    const size_t file_size_bytes = text.size();
+    std::vector<int32_t> ids = tok.encode(text);
     KILN_CHECK(ids.size() >= 2, "eval", "'", a->text, "' has fewer than 2 tokens");
     int T = a->seq_len > 0 ? a->seq_len : model->config().max_positions;
     T = std::min<int>(T, int(ids.size()) - 1);
@@ -110,8 +112,13 @@ Command eval([](CLI::App& app) {
       if (f > 0)
         unigram -=
             double(f) / double(ids.size() - 1) * std::log(double(f) / double(ids.size() - 1));
-    std::printf("{\"loss\":%.6f,\"perplexity\":%.4f,\"tokens\":%lld,\"unigram_entropy\":%.6f}\n",
-                loss, std::exp(loss), (long long)count, unigram);
+    // Bits per byte make models with different tokenizers comparable.
+    const double bytes = double(file_size_bytes);
+    std::printf(
+        "{\"loss\":%.6f,\"perplexity\":%.4f,\"tokens\":%lld,\"bytes\":%.0f,"
+        "\"bits_per_byte\":%.5f,\"unigram_entropy\":%.6f,\"unigram_bits_per_byte\":%.5f}\n",
+        loss, std::exp(loss), (long long)count, bytes, loss * double(count) / bytes / std::log(2.0),
+        unigram, unigram * double(ids.size() - 1) / bytes / std::log(2.0));
   });
 });
 
