@@ -18,4 +18,14 @@ struct Command {
   }
 };
 
+// The parent subcommand `name` (e.g. "data", "bench"), created on first use, so commands in
+// different files can share it: group(app, "data", "...")->add_subcommand("curate", ...).
+inline CLI::App* group(CLI::App& app, const std::string& name, const std::string& description) {
+  for (CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    if (sub->get_name() == name) return sub;
+  CLI::App* sub = app.add_subcommand(name, description);
+  sub->require_subcommand(1);
+  return sub;
+}
+
 }  // namespace kiln::cli
