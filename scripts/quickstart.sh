@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The quickstart: installs what is missing, builds, trains a small Llama on the Brown corpus on
-# this machine's CPU, plots its loss curves, and talks to it. A few minutes on 2 cores.
+# The quickstart: installs what is missing, builds, curates and tokenizes the Brown corpus and
+# nlp-corpus, trains a small Llama on this machine's CPU, plots its loss curves, evaluates it on
+# held-out Brown text, and talks to it. A few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,6 +10,10 @@ run=runs/quickstart
 # A 4096-token byte-level BPE vocabulary trained on the training text (about a second).
 [ -s data/brown-bpe4096.json ] || ./build/kiln tokenizer train --input data/brown_train.txt \
   --vocab-size 4096 --special '<|endoftext|>' --output data/brown-bpe4096.json
+# Curate the raw documents (quality filters, dedup, PII) and tokenize them into data/quickstart.
+./build/kiln data curate --input data/brown_docs.jsonl data/nlp_docs.jsonl --output data/clean.jsonl
+./build/kiln data tokenize --input data/clean.jsonl --tokenizer data/brown-bpe4096.json \
+  --output data/quickstart
 ./build/kiln train configs/quickstart.yaml "$@"
 ./build/kiln plot "$run" --output "$run/curves.svg"
 echo

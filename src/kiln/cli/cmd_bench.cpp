@@ -38,8 +38,8 @@ double train_flops(const ModelConfig& c, int64_t params, int B, int T) {
 }
 
 Command reg([](CLI::App& app) {
-  auto* bench = app.add_subcommand("bench", "Benchmarks (one JSON line on stdout)");
-  bench->require_subcommand(1);
+  // Shared with cmd_bench_infer.cpp, which adds `bench infer`.
+  CLI::App* bench = group(app, "bench", "Benchmarks (one JSON line on stdout)");
   auto a = std::make_shared<BenchTrainArgs>();
   auto* cmd = bench->add_subcommand("train", "Time training steps on synthetic data");
   cmd->add_option("--model-config", a->model_config, "Hugging Face config.json")

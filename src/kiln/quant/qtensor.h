@@ -14,9 +14,9 @@ namespace kiln::quant {
 
 enum class QType : uint8_t { q8_0, q4_0 };
 
-std::string_view qtype_name(QType t);   // "q8_0", "q4_0"
+std::string_view qtype_name(QType t);          // "q8_0", "q4_0"
 QType qtype_from_name(std::string_view name);  // throws Error naming the choices
-size_t block_bytes(QType t);             // 34 or 18
+size_t block_bytes(QType t);                   // 34 or 18
 constexpr int kBlock = 32;
 
 struct QTensor {
@@ -32,15 +32,21 @@ struct QTensor {
 QTensor quantize(const float* w, int rows, int cols, QType type);
 // out (rows, cols) = the dequantized values.
 void dequantize(const QTensor& q, float* out);
+// One block: 32 floats <-> block_bytes(type) bytes (the row functions above call these).
+void quantize_block(const float* x, uint8_t* out, QType type);
+void dequantize_block(const uint8_t* in, float* y, QType type);
 
 namespace ref {
-// y (N, rows) = x (N, cols) @ dequantize(W)^T, plain loops over the dequantized weight.
+// y (N, rows) = x (N, cols) @ dequantize(W)^T, plain loops over the dequantized weight
+// (accumulated in double: the oracle).
 void matmul(float* y, const float* x, const QTensor& w, int N);
 }  // namespace ref
 
 namespace cpu {
 // Same contract, fast: x quantized to q8_0 per row, integer dot products (AVX-512 VNNI where
 // present), fp32 scales; parallel over rows of W (decode) or over N (prefill).
+// Error against ref::matmul: the activation rounding, |y - y_ref| <= sum over blocks b of
+// (d_x[b] / 2) * sum_{k in b} |w_k| with d_x[b] = absmax(x in b) / 127, plus fp32 summation.
 void matmul(float* y, const float* x, const QTensor& w, int N);
 }  // namespace cpu
 

@@ -62,10 +62,7 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
   js["step"] = state.step;
   js["tokens_seen"] = state.tokens_seen;
   js["optimizer_steps"] = opt.steps();
-  // 64-bit generator words as strings: JSON numbers are doubles in many readers.
-  js["loader"]["rng"] = nlohmann::json::array();
-  for (uint64_t w : state.loader.rng) js["loader"]["rng"].push_back(std::to_string(w));
-  js["loader"]["drawn"] = state.loader.drawn;
+  js["loader"] = state.loader;
   js["loss_scale"] = {{"scale", state.loss_scale},
                       {"growth", state.scale_growth},
                       {"hysteresis_left", state.scale_hysteresis}};
@@ -108,10 +105,7 @@ void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerSt
     state.step = js.at("step").get<int64_t>();
     state.tokens_seen = js.at("tokens_seen").get<int64_t>();
     opt.set_steps(js.at("optimizer_steps").get<int64_t>());
-    auto rng = js.at("loader").at("rng");
-    KILN_CHECK(rng.size() == 4, "checkpoint", dir, "/trainer_state.json: loader.rng needs 4 words");
-    for (int i = 0; i < 4; ++i) state.loader.rng[i] = std::stoull(rng[i].get<std::string>());
-    state.loader.drawn = js.at("loader").at("drawn").get<int64_t>();
+    state.loader = js.at("loader");
     if (js.contains("loss_scale")) {
       state.loss_scale = js["loss_scale"].at("scale").get<double>();
       state.scale_growth = js["loss_scale"].at("growth").get<int>();

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <string>
 
-#include "kiln/data/text_dataset.h"
+#include <nlohmann/json.hpp>
+
+#include "kiln/data/batch_source.h"
 #include "kiln/model/transformer.h"
 #include "kiln/tokenizer/tokenizer.h"
 #include "kiln/train/optimizer.h"
@@ -18,7 +20,7 @@ namespace kiln {
 struct TrainerState {
   int64_t step = 0;
   int64_t tokens_seen = 0;
-  WindowSampler::State loader{};
+  nlohmann::json loader;  // BatchSource::state(): the data stream's position
   double loss_scale = 0;  // fp16's dynamic loss scale (0 when unused)
   int scale_growth = 0, scale_hysteresis = 0;
 };

@@ -134,7 +134,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   }
 
   const YAML::Node data = root["data"];
-  check_keys(data, "data", {"train", "val", "val_fraction", "tokenizer"}, path);
+  check_keys(data, "data", {"train", "val", "val_fraction", "tokenizer", "blend", "split"}, path);
   if (data) {
     if (data["train"] && data["train"].IsSequence()) {
       c.data.train = data["train"].as<std::vector<std::string>>();
@@ -144,8 +144,15 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     read(data, "data", "val", c.data.val, path);
     read(data, "data", "val_fraction", c.data.val_fraction, path);
     read(data, "data", "tokenizer", c.data.tokenizer, path);
+    if (data["blend"]) {
+      KILN_CHECK(data["blend"].IsSequence(), "config", path,
+                 ": data.blend must be a list like [0.7, data/a, 0.3, data/b]");
+      for (auto item : data["blend"]) c.data.blend.push_back(item.Scalar());
+    }
+    read(data, "data", "split", c.data.split, path);
   }
-  KILN_CHECK(!c.data.train.empty(), "config", path, ": data.train names no text file");
+  KILN_CHECK(!c.data.train.empty() || !c.data.blend.empty(), "config", path,
+             ": no training data: set data.train (text files) or data.blend (indexed datasets)");
   KILN_CHECK(c.data.val_fraction >= 0 && c.data.val_fraction < 1, "config", path,
              ": data.val_fraction must be in [0, 1), got ", c.data.val_fraction);
 

@@ -27,6 +27,9 @@ struct TrainConfig {
     std::string val;                 // optional held-out text file
     double val_fraction = 0.05;      // used when `val` is empty: the tail of the training text
     std::string tokenizer = "byte";  // "byte" or a tokenizer file (tokenizer.json, .tiktoken)
+    // Megatron indexed datasets instead of text: [0.7, data/a, 0.3, data/b] (kiln data tokenize)
+    std::vector<std::string> blend;
+    std::string split = "98,2,0";  // train, validation, test shares of each dataset's documents
   } data;
 
   struct Train {

@@ -11,7 +11,7 @@
 #include "kiln/core/error.h"
 #include "kiln/core/log.h"
 #include "kiln/core/parallel.h"
-#include "kiln/data/text_dataset.h"
+#include "kiln/data/batch_source.h"
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
@@ -53,7 +53,7 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
-double evaluate(const Model& model, TrainState& ts, const WindowSampler& val, int max_batches) {
+double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int max_batches) {
   const int B = ts.B(), T = ts.T();
   int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
   if (n <= 0) return NAN;
@@ -89,15 +89,21 @@ TrainResult train(TrainConfig cfg, bool resume) {
              model->config().vocab_size, ") is smaller than the tokenizer's (", tok.vocab_size(),
              "); raise model.vocab_size or omit it to take the tokenizer's");
 
-  log_info("tokenizing ", cfg.data.train.size(), " file(s) with a ", tok.vocab_size(),
-           "-token vocabulary");
-  TokenSplit data = load_text_tokens(cfg.data.train, cfg.data.val, cfg.data.val_fraction, tok);
+  if (cfg.data.blend.empty()) {
+    log_info("tokenizing ", cfg.data.train.size(), " file(s) with a ", tok.vocab_size(),
+             "-token vocabulary");
+  }
   const int B = cfg.train.batch_size, T = cfg.train.seq_len, accum = cfg.train.grad_accum;
-  WindowSampler sampler(data.train, T, cfg.seed + 1);
-  std::unique_ptr<WindowSampler> val;
-  if (int64_t(data.val.size()) > T) val = std::make_unique<WindowSampler>(data.val, T, 0);
-  log_info("data: ", data.train.size(), " training tokens, ", data.val.size(),
-           " validation tokens; model: ", model->num_params(), " parameters");
+  DataSpec spec;
+  spec.train_files = cfg.data.train;
+  spec.val_file = cfg.data.val;
+  spec.val_fraction = cfg.data.val_fraction;
+  spec.blend = cfg.data.blend;
+  spec.split = cfg.data.split;
+  std::unique_ptr<BatchSource> data = open_batch_source(
+      spec, tok, T, cfg.seed, int64_t(cfg.train.steps) * cfg.train.batch_size * accum);
+  const bool has_val = data->eval_batches_available(B) > 0;
+  log_info("data: ", data->describe(), "; model: ", model->num_params(), " parameters");
 
   AdamW opt(*model, {cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay});
   TrainerState state;
@@ -107,7 +113,7 @@ TrainResult train(TrainConfig cfg, bool resume) {
     KILN_CHECK(!ckpt.empty(), "train", "--resume: no checkpoint in ", cfg.run_dir,
                "/checkpoints; start without --resume");
     load_checkpoint(ckpt, *model, opt, state);
-    sampler.set_state(state.loader);
+    data->set_state(state.loader);
     truncate_metrics(metrics_path, state.step);
     log_info("resumed from ", ckpt, " at step ", state.step);
   } else {
@@ -136,7 +142,7 @@ TrainResult train(TrainConfig cfg, bool resume) {
     auto t0 = std::chrono::steady_clock::now();
     const float lr = lr_at(int(step), cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr,
                            cfg.optim.warmup_steps, cfg.optim.schedule);
-    const WindowSampler::State before = sampler.state();
+    const nlohmann::json before = data->state();
     const bool inject =
         std::find(cfg.train.inject_overflow_at.begin(), cfg.train.inject_overflow_at.end(), step) !=
         cfg.train.inject_overflow_at.end();
@@ -148,7 +154,7 @@ TrainResult train(TrainConfig cfg, bool resume) {
       std::memset(grads.raw(), 0, grads.nbytes());
       loss = 0;
       for (int micro = 0; micro < accum; ++micro) {
-        sampler.next(B, ids.data(), targets.data());
+        data->next(B, ids.data(), targets.data());
         loss += ts.step(*model, ids.data(), targets.data(), grads.f32(), float(scale / accum));
       }
       loss /= accum;
@@ -176,7 +182,7 @@ TrainResult train(TrainConfig cfg, bool resume) {
                    "instead of fp16");
         break;
       }
-      sampler.set_state(before);
+      data->set_state(before);
     }
     if (updated) {
       consecutive_skips = 0;
@@ -198,8 +204,8 @@ TrainResult train(TrainConfig cfg, bool resume) {
     if (skipped || fp16) rec["skipped"] = skipped;
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
-    if (val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val = evaluate(*model, ts, *val, cfg.train.eval_batches);
+    if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
+      last_val = evaluate(*model, ts, *data, cfg.train.eval_batches);
       rec["val_loss"] = last_val;
       rec["val_perplexity"] = std::exp(last_val);
     }
@@ -209,7 +215,7 @@ TrainResult train(TrainConfig cfg, bool resume) {
                               " lr " + fmt("%.2e", lr) + " " +
                               fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
     if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last) {
-      state.loader = sampler.state();
+      state.loader = data->state();
       state.loss_scale = fp16 ? scaler.scale() : 0;
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();

@@ -1,0 +1,74 @@
+// kiln quantize --model DIR --type q8_0|q4_0 --output DIR2
+// kiln export --model DIR --format gguf --type f32|f16|q8_0|q4_0 --output FILE.gguf
+// kiln import --model FILE.gguf --output DIR
+#include <cstdio>
+
+#include "kiln/cli/command.h"
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/model/model_io.h"
+#include "kiln/quant/gguf_model.h"
+#include "kiln/tokenizer/tokenizer.h"
+#include "kiln/train/checkpoint.h"
+
+namespace kiln::cli {
+namespace {
+
+struct QuantArgs {
+  std::string model, type, output, format = "gguf";
+};
+
+Command quantize_cmd([](CLI::App& app) {
+  auto a = std::make_shared<QuantArgs>();
+  auto* cmd =
+      app.add_subcommand("quantize",
+                         "Quantize a model's weights (GGUF q8_0/q4_0): writes a directory of "
+                         "config.json, tokenizer.json and model.gguf");
+  cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
+  cmd->add_option("--type", a->type, "q8_0 or q4_0")->required();
+  cmd->add_option("--output", a->output, "Output directory (must not exist)")->required();
+  cmd->callback([a] {
+    const quant::GgufType t = quant::gguf_type_from_name(a->type);
+    KILN_CHECK(t == quant::GgufType::q8_0 || t == quant::GgufType::q4_0, "quantize", "--type '",
+               a->type, "': expected q8_0 or q4_0 (use kiln export for f32/f16)");
+    quant::quantize_model_dir(resolve_model_dir(a->model), t, a->output);
+    std::printf("wrote %s (%s)\n", a->output.c_str(), a->type.c_str());
+  });
+});
+
+Command export_cmd([](CLI::App& app) {
+  auto a = std::make_shared<QuantArgs>();
+  auto* cmd = app.add_subcommand("export", "Export a model to another format (GGUF for llama.cpp)");
+  cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
+  cmd->add_option("--format", a->format, "gguf")->capture_default_str();
+  cmd->add_option("--type", a->type, "f32, f16, q8_0 or q4_0")->required();
+  cmd->add_option("--output", a->output, "Output file (.gguf)")->required();
+  cmd->callback([a] {
+    KILN_CHECK(a->format == "gguf", "export", "--format '", a->format, "': only gguf is supported");
+    const quant::GgufType t = quant::gguf_type_from_name(a->type);
+    const std::string dir = resolve_model_dir(a->model);
+    KILN_CHECK(file_exists(dir + "/tokenizer.json"), "export", "no tokenizer.json in '", dir,
+               "': the checkpoint is incomplete");
+    auto model = load_model(dir);
+    Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
+    quant::export_gguf(*model, tok, a->output, t);
+    std::printf("wrote %s (%s)\n", a->output.c_str(), a->type.c_str());
+  });
+});
+
+Command import_cmd([](CLI::App& app) {
+  auto a = std::make_shared<QuantArgs>();
+  auto* cmd = app.add_subcommand(
+      "import", "Convert a GGUF (llama, f32/f16/bf16/q8_0/q4_0) to a Hugging Face model directory");
+  cmd->add_option("--model", a->model, "GGUF file or kiln quantize directory")->required();
+  cmd->add_option("--output", a->output, "Output directory")->required();
+  cmd->callback([a] {
+    quant::GgufModel g = quant::load_gguf_model(a->model, /*keep_quantized=*/false);
+    save_model(*g.model, a->output);
+    g.tokenizer.save(a->output + "/tokenizer.json");
+    std::printf("wrote %s\n", a->output.c_str());
+  });
+});
+
+}  // namespace
+}  // namespace kiln::cli

@@ -1,0 +1,603 @@
+#include "kiln/infer/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/infer/paged_attention.h"
+#include "kiln/ops/activation.h"
+#include "kiln/ops/elementwise.h"
+#include "kiln/ops/embedding.h"
+#include "kiln/ops/rms_norm.h"
+#include "kiln/ops/rope.h"
+
+namespace kiln {
+
+namespace cpu = ops::cpu;
+
+struct Engine::Seq {
+  Request* req = nullptr;
+  int sample = 0;
+  KvCache::SeqId kv = -1;
+  std::vector<int32_t> tokens;  // prompt + generated
+  int computed = 0;             // tokens whose K/V are in the cache
+  std::unique_ptr<Sampler> sampler;
+  PenaltyState pen;
+  std::unique_ptr<IncrementalDecoder> detok;
+  StopStrings stops;
+  SampleResult out;
+  bool finished = false;
+  int generated() const;
+};
+
+struct Engine::Request {
+  int64_t id = 0;
+  std::vector<int32_t> prompt;
+  SamplingParams sp;
+  StopConditions stop;
+  int width = 1;    // sequences it may hold at once: n, or beams
+  int reserve = 0;  // KV blocks reserved at admission
+  int cached = 0;
+  bool forked = false;                     // n > 1: the samples were forked off the prompt
+  std::vector<std::unique_ptr<Seq>> seqs;  // live
+  std::vector<std::pair<int, SampleResult>> finished;  // (sample, result)
+  std::vector<SampleResult> hyps;                      // beam search: best first, at most `width`
+  bool done = false;
+};
+
+int Engine::Seq::generated() const {
+  return int(tokens.size()) - int(req->prompt.size());
+}
+
+const char* finish_reason_name(FinishReason r) {
+  return r == FinishReason::stop ? "stop" : r == FinishReason::length ? "length" : "none";
+}
+
+EngineWeights fp32_weights(const Model& model) {
+  const ModelConfig& c = model.config();
+  KILN_CHECK(c.arch == Arch::llama, "engine",
+             "the batched engine runs Llama-family models; this one is GPT-2 (use the "
+             "single-sequence generate() path for it)");
+  ModelParams p = model.bind(const_cast<float*>(model.weights().f32()));
+  const int C = c.hidden, D = c.head_dim, H = c.heads, K = c.kv_heads, F = c.intermediate;
+  EngineWeights w;
+  w.embed = p.wte;
+  w.norm_f = p.lnf_w;
+  w.lm_head = {p.lm_head, nullptr, c.vocab_size, C};
+  for (const LayerParams& l : p.layers) {
+    EngineLayerWeights e;
+    e.ln1 = l.ln1_w;
+    e.ln2 = l.ln2_w;
+    e.qkv = {l.qkv_w, nullptr, (H + 2 * K) * D, C};
+    e.o = {l.o_w, nullptr, C, H * D};
+    e.up = {l.up_w, nullptr, 2 * F, C};
+    e.down = {l.down_w, nullptr, C, F};
+    w.layers.push_back(e);
+  }
+  return w;
+}
+
+EngineWeights quantized_weights(const Model& model,
+                                const std::map<std::string, quant::QTensor>& qweights) {
+  EngineWeights w = fp32_weights(model);
+  // Rows of blocks concatenated: one QTensor for the fused projection, or null if a part is
+  // missing or the types differ (then the projection stays fp32).
+  auto fuse = [&](const std::vector<std::string>& names) -> std::shared_ptr<const quant::QTensor> {
+    std::vector<const quant::QTensor*> parts;
+    for (const auto& n : names) {
+      auto it = qweights.find(n);
+      if (it == qweights.end()) return nullptr;
+      parts.push_back(&it->second);
+    }
+    auto q = std::make_shared<quant::QTensor>();
+    q->type = parts[0]->type;
+    q->cols = parts[0]->cols;
+    for (const quant::QTensor* t : parts) {
+      if (t->type != q->type || t->cols != q->cols) return nullptr;
+      q->rows += t->rows;
+      q->data.insert(q->data.end(), t->data.begin(), t->data.end());
+    }
+    return q;
+  };
+  auto use = [&](LinearWeight& lw, const std::vector<std::string>& names) {
+    auto q = fuse(names);
+    if (!q) return;
+    KILN_CHECK(q->rows == lw.out && q->cols == lw.in, "engine", "quantized ", names[0], " is (",
+               q->rows, ", ", q->cols, ") but the model expects (", lw.out, ", ", lw.in, ")");
+    lw.q = q.get();
+    lw.f32 = nullptr;
+    w.owned.push_back(std::move(q));
+  };
+  for (int l = 0; l < int(w.layers.size()); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    EngineLayerWeights& e = w.layers[l];
+    use(e.qkv, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
+                p + "self_attn.v_proj.weight"});
+    use(e.o, {p + "self_attn.o_proj.weight"});
+    use(e.up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
+    use(e.down, {p + "mlp.down_proj.weight"});
+  }
+  use(w.lm_head, {"lm_head.weight"});
+  return w;
+}
+
+Engine::Engine(const Model& model, const EngineOptions& opts, const Tokenizer* tok)
+    : Engine(model.config(), fp32_weights(model), opts, tok) {}
+
+Engine::Engine(const ModelConfig& cfg, EngineWeights weights, const EngineOptions& opts,
+               const Tokenizer* tok)
+    : cfg_(cfg), w_(std::move(weights)), opts_(opts), tok_(tok) {
+  KILN_CHECK(cfg.arch == Arch::llama, "engine",
+             "the batched engine runs Llama-family models; GPT-2 is not supported yet");
+  KILN_CHECK(int(w_.layers.size()) == cfg.layers, "engine", "weights have ", w_.layers.size(),
+             " layers but the config says ", cfg.layers);
+  KILN_CHECK(opts.max_context >= 0, "engine", "max_context must be >= 0, got ", opts.max_context);
+  max_ctx_ =
+      opts.max_context > 0 ? std::min(opts.max_context, cfg.max_positions) : cfg.max_positions;
+  KILN_CHECK(opts.max_running >= 1, "engine", "max_running must be >= 1, got ", opts.max_running);
+  KILN_CHECK(opts.token_budget >= opts.max_running, "engine", "token_budget (", opts.token_budget,
+             ") must be >= max_running (", opts.max_running,
+             ") so every running sequence decodes each step");
+  const int KD = cfg.kv_heads * cfg.head_dim;
+  const int64_t block_bytes = int64_t(cfg.layers) * 2 * kBlockTokens * KD * 4;
+  const int ctx_blocks = (max_ctx_ + kBlockTokens - 1) / kBlockTokens;
+  int blocks = opts.cache_blocks;
+  if (blocks <= 0) {
+    // Enough for the worst-case reservations of max_running full-context sequences.
+    const int64_t want = int64_t(opts.max_running) * (ctx_blocks + 1) + 1;
+    const int64_t cap = (int64_t(1) << 30) / block_bytes;
+    blocks = int(std::max<int64_t>(std::min(want, cap), ctx_blocks + 2));
+  }
+  cache_ = std::make_unique<KvCache>(KvCacheShape{cfg.layers, KD, blocks});
+  const int D = cfg.head_dim;
+  std::vector<float> inv(D / 2);
+  ops::rope_inv_freq(inv.data(), D, cfg.rope_theta, cfg.rope_scaling, max_ctx_);
+  rope_cos_.resize(size_t(max_ctx_) * D / 2);
+  rope_sin_.resize(size_t(max_ctx_) * D / 2);
+  ops::rope_table(rope_cos_.data(), rope_sin_.data(), inv.data(), max_ctx_, D);
+}
+
+Engine::~Engine() = default;
+
+int64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& sp,
+                            const StopConditions& stop) {
+  const int V = cfg_.vocab_size;
+  validate(sp, V);
+  KILN_CHECK(!prompt.empty(), "engine", "the prompt is empty: give at least one token");
+  for (int32_t t : prompt)
+    KILN_CHECK(t >= 0 && t < V, "engine", "prompt token id ", t, " is outside the vocabulary of ",
+               V);
+  KILN_CHECK(int(prompt.size()) < max_ctx_, "engine", "the prompt has ", prompt.size(),
+             " tokens but the context holds ", max_ctx_, "; shorten the prompt");
+  KILN_CHECK(stop.max_tokens >= 1, "engine", "max_tokens must be >= 1, got ", stop.max_tokens);
+  KILN_CHECK(stop.stop_strings.empty() || tok_, "engine",
+             "stop strings need a tokenizer; this engine has none");
+  for (int32_t t : stop.stop_ids)
+    KILN_CHECK(t >= 0 && t < V, "engine", "stop id ", t, " is outside the vocabulary of ", V);
+  auto r = std::make_unique<Request>();
+  r->id = next_id_++;
+  r->sp = sp;
+  r->stop = stop;
+  r->stop.max_tokens = std::min(stop.max_tokens, max_ctx_ - int(prompt.size()));
+  r->width = std::max(sp.n, sp.beams);
+  KILN_CHECK(r->width <= opts_.max_running, "engine", "n or beams = ", r->width,
+             " exceeds max_running = ", opts_.max_running);
+  auto blocks = [](int tokens) { return (tokens + kBlockTokens - 1) / kBlockTokens; };
+  r->reserve = blocks(int(prompt.size()) + r->stop.max_tokens) +
+               (r->width - 1) * (blocks(r->stop.max_tokens) + 1) + 1;
+  KILN_CHECK(r->reserve <= cache_->num_blocks(), "engine", "the request needs up to ", r->reserve,
+             " KV blocks but the cache has ", cache_->num_blocks(),
+             "; lower max_tokens / n / beams or raise cache_blocks");
+  r->prompt = std::move(prompt);
+  const int64_t id = r->id;
+  waiting_.push_back(std::move(r));
+  return id;
+}
+
+Engine::Seq* Engine::new_seq(Request& r, int sample) {
+  auto s = std::make_unique<Seq>();
+  s->req = &r;
+  s->sample = sample;
+  s->kv = cache_->create();
+  s->tokens = r.prompt;
+  s->pen.prompt = r.prompt;
+  if (r.sp.beams == 1) s->sampler = std::make_unique<Sampler>(r.sp, uint64_t(sample));
+  if (tok_) s->detok = std::make_unique<IncrementalDecoder>(*tok_);
+  s->stops = StopStrings(r.stop.stop_strings);
+  r.seqs.push_back(std::move(s));
+  return r.seqs.back().get();
+}
+
+Engine::Seq* Engine::fork_seq(Seq& p, int sample) {
+  Request& r = *p.req;
+  auto s = std::make_unique<Seq>();
+  s->req = &r;
+  s->sample = sample;
+  s->kv = cache_->fork(p.kv);
+  s->tokens = p.tokens;
+  s->computed = p.computed;
+  s->pen = p.pen;
+  if (r.sp.beams == 1) s->sampler = std::make_unique<Sampler>(r.sp, uint64_t(sample));
+  if (tok_) s->detok = std::make_unique<IncrementalDecoder>(*tok_);
+  s->stops = StopStrings(r.stop.stop_strings);
+  s->out = p.out;
+  r.seqs.push_back(std::move(s));
+  return r.seqs.back().get();
+}
+
+void Engine::admit() {
+  int slots = 0;
+  for (const auto& r : running_) slots += r->width;
+  while (!waiting_.empty()) {
+    Request& r = *waiting_.front();
+    if (slots + r.width > opts_.max_running) break;
+    if (reserved_blocks_ + r.reserve > cache_->num_blocks()) break;
+    reserved_blocks_ += r.reserve;
+    slots += r.width;
+    Seq* s = new_seq(r, 0);
+    // At least the last prompt token is computed: its logits start the generation.
+    if (opts_.prefix_caching)
+      s->computed = cache_->attach_prefix(s->kv, r.prompt, int(r.prompt.size()) - 1);
+    r.cached = s->computed;
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+std::vector<TokenEvent> Engine::step() {
+  std::vector<TokenEvent> ev;
+  admit();
+  int budget = opts_.token_budget;
+  // Schedule: every decoding sequence one row, then prompt chunks in arrival order.
+  struct Chunk {
+    Seq* s;
+    int start, count;
+  };
+  std::vector<Chunk> chunks;
+  for (auto& r : running_)
+    for (auto& s : r->seqs)
+      if (s->computed >= int(r->prompt.size()) && budget > 0) {
+        KILN_DCHECK(int(s->tokens.size()) - s->computed == 1);
+        chunks.push_back({s.get(), s->computed, 1});
+        --budget;
+      }
+  for (auto& r : running_)
+    for (auto& s : r->seqs)
+      if (s->computed < int(r->prompt.size()) && budget > 0) {
+        const int n = std::min<int>(budget, int(s->tokens.size()) - s->computed);
+        chunks.push_back({s.get(), s->computed, n});
+        budget -= n;
+      }
+  if (chunks.empty()) return ev;
+
+  std::vector<int32_t> ids;
+  std::vector<int> pos, logit_rows;
+  std::vector<Seq*> row_seq, logit_seq;
+  for (const Chunk& c : chunks) cache_->prepare_append(c.s->kv, c.count);
+  for (const Chunk& c : chunks) {
+    for (int j = 0; j < c.count; ++j) {
+      ids.push_back(c.s->tokens[c.start + j]);
+      pos.push_back(c.start + j);
+      row_seq.push_back(c.s);
+    }
+    if (c.start + c.count == int(c.s->tokens.size())) {
+      logit_rows.push_back(int(ids.size()) - 1);
+      logit_seq.push_back(c.s);
+    }
+  }
+  std::vector<float> logits;
+  forward(ids, pos, row_seq, logit_rows, logits);
+  for (const Chunk& c : chunks) {
+    cache_->commit(c.s->kv, &c.s->tokens[c.start], c.count);
+    c.s->computed += c.count;
+  }
+
+  // Sample, request by request (beams and forks need all of a request's sequences at once).
+  const int V = cfg_.vocab_size;
+  for (auto& rp : running_) {
+    Request& r = *rp;
+    std::vector<std::pair<Seq*, const float*>> mine;
+    for (size_t i = 0; i < logit_seq.size(); ++i)
+      if (logit_seq[i]->req == &r) mine.push_back({logit_seq[i], &logits[i * size_t(V)]});
+    if (mine.empty()) continue;
+    if (r.sp.beams > 1) {
+      beam_step(r, mine, ev);
+      continue;
+    }
+    if (r.sp.n > 1 && !r.forked) {  // the prompt is done: the samples share its blocks
+      r.forked = true;
+      Seq* first = mine[0].first;
+      const float* l = mine[0].second;
+      for (int i = 1; i < r.sp.n; ++i) mine.push_back({fork_seq(*first, i), l});
+    }
+    for (auto& [s, l] : mine) sample_seq(*s, l, ev);
+  }
+  // Drop finished sequences and requests.
+  for (auto& rp : running_) {
+    auto& seqs = rp->seqs;
+    seqs.erase(std::remove_if(seqs.begin(), seqs.end(), [](const auto& s) { return s->finished; }),
+               seqs.end());
+    if (seqs.empty()) finish_request(*rp);
+  }
+  running_.erase(
+      std::remove_if(running_.begin(), running_.end(), [](const auto& r) { return r->done; }),
+      running_.end());
+  return ev;
+}
+
+void Engine::forward(const std::vector<int32_t>& ids, const std::vector<int>& pos,
+                     const std::vector<Seq*>& row_seq, const std::vector<int>& logit_rows,
+                     std::vector<float>& logits) {
+  const ModelConfig& c = cfg_;
+  const int N = int(ids.size()), M = int(logit_rows.size());
+  const int C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads, K = c.kv_heads;
+  const int HD = H * D, KD = K * D, QKV = HD + 2 * KD;
+  auto grow = [](std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+  };
+  grow(x_, size_t(N) * C);
+  grow(ln_, size_t(N) * C);
+  grow(mid_, size_t(N) * C);
+  grow(rstd_, N);
+  grow(qkv_, size_t(N) * QKV);
+  grow(att_, size_t(N) * HD);
+  grow(up_, size_t(N) * 2 * F);
+  grow(act_, size_t(N) * F);
+  std::vector<PagedRow> rows(N);
+  for (int i = 0; i < N; ++i) rows[i] = {cache_->block_table(row_seq[i]->kv).data(), pos[i]};
+
+  cpu::embedding_forward(x_.data(), ids.data(), w_.embed, N, C, false);
+  for (int l = 0; l < c.layers; ++l) {
+    const EngineLayerWeights& p = w_.layers[l];
+    cpu::rms_norm_forward(ln_.data(), rstd_.data(), x_.data(), p.ln1, N, C, c.norm_eps);
+    linear(qkv_.data(), ln_.data(), p.qkv, N);
+    cpu::rope_forward(qkv_.data(), N, H + K, D, QKV, pos.data(), rope_cos_.data(),
+                      rope_sin_.data());
+    for (int i = 0; i < N; ++i) {
+      const auto [blk, off] = cache_->slot(row_seq[i]->kv, pos[i]);
+      std::memcpy(cache_->k(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD],
+                  KD * sizeof(float));
+      std::memcpy(cache_->v(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD + KD],
+                  KD * sizeof(float));
+    }
+    paged_attention(att_.data(), qkv_.data(), QKV, *cache_, l, rows.data(), N, H, K, D);
+    linear(mid_.data(), att_.data(), p.o, N);
+    cpu::add(mid_.data(), mid_.data(), x_.data(), int64_t(N) * C);
+    cpu::rms_norm_forward(ln_.data(), rstd_.data(), mid_.data(), p.ln2, N, C, c.norm_eps);
+    linear(up_.data(), ln_.data(), p.up, N);
+    cpu::swiglu_forward(act_.data(), up_.data(), N, F);
+    linear(x_.data(), act_.data(), p.down, N);
+    cpu::add(x_.data(), x_.data(), mid_.data(), int64_t(N) * C);
+  }
+  // Only the rows that sample need the final norm and the LM head.
+  grow(hid_, size_t(M) * C);
+  for (int i = 0; i < M; ++i)
+    std::memcpy(&hid_[size_t(i) * C], &x_[size_t(logit_rows[i]) * C], C * sizeof(float));
+  cpu::rms_norm_forward(ln_.data(), rstd_.data(), hid_.data(), w_.norm_f, M, C, c.norm_eps);
+  logits.resize(size_t(M) * c.vocab_size);
+  linear(logits.data(), ln_.data(), w_.lm_head, M);
+}
+
+namespace {
+
+double log_prob(const float* logits, int V, int32_t t) {
+  float mx = *std::max_element(logits, logits + V);
+  double sum = 0;
+  for (int i = 0; i < V; ++i) sum += std::exp(double(logits[i] - mx));
+  return double(logits[t] - mx) - std::log(sum);
+}
+
+bool is_stop_id(const StopConditions& st, std::optional<int32_t> eos, int32_t t) {
+  if (!st.ignore_eos && eos && t == *eos) return true;
+  return std::find(st.stop_ids.begin(), st.stop_ids.end(), t) != st.stop_ids.end();
+}
+
+std::optional<int32_t> engine_eos(const Tokenizer* tok, const ModelConfig& c) {
+  if (tok) return tok->eos_id();
+  if (c.eos_token_id >= 0) return c.eos_token_id;
+  return std::nullopt;
+}
+
+}  // namespace
+
+void Engine::finish_seq(Seq& s, FinishReason reason, std::vector<TokenEvent>& ev) {
+  TokenEvent* e = (!ev.empty() && ev.back().request == s.req->id && ev.back().sample == s.sample &&
+                   !ev.back().finished)
+                      ? &ev.back()
+                      : nullptr;
+  if (!e) {
+    ev.push_back({});
+    e = &ev.back();
+    e->request = s.req->id;
+    e->sample = s.sample;
+  }
+  if (s.detok && !s.stops.hit()) {
+    std::string rest = s.stops.push(s.detok->flush());
+    rest += s.stops.flush();
+    s.out.text += rest;
+    e->text += rest;
+  }
+  e->finished = true;
+  e->reason = reason;
+  s.out.reason = reason;
+  s.out.score = s.out.logprob;
+  s.finished = true;
+  cache_->release(s.kv);
+  s.req->finished.push_back({s.sample, std::move(s.out)});
+}
+
+void Engine::sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev) {
+  Request& r = *s.req;
+  const int V = cfg_.vocab_size;
+  std::vector<float> l(logits, logits + V);
+  apply_penalties(l.data(), V, r.sp, s.pen);
+  const int32_t t = s.sampler->sample(l.data(), V);
+  TokenEvent e;
+  e.request = r.id;
+  e.sample = s.sample;
+  if (opts_.return_logits) e.logits.assign(logits, logits + V);
+  ev.push_back(std::move(e));
+  if (is_stop_id(r.stop, engine_eos(tok_, cfg_), t)) {
+    finish_seq(s, FinishReason::stop, ev);
+    return;
+  }
+  TokenEvent& out = ev.back();
+  s.tokens.push_back(t);
+  s.pen.add_output(t);
+  s.out.tokens.push_back(t);
+  s.out.logprob += log_prob(logits, V, t);
+  out.tokens = {t};
+  if (s.detok) {
+    std::string text = s.stops.push(s.detok->push(t));
+    s.out.text += text;
+    out.text = text;
+    if (s.stops.hit()) {
+      finish_seq(s, FinishReason::stop, ev);
+      return;
+    }
+  }
+  if (s.generated() >= r.stop.max_tokens || int(s.tokens.size()) >= max_ctx_)
+    finish_seq(s, FinishReason::length, ev);
+}
+
+void Engine::beam_step(Request& r, const std::vector<std::pair<Seq*, const float*>>& beams,
+                       std::vector<TokenEvent>& ev) {
+  const int V = cfg_.vocab_size, W = r.sp.beams;
+  const double lp = r.sp.length_penalty;
+  auto norm = [&](double logprob, int len) { return logprob / std::pow(std::max(len, 1), lp); };
+  auto add_hyp = [&](const Seq& s, const std::vector<int32_t>& toks, double logprob,
+                     FinishReason why) {
+    SampleResult h;
+    h.tokens = toks;
+    h.logprob = logprob;
+    h.score = norm(logprob, int(toks.size()));
+    h.reason = why;
+    auto at = std::find_if(r.hyps.begin(), r.hyps.end(),
+                           [&](const SampleResult& o) { return o.score < h.score; });
+    r.hyps.insert(at, std::move(h));
+    if (int(r.hyps.size()) > W) r.hyps.pop_back();
+  };
+  struct Cand {
+    double score;
+    int parent;
+    int32_t tok;
+  };
+  std::vector<Cand> cands;
+  std::vector<float> l(V);
+  std::vector<int32_t> idx(V);
+  const int per_beam = std::min(2 * W, V);
+  for (int b = 0; b < int(beams.size()); ++b) {
+    Seq& s = *beams[b].first;
+    std::copy(beams[b].second, beams[b].second + V, l.begin());
+    apply_penalties(l.data(), V, r.sp, s.pen);
+    float mx = *std::max_element(l.begin(), l.end());
+    double sum = 0;
+    for (float v : l) sum += std::exp(double(v - mx));
+    const double lse = mx + std::log(sum);
+    for (int i = 0; i < V; ++i) idx[i] = i;
+    std::partial_sort(idx.begin(), idx.begin() + per_beam, idx.end(),
+                      [&](int32_t a, int32_t c) { return l[a] > l[c] || (l[a] == l[c] && a < c); });
+    for (int i = 0; i < per_beam; ++i)
+      cands.push_back({s.out.logprob + (double(l[idx[i]]) - lse), b, idx[i]});
+  }
+  std::stable_sort(cands.begin(), cands.end(),
+                   [](const Cand& a, const Cand& c) { return a.score > c.score; });
+  const auto eos = engine_eos(tok_, cfg_);
+  std::vector<Cand> keep;
+  for (int rank = 0; rank < int(cands.size()) && int(keep.size()) < W; ++rank) {
+    const Cand& c = cands[rank];
+    if (is_stop_id(r.stop, eos, c.tok)) {
+      if (rank < W) {
+        const Seq& p = *beams[c.parent].first;
+        add_hyp(p, p.out.tokens, c.score, FinishReason::stop);
+      }
+      continue;
+    }
+    keep.push_back(c);
+  }
+  // New beams: a parent's first child continues it in place; further children fork it first
+  // (sharing its blocks copy-on-write); parents without children end.
+  std::vector<int> children(beams.size(), 0);
+  std::vector<Seq*> target(keep.size());
+  for (size_t i = 0; i < keep.size(); ++i) {
+    Seq* p = beams[keep[i].parent].first;
+    target[i] = children[keep[i].parent]++ == 0 ? p : fork_seq(*p, 0);
+  }
+  for (size_t b = 0; b < beams.size(); ++b)
+    if (children[b] == 0) {
+      beams[b].first->finished = true;
+      cache_->release(beams[b].first->kv);
+    }
+  double best_live = -INFINITY;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    Seq& s = *target[i];
+    s.tokens.push_back(keep[i].tok);
+    s.pen.add_output(keep[i].tok);
+    s.out.tokens.push_back(keep[i].tok);
+    s.out.logprob = keep[i].score;
+    if (s.generated() >= r.stop.max_tokens || int(s.tokens.size()) >= max_ctx_) {
+      add_hyp(s, s.out.tokens, s.out.logprob, FinishReason::length);
+      s.finished = true;
+      cache_->release(s.kv);
+    } else {
+      best_live = std::max(best_live, norm(s.out.logprob, s.generated()));
+    }
+  }
+  // Hugging Face's stopping rule: done once `W` hypotheses exist and no live beam's current
+  // score beats the worst of them.
+  bool done =
+      best_live == -INFINITY || (int(r.hyps.size()) >= W && best_live <= r.hyps.back().score);
+  if (!done) return;
+  for (auto& s : r.seqs)
+    if (!s->finished) {
+      s->finished = true;
+      cache_->release(s->kv);
+    }
+  for (int i = 0; i < int(r.hyps.size()); ++i) {
+    SampleResult& h = r.hyps[i];
+    if (tok_) h.text = tok_->decode(h.tokens);
+    TokenEvent e;
+    e.request = r.id;
+    e.sample = i;
+    e.tokens = h.tokens;
+    e.text = h.text;
+    e.finished = true;
+    e.reason = h.reason;
+    ev.push_back(std::move(e));
+    r.finished.push_back({i, h});
+  }
+}
+
+void Engine::finish_request(Request& r) {
+  r.done = true;
+  reserved_blocks_ -= r.reserve;
+  RequestResult res;
+  res.id = r.id;
+  res.prompt_tokens = int(r.prompt.size());
+  res.cached_prompt_tokens = r.cached;
+  std::sort(r.finished.begin(), r.finished.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& f : r.finished) res.samples.push_back(std::move(f.second));
+  done_.push_back(std::move(res));
+}
+
+std::optional<RequestResult> Engine::take_result(int64_t id) {
+  for (auto it = done_.begin(); it != done_.end(); ++it)
+    if (it->id == id) {
+      RequestResult r = std::move(*it);
+      done_.erase(it);
+      return r;
+    }
+  return std::nullopt;
+}
+
+std::vector<RequestResult> Engine::run_all() {
+  while (!idle()) step();
+  std::vector<RequestResult> out;
+  out.swap(done_);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,152 @@
+// The batched inference engine (Llama family): requests come in with add_request(); each step()
+// runs ONE forward over every running sequence: the decode tokens first, then prompt chunks
+// (vLLM's chunked prefill) up to a token budget. All rows go through each projection as one
+// GEMM; attention reads each sequence's blocks of the paged KV cache directly. A sequence's
+// greedy output does not depend on what else is in the batch. model/decoder.h is the oracle.
+//
+//   Engine eng(model, opts, &tok);
+//   auto id = eng.add_request(ids, sampling, stop);
+//   while (!eng.idle()) for (auto& ev : eng.step()) ...;   // or eng.run_all()
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/infer/kv_cache.h"
+#include "kiln/infer/linear_weight.h"
+#include "kiln/infer/sampler.h"
+#include "kiln/infer/stop_strings.h"
+#include "kiln/model/transformer.h"
+#include "kiln/tokenizer/tokenizer.h"
+
+namespace kiln {
+
+// The weights the engine runs: norms and embeddings fp32; projections fp32 or quantized.
+struct EngineLayerWeights {
+  const float* ln1 = nullptr;  // (C)
+  const float* ln2 = nullptr;  // (C)
+  LinearWeight qkv;            // ((H+2K)*D, C): q|k|v rows
+  LinearWeight o;              // (C, H*D)
+  LinearWeight up;             // (2F, C): gate|up rows
+  LinearWeight down;           // (C, F)
+};
+struct EngineWeights {
+  const float* embed = nullptr;   // (V, C)
+  const float* norm_f = nullptr;  // (C)
+  LinearWeight lm_head;           // (V, C)
+  std::vector<EngineLayerWeights> layers;
+  std::vector<std::shared_ptr<const quant::QTensor>> owned;  // fused quantized projections
+};
+// fp32 weights pointing into model.weights() (the model must outlive the engine).
+EngineWeights fp32_weights(const Model& model);
+// The same, with each projection whose parts are all in `qweights` (by HF name, e.g. a GGUF's
+// q8_0/q4_0 tensors from quant::load_gguf_model) quantized: q|k|v and gate|up rows are fused
+// into one QTensor each (rows are independent, so fusing is concatenation).
+EngineWeights quantized_weights(const Model& model,
+                                const std::map<std::string, quant::QTensor>& qweights);
+
+struct StopConditions {
+  int max_tokens = 128;                   // generated tokens at most
+  std::vector<int32_t> stop_ids;          // finish when sampled (not part of the output)
+  std::vector<std::string> stop_strings;  // cut exactly before; needs the engine's tokenizer
+  bool ignore_eos = false;                // keep going past the eos token
+};
+
+enum class FinishReason { none, stop, length };
+const char* finish_reason_name(FinishReason r);  // "stop", "length"
+
+struct EngineOptions {
+  int max_context = 0;     // positions per sequence; 0 = the model's max_position_embeddings
+  int token_budget = 512;  // rows per step (decode tokens + prefill chunks)
+  int max_running = 64;    // sequences in flight (n > 1 samples and beams count each)
+  int cache_blocks = 0;    // KV blocks; 0 = fit max_running full contexts within 1 GiB
+  bool prefix_caching = true;
+  bool return_logits = false;  // fill TokenEvent::logits (tests, debugging)
+};
+
+// What one step produced for one sample of a request.
+struct TokenEvent {
+  int64_t request = 0;
+  int sample = 0;               // 0..n-1; for beam search the rank of a finished hypothesis
+  std::vector<int32_t> tokens;  // new output tokens (empty when a stop id/eos ended it)
+  std::string text;             // new text, safe to show (held back while it may be a stop)
+  bool finished = false;
+  FinishReason reason = FinishReason::none;
+  std::vector<float> logits;  // (V) that chose the token, when return_logits
+};
+
+struct SampleResult {
+  std::vector<int32_t> tokens;  // generated ids (no stop id / eos)
+  std::string text;             // their text, cut at a stop string (empty without a tokenizer)
+  FinishReason reason = FinishReason::none;
+  double logprob = 0;  // sum of log p of the tokens under the raw model distribution
+  double score = 0;    // beam search: logprob / len ^ length_penalty; else logprob
+};
+
+struct RequestResult {
+  int64_t id = 0;
+  int prompt_tokens = 0, cached_prompt_tokens = 0;
+  std::vector<SampleResult> samples;  // n samples in order, or beams best first
+};
+
+class Engine {
+ public:
+  Engine(const Model& model, const EngineOptions& opts = {}, const Tokenizer* tok = nullptr);
+  Engine(const ModelConfig& cfg, EngineWeights weights, const EngineOptions& opts = {},
+         const Tokenizer* tok = nullptr);
+  ~Engine();
+
+  // Queues a request. Throws Error naming the problem for an empty or too-long prompt, ids
+  // outside the vocabulary, out-of-range sampling parameters, or stop strings without a
+  // tokenizer.
+  int64_t add_request(std::vector<int32_t> prompt, const SamplingParams& sp,
+                      const StopConditions& stop = {});
+  // One iteration; returns what it produced (streamed tokens and finished samples).
+  std::vector<TokenEvent> step();
+  bool idle() const { return waiting_.empty() && running_.empty(); }
+  // A finished request's results, once; nullopt while it runs.
+  std::optional<RequestResult> take_result(int64_t id);
+  // Steps until idle; returns every finished request's results in id order.
+  std::vector<RequestResult> run_all();
+
+  const KvCache& cache() const { return *cache_; }
+  const ModelConfig& config() const { return cfg_; }
+  int max_context() const { return max_ctx_; }
+
+ private:
+  struct Seq;
+  struct Request;
+  void forward(const std::vector<int32_t>& ids, const std::vector<int>& pos,
+               const std::vector<Seq*>& row_seq, const std::vector<int>& logit_rows,
+               std::vector<float>& logits);
+  void admit();  // moves waiting requests in while slots and KV blocks allow
+  void finish_seq(Seq& s, FinishReason r, std::vector<TokenEvent>& ev);
+  void sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev);
+  void beam_step(Request& r, const std::vector<std::pair<Seq*, const float*>>& beams,
+                 std::vector<TokenEvent>& ev);
+  void finish_request(Request& r);
+  Seq* new_seq(Request& r, int sample);
+  Seq* fork_seq(Seq& parent, int sample);
+
+  ModelConfig cfg_;
+  EngineWeights w_;
+  EngineOptions opts_;
+  const Tokenizer* tok_;
+  int max_ctx_;
+  std::unique_ptr<KvCache> cache_;
+  std::vector<float> rope_cos_, rope_sin_;  // (max_ctx, D/2)
+  int64_t next_id_ = 0;
+  int reserved_blocks_ = 0;
+  std::deque<std::unique_ptr<Request>> waiting_;
+  std::vector<std::unique_ptr<Request>> running_;
+  std::vector<RequestResult> done_;
+  // Scratch, grown to the largest step.
+  std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, rstd_, hid_;
+};
+
+}  // namespace kiln

@@ -1,0 +1,178 @@
+// GGUF against llama.cpp itself: a small random-weight Llama (GQA, so the q/k permutation is
+// exercised with H != K) is exported to f32 and q8_0 GGUF; llama.cpp (npm node-llama-cpp, the
+// prebuilt CPU binary installed by scripts/fetch_llama_cpp.sh) loads each file and continues a
+// prompt greedily, and the ids must equal kiln's: the f32 model's Decoder for f32, and for q8_0
+// the Decoder on the weights kiln imports back from the same file. Also: the f32 export imports
+// back bit for bit, and q8_0 import equals quantize-then-dequantize.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/model/decoder.h"
+#include "kiln/quant/gguf_model.h"
+#include "test_util.h"
+
+using namespace kiln;
+using namespace kiln::quant;
+
+namespace {
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.arch = Arch::llama;
+  c.vocab_size = 257;  // 256 bytes + <|endoftext|>
+  c.hidden = 64;
+  c.layers = 2;
+  c.heads = 4;
+  c.kv_heads = 2;
+  c.head_dim = 16;
+  c.intermediate = 128;
+  c.max_positions = 128;
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  c.tie_embeddings = false;
+  c.eos_token_id = 256;
+  // Larger than GPT-2's 0.02 so that logits are far apart: greedy picks are then decided by the
+  // model, not by rounding (the test reports the smallest top-1/top-2 gap it met).
+  c.initializer_range = 0.25f;
+  return c;
+}
+
+struct Greedy {
+  std::vector<int> tokens;
+  float min_gap = INFINITY;  // smallest top1 - top2 logit gap along the way
+};
+
+Greedy kiln_greedy(const Model& m, const std::vector<int>& prompt, int n) {
+  Decoder dec(m, int(prompt.size()) + n + 1);
+  Greedy g;
+  std::vector<float> logits = dec.feed(prompt);
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> s = logits;
+    const int best = int(std::max_element(s.begin(), s.end()) - s.begin());
+    const float top = s[best];
+    s[best] = -INFINITY;
+    g.min_gap = std::min(g.min_gap, top - *std::max_element(s.begin(), s.end()));
+    g.tokens.push_back(best);
+    if (i + 1 < n) logits = dec.feed({best});
+  }
+  return g;
+}
+
+std::vector<int> llama_cpp_greedy(const std::string& gguf, const std::vector<int>& prompt, int n) {
+  const std::string root = test::source_dir();
+  const std::string pkg = root + "/data/llama_cpp/node_modules/node-llama-cpp";
+  if (!file_exists(pkg) ||
+      !file_exists(root + "/data/llama_cpp/node_modules/@node-llama-cpp/linux-x64")) {
+    ADD_FAILURE() << "llama.cpp is not installed (" << pkg
+                  << " is missing): run scripts/fetch_llama_cpp.sh (scripts/setup.sh does)";
+    return {};
+  }
+  std::ostringstream ids;
+  for (size_t i = 0; i < prompt.size(); ++i) ids << (i ? "," : "") << prompt[i];
+  const std::string cmd = "node " + root + "/tests/quant/llama_cpp_greedy.mjs " + gguf + " " +
+                          std::to_string(n) + " " + ids.str() + " 2";
+  test::CommandResult r = test::run_command(cmd);
+  if (r.status != 0) {
+    ADD_FAILURE() << "llama.cpp (node-llama-cpp) failed on " << gguf << " (exit " << r.status
+                  << "):\n"
+                  << r.output;
+    return {};
+  }
+  // The last line is the JSON; anything before it is llama.cpp's log.
+  const size_t start = r.output.rfind("{\"tokens\"");
+  if (start == std::string::npos) {
+    ADD_FAILURE() << "no result from llama.cpp:\n" << r.output;
+    return {};
+  }
+  return nlohmann::json::parse(r.output.substr(start))["tokens"].get<std::vector<int>>();
+}
+
+std::string join(const std::vector<int>& v) {
+  std::ostringstream os;
+  for (size_t i = 0; i < v.size(); ++i) os << (i ? " " : "") << v[i];
+  return os.str();
+}
+
+class GgufLlamaCpp : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model = std::make_unique<Model>(tiny_config());
+    model->init_weights(1234);
+  }
+  std::unique_ptr<Model> model;
+  Tokenizer tok = Tokenizer::byte_level({"<|endoftext|>"});
+  test::TempDir dir{"kiln-gguf-llama"};
+  // "The quick brown fox" as bytes.
+  std::vector<int> prompt{84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114, 111, 119, 110};
+  const int n_new = 24;
+};
+
+TEST_F(GgufLlamaCpp, F32RoundTripIsExact) {
+  const std::string path = dir / "m-f32.gguf";
+  export_gguf(*model, tok, path, GgufType::f32);
+  GgufModel g = load_gguf_model(path);
+  EXPECT_EQ(g.type, GgufType::f32);
+  ASSERT_EQ(g.model->num_params(), model->num_params());
+  EXPECT_EQ(0, std::memcmp(g.model->weights().f32(), model->weights().f32(),
+                           size_t(model->num_params()) * 4));
+  EXPECT_TRUE(g.qweights.empty());
+  EXPECT_EQ(g.tokenizer.vocab_size(), tok.vocab_size());
+  EXPECT_EQ(g.tokenizer.encode("hello <|endoftext|>", true),
+            tok.encode("hello <|endoftext|>", true));
+  EXPECT_EQ(g.model->config().kv_heads, 2);
+  EXPECT_EQ(g.model->config().eos_token_id, 256);
+}
+
+TEST_F(GgufLlamaCpp, Q8RoundTripEqualsQuantizeDequantize) {
+  const std::string path = dir / "m-q8.gguf";
+  export_gguf(*model, tok, path, GgufType::q8_0);
+  GgufModel g = load_gguf_model(path);
+  EXPECT_EQ(g.type, GgufType::q8_0);
+  for (const ParamInfo& p : model->params()) {
+    const float* src = model->weights().f32() + p.offset;
+    const float* got = g.model->weights().f32() + p.offset;
+    std::vector<float> expect(src, src + p.numel());
+    if (p.shape.size() == 2) {
+      QTensor q = quantize(src, int(p.shape[0]), int(p.shape[1]), QType::q8_0);
+      dequantize(q, expect.data());
+      ASSERT_TRUE(g.qweights.count(p.name)) << p.name;
+      EXPECT_EQ(g.qweights.at(p.name).data, q.data) << p.name << ": rows back in HF order";
+    }
+    ASSERT_EQ(0, std::memcmp(got, expect.data(), expect.size() * 4)) << p.name;
+  }
+}
+
+TEST_F(GgufLlamaCpp, GreedyMatchesF32) {
+  const std::string path = dir / "m-f32.gguf";
+  export_gguf(*model, tok, path, GgufType::f32);
+  Greedy k = kiln_greedy(*model, prompt, n_new);
+  std::vector<int> l = llama_cpp_greedy(path, prompt, n_new);
+  RecordProperty("kiln_f32", join(k.tokens));
+  RecordProperty("min_gap", std::to_string(k.min_gap));
+  std::printf("kiln f32:      %s (min top-1 gap %.4f)\nllama.cpp f32: %s\n", join(k.tokens).c_str(),
+              k.min_gap, join(l).c_str());
+  std::set<int> distinct(k.tokens.begin(), k.tokens.end());
+  EXPECT_GE(distinct.size(), 4u) << "the continuation is degenerate: raise initializer_range";
+  EXPECT_EQ(l, k.tokens);
+}
+
+TEST_F(GgufLlamaCpp, GreedyMatchesQ8) {
+  const std::string path = dir / "m-q8.gguf";
+  export_gguf(*model, tok, path, GgufType::q8_0);
+  GgufModel g = load_gguf_model(path);
+  Greedy k = kiln_greedy(*g.model, prompt, n_new);
+  std::vector<int> l = llama_cpp_greedy(path, prompt, n_new);
+  std::printf("kiln q8_0:      %s (min top-1 gap %.4f)\nllama.cpp q8_0: %s\n",
+              join(k.tokens).c_str(), k.min_gap, join(l).c_str());
+  EXPECT_EQ(l, k.tokens);
+}
+
+}  // namespace
