@@ -117,6 +117,9 @@ TEST(ModelIo, BadConfigValues) {
       std::string::npos);
   EXPECT_NO_THROW(ModelConfig::from_json(j, "x", false));  // config.json may carry extra keys
   j = tiny(Arch::llama).to_json();
+  j["rope_scaling"] = nullptr;  // HF writes null for "no scaling": a known key even when strict
+  EXPECT_NO_THROW(ModelConfig::from_json(j, "x", true));
+  j = tiny(Arch::llama).to_json();
   j["architectures"] = {"MistralForCausalLM"};
   EXPECT_NE(error_of([&] { ModelConfig::from_json(j, "x", false); }).find("not supported"),
             std::string::npos);

@@ -93,8 +93,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src, bool s
     take(j, "rope_theta", c.rope_theta, seen, src);
     if (c.heads > 0) c.head_dim = c.hidden / c.heads;
     take(j, "head_dim", c.head_dim, seen, src);
+    if (j.contains("rope_scaling")) seen.insert("rope_scaling");  // null: no scaling
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-      seen.insert("rope_scaling");
       const json& rs = j["rope_scaling"];
       std::string type = rs.value("rope_type", rs.value("type", ""));
       using K = ops::RopeScaling::Kind;

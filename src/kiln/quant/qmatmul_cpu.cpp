@@ -21,6 +21,8 @@
 #include "kiln/core/parallel.h"
 #include "kiln/quant/qtensor.h"
 
+#include "kiln/ops/matmul_bf16.h"
+
 namespace kiln::quant::cpu {
 namespace {
 
@@ -168,6 +170,29 @@ void matmul_t(float* y, const QActs& a, const QTensor& w, int N) {
   });
 }
 
+// Prefill on AMX: W dequantized to bf16 once per call (rows x cols, read once per N rows of x).
+void matmul_bf16_prefill(float* y, const float* x, const QTensor& w, int N) {
+  thread_local std::vector<uint16_t> wb, xb;
+  wb.resize(size_t(w.rows) * w.cols);
+  xb.resize(size_t(N) * w.cols);
+  const int nb = w.cols / kBlock;
+  // A plain pointer: inside the pool, the name `wb` would be each worker's own thread_local.
+  uint16_t* const wout = wb.data();
+  parallel_ranges(w.rows, 16, [&](int64_t r0, int64_t r1) {
+    float tmp[kBlock];
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = w.row(int(r));
+      for (int b = 0; b < nb; ++b) {
+        dequantize_block(row + size_t(b) * block_bytes(w.type), tmp, w.type);
+        for (int j = 0; j < kBlock; ++j)
+          wout[size_t(r) * w.cols + size_t(b) * kBlock + j] = f32_to_bf16(tmp[j]);
+      }
+    }
+  });
+  ops::cpu::f32_to_bf16(xb.data(), x, int64_t(N) * w.cols);
+  ops::cpu::gemm_bf16(y, xb.data(), wb.data(), N, w.rows, w.cols, false, true, 1.0f, 0.0f);
+}
+
 }  // namespace
 
 void matmul(float* y, const float* x, const QTensor& w, int N) {
@@ -176,6 +201,8 @@ void matmul(float* y, const float* x, const QTensor& w, int N) {
              "quant.matmul", "malformed QTensor (", w.rows, ", ", w.cols, ") with ", w.data.size(),
              " bytes");
   if (N == 0 || w.rows == 0) return;
+  static const bool amx = ops::cpu::bf16_backend_kind() == ops::cpu::Bf16Backend::amx;
+  if (amx && N >= kBf16PrefillRows) return matmul_bf16_prefill(y, x, w, N);
   thread_local QActs a;  // reused across calls: decode calls this thousands of times
   quantize_acts(a, x, N, w.cols);
   if (w.type == QType::q8_0) {

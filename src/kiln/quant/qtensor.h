@@ -47,6 +47,11 @@ namespace cpu {
 // present), fp32 scales; parallel over rows of W (decode) or over N (prefill).
 // Error against ref::matmul: the activation rounding, |y - y_ref| <= sum over blocks b of
 // (d_x[b] / 2) * sum_{k in b} |w_k| with d_x[b] = absmax(x in b) / 127, plus fp32 summation.
+// From kBf16PrefillRows rows on, when the CPU has AMX, prefill instead dequantizes W to bf16 and
+// runs the AMX bf16 GEMM (ops/matmul_bf16.h) — compute-bound work at ~1 TFLOP/s per core instead
+// of ~0.05; both x and W are then rounded to bf16: |y - y_ref| <= 2^-8 * sum_k |x_k w_k| plus
+// fp32 summation.
+constexpr int kBf16PrefillRows = 32;
 void matmul(float* y, const float* x, const QTensor& w, int N);
 }  // namespace cpu
 
