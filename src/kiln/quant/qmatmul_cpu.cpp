@@ -178,14 +178,36 @@ void matmul_bf16_prefill(float* y, const float* x, const QTensor& w, int N) {
   const int nb = w.cols / kBlock;
   // A plain pointer: inside the pool, the name `wb` would be each worker's own thread_local.
   uint16_t* const wout = wb.data();
+  const QType type = w.type;
+  const size_t bb = block_bytes(type);
   parallel_ranges(w.rows, 16, [&](int64_t r0, int64_t r1) {
-    float tmp[kBlock];
+    // Branch-free loops over one row, so the compiler vectorizes the dequantize and the
+    // round-to-nearest-even bf16 conversion (weights are finite: no NaN case needed).
+    std::vector<float> rowf(w.cols);
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* row = w.row(int(r));
       for (int b = 0; b < nb; ++b) {
-        dequantize_block(row + size_t(b) * block_bytes(w.type), tmp, w.type);
-        for (int j = 0; j < kBlock; ++j)
-          wout[size_t(r) * w.cols + size_t(b) * kBlock + j] = f32_to_bf16(tmp[j]);
+        const uint8_t* blk = row + size_t(b) * bb;
+        uint16_t h;
+        std::memcpy(&h, blk, 2);
+        const float d = f16_to_f32(h);
+        float* o = rowf.data() + size_t(b) * kBlock;
+        if (type == QType::q8_0) {
+          const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+          for (int j = 0; j < kBlock; ++j) o[j] = d * float(q[j]);
+        } else {
+          const uint8_t* q = blk + 2;
+          for (int j = 0; j < kBlock / 2; ++j) {
+            o[j] = d * float(int(q[j] & 15) - 8);
+            o[j + kBlock / 2] = d * float(int(q[j] >> 4) - 8);
+          }
+        }
+      }
+      uint16_t* out = wout + size_t(r) * w.cols;
+      const uint32_t* bits = reinterpret_cast<const uint32_t*>(rowf.data());
+      for (int k = 0; k < w.cols; ++k) {
+        const uint32_t u = bits[k];
+        out[k] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
       }
     }
   });
