@@ -7,6 +7,7 @@
 #include "kiln/core/error.h"
 #include "kiln/infer/paged_attention.h"
 #include "kiln/ops/activation.h"
+#include "kiln/ops/attention.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/ops/embedding.h"
 #include "kiln/ops/rms_norm.h"
@@ -346,6 +347,34 @@ void Engine::forward(const std::vector<int32_t>& ids, const std::vector<int>& po
   grow(act_, size_t(N) * F);
   std::vector<PagedRow> rows(N);
   for (int i = 0; i < N; ++i) rows[i] = {cache_->block_table(row_seq[i]->kv).data(), pos[i]};
+  // Attention runs in segments of rows: a prompt chunk that starts a sequence (positions 0..n-1,
+  // nothing cached before it) is plain causal self-attention over its own rows, which the
+  // tiled flash kernel does with query tiles (ops/attention.h); every other row reads the paged
+  // cache, one query row at a time (paged_attention.h).
+  struct Segment {
+    int begin, end;
+    bool fresh;
+  };
+  std::vector<Segment> segs;
+  constexpr int kMinFresh = 16;  // below this the paged path is as fast
+  for (int i = 0; i < N;) {
+    int j = i + 1;
+    if (pos[i] == 0) {
+      while (j < N && row_seq[j] == row_seq[i] && pos[j] == pos[j - 1] + 1) ++j;
+      if (j - i >= kMinFresh) {
+        segs.push_back({i, j, true});
+        i = j;
+        continue;
+      }
+      j = i + 1;
+    }
+    if (!segs.empty() && !segs.back().fresh && segs.back().end == i) {
+      segs.back().end = j;
+    } else {
+      segs.push_back({i, j, false});
+    }
+    i = j;
+  }
 
   cpu::embedding_forward(x_.data(), ids.data(), w_.embed, N, C, false);
   for (int l = 0; l < c.layers; ++l) {
@@ -361,7 +390,17 @@ void Engine::forward(const std::vector<int32_t>& ids, const std::vector<int>& po
       std::memcpy(cache_->v(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD + KD],
                   KD * sizeof(float));
     }
-    paged_attention(att_.data(), qkv_.data(), QKV, *cache_, l, rows.data(), N, H, K, D);
+    for (const Segment& sg : segs) {
+      const int n = sg.end - sg.begin;
+      if (sg.fresh) {
+        grow(lse_, size_t(H) * n);
+        cpu::attention_forward(&att_[size_t(sg.begin) * HD], lse_.data(),
+                               &qkv_[size_t(sg.begin) * QKV], 1, n, H, K, D);
+      } else {
+        paged_attention(&att_[size_t(sg.begin) * HD], &qkv_[size_t(sg.begin) * QKV], QKV, *cache_,
+                        l, rows.data() + sg.begin, n, H, K, D);
+      }
+    }
     linear(mid_.data(), att_.data(), p.o, N);
     cpu::add(mid_.data(), mid_.data(), x_.data(), int64_t(N) * C);
     cpu::rms_norm_forward(ln_.data(), rstd_.data(), mid_.data(), p.ln2, N, C, c.norm_eps);

@@ -146,7 +146,7 @@ class Engine {
   std::vector<std::unique_ptr<Request>> running_;
   std::vector<RequestResult> done_;
   // Scratch, grown to the largest step.
-  std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, rstd_, hid_;
+  std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, rstd_, hid_, lse_;
 };
 
 }  // namespace kiln
