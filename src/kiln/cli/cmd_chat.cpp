@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kiln/cli/command.h"
+#include "kiln/cli/load.h"
 #include "kiln/core/error.h"
 #include "kiln/infer/engine.h"
 #include "kiln/model/model_io.h"
@@ -25,7 +26,6 @@ struct DecodingArgs {
 };
 void add_decoding_options(CLI::App* cmd, DecodingArgs& a);
 void finish_decoding_options(DecodingArgs& a);
-Tokenizer load_model_tokenizer(const std::string& dir);
 
 namespace {
 
@@ -56,20 +56,20 @@ Command chat([](CLI::App& app) {
   auto a = std::make_shared<ChatArgs>();
   a->dec.stop.max_tokens = 256;
   auto* cmd = app.add_subcommand("chat", "Interactive chat: one user turn per stdin line");
-  cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
+  cmd->add_option("--model", a->model, "Model, checkpoint or run directory, or a GGUF file")
+      ->required();
   cmd->add_option("--system", a->system, "System prompt (ChatML models)");
   add_decoding_options(cmd, a->dec);
   cmd->callback([a] {
     finish_decoding_options(a->dec);
     KILN_CHECK(a->dec.sp.n == 1 && a->dec.sp.beams == 1, "chat",
                "chat streams one reply: --n and --beams must be 1");
-    std::string dir = resolve_model_dir(a->model);
-    auto model = load_model(dir);
-    Tokenizer tok = load_model_tokenizer(dir);
+    LoadedModel lm = load_for_inference(a->model);
+    const Tokenizer& tok = lm.tok;
     const ChatTemplate t = pick_template(tok);
     EngineOptions opts;
     opts.max_running = 1;
-    Engine eng(*model, opts, &tok);
+    Engine eng(lm.model->config(), quantized_weights(*lm.model, lm.qweights), opts, &tok);
     StopConditions stop = a->dec.stop;
     for (const auto& s : t.stops) stop.stop_strings.push_back(s);
     std::string history;

@@ -5,12 +5,14 @@
 #include <cstdio>
 
 #include "kiln/cli/command.h"
+#include "kiln/cli/load.h"
 #include "kiln/core/error.h"
 #include "kiln/infer/engine.h"
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
 #include "kiln/model/transformer.h"
+#include "kiln/quant/gguf_model.h"
 #include "kiln/tokenizer/tokenizer.h"
 #include "kiln/train/checkpoint.h"
 
@@ -78,6 +80,23 @@ Tokenizer load_model_tokenizer(const std::string& dir) {
   return Tokenizer::load(dir + "/tokenizer.json");
 }
 
+// What generate and chat run: a model, checkpoint or run directory, or a GGUF file (whose
+// q8_0/q4_0 matrices stay quantized and run through quant::cpu::matmul).
+LoadedModel load_for_inference(const std::string& path) {
+  LoadedModel m;
+  if (quant::is_gguf_path(path)) {
+    quant::GgufModel g = quant::load_gguf_model(path, /*keep_quantized=*/true);
+    m.model = std::move(g.model);
+    m.tok = std::move(g.tokenizer);
+    m.qweights = std::move(g.qweights);
+  } else {
+    const std::string dir = resolve_model_dir(path);
+    m.model = load_model(dir);
+    m.tok = load_model_tokenizer(dir);
+  }
+  return m;
+}
+
 namespace {
 
 struct GenArgs {
@@ -94,16 +113,17 @@ void print_out(const std::string& s) {
 Command gen([](CLI::App& app) {
   auto a = std::make_shared<GenArgs>();
   auto* cmd = app.add_subcommand("generate", "Continue a prompt with a trained model");
-  cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
+  cmd->add_option("--model", a->model, "Model, checkpoint or run directory, or a GGUF file")
+      ->required();
   cmd->add_option("--prompt", a->prompt, "Prompt text")->required();
   add_decoding_options(cmd, a->dec);
   cmd->add_flag("--stats", a->stats, "Print timing to stderr");
   cmd->callback([a] {
     finish_decoding_options(a->dec);
     validate(a->dec.sp);
-    std::string dir = resolve_model_dir(a->model);
-    auto model = load_model(dir);
-    Tokenizer tok = load_model_tokenizer(dir);
+    LoadedModel lm = load_for_inference(a->model);
+    const std::unique_ptr<Model>& model = lm.model;
+    const Tokenizer& tok = lm.tok;
     if (model->config().arch == Arch::gpt2) {
       // GPT-2 runs on the single-sequence decoder, which has the basic samplers only.
       const SamplingParams& sp = a->dec.sp;
@@ -132,7 +152,7 @@ Command gen([](CLI::App& app) {
     opts.max_running = std::max(a->dec.sp.n, a->dec.sp.beams);
     opts.max_context =
         std::min<int>(model->config().max_positions, int(ids.size()) + a->dec.stop.max_tokens);
-    Engine eng(*model, opts, &tok);
+    Engine eng(model->config(), quantized_weights(*model, lm.qweights), opts, &tok);
     const auto t0 = std::chrono::steady_clock::now();
     eng.add_request(ids, a->dec.sp, a->dec.stop);
     const bool stream = a->dec.sp.n == 1 && a->dec.sp.beams == 1;
