@@ -17,6 +17,21 @@ namespace kiln {
 
 namespace {
 
+// One entry of model.merges: "a b" (older files) or ["a", "b"] (tokenizers >= 0.20).
+std::pair<std::string, std::string> merge_pair(const nlohmann::json& e, size_t i,
+                                               const std::string& path) {
+  if (e.is_string()) {
+    const auto text = e.get<std::string>();
+    const size_t sp = text.find(' ');
+    KILN_CHECK(sp != std::string::npos, "tokenizer", path, ": model.merges[", i, "] '", text,
+               "' is not two tokens separated by a space");
+    return {text.substr(0, sp), text.substr(sp + 1)};
+  }
+  KILN_CHECK(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string(), "tokenizer",
+             path, ": model.merges[", i, "] is neither \"a b\" nor [\"a\", \"b\"]");
+  return {e[0].get<std::string>(), e[1].get<std::string>()};
+}
+
 using nlohmann::json;
 using nlohmann::ordered_json;
 
@@ -173,19 +188,7 @@ Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
   std::unordered_map<uint64_t, int32_t> pair_rank;
   const json& merges = m.at("merges");
   for (size_t i = 0; i < merges.size(); ++i) {
-    std::string a, b;
-    const json& e = merges[i];
-    if (e.is_string()) {
-      auto text = e.get<std::string>();
-      size_t sp = text.find(' ');
-      KILN_CHECK(sp != std::string::npos, "tokenizer", path, ": model.merges[", i, "] '", text,
-                 "' is not two tokens separated by a space");
-      a = text.substr(0, sp);
-      b = text.substr(sp + 1);
-    } else {
-      a = e.at(0).get<std::string>();
-      b = e.at(1).get<std::string>();
-    }
+    const auto [a, b] = merge_pair(merges[i], i, path);
     auto ia = vocab.find(a), ib = vocab.find(b), iab = vocab.find(a + b);
     KILN_CHECK(ia != vocab.end() && ib != vocab.end() && iab != vocab.end(), "tokenizer", path,
                ": model.merges[", i, "] '", a, " ", b,
@@ -258,21 +261,7 @@ Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content
 
     const json& merges = m.at("merges");
     for (size_t i = 0; i < merges.size(); ++i) {
-      std::string a, b;
-      const json& e = merges[i];
-      if (e.is_string()) {
-        auto s = e.get<std::string>();
-        size_t sp = s.find(' ');
-        KILN_CHECK(sp != std::string::npos, "tokenizer", path, ": model.merges[", i, "] '", s,
-                   "' is not two tokens separated by a space");
-        a = s.substr(0, sp);
-        b = s.substr(sp + 1);
-      } else {
-        KILN_CHECK(e.is_array() && e.size() == 2, "tokenizer", path, ": model.merges[", i,
-                   "] is neither \"a b\" nor [\"a\", \"b\"]");
-        a = e[0].get<std::string>();
-        b = e[1].get<std::string>();
-      }
+      const auto [a, b] = merge_pair(merges[i], i, path);
       auto id_of = [&](const std::string& spelled) {
         auto it = vocab.find(spelled);
         KILN_CHECK(it != vocab.end(), "tokenizer", path, ": model.merges[", i, "] uses '", spelled,
