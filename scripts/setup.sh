@@ -11,6 +11,7 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       libopenblas-openmp-dev libopenblas0-pthread
       libyaml-cpp-dev nlohmann-json3-dev libcairo2-dev libcli11-dev libgtest-dev libpcre2-dev
       libzstd-dev libutf8proc-dev  # data curate: .zst input, Unicode NFC
+      openmpi-bin libopenmpi-dev  # dist/: mpirun and the MPI library
       python3 python3-numpy python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,0 +1,88 @@
+#include "kiln/dist/comm.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "kiln/core/error.h"
+
+namespace kiln::dist {
+
+Request& Request::operator=(Request&& o) noexcept {
+  if (this != &o) {
+    Request old(std::move(*this));  // waits for what this handle held when it goes out of scope
+    pending_ = std::move(o.pending_);
+  }
+  return *this;
+}
+
+Request::~Request() {
+  if (!pending_) return;
+  try {
+    pending_->wait();
+  } catch (const std::exception& e) {
+    // A destructor cannot throw, and a failed collective leaves the ranks out of step: stop.
+    std::fprintf(stderr, "%s (in a Request destroyed without wait())\n", e.what());
+    std::abort();
+  }
+}
+
+void Request::wait() {
+  if (!pending_) return;
+  auto p = std::move(pending_);
+  p->wait();
+}
+
+static void check_count(const char* op, int64_t n) {
+  KILN_CHECK(n >= 0, op, "element count must be >= 0, got ", n);
+}
+
+Request SingleComm::all_reduce_async(float* data, int64_t n, ReduceOp op) {
+  check_count("all_reduce", n);
+  return {};
+}
+
+Request SingleComm::reduce_scatter_async(const float* in, float* out, int64_t n_per_rank) {
+  check_count("reduce_scatter", n_per_rank);
+  if (n_per_rank > 0 && in != out) std::memcpy(out, in, n_per_rank * sizeof(float));
+  return {};
+}
+
+Request SingleComm::all_gather_async(const float* in, float* out, int64_t n_per_rank) {
+  check_count("all_gather", n_per_rank);
+  if (n_per_rank > 0 && in != out) std::memcpy(out, in, n_per_rank * sizeof(float));
+  return {};
+}
+
+Request SingleComm::broadcast_async(float* data, int64_t n, int root) {
+  check_count("broadcast", n);
+  KILN_CHECK(root == 0, "broadcast", "root ", root, " is out of range for a 1-rank communicator");
+  return {};
+}
+
+Request SingleComm::send_async(const float* data, int64_t n, int peer, int tag) {
+  send(data, n, peer, tag);
+  return {};
+}
+
+Request SingleComm::recv_async(float* data, int64_t n, int peer, int tag) {
+  recv(data, n, peer, tag);
+  return {};
+}
+
+void SingleComm::send(const float*, int64_t, int peer, int) {
+  fail("send", "peer ", peer, " does not exist: a single-process communicator has no peers; ",
+       "launch with mpirun -np N");
+}
+
+void SingleComm::recv(float*, int64_t, int peer, int) {
+  fail("recv", "peer ", peer, " does not exist: a single-process communicator has no peers; ",
+       "launch with mpirun -np N");
+}
+
+std::unique_ptr<Comm> SingleComm::split(int color, int key) {
+  KILN_CHECK(color >= 0, "split", "color must be >= 0, got ", color);
+  return std::make_unique<SingleComm>();
+}
+
+}  // namespace kiln::dist
