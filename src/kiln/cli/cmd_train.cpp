@@ -1,6 +1,12 @@
 // kiln train CONFIG.yaml [dotted.key=value ...] [--resume]
+#include <cstdlib>
 #include "kiln/cli/command.h"
+
+#include "kiln/core/error.h"
 #include "kiln/core/log.h"
+#ifdef KILN_HAVE_MPI
+#include "kiln/dist/mpi_comm.h"
+#endif
 #include "kiln/train/train_config.h"
 #include "kiln/train/trainer.h"
 
@@ -24,6 +30,23 @@ Command reg([](CLI::App& app) {
   cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint in run_dir");
   cmd->callback([args] {
     TrainConfig cfg = load_train_config(args->config, args->overrides);
+    // Under mpirun / srun (several ranks): data-parallel over MPI_COMM_WORLD.
+    const char* world = std::getenv("OMPI_COMM_WORLD_SIZE");
+    if (!world) world = std::getenv("PMI_SIZE");
+    if (world && std::atoi(world) > 1) {
+#ifdef KILN_HAVE_MPI
+      dist::MpiRuntime mpi(nullptr, nullptr);
+      auto comm = dist::MpiComm::world();
+      TrainResult r = train(cfg, args->resume, comm.get());
+      if (comm->rank() == 0)
+        log_info("done: ", r.steps, " steps on ", comm->size(), " data-parallel ranks, loss ",
+                 r.final_loss, ", val_loss ", r.final_val_loss, "; checkpoint ", r.checkpoint);
+      return;
+#else
+      fail("train", "launched on ", world, " ranks but this kiln was built without MPI; ",
+           "run scripts/setup.sh (installs Open MPI) and rebuild");
+#endif
+    }
     TrainResult r = train(cfg, args->resume);
     log_info("done: ", r.steps, " steps, loss ", r.final_loss, ", val_loss ", r.final_val_loss,
              "; checkpoint ", r.checkpoint);

@@ -12,6 +12,7 @@
 #include "kiln/core/log.h"
 #include "kiln/core/parallel.h"
 #include "kiln/data/batch_source.h"
+#include "kiln/dist/comm.h"
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
@@ -53,25 +54,50 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
-double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int max_batches) {
-  const int B = ts.B(), T = ts.T();
+// Mean validation loss over up to max_batches global batches of B sequences; with data
+// parallelism each rank computes its B/dp rows and the token-weighted sums are all-reduced, so
+// every layout reports the single-process figure (up to summation order).
+double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int B, int max_batches,
+                dist::Comm& comm) {
+  const int T = ts.T(), Bl = ts.B();
   int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
   if (n <= 0) return NAN;
   std::vector<int32_t> ids(size_t(B) * T), tg(size_t(B) * T);
+  const size_t off = size_t(comm.rank()) * Bl * T;
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     val.eval_batch(int(i), B, ids.data(), tg.data());
-    sum += ts.step(model, ids.data(), tg.data(), nullptr);
+    const int64_t total = std::count_if(tg.begin(), tg.end(), [](int32_t t) { return t >= 0; });
+    const double mean = ts.step(model, ids.data() + off, tg.data() + off, nullptr);
+    double part = mean * double(ts.counted_tokens()) / double(std::max<int64_t>(total, 1));
+    if (comm.size() > 1) {
+      float f = float(part);
+      comm.all_reduce(&f, 1);
+      part = f;
+    }
+    sum += part;
   }
   return sum / double(n);
 }
 
 }  // namespace
 
-TrainResult train(TrainConfig cfg, bool resume) {
+TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
-  make_dirs(cfg.run_dir);
-  write_file_atomic(cfg.run_dir + "/config.yaml", cfg.yaml);
+  // Data parallelism: every rank holds the whole model, draws the same global batch and computes
+  // its slice of it; gradients are summed across ranks before the (identical) update. Rank 0
+  // alone writes the run directory.
+  dist::SingleComm single;
+  dist::Comm& comm = comm_arg ? *comm_arg : single;
+  const int dp = comm.size(), rank = comm.rank();
+  const bool writer = rank == 0;
+  KILN_CHECK(cfg.train.batch_size % dp == 0, "train", "train.batch_size = ", cfg.train.batch_size,
+             " is not divisible by the ", dp, " data-parallel ranks; use a multiple of ", dp);
+  if (!writer) set_log_level(LogLevel::warn);
+  if (writer) {
+    make_dirs(cfg.run_dir);
+    write_file_atomic(cfg.run_dir + "/config.yaml", cfg.yaml);
+  }
 
   Tokenizer tok = cfg.data.tokenizer == "byte" ? Tokenizer::byte_level({"<|endoftext|>"})
                                                : Tokenizer::load(cfg.data.tokenizer);
@@ -114,15 +140,18 @@ TrainResult train(TrainConfig cfg, bool resume) {
                "/checkpoints; start without --resume");
     load_checkpoint(ckpt, *model, opt, state);
     data->set_state(state.loader);
-    truncate_metrics(metrics_path, state.step);
+    if (writer) truncate_metrics(metrics_path, state.step);
     log_info("resumed from ", ckpt, " at step ", state.step);
-  } else {
+  } else if (writer) {
     write_file_atomic(metrics_path, "");
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
+  comm.barrier();  // nobody reads the run directory before rank 0 has set it up
+  std::ofstream metrics;
+  if (writer) metrics.open(metrics_path, std::ios::app);
 
   TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
-  TrainState ts(*model, B, T, topt);
+  const int Bl = B / dp;  // this rank's rows of each global batch
+  TrainState ts(*model, Bl, T, topt);
   Tensor grads = Tensor::zeros({model->num_params()});
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
@@ -153,11 +182,25 @@ TrainResult train(TrainConfig cfg, bool resume) {
       const double scale = fp16 ? scaler.scale() : 1.0;
       std::memset(grads.raw(), 0, grads.nbytes());
       loss = 0;
+      const size_t off = size_t(rank) * Bl * T;
       for (int micro = 0; micro < accum; ++micro) {
         data->next(B, ids.data(), targets.data());
-        loss += ts.step(*model, ids.data(), targets.data(), grads.f32(), float(scale / accum));
+        // The loss is a mean over the global batch's counted tokens: weight this rank's mean.
+        const int64_t total =
+            std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
+        int64_t local = 0;
+        for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
+        const double w = total > 0 ? double(local) / double(total) : 0.0;
+        loss += w * ts.step(*model, ids.data() + off, targets.data() + off, grads.f32(),
+                            float(scale / accum * w));
       }
       loss /= accum;
+      if (dp > 1) {
+        float l = float(loss);
+        comm.all_reduce(&l, 1);
+        loss = l;
+        comm.all_reduce(grads.f32(), grads.numel());
+      }
       bool bad = !std::isfinite(loss) || (fp16 && fp16_overflow(grads.f32(), grads.numel())) ||
                  (inject && skipped == 0);
       if (!bad) {
@@ -205,16 +248,18 @@ TrainResult train(TrainConfig cfg, bool resume) {
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val = evaluate(*model, ts, *data, cfg.train.eval_batches);
+      last_val = evaluate(*model, ts, *data, B, cfg.train.eval_batches, comm);
       rec["val_loss"] = last_val;
       rec["val_perplexity"] = std::exp(last_val);
     }
-    metrics << rec.dump() << "\n" << std::flush;
-    progress.update(step, "loss " + fmt("%.4f", loss) +
-                              (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
-                              " lr " + fmt("%.2e", lr) + " " +
-                              fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
-    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last) {
+    if (writer) metrics << rec.dump() << "\n" << std::flush;
+    if (writer)
+      progress.update(step, "loss " + fmt("%.4f", loss) +
+                                (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
+                                " lr " + fmt("%.2e", lr) + " " +
+                                fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
+    if (writer &&
+        ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last)) {
       state.loader = data->state();
       state.loss_scale = fp16 ? scaler.scale() : 0;
       state.scale_growth = scaler.growth();
@@ -224,6 +269,8 @@ TrainResult train(TrainConfig cfg, bool resume) {
                           cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
     }
   }
+  comm.barrier();  // the last checkpoint is complete before any rank returns
+  if (!writer) return result;
   progress.finish("loss " + fmt("%.4f", last_loss));
   if (result.checkpoint.empty()) result.checkpoint = latest_checkpoint(cfg.run_dir);
   result.final_loss = last_loss;

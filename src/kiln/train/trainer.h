@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "kiln/dist/comm.h"
 #include "kiln/train/train_config.h"
 
 namespace kiln {
@@ -15,8 +16,10 @@ struct TrainResult {
 };
 
 // Runs (or, with resume, continues from the newest checkpoint in cfg.run_dir) the training
-// described by cfg. Writes RUN_DIR/config.yaml, metrics.jsonl and checkpoints/.
-TrainResult train(TrainConfig cfg, bool resume);
+// described by cfg. Writes RUN_DIR/config.yaml, metrics.jsonl and checkpoints/. With a
+// communicator of several ranks (mpirun), trains data-parallel: the same global batch and loss
+// curve as one process, split over the ranks; rank 0 writes the run directory.
+TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm = nullptr);
 
 // Mean cross-entropy of `model` over a token stream, in windows of T (B at a time).
 struct EvalResult {
