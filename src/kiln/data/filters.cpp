@@ -216,8 +216,12 @@ FilterResult gopher_repetition(const std::string& text, const GopherRepetitionCo
       return {false, ngram_reason("top", n)};
   }
 
+  // If no n-gram repeats, no longer one can (each contains a repeated n-gram as its prefix), so
+  // the larger n are known to be 0 without a pass (exact, in whatever order n is listed).
+  int none_from = 0;
   for (auto [n, frac] : cfg.dup_n_grams) {
     if (n < 1 || W < size_t(n) || !on(frac)) continue;
+    if (none_from > 0 && n >= none_from) continue;
     hashes_for(n);
     size_t count = W - n + 1;
     s.table.reset(count);
@@ -234,6 +238,7 @@ FilterResult gopher_repetition(const std::string& text, const GopherRepetitionCo
       }
     }
     if (double(repeated) / text_chars > frac) return {false, ngram_reason("dup", n)};
+    if (repeated == 0) none_from = n;
   }
   return {};
 }
