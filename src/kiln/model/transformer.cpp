@@ -77,6 +77,8 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
   }
   if (!cfg.tie_embeddings) add("lm_head.weight", {V, C});
   weights_ = Tensor::zeros({offset});
+  layout_base_ = weights_.f32();
+  layout_ = locate(weights_.f32());
 }
 
 const ParamInfo& Model::param(const std::string& name) const {
@@ -90,6 +92,21 @@ Tensor Model::param_view(const ParamInfo& p, const Tensor& flat) const {
 }
 
 ModelParams Model::bind(float* flat) const {
+  // The name lookups ran once, in the constructor (locate); here every pointer is only moved
+  // from the layout's base to `flat`. bind runs on every training step and decoded token.
+  auto move = [&](float*& p) {
+    if (p) p = flat + (p - layout_base_);
+  };
+  ModelParams m = layout_;
+  for (float** f : {&m.wte, &m.wpe, &m.lnf_w, &m.lnf_b, &m.lm_head}) move(*f);
+  for (LayerParams& L : m.layers)
+    for (float** f : {&L.ln1_w, &L.ln1_b, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b, &L.ln2_w, &L.ln2_b,
+                      &L.up_w, &L.up_b, &L.down_w, &L.down_b})
+      move(*f);
+  return m;
+}
+
+ModelParams Model::locate(float* flat) const {
   ModelParams m{};
   auto at = [&](const std::string& name) { return flat + param(name).offset; };
   bool llama = cfg_.arch == Arch::llama;

@@ -71,8 +71,13 @@ class Model {
 
  private:
   ModelConfig cfg_;
+  // Named pointers by HF name lookups (slow: string compares), run once for the layout.
+  ModelParams locate(float* flat) const;
+
   std::vector<ParamInfo> params_;
   Tensor weights_;
+  ModelParams layout_;                  // locate() of the weights at construction ...
+  const float* layout_base_ = nullptr;  // ... and the base it was taken against
 };
 
 // Activations and scratch for training on (B, T). Sized once; reused every step. With

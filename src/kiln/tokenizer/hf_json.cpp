@@ -115,6 +115,18 @@ std::optional<std::string> config_eos(const std::string& path) {
   return std::nullopt;
 }
 
+// added_tokens (specials are never split) and the eos id named by a tokenizer_config.json beside
+// the file, if any.
+void read_added_tokens(const json& j, const std::string& path, Tokenizer::Impl& impl) {
+  if (j.contains("added_tokens"))
+    for (const json& a : j["added_tokens"])
+      impl.added.push_back({a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
+                            a.value("special", false)});
+  if (auto eos = config_eos(path))
+    for (const auto& a : impl.added)
+      if (a.text == *eos) impl.eos = a.id;
+}
+
 // Llama 2 style tokenizer.json: BPE over characters with "▁" for spaces and byte fallback
 // (normalizer Prepend + Replace, or pre_tokenizer Metaspace), run by the SentencePiece engine
 // with Hugging Face's merge list.
@@ -200,13 +212,7 @@ Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
                   m.value("byte_fallback", false));
   impl.sp->set_prefix_first_only(first_only);
   impl.sp->set_merges(std::move(pair_rank));
-  if (j.contains("added_tokens"))
-    for (const json& a : j["added_tokens"])
-      impl.added.push_back({a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
-                            a.value("special", false)});
-  if (auto eos = config_eos(path))
-    for (const auto& a : impl.added)
-      if (a.text == *eos) impl.eos = a.id;
+  read_added_tokens(j, path, impl);
   return impl;
 }
 
@@ -276,13 +282,7 @@ Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content
     impl.pre = tok::PreTokenizer(pre.pattern, pre.regex);
     impl.add_prefix_space = pre.add_prefix_space;
 
-    if (j.contains("added_tokens"))
-      for (const json& a : j["added_tokens"])
-        impl.added.push_back({a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
-                              a.value("special", false)});
-    if (auto eos = config_eos(path))
-      for (const auto& a : impl.added)
-        if (a.text == *eos) impl.eos = a.id;
+    read_added_tokens(j, path, impl);
     return impl;
   } catch (const json::exception& e) {
     fail("tokenizer", path, ": ", json_error_reason(e));
