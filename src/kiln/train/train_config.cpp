@@ -117,7 +117,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   TrainConfig c;
   check_keys(
       root, "",
-      {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim", "loss_scale"},
+      {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim", "loss_scale",
+       "parallel"},
       path);
   read(root, "", "run_dir", c.run_dir, path);
   read(root, "", "seed", c.seed, path);
@@ -241,6 +242,35 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
              "config", path, ": optim.schedule '", c.optim.schedule,
              "' is unknown; use cosine, linear or constant");
   KILN_CHECK(c.optim.lr > 0, "config", path, ": optim.lr must be positive");
+
+  const YAML::Node par = root["parallel"];
+  check_keys(par, "parallel",
+             {"tp", "pp", "zero", "sequence_parallel", "schedule", "bucket_mb", "timeout_s",
+              "checkpoint"},
+             path);
+  if (par) {
+    read(par, "parallel", "tp", c.parallel.tp, path);
+    read(par, "parallel", "pp", c.parallel.pp, path);
+    read(par, "parallel", "zero", c.parallel.zero, path);
+    read(par, "parallel", "sequence_parallel", c.parallel.sequence_parallel, path);
+    read(par, "parallel", "schedule", c.parallel.schedule, path);
+    read(par, "parallel", "bucket_mb", c.parallel.bucket_mb, path);
+    read(par, "parallel", "timeout_s", c.parallel.timeout_s, path);
+    read(par, "parallel", "checkpoint", c.parallel.checkpoint, path);
+  }
+  KILN_CHECK(c.parallel.tp >= 1 && c.parallel.pp >= 1, "config", path,
+             ": parallel.tp and parallel.pp must be at least 1");
+  KILN_CHECK(c.parallel.zero >= 0 && c.parallel.zero <= 3, "config", path, ": parallel.zero = ",
+             c.parallel.zero, " is not a ZeRO stage; use 0, 1, 2 or 3");
+  KILN_CHECK(c.parallel.schedule == "1f1b" || c.parallel.schedule == "gpipe", "config", path,
+             ": parallel.schedule '", c.parallel.schedule, "' is unknown; use 1f1b or gpipe");
+  KILN_CHECK(c.parallel.checkpoint == "gathered" || c.parallel.checkpoint == "sharded", "config",
+             path, ": parallel.checkpoint '", c.parallel.checkpoint,
+             "' is unknown; use gathered or sharded");
+  KILN_CHECK(c.parallel.bucket_mb > 0 && c.parallel.timeout_s > 0, "config", path,
+             ": parallel.bucket_mb and parallel.timeout_s must be positive");
+  KILN_CHECK(!c.parallel.sequence_parallel || c.parallel.tp > 1, "config", path,
+             ": parallel.sequence_parallel needs parallel.tp > 1");
 
   YAML::Emitter out;
   out << root;

@@ -55,6 +55,20 @@ struct TrainConfig {
 
   LossScaleConfig loss_scale;  // fp16 only
 
+  // The layout under mpirun/srun: world = dp x tp x pp, dp derived (Megatron-Core's rank order,
+  // dist/groups.h). Pipeline micro-batches are train.grad_accum; train.batch_size is the global
+  // micro-batch, split over the dp ranks.
+  struct Parallel {
+    int tp = 1;                      // tensor-parallel ranks (divide the heads and kv heads)
+    int pp = 1;                      // pipeline stages (divide the layers)
+    int zero = 0;                    // 0 plain DP, 1 optimizer state, 2 + gradients, 3 + weights
+    bool sequence_parallel = false;  // with tp > 1: norms and residuals on 1/tp of the tokens
+    std::string schedule = "1f1b";   // pipeline schedule: 1f1b | gpipe
+    double bucket_mb = 4;            // gradient all-reduce bucket size (overlapped with backward)
+    double timeout_s = 300;          // a collective waiting longer ends the job naming the rank
+    std::string checkpoint = "gathered";  // gathered (one HF checkpoint) | sharded (per rank)
+  } parallel;
+
   struct Optim {
     float lr = 1e-3f;
     float min_lr = 1e-4f;

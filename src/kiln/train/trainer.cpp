@@ -89,6 +89,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   // alone writes the run directory.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
+  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.zero == 0, "train",
+             "parallel.tp, parallel.pp and parallel.zero are not implemented yet; leave them at ",
+             "1, 1 and 0");
   const int dp = comm.size(), rank = comm.rank();
   const bool writer = rank == 0;
   KILN_CHECK(cfg.train.batch_size % dp == 0, "train", "train.batch_size = ", cfg.train.batch_size,
