@@ -11,6 +11,7 @@
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
 #include "kiln/data/curate.h"
+#include "kiln/data/jsonl.h"
 #include "kiln/io/file.h"
 #include "test_util.h"
 
@@ -266,6 +267,20 @@ TEST(Curate, BadInputIsCountedWithFileAndLine) {
   }
   EXPECT_FALSE(file_exists(opts.output));
   EXPECT_FALSE(file_exists(opts.output + ".spool.tmp"));
+}
+
+// The fast writer of kept documents is nlohmann's dump() byte for byte: every control character,
+// quotes, backslashes, multi-byte UTF-8, and the other fields in their order and types.
+TEST(Curate, TextWriterMatchesNlohmannDump) {
+  std::string text = "say \"hi\" \\ caf\xc3\xa9 \xe2\x80\xa6 \x7f end";
+  for (int c = 0; c < 0x20; ++c) text += char(c), text += 'x';
+  auto obj = nlohmann::ordered_json::parse(
+      R"({"id": 7, "text": "", "meta": {"text": "", "k": [1, 2.5, null, true]}, "u": "\u00e9\n"})");
+  for (std::string_view t : {std::string_view(text), std::string_view(""), std::string_view("a")}) {
+    auto want = obj;
+    want["text"] = std::string(t);
+    EXPECT_EQ(dump_jsonl_with_text(obj, "text", t), want.dump() + "\n");
+  }
 }
 
 TEST(Curate, ConfigRejectsUnknownKeys) {

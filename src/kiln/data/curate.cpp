@@ -214,10 +214,14 @@ class Pipeline {
         Doc& d = batch[size_t(i)];
         if (!d.alive()) return;
         d.trace.assign(cfg_.steps.size(), 0);
+        thread_local WordCache words;
+        words.invalidate();
         for (size_t j = k; j < k2 && d.alive(); ++j) {
-          apply(d, cfg_.steps[j], j);
+          apply(d, cfg_.steps[j], j, words);
           d.trace[j] = int64_t(d.text.size());
         }
+        // Fuzzy dedup next: its signature reads the words this sweep has split already.
+        if (k2 == to && int(to) == fuzzy_ && d.alive()) band(d, &words.of(d.text));
       });
       for (size_t i = 0; i < batch.size(); ++i) {
         if (!entered[i]) continue;
@@ -240,26 +244,30 @@ class Pipeline {
     }
   }
 
-  void apply(Doc& d, const Step& s, size_t index) {
+  // One step on one document; `words` holds the split of d.text for the filters that share it.
+  void apply(Doc& d, const Step& s, size_t index, WordCache& words) {
     FilterResult r;
     switch (s.kind) {
       case StepKind::normalize:
         d.text = normalize_text(d.text, s.normalize);
+        words.invalidate();
         break;
       case StepKind::gopher_quality:
-        r = gopher_quality(d.text, s.gopher_quality);
+        r = gopher_quality(d.text, s.gopher_quality, &words.of(d.text));
         break;
       case StepKind::gopher_repetition:
-        r = gopher_repetition(d.text, s.gopher_repetition);
+        r = gopher_repetition(d.text, s.gopher_repetition, &words.of(d.text));
         break;
       case StepKind::c4:
         r = c4_quality(d.text, s.c4);
+        if (r.rewrote) words.invalidate();
         break;
       case StepKind::fineweb:
-        r = fineweb_quality(d.text, s.fineweb);
+        r = fineweb_quality(d.text, s.fineweb, &words.of(d.text));
         break;
       case StepKind::pii:
         d.text = redact_pii(d.text, s.pii, d.pii);
+        words.invalidate();
         break;
       case StepKind::exact_dedup:
       case StepKind::fuzzy_dedup:
@@ -295,17 +303,24 @@ class Pipeline {
     }
   }
 
+  // d's MinHash band hashes, from its words when given.
+  void band(Doc& d, const Words* words) const {
+    thread_local std::vector<uint32_t> sig;
+    sig.resize(size_t(hasher_->num_hashes()));
+    if (words)
+      hasher_->signature(*words, sig.data());
+    else
+      hasher_->signature(d.text, sig.data());
+    d.bands.resize(size_t(hasher_->config().bands));
+    hasher_->band_hashes(sig.data(), d.bands.data());
+  }
+
   // Fuzzy dedup, first half: signatures into the LSH index; the surviving documents to the spool.
   void spool(std::vector<Doc>& batch) {
-    const int bands = hasher_->config().bands;
     parallel_for(int64_t(batch.size()), [&](int64_t i) {
       Doc& d = batch[size_t(i)];
       if (!d.alive()) return;
-      thread_local std::vector<uint32_t> sig;
-      sig.resize(size_t(hasher_->num_hashes()));
-      hasher_->signature(d.text, sig.data());
-      d.bands.resize(size_t(bands));
-      hasher_->band_hashes(sig.data(), d.bands.data());
+      if (d.bands.empty()) band(d, nullptr);
       d.out = d.obj.dump();
     });
     write_rejected(batch);
@@ -391,8 +406,7 @@ class Pipeline {
     parallel_for(int64_t(batch.size()), [&](int64_t i) {
       Doc& d = batch[size_t(i)];
       if (!d.alive()) return;
-      d.obj[cfg_.text_field] = std::move(d.text);
-      d.out = d.obj.dump() + "\n";
+      d.out = dump_jsonl_with_text(d.obj, cfg_.text_field, d.text);
     });
     for (auto& d : batch) {
       if (d.bad) continue;

@@ -67,20 +67,21 @@ uint64_t hash64(const void* data, size_t n, uint64_t seed) {
   return mix(mix(a ^ k1, b ^ h), len ^ k2);
 }
 
-size_t char_count(std::string_view s) {
-  size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n;
-}
-
 void split_words(std::string_view text, std::vector<std::string_view>& words) {
   words.clear();
-  size_t i = 0, n = text.size();
-  while (i < n) {
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
     while (i < n && is_space(static_cast<unsigned char>(text[i]))) ++i;
     size_t s = i;
     while (i < n && !is_space(static_cast<unsigned char>(text[i]))) ++i;
     size_t e = i;
+    if (s == e) break;
+    // Most words carry no punctuation at either end: one test each, then one push.
+    if (!is_ascii_punct(static_cast<unsigned char>(text[s])) &&
+        !is_ascii_punct(static_cast<unsigned char>(text[e - 1]))) {
+      words.push_back(text.substr(s, e - s));
+      continue;
+    }
     while (s < e && is_ascii_punct(static_cast<unsigned char>(text[s])))
       words.push_back(text.substr(s++, 1));
     size_t core_end = e;
@@ -89,6 +90,23 @@ void split_words(std::string_view text, std::vector<std::string_view>& words) {
     if (core_end > s) words.push_back(text.substr(s, core_end - s));
     for (size_t k = core_end; k < e; ++k) words.push_back(text.substr(k, 1));
   }
+}
+
+size_t count_words(std::string_view text) {
+  size_t count = 0;
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    while (i < n && is_space(static_cast<unsigned char>(text[i]))) ++i;
+    size_t s = i;
+    while (i < n && !is_space(static_cast<unsigned char>(text[i]))) ++i;
+    size_t e = i;
+    size_t lead = 0, trail = 0;
+    while (s + lead < e && is_ascii_punct(static_cast<unsigned char>(text[s + lead]))) ++lead;
+    while (e - trail > s + lead && is_ascii_punct(static_cast<unsigned char>(text[e - trail - 1])))
+      ++trail;
+    count += lead + trail + (e - s > lead + trail ? 1 : 0);
+  }
+  return count;
 }
 
 void split_lines(std::string_view text, std::vector<std::string_view>& lines) {
@@ -153,13 +171,6 @@ size_t count_substr(std::string_view s, std::string_view needle) {
   return n;
 }
 
-std::string ascii_lower(std::string_view s) {
-  std::string r(s);
-  for (char& c : r)
-    if (c >= 'A' && c <= 'Z') c = char(c + 32);
-  return r;
-}
-
 std::string normalize_text(std::string_view text, const NormalizeConfig& cfg) {
   std::string nfc;
   if (cfg.nfc) {
@@ -184,6 +195,23 @@ std::string normalize_text(std::string_view text, const NormalizeConfig& cfg) {
   int newlines = 0;    // pending newlines
   std::string hspace;  // pending run of spaces (collapsed) and tabs
   for (size_t i = 0; i < text.size();) {
+    // Fast path: a run of visible ASCII (most of any text) is neither control nor whitespace, so
+    // it flushes the pending whitespace and is copied whole.
+    if (static_cast<unsigned char>(text[i] - 0x21) < 0x5E) {
+      size_t j = i + 1;
+      while (j < text.size() && static_cast<unsigned char>(text[j] - 0x21) < 0x5E) ++j;
+      if (cfg.whitespace) {
+        if (!out.empty()) {
+          out.append(size_t(newlines < 2 ? newlines : 2), '\n');
+          out += hspace;
+        }
+        newlines = 0;
+        hspace.clear();
+      }
+      out.append(text.data() + i, j - i);
+      i = j;
+      continue;
+    }
     int len;
     uint32_t cp = decode(text, i, len);
     std::string_view bytes = text.substr(i, size_t(len));

@@ -23,7 +23,11 @@ inline uint64_t hash_combine(uint64_t h, uint64_t x) {
 }
 
 // Characters (Unicode code points) in valid UTF-8: what Python's len() counts.
-size_t char_count(std::string_view s);
+inline size_t char_count(std::string_view s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
 
 // True for ASCII punctuation, Python's string.punctuation: !"#$%&'()*+,-./:;<=>?@[\]^_`{|}~
 inline bool is_ascii_punct(unsigned char c) {
@@ -41,6 +45,23 @@ inline bool is_space(unsigned char c) {
 // stays ("don't", "U.S", "3.14"). A token is punctuation when it is one ASCII punctuation
 // character.
 void split_words(std::string_view text, std::vector<std::string_view>& words);
+// split_words(text).size(), without storing the words.
+size_t count_words(std::string_view text);
+
+// One document's split_words, computed on first use and shared by the filters that read the same
+// text; whoever rewrites the text calls invalidate().
+class WordCache {
+ public:
+  const std::vector<std::string_view>& of(std::string_view text) {
+    if (!valid_) split_words(text, words_), valid_ = true;
+    return words_;
+  }
+  void invalidate() { valid_ = false; }
+
+ private:
+  std::vector<std::string_view> words_;
+  bool valid_ = false;
+};
 inline bool is_punct_token(std::string_view w) {
   return w.size() == 1 && is_ascii_punct(static_cast<unsigned char>(w[0]));
 }
@@ -57,8 +78,6 @@ std::string_view rstrip(std::string_view s);
 bool has_alpha(std::string_view w);
 // Occurrences of `needle` in `s`, non-overlapping, like Python's str.count.
 size_t count_substr(std::string_view s, std::string_view needle);
-// ASCII lower-casing (enough for the C4 keyword rules, which are ASCII).
-std::string ascii_lower(std::string_view s);
 
 struct NormalizeConfig {
   bool nfc = true;             // Unicode NFC (utf8proc)

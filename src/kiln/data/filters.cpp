@@ -1,5 +1,6 @@
 #include "kiln/data/filters.h"
 
+#include <algorithm>
 #include <array>
 #include <string_view>
 
@@ -85,14 +86,17 @@ const char* ngram_reason(const char* kind, int n) {
 
 }  // namespace
 
-FilterResult gopher_quality(const std::string& text, const GopherQualityConfig& cfg) {
+FilterResult gopher_quality(const std::string& text, const GopherQualityConfig& cfg,
+                            const Words* words) {
   Scratch& s = scratch();
-  split_words(text, s.words);
+  if (!words) split_words(text, s.words), words = &s.words;
   size_t n_words = 0, word_chars = 0, alpha = 0, stop = 0;
-  for (auto w : s.words) {
+  // Only "fewer than min_stop_words" matters, so counting stops once there are enough.
+  const size_t stop_needed = size_t(std::max(cfg.min_stop_words, 0));
+  for (auto w : *words) {
     if (!is_punct_token(w)) ++n_words, word_chars += char_count(w);
     alpha += has_alpha(w);
-    if (cfg.min_stop_words > 0)
+    if (stop < stop_needed)
       for (auto& sw : cfg.stop_words) stop += w == sw;
   }
   if (n_words == 0 || (cfg.min_doc_words > 0 && n_words < size_t(cfg.min_doc_words)))
@@ -143,7 +147,8 @@ FilterResult gopher_quality(const std::string& text, const GopherQualityConfig& 
   return {};
 }
 
-FilterResult gopher_repetition(const std::string& text, const GopherRepetitionConfig& cfg) {
+FilterResult gopher_repetition(const std::string& text, const GopherRepetitionConfig& cfg,
+                               const Words* words) {
   Scratch& s = scratch();
   double text_chars = double(char_count(text));
   if (text_chars == 0) return {};  // nothing can repeat (datatrove divides by zero here)
@@ -174,14 +179,14 @@ FilterResult gopher_repetition(const std::string& text, const GopherRepetitionCo
   if (on(cfg.dup_line_char_frac) && double(line_chars) / text_chars > cfg.dup_line_char_frac)
     return {false, "dup_line_char_frac"};
 
-  split_words(text, s.words);
-  size_t W = s.words.size();
+  if (!words) split_words(text, s.words), words = &s.words;
+  size_t W = words->size();
   s.word_hash.resize(W);
   s.char_prefix.resize(W + 1);
   s.char_prefix[0] = 0;
   for (size_t i = 0; i < W; ++i) {
-    s.word_hash[i] = hash64(s.words[i]);
-    s.char_prefix[i + 1] = s.char_prefix[i] + char_count(s.words[i]);
+    s.word_hash[i] = hash64((*words)[i]);
+    s.char_prefix[i + 1] = s.char_prefix[i] + char_count((*words)[i]);
   }
   // Characters of the n-gram at i: its words joined by single spaces.
   auto ngram_chars = [&](size_t i, int n) {
@@ -243,7 +248,7 @@ FilterResult gopher_repetition(const std::string& text, const GopherRepetitionCo
   return {};
 }
 
-int count_sentences(const std::string& line) {
+int count_sentences(std::string_view line) {
   int count = 0;
   bool pending = false;  // visible text since the last sentence end
   for (size_t i = 0; i < line.size();) {
@@ -304,7 +309,7 @@ constexpr std::array<std::string_view, 6> kPolicy = {"terms of use",   "privacy 
 FilterResult c4_quality(std::string& text, const C4Config& cfg) {
   Scratch& s = scratch();
   split_lines(text, s.lines);
-  std::string kept;
+  std::string kept, cited, lower;
   int sentences = 0, n_kept = 0;
   for (auto raw : s.lines) {
     std::string_view stripped = strip(raw);
@@ -317,26 +322,36 @@ FilterResult c4_quality(std::string& text, const C4Config& cfg) {
       while (i < stripped.size() && !is_space(static_cast<unsigned char>(stripped[i]))) ++i;
       if (i > b) {
         ++n_words;
-        if (cfg.max_word_length != -1 &&
+        // A word has at most as many characters as bytes: count only the long ones.
+        if (cfg.max_word_length != -1 && i - b > size_t(cfg.max_word_length) &&
             char_count(stripped.substr(b, i - b)) > size_t(cfg.max_word_length))
           long_word = true;
       }
     }
     if (long_word) continue;
-    std::string line = cfg.remove_citations ? remove_citations(stripped) : std::string(stripped);
+    std::string_view line = stripped;
+    if (cfg.remove_citations && line.find('[') != std::string_view::npos) {
+      cited = remove_citations(stripped);
+      line = cited;
+    }
     if (cfg.filter_no_terminal_punct) {
       char last = line.empty() ? 0 : line.back();
       bool terminal = last == '.' || last == '?' || last == '!' || last == '"' || last == '\'';
       if (!terminal || ends_with(line, "...")) continue;
     }
     if (int64_t(n_words) < cfg.min_words_per_line) continue;
-    std::string lower = ascii_lower(line);
+    lower.assign(line);
+    for (char& c : lower)
+      if (c >= 'A' && c <= 'Z') c = char(c + 32);
     if (cfg.filter_lorem_ipsum && lower.find("lorem ipsum") != std::string::npos)
       return {false, "lorem_ipsum"};
     if (cfg.filter_javascript && lower.find("javascript") != std::string::npos) continue;
-    if (cfg.filter_curly_bracket && line.find('{') != std::string::npos)
+    if (cfg.filter_curly_bracket && line.find('{') != std::string_view::npos)
       return {false, "curly_bracket"};
-    if (cfg.filter_policy) {
+    // Every policy phrase contains "cookie", "polic" or "terms of use": look for those first.
+    if (cfg.filter_policy && (lower.find("cookie") != std::string::npos ||
+                              lower.find("polic") != std::string::npos ||
+                              lower.find("terms of use") != std::string::npos)) {
       bool policy = false;
       for (auto p : kPolicy) policy |= lower.find(p) != std::string::npos;
       if (policy) continue;
@@ -346,11 +361,16 @@ FilterResult c4_quality(std::string& text, const C4Config& cfg) {
     kept += line;
   }
   if (sentences < cfg.min_num_sentences) return {false, "too_few_sentences"};
-  text = std::string(strip(kept));
-  return {};
+  FilterResult r;
+  if (std::string_view stripped = strip(kept); stripped != text) {
+    text = std::string(stripped);
+    r.rewrote = true;
+  }
+  return r;
 }
 
-FilterResult fineweb_quality(const std::string& text, const FineWebConfig& cfg) {
+FilterResult fineweb_quality(const std::string& text, const FineWebConfig& cfg,
+                             const Words* words) {
   Scratch& s = scratch();
   split_on_newline(text, s.lines);
   double n_lines = double(s.lines.size());
@@ -379,9 +399,9 @@ FilterResult fineweb_quality(const std::string& text, const FineWebConfig& cfg) 
       return {false, "char_dup_ratio"};
   }
   if (cfg.new_line_ratio >= 0) {
-    split_words(text, s.words);
+    size_t n_words = words ? words->size() : count_words(text);
     size_t newlines = count_substr(text, "\n");
-    if (s.words.empty() || double(newlines) / double(s.words.size()) > cfg.new_line_ratio)
+    if (n_words == 0 || double(newlines) / double(n_words) > cfg.new_line_ratio)
       return {false, "list_ratio"};
   }
   return {};

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kiln::curate {
@@ -19,7 +20,12 @@ namespace kiln::curate {
 struct FilterResult {
   bool keep = true;
   const char* reason = "";
+  bool rewrote = false;  // the filter changed the text (C4 drops lines)
 };
+
+// Filters that read words take the document's split_words(text) when the caller has it (the
+// pipeline splits each text once for all of them); null splits here.
+using Words = std::vector<std::string_view>;
 
 struct GopherQualityConfig {
   int min_doc_words = 50, max_doc_words = 100000;
@@ -33,7 +39,8 @@ struct GopherQualityConfig {
   std::vector<std::string> stop_words = {"the", "be", "to", "of", "and", "that", "have", "with"};
   std::vector<std::string> bullets = {"\u2022"};  // "•", as datatrove
 };
-FilterResult gopher_quality(const std::string& text, const GopherQualityConfig& cfg);
+FilterResult gopher_quality(const std::string& text, const GopherQualityConfig& cfg,
+                            const Words* words = nullptr);
 
 struct NgramThreshold {
   int n;
@@ -46,7 +53,8 @@ struct GopherRepetitionConfig {
   std::vector<NgramThreshold> dup_n_grams = {{5, 0.15}, {6, 0.14}, {7, 0.13},
                                              {8, 0.12}, {9, 0.11}, {10, 0.10}};
 };
-FilterResult gopher_repetition(const std::string& text, const GopherRepetitionConfig& cfg);
+FilterResult gopher_repetition(const std::string& text, const GopherRepetitionConfig& cfg,
+                               const Words* words = nullptr);
 
 struct C4Config {
   bool remove_citations = true;          // "[1]", "[edit]", "[citation needed]"
@@ -62,7 +70,7 @@ struct C4Config {
 // C4 also rewrites the text: kept lines (stripped, citations removed) joined by "\n".
 FilterResult c4_quality(std::string& text, const C4Config& cfg);
 // Sentences in a line: runs of '.', '!' or '?' followed by whitespace or the end (at least 1).
-int count_sentences(const std::string& line);
+int count_sentences(std::string_view line);
 
 struct FineWebConfig {
   double line_punct_thr = 0.12;
@@ -72,6 +80,7 @@ struct FineWebConfig {
   double char_duplicates_ratio = 0.01;
   double new_line_ratio = 0.3;
 };
-FilterResult fineweb_quality(const std::string& text, const FineWebConfig& cfg);
+FilterResult fineweb_quality(const std::string& text, const FineWebConfig& cfg,
+                             const Words* words = nullptr);
 
 }  // namespace kiln::curate

@@ -3,6 +3,7 @@
 #include <zstd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "kiln/core/error.h"
@@ -230,6 +231,59 @@ bool parse_jsonl_object(std::string_view line, const std::string& field,
     return false;
   }
   return true;
+}
+
+namespace {
+
+// A JSON string literal as nlohmann's serializer writes it without ensure_ascii: the short
+// escapes, \u00xx (lower-case hex) for other control characters, everything else verbatim.
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  size_t run = 0;  // start of the pending run of bytes that need no escape
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default: {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(c));
+        out += buf;
+      }
+    }
+  }
+  out.append(s.data() + run, s.size() - run);
+  out += '"';
+}
+
+}  // namespace
+
+std::string dump_jsonl_with_text(const nlohmann::ordered_json& obj, const std::string& field,
+                                 std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + text.size() / 16 + 64);
+  out += '{';
+  bool first = true;
+  for (const auto& [key, value] : obj.items()) {
+    if (!first) out += ',';
+    first = false;
+    append_json_string(out, key);
+    out += ':';
+    if (key == field)
+      append_json_string(out, text);
+    else
+      out += value.dump();
+  }
+  out += "}\n";
+  return out;
 }
 
 }  // namespace kiln

@@ -98,6 +98,13 @@ class JsonlErrors {
 bool parse_jsonl_object(std::string_view line, const std::string& field,
                         nlohmann::ordered_json& obj, JsonlIssue& issue, std::string& detail);
 
+// `obj` as one JSONL line (nlohmann's compact dump(), byte for byte, plus "\n") with `text` as the
+// value of its key `field`, which must exist: the long text is escaped straight into the output
+// instead of being copied into the object and serialized character by character. `text` must be
+// valid UTF-8.
+std::string dump_jsonl_with_text(const nlohmann::ordered_json& obj, const std::string& field,
+                                 std::string_view text);
+
 // True if `s` is well-formed UTF-8 (no overlongs, surrogates or code points above U+10FFFF).
 bool valid_utf8(std::string_view s);
 

@@ -30,9 +30,13 @@ MinHasher::MinHasher(const MinHashConfig& cfg) : cfg_(cfg) {
 
 void MinHasher::signature(std::string_view text, uint32_t* sig) const {
   thread_local std::vector<std::string_view> words;
+  split_words(text, words);
+  signature(words, sig);
+}
+
+void MinHasher::signature(const std::vector<std::string_view>& words, uint32_t* sig) const {
   thread_local std::vector<uint64_t> wh;
   thread_local std::string lower;
-  split_words(text, words);
   wh.clear();
   for (auto w : words) {
     if (is_punct_token(w)) continue;

@@ -28,6 +28,8 @@ class MinHasher {
   // consecutive words of curate::split_words without punctuation tokens; a text with fewer words
   // is one shingle; a text with no words has the all-ones signature.
   void signature(std::string_view text, uint32_t* sig) const;
+  // The same from the text's split_words, when the caller has it.
+  void signature(const std::vector<std::string_view>& words, uint32_t* sig) const;
   // band_hash (bands): one 64-bit hash per band of `rows` signature values.
   void band_hashes(const uint32_t* sig, uint64_t* band_hash) const;
   const MinHashConfig& config() const { return cfg_; }
