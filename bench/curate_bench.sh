@@ -44,16 +44,20 @@ with open(sys.argv[1], "w") as out:
 PY
 in_mb=$(python3 -c "import os; print(os.path.getsize('$WORK/in.jsonl') / 1e6)")
 printf "input: %.1f MB of JSONL from data/brown.txt; machine: %s cores\n" "$in_mb" "$(nproc)"
-printf "%-34s %8s %10s %14s\n" "run" "threads" "MB/s" "MB/s per core"
+printf "%-34s %8s %10s %14s %16s\n" "run" "threads" "MB/s" "MB/s per core" "MB per CPU-s"
 run() {  # name threads args...
   local name=$1 threads=$2; shift 2
-  "$KILN" data curate -i "$WORK/in.jsonl" -o "$WORK/out.jsonl" --report "$WORK/r.json" \
-    --threads "$threads" "$@" >/dev/null 2>&1
-  python3 - "$WORK/r.json" "$name" "$threads" <<'PY'
+  # CPU seconds (user + system) as well as wall time: on a busy machine the wall-clock figure
+  # per core drops with the load, MB per CPU-second much less.
+  /usr/bin/time -f "%U %S" -o "$WORK/time" "$KILN" data curate -i "$WORK/in.jsonl" \
+    -o "$WORK/out.jsonl" --report "$WORK/r.json" --threads "$threads" "$@" >/dev/null 2>&1
+  python3 - "$WORK/r.json" "$name" "$threads" "$WORK/time" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
+cpu = sum(float(x) for x in open(sys.argv[4]).read().split())
 mbs = r["bytes_read"] / 1e6 / r["seconds"]
-print("%-34s %8s %10.1f %14.1f" % (sys.argv[2], sys.argv[3], mbs, mbs / int(sys.argv[3])))
+print("%-34s %8s %10.1f %14.1f %16.1f" % (sys.argv[2], sys.argv[3], mbs, mbs / int(sys.argv[3]),
+                                         r["bytes_read"] / 1e6 / cpu))
 PY
 }
 for t in 1 2; do run "curate, all steps" $t; done

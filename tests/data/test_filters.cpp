@@ -360,25 +360,28 @@ template <typename Filter>
 std::string both_ways(const std::string& d, Filter filter) {
   std::vector<std::string_view> words;
   split_words(d, words);
-  std::string own = filter(d, static_cast<const Words*>(nullptr)).reason, shared = filter(d, &words).reason;
+  std::string own = filter(d, static_cast<const Words*>(nullptr)).reason,
+              shared = filter(d, &words).reason;
   return own == shared ? own : "own split says '" + own + "', shared split says '" + shared + "'";
 }
 
 TEST(Filters, GopherQualityMatchesOracle) {
   GopherQualityConfig cfg;
   compare_all("gopher_quality", [&](const std::string& d, bool oracle) {
-    return oracle ? oracle_gopher_quality(d) : both_ways(d, [&](const std::string& t, const Words* w) {
-      return gopher_quality(t, cfg, w);
-    });
+    return oracle ? oracle_gopher_quality(d)
+                  : both_ways(d, [&](const std::string& t, const Words* w) {
+                      return gopher_quality(t, cfg, w);
+                    });
   });
 }
 
 TEST(Filters, GopherRepetitionMatchesOracle) {
   GopherRepetitionConfig cfg;
   compare_all("gopher_repetition", [&](const std::string& d, bool oracle) {
-    return oracle ? oracle_gopher_repetition(d) : both_ways(d, [&](const std::string& t, const Words* w) {
-      return gopher_repetition(t, cfg, w);
-    });
+    return oracle ? oracle_gopher_repetition(d)
+                  : both_ways(d, [&](const std::string& t, const Words* w) {
+                      return gopher_repetition(t, cfg, w);
+                    });
   });
 }
 

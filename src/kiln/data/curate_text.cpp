@@ -210,6 +210,12 @@ std::string normalize_text(std::string_view text, const NormalizeConfig& cfg) {
       }
       out.append(text.data() + i, j - i);
       i = j;
+      // One space between two visible runs (the common case) needs no pending state.
+      if (cfg.whitespace && i + 1 < text.size() && text[i] == ' ' &&
+          static_cast<unsigned char>(text[i + 1] - 0x21) < 0x5E) {
+        out += ' ';
+        ++i;
+      }
       continue;
     }
     int len;

@@ -349,9 +349,9 @@ FilterResult c4_quality(std::string& text, const C4Config& cfg) {
     if (cfg.filter_curly_bracket && line.find('{') != std::string_view::npos)
       return {false, "curly_bracket"};
     // Every policy phrase contains "cookie", "polic" or "terms of use": look for those first.
-    if (cfg.filter_policy && (lower.find("cookie") != std::string::npos ||
-                              lower.find("polic") != std::string::npos ||
-                              lower.find("terms of use") != std::string::npos)) {
+    if (cfg.filter_policy &&
+        (lower.find("cookie") != std::string::npos || lower.find("polic") != std::string::npos ||
+         lower.find("terms of use") != std::string::npos)) {
       bool policy = false;
       for (auto p : kPolicy) policy |= lower.find(p) != std::string::npos;
       if (policy) continue;

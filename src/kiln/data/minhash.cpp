@@ -40,7 +40,9 @@ void MinHasher::signature(const std::vector<std::string_view>& words, uint32_t* 
   wh.clear();
   for (auto w : words) {
     if (is_punct_token(w)) continue;
-    if (cfg_.lowercase) {
+    // Most words have no capital: hash those in place, copy only the others.
+    if (cfg_.lowercase &&
+        std::any_of(w.begin(), w.end(), [](char c) { return c >= 'A' && c <= 'Z'; })) {
       lower.assign(w);
       for (char& c : lower)
         if (c >= 'A' && c <= 'Z') c = char(c + 32);
