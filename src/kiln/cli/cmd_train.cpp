@@ -1,4 +1,5 @@
 // kiln train CONFIG.yaml [dotted.key=value ...] [--resume]
+#include <cstdio>
 #include <cstdlib>
 #include "kiln/cli/command.h"
 
@@ -36,11 +37,19 @@ Command reg([](CLI::App& app) {
     if (world && std::atoi(world) > 1) {
 #ifdef KILN_HAVE_MPI
       dist::MpiRuntime mpi(nullptr, nullptr);
+      dist::MpiComm::set_timeout(cfg.parallel.timeout_s);
       auto comm = dist::MpiComm::world();
-      TrainResult r = train(cfg, args->resume, comm.get());
-      if (comm->rank() == 0)
-        log_info("done: ", r.steps, " steps on ", comm->size(), " data-parallel ranks, loss ",
-                 r.final_loss, ", val_loss ", r.final_val_loss, "; checkpoint ", r.checkpoint);
+      try {
+        TrainResult r = train(cfg, args->resume, comm.get());
+        if (comm->rank() == 0)
+          log_info("done: ", r.steps, " steps on ", comm->size(), " ranks, loss ", r.final_loss,
+                   ", val_loss ", r.final_val_loss, "; checkpoint ", r.checkpoint);
+      } catch (const std::exception& e) {
+        // The other ranks may be waiting in a collective this rank will never join: end the job.
+        std::fprintf(stderr, "error: [rank %d] %s\n", comm->rank(), e.what());
+        std::fflush(stderr);
+        dist::MpiRuntime::abort(1);
+      }
       return;
 #else
       fail("train", "launched on ", world, " ranks but this kiln was built without MPI; ",

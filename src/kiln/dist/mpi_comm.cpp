@@ -1,8 +1,11 @@
 #include "kiln/dist/mpi_comm.h"
 
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <thread>
 
 #include "kiln/core/error.h"
 
@@ -35,19 +38,50 @@ static void check_peer(const char* op, int peer, int size) {
 }
 
 namespace {
+
+double g_timeout_s = 0;  // MpiComm::set_timeout; 0 = wait forever
+
+// A pending MPI_I* operation. With a timeout, wait() polls MPI_Test instead of blocking in
+// MPI_Wait, so a peer that died or hangs ends the job with a message naming this rank and the
+// operation, instead of every rank waiting forever.
 class MpiPending final : public Request::Pending {
  public:
-  MpiPending(MPI_Request r, const char* call) : req_(r), call_(call) {}
-  void wait() override { check(MPI_Wait(&req_, MPI_STATUS_IGNORE), call_, kFixLaunch); }
+  MpiPending(MPI_Request r, std::string what) : req_(r), what_(std::move(what)) {}
+  void wait() override {
+    if (g_timeout_s <= 0) {
+      check(MPI_Wait(&req_, MPI_STATUS_IGNORE), what_.c_str(), kFixLaunch);
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (int polls = 0;; ++polls) {
+      int done = 0;
+      check(MPI_Test(&req_, &done, MPI_STATUS_IGNORE), what_.c_str(), kFixLaunch);
+      if (done) return;
+      // Spin briefly (most waits end within microseconds), then sleep between polls.
+      if (polls < 1000) continue;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      const double waited =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (waited > g_timeout_s) timed_out(waited);
+    }
+  }
 
  private:
+  [[noreturn]] void timed_out(double waited) const {
+    int rank = -1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    std::fprintf(stderr,
+                 "error: [mpi] rank %d: %s got no answer for %.0f s (parallel.timeout_s = %g): "
+                 "a rank died or stopped responding; ending the job\n",
+                 rank, what_.c_str(), waited, g_timeout_s);
+    std::fflush(stderr);
+    MpiRuntime::abort(3);
+  }
+
   MPI_Request req_;
-  const char* call_;  // the MPI_I* call that started it, for the error message
+  std::string what_;  // the call, its size and its communicator, for the messages
 };
 
-Request pending(MPI_Request r, const char* call) {
-  return Request(std::make_unique<MpiPending>(r, call));
-}
 }  // namespace
 
 MpiRuntime::MpiRuntime(int* argc, char*** argv) {
@@ -87,6 +121,18 @@ std::unique_ptr<MpiComm> MpiComm::world() {
   return std::unique_ptr<MpiComm>(new MpiComm(MPI_COMM_WORLD, false));
 }
 
+void MpiComm::set_timeout(double seconds) {
+  g_timeout_s = seconds;
+}
+
+Request MpiComm::pending(MPI_Request r, const char* call, int64_t n, int peer) const {
+  std::string what = std::string(call) + " of " + std::to_string(n) + " floats";
+  if (peer >= 0) what += " with rank " + std::to_string(peer);
+  what += " on a communicator of " + std::to_string(size_) + " ranks (rank " +
+          std::to_string(rank_) + " there)";
+  return Request(std::make_unique<MpiPending>(r, std::move(what)));
+}
+
 MpiComm::~MpiComm() {
   if (owned_) MPI_Comm_free(&comm_);
 }
@@ -108,7 +154,7 @@ Request MpiComm::all_reduce_async(float* data, int64_t n, ReduceOp op) {
   check(
       MPI_Iallreduce(MPI_IN_PLACE, data, count("all_reduce", n), MPI_FLOAT, mpi_op(op), comm_, &r),
       "MPI_Iallreduce", kFixLaunch);
-  return pending(r, "MPI_Iallreduce");
+  return pending(r, "MPI_Iallreduce", n);
 }
 
 Request MpiComm::reduce_scatter_async(const float* in, float* out, int64_t n_per_rank) {
@@ -116,7 +162,7 @@ Request MpiComm::reduce_scatter_async(const float* in, float* out, int64_t n_per
   check(MPI_Ireduce_scatter_block(in, out, count("reduce_scatter", n_per_rank), MPI_FLOAT, MPI_SUM,
                                   comm_, &r),
         "MPI_Ireduce_scatter_block", kFixLaunch);
-  return pending(r, "MPI_Ireduce_scatter_block");
+  return pending(r, "MPI_Ireduce_scatter_block", n_per_rank * size_);
 }
 
 Request MpiComm::all_gather_async(const float* in, float* out, int64_t n_per_rank) {
@@ -124,7 +170,7 @@ Request MpiComm::all_gather_async(const float* in, float* out, int64_t n_per_ran
   const int c = count("all_gather", n_per_rank);
   check(MPI_Iallgather(in, c, MPI_FLOAT, out, c, MPI_FLOAT, comm_, &r), "MPI_Iallgather",
         kFixLaunch);
-  return pending(r, "MPI_Iallgather");
+  return pending(r, "MPI_Iallgather", n_per_rank * size_);
 }
 
 Request MpiComm::broadcast_async(float* data, int64_t n, int root) {
@@ -132,7 +178,7 @@ Request MpiComm::broadcast_async(float* data, int64_t n, int root) {
   MPI_Request r;
   check(MPI_Ibcast(data, count("broadcast", n), MPI_FLOAT, root, comm_, &r), "MPI_Ibcast",
         kFixLaunch);
-  return pending(r, "MPI_Ibcast");
+  return pending(r, "MPI_Ibcast", n, root);
 }
 
 Request MpiComm::send_async(const float* data, int64_t n, int peer, int tag) {
@@ -140,7 +186,7 @@ Request MpiComm::send_async(const float* data, int64_t n, int peer, int tag) {
   MPI_Request r;
   check(MPI_Isend(data, count("send", n), MPI_FLOAT, peer, tag, comm_, &r), "MPI_Isend",
         "check the peer rank and that the tag is in [0, MPI_TAG_UB]");
-  return pending(r, "MPI_Isend");
+  return pending(r, "MPI_Isend", n, peer);
 }
 
 Request MpiComm::recv_async(float* data, int64_t n, int peer, int tag) {
@@ -148,23 +194,22 @@ Request MpiComm::recv_async(float* data, int64_t n, int peer, int tag) {
   MPI_Request r;
   check(MPI_Irecv(data, count("recv", n), MPI_FLOAT, peer, tag, comm_, &r), "MPI_Irecv",
         "check the peer rank and that the tag is in [0, MPI_TAG_UB]");
-  return pending(r, "MPI_Irecv");
+  return pending(r, "MPI_Irecv", n, peer);
 }
 
+// The blocking forms go through the same timed wait as the async ones.
 void MpiComm::send(const float* data, int64_t n, int peer, int tag) {
-  check_peer("send", peer, size_);
-  check(MPI_Send(data, count("send", n), MPI_FLOAT, peer, tag, comm_), "MPI_Send",
-        "check the peer rank and that the tag is in [0, MPI_TAG_UB]");
+  send_async(data, n, peer, tag).wait();
 }
 
 void MpiComm::recv(float* data, int64_t n, int peer, int tag) {
-  check_peer("recv", peer, size_);
-  check(MPI_Recv(data, count("recv", n), MPI_FLOAT, peer, tag, comm_, MPI_STATUS_IGNORE),
-        "MPI_Recv", "check that the sender sends exactly n floats with the same tag");
+  recv_async(data, n, peer, tag).wait();
 }
 
 void MpiComm::barrier() {
-  check(MPI_Barrier(comm_), "MPI_Barrier", kFixLaunch);
+  MPI_Request r;
+  check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier", kFixLaunch);
+  pending(r, "MPI_Ibarrier", 0).wait();
 }
 
 std::unique_ptr<Comm> MpiComm::split(int color, int key) {

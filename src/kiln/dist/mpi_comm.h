@@ -6,6 +6,7 @@
 
 #include <mpi.h>
 
+#include <cstdint>
 #include <memory>
 
 #include "kiln/dist/comm.h"
@@ -53,8 +54,16 @@ class MpiComm final : public Comm {
 
   MPI_Comm handle() const { return comm_; }
 
+  // Every wait of every MpiComm in this process gives up after `seconds` (0 = never; the
+  // default): it prints which rank waited on which operation, then ends the job (MPI_Abort), so
+  // a dead or hung rank cannot leave the others waiting forever. Must exceed the longest
+  // legitimate wait (e.g. rank 0 writing a checkpoint while the others wait at a barrier).
+  static void set_timeout(double seconds);
+
  private:
   MpiComm(MPI_Comm comm, bool owned);
+  // A Request for r that names the call, its size, the peer (or -1) and this communicator.
+  Request pending(MPI_Request r, const char* call, int64_t n, int peer = -1) const;
   MPI_Comm comm_;
   bool owned_;  // created by split, so MPI_Comm_free on destruction
   int rank_ = 0, size_ = 1;

@@ -80,6 +80,26 @@ double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int 
   return sum / double(n);
 }
 
+// Every rank must train the same configuration: a rank started with other overrides would
+// silently compute something else. Compares a hash of each rank's resolved YAML (exact in fp32 as
+// three 21-bit pieces) across the world.
+void check_same_config(const TrainConfig& cfg, dist::Comm& comm) {
+  if (comm.size() == 1) return;
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : cfg.yaml) h = (h ^ c) * 1099511628211ull;
+  float mine[3];
+  for (int k = 0; k < 3; ++k) mine[k] = float((h >> (21 * k)) & ((1u << 21) - 1));
+  std::vector<float> all(size_t(3) * comm.size());
+  comm.all_gather(mine, all.data(), 3);
+  std::string differ;
+  for (int r = 1; r < comm.size(); ++r)
+    if (!std::equal(all.begin(), all.begin() + 3, all.begin() + 3 * r))
+      differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  KILN_CHECK(differ.empty(), "train", "rank(s) ", differ,
+             " were started with a different configuration than rank 0 (config file or ",
+             "overrides differ); start every rank with the same config and overrides");
+}
+
 }  // namespace
 
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
@@ -89,6 +109,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   // alone writes the run directory.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
+  check_same_config(cfg, comm);
   KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.zero == 0, "train",
              "parallel.tp, parallel.pp and parallel.zero are not implemented yet; leave them at ",
              "1, 1 and 0");
