@@ -54,7 +54,8 @@ void expect_same_losses(const std::string& a_run, const std::string& b_run, doub
   auto a = losses(a_run), b = losses(b_run);
   ASSERT_EQ(a.size(), 8u) << what;
   ASSERT_EQ(b.size(), a.size()) << what;
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], tol * a[i]) << what << " step " << i + 1;
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(b[i], a[i], tol * a[i]) << what << " step " << i + 1;
 }
 
 class TrainPipeline : public ::testing::Test {
@@ -109,8 +110,8 @@ TEST_F(TrainPipeline, SchedulesMatchOneProcess) {
     int np, pp;
     const char* schedule;
   };
-  for (Layout l : {Layout{2, 2, "gpipe"}, Layout{2, 2, "1f1b"}, Layout{4, 2, "1f1b"},
-                   Layout{4, 4, "1f1b"}}) {
+  for (Layout l :
+       {Layout{2, 2, "gpipe"}, Layout{2, 2, "1f1b"}, Layout{4, 2, "1f1b"}, Layout{4, 4, "1f1b"}}) {
     const std::string what = "np " + std::to_string(l.np) + " pp " + std::to_string(l.pp) + " " +
                              l.schedule,
                       run = dir / ("np" + std::to_string(l.np) + "pp" + std::to_string(l.pp) +
@@ -139,8 +140,8 @@ TEST_F(TrainPipeline, TiedEmbeddingsMatchOneProcess) {
   ASSERT_EQ(one.status, 0) << one.output;
   for (const char* schedule : {"gpipe", "1f1b"}) {
     const std::string run = dir / schedule;
-    auto r = mpirun(3, kiln("gpt2.yaml") + " run_dir=" + run +
-                           " parallel.pp=3 parallel.schedule=" + schedule);
+    auto r = mpirun(
+        3, kiln("gpt2.yaml") + " run_dir=" + run + " parallel.pp=3 parallel.schedule=" + schedule);
     ASSERT_EQ(r.status, 0) << r.output;
     expect_same_losses(dir / "one", run, 1e-5, schedule);
     expect_same_weights(dir / "one", run, 1e-4, schedule);

@@ -13,8 +13,10 @@ namespace {
 
 std::string show(const std::vector<PipeOp>& ops) {
   std::string s;
-  for (const PipeOp& op : ops)
-    s += (op.kind == PipeOp::forward ? "F" : "B") + std::to_string(op.micro) + " ";
+  for (const PipeOp& op : ops) {
+    s += op.kind == PipeOp::forward ? 'F' : 'B';
+    s += std::to_string(op.micro) + ' ';
+  }
   return s;
 }
 
@@ -91,8 +93,8 @@ TEST(PipelineSchedule, RunsWithoutDeadlock) {
           }
         }
         for (int s = 0; s < stages; ++s)
-          EXPECT_EQ(next[s], ops[s].size()) << "stage " << s << " of " << stages << ", " << micro
-                                            << " micro-batches: stuck";
+          EXPECT_EQ(next[s], ops[s].size())
+              << "stage " << s << " of " << stages << ", " << micro << " micro-batches: stuck";
       }
 }
 

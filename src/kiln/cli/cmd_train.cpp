@@ -39,8 +39,8 @@ Command reg([](CLI::App& app) {
       auto comm = dist::MpiComm::world();
       TrainResult r = train(cfg, args->resume, comm.get());
       if (comm->rank() == 0)
-        log_info("done: ", r.steps, " steps on ", comm->size(), " ranks, loss ",
-                 r.final_loss, ", val_loss ", r.final_val_loss, "; checkpoint ", r.checkpoint);
+        log_info("done: ", r.steps, " steps on ", comm->size(), " ranks, loss ", r.final_loss,
+                 ", val_loss ", r.final_val_loss, "; checkpoint ", r.checkpoint);
       return;
 #else
       fail("train", "launched on ", world, " ranks but this kiln was built without MPI; ",

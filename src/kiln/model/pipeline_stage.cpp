@@ -10,14 +10,17 @@
 
 namespace kiln {
 
-PipelineStage full_model_stage(const ModelConfig& cfg) { return {0, cfg.layers, true, true}; }
+PipelineStage full_model_stage(const ModelConfig& cfg) {
+  return {0, cfg.layers, true, true};
+}
 
 PipelineStage pipeline_stage(const ModelConfig& cfg, int stages, int stage) {
   const int L = cfg.layers;
   KILN_CHECK(stages >= 1 && stage >= 0 && stage < stages, "pipeline", "stage ", stage,
              " is out of range for ", stages, " stages");
-  KILN_CHECK(stages <= L, "pipeline", "parallel.pp = ", stages, " pipeline stages but the model has ",
-             L, " layers: every stage needs at least one layer; use parallel.pp <= ", L);
+  KILN_CHECK(stages <= L, "pipeline", "parallel.pp = ", stages,
+             " pipeline stages but the model has ", L,
+             " layers: every stage needs at least one layer; use parallel.pp <= ", L);
   const int base = L / stages, extra = L % stages;
   PipelineStage s;
   s.first_layer = stage * base + std::min(stage, extra);

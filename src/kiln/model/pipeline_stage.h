@@ -18,6 +18,9 @@ struct PipelineStage {
   bool has_embedding = true;  // embed_tokens / wte (+ wpe)
   bool has_head = true;       // final norm + lm_head; with tied embeddings also embed_tokens
   bool operator==(const PipelineStage&) const = default;
+  // Whether the stage holds the token embedding: a tied LM head is that matrix, so the last stage
+  // holds its own copy (kept equal to the first stage's by summing their gradients of it).
+  bool holds_token_embedding(bool tied) const { return has_embedding || (has_head && tied); }
 };
 
 // The whole model as one stage.

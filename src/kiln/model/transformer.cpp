@@ -39,9 +39,7 @@ Model::Model(const ModelConfig& cfg, const PipelineStage& stage) : cfg_(cfg), st
   const int64_t C = cfg.hidden, V = cfg.vocab_size, F = cfg.intermediate, D = cfg.head_dim;
   const int64_t HD = int64_t(cfg.heads) * D, KD = int64_t(cfg.kv_heads) * D;
   const int layer_end = stage.first_layer + stage.num_layers;
-  // A tied LM head is the embedding matrix: the last stage holds its own copy (kept equal by
-  // all-reducing the two stages' gradients of it).
-  const bool wte = stage.has_embedding || (stage.has_head && cfg.tie_embeddings);
+  const bool wte = stage.holds_token_embedding(cfg.tie_embeddings);
   int64_t offset = 0;
   auto add = [&](std::string name, Shape shape) {
     bool decay = shape.size() == 2 && !is_embedding(name);
@@ -120,8 +118,8 @@ ModelParams Model::bind(float* flat) const {
 ModelParams Model::locate(float* flat) const {
   ModelParams m{};
   auto at = [&](const std::string& name) { return flat + param(name).offset; };
-  const bool llama = cfg_.arch == Arch::llama;
-  const bool wte = stage_.has_embedding || (stage_.has_head && cfg_.tie_embeddings);
+  bool llama = cfg_.arch == Arch::llama;
+  const bool wte = stage_.holds_token_embedding(cfg_.tie_embeddings);
   m.layers.resize(stage_.num_layers);
   if (llama) {
     if (wte) m.wte = at("model.embed_tokens.weight");

@@ -46,7 +46,8 @@ struct ModelParams {
   float* lnf_w;    // (C)
   float* lnf_b;    // (C) GPT-2 only
   float* lm_head;  // (V, C); == wte when tied
-  std::vector<LayerParams> layers;  // the stage's layers; layers[i] is global layer first_layer + i
+  // The model's (or pipeline stage's) layers: layers[i] is global layer stage().first_layer + i.
+  std::vector<LayerParams> layers;
 };
 
 class Model {
@@ -113,8 +114,7 @@ class TrainState {
   // gradient of the stage's input (B*T, C; null on the first stage), valid until the next call.
   double forward_stage(const Model& model, const int* ids, const float* in, const int* targets,
                        float* grads, float grad_scale = 1.0f);
-  const float* backward_stage(const Model& model, const int* ids, const float* dout,
-                              float* grads);
+  const float* backward_stage(const Model& model, const int* ids, const float* dout, float* grads);
   // The stage's output of the last forward_stage (B*T, C): the next stage's input.
   const float* stage_output() const { return x_out_.f32(); }
   // Rounds the weights into the precision's low-precision copy (no-op in fp32).

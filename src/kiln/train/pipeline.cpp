@@ -13,9 +13,15 @@ namespace {
 
 // Message tags on the pipeline group: micro-batch m's activation goes forward with tag 2m, its
 // gradient backward with tag 2m+1; evaluation's activations use the first tag past those.
-int forward_tag(int micro) { return 2 * micro; }
-int backward_tag(int micro) { return 2 * micro + 1; }
-int eval_tag(int micro_batches) { return 2 * micro_batches; }
+int forward_tag(int micro) {
+  return 2 * micro;
+}
+int backward_tag(int micro) {
+  return 2 * micro + 1;
+}
+int eval_tag(int micro_batches) {
+  return 2 * micro_batches;
+}
 
 }  // namespace
 
@@ -71,6 +77,7 @@ void keep_stage(std::unique_ptr<Model>& model, AdamW& opt, const AdamWConfig& cf
 GatheredModel gather_stages(const Model& model, AdamW& opt, const AdamWConfig& cfg,
                             dist::Comm& pp) {
   const int stages = pp.size();
+  // Between steps no pipeline message is in flight, so tag 0 cannot match a training message.
   if (pp.rank() != 0) {
     const Tensor* parts[] = {&model.weights(), &opt.m(), &opt.v()};
     for (const Tensor* t : parts) pp.send(t->f32(), t->numel(), 0, 0);
@@ -98,8 +105,8 @@ GatheredModel gather_stages(const Model& model, AdamW& opt, const AdamWConfig& c
 Pipeline::Pipeline(const Model& model, int B, int T, TrainOptions opt, PipeSchedule schedule,
                    int micro_batches, dist::Comm& pp)
     : B_(B), T_(T), micro_(micro_batches), pp_(pp), stage_(pp.rank()), stages_(pp.size()) {
-  KILN_CHECK(model.stage() == pipeline_stage(model.config(), stages_, stage_), "pipeline",
-             "rank ", stage_, " of the pipeline group holds a model for another stage");
+  KILN_CHECK(model.stage() == pipeline_stage(model.config(), stages_, stage_), "pipeline", "rank ",
+             stage_, " of the pipeline group holds a model for another stage");
   ops_ = pipeline_schedule(schedule, stages_, stage_, micro_);
   const int slots = max_in_flight(ops_);
   for (int s = 0; s < slots; ++s) slots_.push_back(std::make_unique<TrainState>(model, B, T, opt));
@@ -116,18 +123,19 @@ Pipeline::Pipeline(const Model& model, int B, int T, TrainOptions opt, PipeSched
   }
 }
 
-void Pipeline::forward(const Model& model, int micro, const int* ids, const int* targets,
-                       float* grads, float grad_scale, double* loss) {
+double Pipeline::forward(const Model& model, int micro, const int* ids, const int* targets,
+                         float* grads, float grad_scale) {
   const int slot = micro % int(slots_.size());
   TrainState& ts = *slots_[slot];
   const int64_t n = in_.numel();
   if (stage_ > 0) pp_.recv(in_.f32(), n, stage_ - 1, forward_tag(micro));
   fwd_sent_[slot].wait();  // the slot's output buffer is about to be overwritten
-  *loss = ts.forward_stage(model, ids, in_.f32(), targets, grads, grad_scale);
+  const double loss = ts.forward_stage(model, ids, in_.f32(), targets, grads, grad_scale);
   // Sends never block the schedule: a blocking send here could wait on a neighbour that is
   // itself waiting to send to us (1F1B's steady state), a deadlock.
   if (stage_ + 1 < stages_)
     fwd_sent_[slot] = pp_.send_async(ts.stage_output(), n, stage_ + 1, forward_tag(micro));
+  return loss;
 }
 
 void Pipeline::backward(const Model& model, int micro, const int* ids, float* grads) {
@@ -152,7 +160,8 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
     int32_t* tg = targets_.data() + m * batch;
     data.next(B_global, ids_.data() + m * batch, tg);
     const int64_t total = std::count_if(tg, tg + batch, [](int32_t t) { return t >= 0; });
-    const int64_t local = std::count_if(tg + off, tg + off + rows, [](int32_t t) { return t >= 0; });
+    const int64_t local =
+        std::count_if(tg + off, tg + off + rows, [](int32_t t) { return t >= 0; });
     share[m] = total > 0 ? double(local) / double(total) : 0.0;
   }
   double loss = 0;
@@ -160,10 +169,9 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
     const int m = op.micro;
     const int* ids = ids_.data() + m * batch + off;
     if (op.kind == PipeOp::forward) {
-      double l = 0;
-      forward(model, m, ids, targets_.data() + m * batch + off, grads,
-              float(grad_scale / micro_ * share[m]), &l);
-      loss += share[m] * l;
+      const int* targets = targets_.data() + m * batch + off;
+      loss +=
+          share[m] * forward(model, m, ids, targets, grads, float(grad_scale / micro_ * share[m]));
     } else {
       backward(model, m, ids, grads);
     }

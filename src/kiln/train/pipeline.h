@@ -47,8 +47,7 @@ struct GatheredModel {
 // Collective over `pp`: every stage sends its weights and moments to stage 0, which returns the
 // whole model (the others return an empty GatheredModel). Costs stage 0 a whole model's weights
 // and moments in memory for as long as the result lives.
-GatheredModel gather_stages(const Model& model, AdamW& opt, const AdamWConfig& cfg,
-                            dist::Comm& pp);
+GatheredModel gather_stages(const Model& model, AdamW& opt, const AdamWConfig& cfg, dist::Comm& pp);
 
 // One rank's stage of a pipeline: the schedule, one TrainState per micro-batch that can be in
 // flight, and the exchange with the neighbouring stages over the pipeline group `pp` (rank =
@@ -82,8 +81,8 @@ class Pipeline {
   size_t bytes() const;  // activations of every micro-batch slot
 
  private:
-  void forward(const Model& model, int micro, const int* ids, const int* targets, float* grads,
-               float grad_scale, double* loss);
+  double forward(const Model& model, int micro, const int* ids, const int* targets, float* grads,
+                 float grad_scale);
   void backward(const Model& model, int micro, const int* ids, float* grads);
 
   int B_, T_, micro_;

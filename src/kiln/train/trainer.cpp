@@ -171,9 +171,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   std::unique_ptr<Pipeline> pipe;
   if (pp > 1) {
     keep_stage(model, opt, adamw, pipeline_stage(model->config(), pp, groups.plan.pp_rank));
-    pipe = std::make_unique<Pipeline>(*model, Bl, T, topt,
-                                      pipe_schedule_from_name(cfg.parallel.schedule), accum,
-                                      *groups.pp);
+    pipe = std::make_unique<Pipeline>(
+        *model, Bl, T, topt, pipe_schedule_from_name(cfg.parallel.schedule), accum, *groups.pp);
   } else {
     ts = std::make_unique<TrainState>(*model, Bl, T, topt);
   }
@@ -224,7 +223,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
         }
         loss /= accum;
       }
-      if (comm.size() > 1) {  // the loss is on the last stage of each data-parallel rank
+      if (comm.size() > 1) {  // the ranks' shares (0 off a pipeline's last stage) sum up
         float l = float(loss);
         comm.all_reduce(&l, 1);
         loss = l;
@@ -265,8 +264,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     }
     if (updated) {
       consecutive_skips = 0;
-      if (pipe) pipe->refresh_weights(*model);
-      else ts->refresh_weights(*model);
+      if (pipe)
+        pipe->refresh_weights(*model);
+      else
+        ts->refresh_weights(*model);
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.step = step;
@@ -285,8 +286,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val = evaluate(*model, ts.get(), pipe.get(), *data, B, T, row0, cfg.train.eval_batches,
-                          comm);
+      last_val =
+          evaluate(*model, ts.get(), pipe.get(), *data, B, T, row0, cfg.train.eval_batches, comm);
       rec["val_loss"] = last_val;
       rec["val_perplexity"] = std::exp(last_val);
     }
@@ -307,10 +308,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();
       if (writer)
-        result.checkpoint = save_checkpoint(
-            cfg.run_dir, whole.model ? *whole.model : *model, tok, whole.opt ? *whole.opt : opt,
-            state, cfg.train.keep_checkpoints,
-            cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+        result.checkpoint =
+            save_checkpoint(cfg.run_dir, whole.model ? *whole.model : *model, tok,
+                            whole.opt ? *whole.opt : opt, state, cfg.train.keep_checkpoints,
+                            cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
     }
   }
   comm.barrier();  // the last checkpoint is complete before any rank returns
