@@ -5,7 +5,7 @@
 // differs is the fp32 all-reduce of the loss and of the clipping norm's sum of squares, the tied
 // embedding's two stage parts, and, with dp, the all-reduce of the gradients. Losses agree to
 // 1e-5 relative and final weights to 1e-4 of each tensor's largest magnitude; a resumed pipeline
-// run continues the uninterrupted one exactly.
+// run continues the uninterrupted one exactly, and one process resumes its checkpoint as well.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -133,6 +133,14 @@ TEST_F(TrainPipeline, SchedulesMatchOneProcess) {
   EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
   expect_same_losses(full, resumed, 0, "resumed");
   expect_same_weights(full, resumed, 0, "resumed");
+  // The checkpoint is an ordinary one: a single process resumes it too.
+  const std::string single = dir / "resumed_single";
+  std::filesystem::copy(full, single, std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(single + "/checkpoints/step_00000008");
+  auto s = test::run_command(kiln("llama.yaml") + " run_dir=" + single + " --resume");
+  ASSERT_EQ(s.status, 0) << s.output;
+  expect_same_losses(dir / "one", single, 1e-5, "resumed in one process");
+  expect_same_weights(dir / "one", single, 1e-4, "resumed in one process");
 }
 
 TEST_F(TrainPipeline, TiedEmbeddingsMatchOneProcess) {
