@@ -31,7 +31,7 @@ Command reg([](CLI::App& app) {
   cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint in run_dir");
   cmd->callback([args] {
     TrainConfig cfg = load_train_config(args->config, args->overrides);
-    // Under mpirun / srun (several ranks): data-parallel over MPI_COMM_WORLD.
+    // Under mpirun / srun (several ranks): the parallel layout over MPI_COMM_WORLD.
     const char* world = std::getenv("OMPI_COMM_WORLD_SIZE");
     if (!world) world = std::getenv("PMI_SIZE");
     if (world && std::atoi(world) > 1) {

@@ -29,10 +29,17 @@ bool is_embedding(const std::string& name) {
 
 }  // namespace
 
-Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
+Model::Model(const ModelConfig& cfg, const PipelineStage& stage) : cfg_(cfg), stage_(stage) {
   cfg_.validate("model");
+  KILN_CHECK(stage.num_layers >= 1 && stage.first_layer >= 0 &&
+                 stage.first_layer + stage.num_layers <= cfg.layers,
+             "model", "pipeline stage layers [", stage.first_layer, ", ",
+             stage.first_layer + stage.num_layers, ") are outside the model's ", cfg.layers,
+             " layers");
   const int64_t C = cfg.hidden, V = cfg.vocab_size, F = cfg.intermediate, D = cfg.head_dim;
   const int64_t HD = int64_t(cfg.heads) * D, KD = int64_t(cfg.kv_heads) * D;
+  const int layer_end = stage.first_layer + stage.num_layers;
+  const bool wte = stage.holds_token_embedding(cfg.tie_embeddings);
   int64_t offset = 0;
   auto add = [&](std::string name, Shape shape) {
     bool decay = shape.size() == 2 && !is_embedding(name);
@@ -40,8 +47,8 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
     offset += shape_numel(shape);
   };
   if (cfg.arch == Arch::llama) {
-    add("model.embed_tokens.weight", {V, C});
-    for (int l = 0; l < cfg.layers; ++l) {
+    if (wte) add("model.embed_tokens.weight", {V, C});
+    for (int l = stage.first_layer; l < layer_end; ++l) {
       std::string p = "model.layers." + std::to_string(l) + ".";
       add(p + "input_layernorm.weight", {C});
       add(p + "self_attn.q_proj.weight", {HD, C});  // q|k|v back to back: one GEMM
@@ -53,11 +60,11 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
       add(p + "mlp.up_proj.weight", {F, C});
       add(p + "mlp.down_proj.weight", {C, F});
     }
-    add("model.norm.weight", {C});
+    if (stage.has_head) add("model.norm.weight", {C});
   } else {
-    add("transformer.wte.weight", {V, C});
-    add("transformer.wpe.weight", {int64_t(cfg.max_positions), C});
-    for (int l = 0; l < cfg.layers; ++l) {
+    if (wte) add("transformer.wte.weight", {V, C});
+    if (stage.has_embedding) add("transformer.wpe.weight", {int64_t(cfg.max_positions), C});
+    for (int l = stage.first_layer; l < layer_end; ++l) {
       std::string p = "transformer.h." + std::to_string(l) + ".";
       add(p + "ln_1.weight", {C});
       add(p + "ln_1.bias", {C});
@@ -72,10 +79,12 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
       add(p + "mlp.c_proj.weight", {F, C});
       add(p + "mlp.c_proj.bias", {C});
     }
-    add("transformer.ln_f.weight", {C});
-    add("transformer.ln_f.bias", {C});
+    if (stage.has_head) {
+      add("transformer.ln_f.weight", {C});
+      add("transformer.ln_f.bias", {C});
+    }
   }
-  if (!cfg.tie_embeddings) add("lm_head.weight", {V, C});
+  if (stage.has_head && !cfg.tie_embeddings) add("lm_head.weight", {V, C});
   weights_ = Tensor::zeros({offset});
   layout_base_ = weights_.f32();
   layout_ = locate(weights_.f32());
@@ -110,13 +119,14 @@ ModelParams Model::locate(float* flat) const {
   ModelParams m{};
   auto at = [&](const std::string& name) { return flat + param(name).offset; };
   bool llama = cfg_.arch == Arch::llama;
-  m.layers.resize(cfg_.layers);
+  const bool wte = stage_.holds_token_embedding(cfg_.tie_embeddings);
+  m.layers.resize(stage_.num_layers);
   if (llama) {
-    m.wte = at("model.embed_tokens.weight");
-    m.lnf_w = at("model.norm.weight");
-    for (int l = 0; l < cfg_.layers; ++l) {
-      std::string p = "model.layers." + std::to_string(l) + ".";
-      LayerParams& L = m.layers[l];
+    if (wte) m.wte = at("model.embed_tokens.weight");
+    if (stage_.has_head) m.lnf_w = at("model.norm.weight");
+    for (int i = 0; i < stage_.num_layers; ++i) {
+      std::string p = "model.layers." + std::to_string(stage_.first_layer + i) + ".";
+      LayerParams& L = m.layers[i];
       L = {};
       L.ln1_w = at(p + "input_layernorm.weight");
       L.qkv_w = at(p + "self_attn.q_proj.weight");
@@ -126,13 +136,15 @@ ModelParams Model::locate(float* flat) const {
       L.down_w = at(p + "mlp.down_proj.weight");
     }
   } else {
-    m.wte = at("transformer.wte.weight");
-    m.wpe = at("transformer.wpe.weight");
-    m.lnf_w = at("transformer.ln_f.weight");
-    m.lnf_b = at("transformer.ln_f.bias");
-    for (int l = 0; l < cfg_.layers; ++l) {
-      std::string p = "transformer.h." + std::to_string(l) + ".";
-      LayerParams& L = m.layers[l];
+    if (wte) m.wte = at("transformer.wte.weight");
+    if (stage_.has_embedding) m.wpe = at("transformer.wpe.weight");
+    if (stage_.has_head) {
+      m.lnf_w = at("transformer.ln_f.weight");
+      m.lnf_b = at("transformer.ln_f.bias");
+    }
+    for (int i = 0; i < stage_.num_layers; ++i) {
+      std::string p = "transformer.h." + std::to_string(stage_.first_layer + i) + ".";
+      LayerParams& L = m.layers[i];
       L.ln1_w = at(p + "ln_1.weight");
       L.ln1_b = at(p + "ln_1.bias");
       L.qkv_w = at(p + "attn.c_attn.weight");
@@ -147,7 +159,7 @@ ModelParams Model::locate(float* flat) const {
       L.down_b = at(p + "mlp.c_proj.bias");
     }
   }
-  m.lm_head = cfg_.tie_embeddings ? m.wte : at("lm_head.weight");
+  if (stage_.has_head) m.lm_head = cfg_.tie_embeddings ? m.wte : at("lm_head.weight");
   return m;
 }
 
@@ -195,7 +207,7 @@ void TrainState::alloc_layer(const ModelConfig& c, LayerActs& a, bool input, boo
 }
 
 TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
-    : B_(B), T_(T), opt_(opt), lin_(opt.precision) {
+    : B_(B), T_(T), first_layer_(model.stage().first_layer), opt_(opt), lin_(opt.precision) {
   const ModelConfig& c = model.config();
   KILN_CHECK(B > 0 && T > 0, "train", "batch size and sequence length must be positive, got B=", B,
              " T=", T);
@@ -209,9 +221,10 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   const int64_t HD = int64_t(c.heads) * D, QKV = (int64_t(c.heads) + 2 * c.kv_heads) * D;
   const int64_t UP = c.arch == Arch::llama ? 2 * F : F;
   const bool gpt2 = c.arch == Arch::gpt2;
-  acts_.resize(c.layers);
+  const int layers = model.stage().num_layers;
+  acts_.resize(layers);
   bool any_full = false, any_selective = false;
-  for (int l = 0; l < c.layers; ++l) {
+  for (int l = 0; l < layers; ++l) {
     LayerActs& a = acts_[l];
     Recompute m = mode(l);
     any_full |= m == Recompute::full;
@@ -220,10 +233,12 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   }
   if (any_full || any_selective) alloc_layer(c, scratch_, false, any_full, true);
   x_out_ = Tensor::empty({N, C});
-  lnf_ = Tensor::empty({N, C});
-  if (gpt2) meanf_ = Tensor::empty({N});
-  rstdf_ = Tensor::empty({N});
-  dlnf_ = Tensor::empty({N, C});
+  if (model.stage().has_head) {
+    lnf_ = Tensor::empty({N, C});
+    if (gpt2) meanf_ = Tensor::empty({N});
+    rstdf_ = Tensor::empty({N});
+    dlnf_ = Tensor::empty({N, C});
+  }
   dres_ = Tensor::empty({N, C});
   dln_ = Tensor::empty({N, C});
   datt_ = Tensor::empty({N, HD});
@@ -245,8 +260,9 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
 
 Recompute TrainState::mode(int l) const {
   if (opt_.recompute == Recompute::none) return Recompute::none;
-  return (opt_.recompute_layers < 0 || l < opt_.recompute_layers) ? opt_.recompute
-                                                                  : Recompute::none;
+  const int global = first_layer_ + l;  // recompute_layers counts from the model's first layer
+  return (opt_.recompute_layers < 0 || global < opt_.recompute_layers) ? opt_.recompute
+                                                                       : Recompute::none;
 }
 
 size_t TrainState::bytes() const {
@@ -302,14 +318,19 @@ void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerAc
   cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(N) * C);
 }
 
-void TrainState::forward(const Model& model, const ModelParams& w, const int* ids) {
+void TrainState::forward(const Model& model, const ModelParams& w, const int* ids,
+                         const float* in) {
   const ModelConfig& c = model.config();
-  const int N = B_ * T_, C = c.hidden;
+  const int N = B_ * T_, C = c.hidden, layers = model.stage().num_layers;
   const bool llama = c.arch == Arch::llama;
-  cpu::embedding_forward(acts_[0].x_in.f32(), ids, w.wte, N, C, false);
-  if (!llama) cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
-  for (int l = 0; l < c.layers; ++l) {
-    float* x_next = l + 1 < c.layers ? acts_[l + 1].x_in.f32() : x_out_.f32();
+  if (model.stage().has_embedding) {
+    cpu::embedding_forward(acts_[0].x_in.f32(), ids, w.wte, N, C, false);
+    if (!llama) cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
+  } else {
+    std::memcpy(acts_[0].x_in.f32(), in, acts_[0].x_in.nbytes());
+  }
+  for (int l = 0; l < layers; ++l) {
+    float* x_next = l + 1 < layers ? acts_[l + 1].x_in.f32() : x_out_.f32();
     Recompute m = mode(l);
     if (m == Recompute::none) {
       forward_layer(model, w.layers[l], acts_[l], x_next);
@@ -322,6 +343,7 @@ void TrainState::forward(const Model& model, const ModelParams& w, const int* id
     a.lse = scratch_.lse;
     forward_layer(model, w.layers[l], a, x_next);
   }
+  if (!model.stage().has_head) return;
   if (llama) {
     cpu::rms_norm_forward(lnf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, N, C, c.norm_eps);
   } else {
@@ -372,19 +394,22 @@ void TrainState::backward_layer(const Model& model, const LayerParams& p, const 
 }
 
 void TrainState::backward(const Model& model, const ModelParams& w, const ModelParams& g,
-                          const int* ids) {
+                          const int* ids, const float* dout) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden;
   const bool llama = c.arch == Arch::llama;
   float* dres = dres_.f32();  // gradient of the residual stream, walking down the layers
-  std::memset(dres, 0, dres_.nbytes());
-  if (llama) {
+  if (!model.stage().has_head) {
+    std::memcpy(dres, dout, dres_.nbytes());
+  } else if (llama) {
+    std::memset(dres, 0, dres_.nbytes());
     cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
   } else {
+    std::memset(dres, 0, dres_.nbytes());
     cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
                              meanf_.f32(), rstdf_.f32(), N, C);
   }
-  for (int l = c.layers - 1; l >= 0; --l) {
+  for (int l = model.stage().num_layers - 1; l >= 0; --l) {
     Recompute m = mode(l);
     if (m == Recompute::none) {
       backward_layer(model, w.layers[l], g.layers[l], acts_[l]);
@@ -405,25 +430,38 @@ void TrainState::backward(const Model& model, const ModelParams& w, const ModelP
     }
     backward_layer(model, w.layers[l], g.layers[l], a);
   }
+  if (!model.stage().has_embedding) return;  // dres is the gradient of the stage's input
   cpu::embedding_backward(g.wte, dres, ids, N, C);
   if (!llama) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
 }
 
 double TrainState::step(const Model& model, const int* ids, const int* targets, float* grads,
                         float grad_scale) {
+  const double loss = forward_stage(model, ids, nullptr, targets, grads, grad_scale);
+  if (grads && targets && counted_ > 0) backward_stage(model, ids, nullptr, grads);
+  return loss;
+}
+
+double TrainState::forward_stage(const Model& model, const int* ids, const float* in,
+                                 const int* targets, float* grads, float grad_scale) {
   const ModelConfig& c = model.config();
+  const PipelineStage& stage = model.stage();
   const int N = B_ * T_;
-  for (int n = 0; n < N; ++n) {
+  for (int n = 0; stage.has_embedding && n < N; ++n) {
     KILN_CHECK(ids[n] >= 0 && ids[n] < c.vocab_size, "model", "token id ", ids[n], " at position ",
                n, " is outside the vocabulary [0, ", c.vocab_size,
                "): the data was tokenized with a different tokenizer");
   }
   ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
-  forward(model, w, ids);
-  if (!targets) return 0.0;
+  forward(model, w, ids, in);
+  if (!targets || !stage.has_head) return 0.0;
   counted_ = 0;
   for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
-  if (counted_ == 0) return 0.0;
+  if (counted_ == 0) {
+    // Nothing to learn from: a pipeline's backward still runs, on a zero gradient.
+    if (grads) std::memset(dlnf_.raw(), 0, dlnf_.nbytes());
+    return 0.0;
+  }
   // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
   const float scale = grad_scale / float(counted_);
   ModelParams g{};
@@ -433,8 +471,14 @@ double TrainState::step(const Model& model, const int* ids, const int* targets, 
                              c.hidden, c.vocab_size, scale);
   double sum = 0;
   for (int n = 0; n < N; ++n) sum += losses_[n];
-  if (grads) backward(model, w, g, ids);
   return sum / double(counted_);
+}
+
+const float* TrainState::backward_stage(const Model& model, const int* ids, const float* dout,
+                                        float* grads) {
+  ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
+  backward(model, w, model.bind(grads), ids, dout);
+  return model.stage().has_embedding ? nullptr : dres_.f32();
 }
 
 }  // namespace kiln

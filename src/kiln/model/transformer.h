@@ -11,6 +11,7 @@
 #include "kiln/core/tensor.h"
 #include "kiln/model/config.h"
 #include "kiln/model/mixed_linear.h"
+#include "kiln/model/pipeline_stage.h"
 #include "kiln/model/precision.h"
 
 namespace kiln {
@@ -45,14 +46,18 @@ struct ModelParams {
   float* lnf_w;    // (C)
   float* lnf_b;    // (C) GPT-2 only
   float* lm_head;  // (V, C); == wte when tied
+  // The model's (or pipeline stage's) layers: layers[i] is global layer stage().first_layer + i.
   std::vector<LayerParams> layers;
 };
 
 class Model {
  public:
-  explicit Model(const ModelConfig& cfg);
+  explicit Model(const ModelConfig& cfg) : Model(cfg, full_model_stage(cfg)) {}
+  // Only the parameters of one pipeline stage; absent ones bind to null.
+  Model(const ModelConfig& cfg, const PipelineStage& stage);
 
-  const ModelConfig& config() const { return cfg_; }
+  const ModelConfig& config() const { return cfg_; }  // the whole model's shape
+  const PipelineStage& stage() const { return stage_; }
   const std::vector<ParamInfo>& params() const { return params_; }
   const ParamInfo& param(const std::string& name) const;  // throws naming the parameter
   int64_t num_params() const { return weights_.numel(); }
@@ -63,7 +68,8 @@ class Model {
   Tensor param_view(const ParamInfo& p, const Tensor& flat) const;
 
   // GPT-2 style init: N(0, initializer_range), residual projections scaled by 1/sqrt(2L), norms
-  // at 1, biases at 0. Depends only on the seed.
+  // at 1, biases at 0. Depends only on the seed (and the stage: to start a stage as the whole
+  // model starts, initialize the whole model and copy_shared_params into the stage).
   void init_weights(uint64_t seed);
 
   // Pointers for `flat` (the weights, or a gradient buffer laid out the same way).
@@ -71,6 +77,7 @@ class Model {
 
  private:
   ModelConfig cfg_;
+  PipelineStage stage_;
   // Named pointers by HF name lookups (slow: string compares), run once for the layout.
   ModelParams locate(float* flat) const;
 
@@ -98,6 +105,18 @@ class TrainState {
   // gradient chunk by chunk. Call refresh_weights() after every change of the weights.
   double step(const Model& model, const int* ids, const int* targets, float* grads,
               float grad_scale = 1.0f);
+  // step() in two halves, for a pipeline stage (a Model built for a PipelineStage; step() is
+  // forward_stage then backward_stage). forward_stage runs from ids on the stage with the
+  // embedding, else from `in` (B*T, C), the previous stage's output; the last stage, given
+  // targets, also computes the loss (returned; 0 elsewhere) and, given grads, the LM head's
+  // gradient. backward_stage adds the rest of the gradient into grads, starting from `dout`
+  // (B*T, C), the gradient of this stage's output (null on the last stage), and returns the
+  // gradient of the stage's input (B*T, C; null on the first stage), valid until the next call.
+  double forward_stage(const Model& model, const int* ids, const float* in, const int* targets,
+                       float* grads, float grad_scale = 1.0f);
+  const float* backward_stage(const Model& model, const int* ids, const float* dout, float* grads);
+  // The stage's output of the last forward_stage (B*T, C): the next stage's input.
+  const float* stage_output() const { return x_out_.f32(); }
   // Rounds the weights into the precision's low-precision copy (no-op in fp32).
   void refresh_weights(const Model& model) { lin_.refresh(model.weights()); }
   // Per-token losses of the last step (B*T); 0 where the target was ignored.
@@ -118,10 +137,12 @@ class TrainState {
   void forward_layer(const Model& model, const LayerParams& p, LayerActs& a, float* x_next);
   void backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
                       LayerActs& a);
-  void forward(const Model& model, const ModelParams& w, const int* ids);
-  void backward(const Model& model, const ModelParams& w, const ModelParams& g, const int* ids);
+  void forward(const Model& model, const ModelParams& w, const int* ids, const float* in);
+  void backward(const Model& model, const ModelParams& w, const ModelParams& g, const int* ids,
+                const float* dout);
 
   int B_, T_;
+  int first_layer_;  // the stage's first layer (recompute_layers counts globally)
   TrainOptions opt_;
   MixedLinear lin_;
   std::vector<LayerActs> acts_;

@@ -31,10 +31,13 @@ double grad_norm(const float* grads, int64_t n) {
 }
 
 bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip, double* norm) {
-  const int64_t n = model.num_params();
-  *norm = grad_norm(grads, n);
-  if (!std::isfinite(*norm)) return false;
-  if (clip > 0 && *norm > clip) ops::cpu::scale(grads, float(clip / *norm), n);
+  *norm = grad_norm(grads, model.num_params());
+  return clip_and_step_at(model, opt, grads, lr, clip, *norm);
+}
+
+bool clip_and_step_at(Model& model, AdamW& opt, float* grads, float lr, float clip, double norm) {
+  if (!std::isfinite(norm)) return false;
+  if (clip > 0 && norm > clip) ops::cpu::scale(grads, float(clip / norm), model.num_params());
   opt.step(model, grads, lr);
   return true;
 }

@@ -38,5 +38,9 @@ double grad_norm(const float* grads, int64_t n);
 // false. `norm` receives the pre-clipping norm.
 [[nodiscard]] bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip,
                                  double* norm);
+// The same with the norm given: a pipeline stage holds part of the gradient, and clips by the
+// norm over all stages (Pipeline::grad_norm).
+[[nodiscard]] bool clip_and_step_at(Model& model, AdamW& opt, float* grads, float lr, float clip,
+                                    double norm);
 
 }  // namespace kiln

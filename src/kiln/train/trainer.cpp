@@ -13,6 +13,7 @@
 #include "kiln/core/parallel.h"
 #include "kiln/data/batch_source.h"
 #include "kiln/dist/comm.h"
+#include "kiln/dist/groups.h"
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
@@ -20,6 +21,7 @@
 #include "kiln/train/checkpoint.h"
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/optimizer.h"
+#include "kiln/train/pipeline.h"
 #include "kiln/train/schedule.h"
 
 namespace kiln {
@@ -55,21 +57,28 @@ void truncate_metrics(const std::string& path, int64_t step) {
 }
 
 // Mean validation loss over up to max_batches global batches of B sequences; with data
-// parallelism each rank computes its B/dp rows and the token-weighted sums are all-reduced, so
+// parallelism each rank computes its rows from row0 and the token-weighted sums are all-reduced
+// over the world (with a pipeline, the last stages hold the losses and the others add 0), so
 // every layout reports the single-process figure (up to summation order).
-double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int B, int max_batches,
-                dist::Comm& comm) {
-  const int T = ts.T(), Bl = ts.B();
+double evaluate(const Model& model, TrainState* ts, Pipeline* pipe, const BatchSource& val, int B,
+                int T, int row0, int max_batches, dist::Comm& comm) {
   int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
   if (n <= 0) return NAN;
   std::vector<int32_t> ids(size_t(B) * T), tg(size_t(B) * T);
-  const size_t off = size_t(comm.rank()) * Bl * T;
+  const size_t off = size_t(row0) * T;
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     val.eval_batch(int(i), B, ids.data(), tg.data());
     const int64_t total = std::count_if(tg.begin(), tg.end(), [](int32_t t) { return t >= 0; });
-    const double mean = ts.step(model, ids.data() + off, tg.data() + off, nullptr);
-    double part = mean * double(ts.counted_tokens()) / double(std::max<int64_t>(total, 1));
+    int64_t counted = 0;
+    double mean = 0;
+    if (pipe) {
+      mean = pipe->eval_step(model, ids.data() + off, tg.data() + off, &counted);
+    } else {
+      mean = ts->step(model, ids.data() + off, tg.data() + off, nullptr);
+      counted = ts->counted_tokens();
+    }
+    double part = mean * double(counted) / double(std::max<int64_t>(total, 1));
     if (comm.size() > 1) {
       float f = float(part);
       comm.all_reduce(&f, 1);
@@ -104,16 +113,19 @@ void check_same_config(const TrainConfig& cfg, dist::Comm& comm) {
 
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
-  // Data parallelism: every rank holds the whole model, draws the same global batch and computes
-  // its slice of it; gradients are summed across ranks before the (identical) update. Rank 0
-  // alone writes the run directory.
+  // Data parallelism: every rank of a data-parallel group holds the same part of the model (all
+  // of it, or one pipeline stage), draws the same global batch and computes its slice of it;
+  // gradients are summed across the group before the (identical) update. Pipeline parallelism
+  // (pipeline.h) splits the layers over the stages of a pipeline group. Rank 0 alone writes the
+  // run directory.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
   check_same_config(cfg, comm);
-  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.zero == 0, "train",
-             "parallel.tp, parallel.pp and parallel.zero are not implemented yet; leave them at ",
-             "1, 1 and 0");
-  const int dp = comm.size(), rank = comm.rank();
+  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.zero == 0, "train",
+             "parallel.tp and parallel.zero are not implemented yet; leave them at 1 and 0");
+  const int pp = cfg.parallel.pp;
+  dist::ProcessGroups groups = dist::make_groups(comm, 1, pp);
+  const int dp = groups.plan.dp, rank = comm.rank();
   const bool writer = rank == 0;
   KILN_CHECK(cfg.train.batch_size % dp == 0, "train", "train.batch_size = ", cfg.train.batch_size,
              " is not divisible by the ", dp, " data-parallel ranks; use a multiple of ", dp);
@@ -155,7 +167,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   const bool has_val = data->eval_batches_available(B) > 0;
   log_info("data: ", data->describe(), "; model: ", model->num_params(), " parameters");
 
-  AdamW opt(*model, {cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay});
+  const AdamWConfig adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
+  AdamW opt(*model, adamw);
   TrainerState state;
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
   if (resume) {
@@ -174,8 +187,16 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (writer) metrics.open(metrics_path, std::ios::app);
 
   TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
-  const int Bl = B / dp;  // this rank's rows of each global batch
-  TrainState ts(*model, Bl, T, topt);
+  const int Bl = B / dp, row0 = groups.plan.dp_rank * Bl;  // this rank's rows of each batch
+  std::unique_ptr<TrainState> ts;
+  std::unique_ptr<Pipeline> pipe;
+  if (pp > 1) {
+    keep_stage(model, opt, adamw, pipeline_stage(model->config(), pp, groups.plan.pp_rank));
+    pipe = std::make_unique<Pipeline>(
+        *model, Bl, T, topt, pipe_schedule_from_name(cfg.parallel.schedule), accum, *groups.pp);
+  } else {
+    ts = std::make_unique<TrainState>(*model, Bl, T, topt);
+  }
   Tensor grads = Tensor::zeros({model->num_params()});
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
@@ -185,7 +206,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     scaler.restore(state.loss_scale, state.scale_growth, state.scale_hysteresis);
   log_info("precision ", name_of(cfg.train.precision), ", recompute ", name_of(cfg.train.recompute),
            "; weights+grads+AdamW ", (4 * model->weights().nbytes()) >> 20, " MiB, activations ",
-           ts.bytes() >> 20, " MiB");
+           (pipe ? pipe->bytes() : ts->bytes()) >> 20, " MiB");
   TrainResult result;
   Progress progress("train", cfg.train.steps, "steps");
   double last_loss = NAN, last_val = NAN;
@@ -206,31 +227,42 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       const double scale = fp16 ? scaler.scale() : 1.0;
       std::memset(grads.raw(), 0, grads.nbytes());
       loss = 0;
-      const size_t off = size_t(rank) * Bl * T;
-      for (int micro = 0; micro < accum; ++micro) {
-        data->next(B, ids.data(), targets.data());
-        // The loss is a mean over the global batch's counted tokens: weight this rank's mean.
-        const int64_t total =
-            std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
-        int64_t local = 0;
-        for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
-        const double w = total > 0 ? double(local) / double(total) : 0.0;
-        loss += w * ts.step(*model, ids.data() + off, targets.data() + off, grads.f32(),
-                            float(scale / accum * w));
+      const size_t off = size_t(row0) * T;
+      if (pipe) {
+        loss = pipe->train_step(*model, *data, B, row0, grads.f32(), scale);
+      } else {
+        for (int micro = 0; micro < accum; ++micro) {
+          data->next(B, ids.data(), targets.data());
+          // The loss is a mean over the global batch's counted tokens: weight this rank's mean.
+          const int64_t total =
+              std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
+          int64_t local = 0;
+          for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
+          const double w = total > 0 ? double(local) / double(total) : 0.0;
+          loss += w * ts->step(*model, ids.data() + off, targets.data() + off, grads.f32(),
+                               float(scale / accum * w));
+        }
+        loss /= accum;
       }
-      loss /= accum;
-      if (dp > 1) {
+      if (comm.size() > 1) {  // the ranks' shares (0 off a pipeline's last stage) sum up
         float l = float(loss);
         comm.all_reduce(&l, 1);
         loss = l;
-        comm.all_reduce(grads.f32(), grads.numel());
       }
+      if (dp > 1) groups.dp->all_reduce(grads.f32(), grads.numel());
+      if (pipe) pipe->reduce_tied_embedding(*model, grads.f32());
       bool bad = !std::isfinite(loss) || (fp16 && fp16_overflow(grads.f32(), grads.numel())) ||
                  (inject && skipped == 0);
+      if (pipe) bad = pipe->any_stage(bad);  // every stage skips together
       if (!bad) {
         if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());  // exact: 2^-k
         // A non-finite gradient norm also skips: nothing non-finite reaches the weights.
-        updated = clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
+        if (pipe) {
+          norm = pipe->grad_norm(*model, grads.f32());
+          updated = clip_and_step_at(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, norm);
+        } else {
+          updated = clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
+        }
         bad = !updated;
       }
       if (fp16) scaler.update(bad);
@@ -253,7 +285,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     }
     if (updated) {
       consecutive_skips = 0;
-      ts.refresh_weights(*model);
+      if (pipe)
+        pipe->refresh_weights(*model);
+      else
+        ts->refresh_weights(*model);
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.step = step;
@@ -272,7 +307,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val = evaluate(*model, ts, *data, B, cfg.train.eval_batches, comm);
+      last_val =
+          evaluate(*model, ts.get(), pipe.get(), *data, B, T, row0, cfg.train.eval_batches, comm);
       rec["val_loss"] = last_val;
       rec["val_perplexity"] = std::exp(last_val);
     }
@@ -282,15 +318,21 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                                 (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
                                 " lr " + fmt("%.2e", lr) + " " +
                                 fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
-    if (writer &&
+    // With a pipeline, rank 0's pipeline group gathers the whole model for the one checkpoint.
+    const bool gather = pipe && groups.plan.dp_rank == 0;
+    if ((writer || gather) &&
         ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last)) {
+      GatheredModel whole;
+      if (gather) whole = gather_stages(*model, opt, adamw, *groups.pp);
       state.loader = data->state();
       state.loss_scale = fp16 ? scaler.scale() : 0;
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();
-      result.checkpoint =
-          save_checkpoint(cfg.run_dir, *model, tok, opt, state, cfg.train.keep_checkpoints,
-                          cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+      if (writer)
+        result.checkpoint =
+            save_checkpoint(cfg.run_dir, whole.model ? *whole.model : *model, tok,
+                            whole.opt ? *whole.opt : opt, state, cfg.train.keep_checkpoints,
+                            cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
     }
   }
   comm.barrier();  // the last checkpoint is complete before any rank returns
@@ -301,6 +343,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   result.final_val_loss = last_val;
   result.steps = state.step;
 
+  // Rank 0 holds only the first stage of a pipeline: sample from the checkpoint it wrote.
+  if (pipe && cfg.train.samples > 0) model = load_model(result.checkpoint);
   for (int s = 0; s < cfg.train.samples; ++s) {
     SamplingParams sp;
     sp.temperature = 0.8f;

@@ -1,0 +1,38 @@
+// Which part of the model one pipeline stage holds: a run of consecutive layers, plus the token
+// (and GPT-2 position) embedding on the first stage and the final norm and LM head on the last.
+// A Model built for a stage holds only those parameters, under their Hugging Face names with
+// global layer indices, so a stage's tensors are named exactly as in the full checkpoint.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/model/config.h"
+
+namespace kiln {
+
+class Model;
+
+struct PipelineStage {
+  int first_layer = 0;  // global index of the stage's first layer
+  int num_layers = 0;
+  bool has_embedding = true;  // embed_tokens / wte (+ wpe)
+  bool has_head = true;       // final norm + lm_head; with tied embeddings also embed_tokens
+  bool operator==(const PipelineStage&) const = default;
+  // Whether the stage holds the token embedding: a tied LM head is that matrix, so the last stage
+  // holds its own copy (kept equal to the first stage's by summing their gradients of it).
+  bool holds_token_embedding(bool tied) const { return has_embedding || (has_head && tied); }
+};
+
+// The whole model as one stage.
+PipelineStage full_model_stage(const ModelConfig& cfg);
+
+// Stage `stage` of `stages`: consecutive layers, an even split with the remainder on the early
+// stages (10 layers over 4 stages: 3, 3, 2, 2). Throws naming the fix when stages > layers.
+PipelineStage pipeline_stage(const ModelConfig& cfg, int stages, int stage);
+
+// Copies every parameter `from` holds that `to` also holds (matched by name) from the flat buffer
+// `src` (laid out as `from`) into `dst` (laid out as `to`). Works for weights, gradients and
+// optimizer moments alike: full model -> stage scatters, stage -> full model gathers.
+void copy_shared_params(const Model& from, const float* src, const Model& to, float* dst);
+
+}  // namespace kiln
