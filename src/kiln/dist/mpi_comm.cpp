@@ -39,6 +39,11 @@ class MpiPending final : public Request::Pending {
  public:
   MpiPending(MPI_Request r, const char* call) : req_(r), call_(call) {}
   void wait() override { check(MPI_Wait(&req_, MPI_STATUS_IGNORE), call_, kFixLaunch); }
+  bool test() override {
+    int done = 0;
+    check(MPI_Test(&req_, &done, MPI_STATUS_IGNORE), call_, kFixLaunch);
+    return done != 0;
+  }
 
  private:
   MPI_Request req_;

@@ -94,15 +94,10 @@ Tensor Model::param_view(const ParamInfo& p, const Tensor& flat) const {
 ModelParams Model::bind(float* flat) const {
   // The name lookups ran once, in the constructor (locate); here every pointer is only moved
   // from the layout's base to `flat`. bind runs on every training step and decoded token.
-  auto move = [&](float*& p) {
-    if (p) p = flat + (p - layout_base_);
-  };
   ModelParams m = layout_;
-  for (float** f : {&m.wte, &m.wpe, &m.lnf_w, &m.lnf_b, &m.lm_head}) move(*f);
-  for (LayerParams& L : m.layers)
-    for (float** f : {&L.ln1_w, &L.ln1_b, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b, &L.ln2_w, &L.ln2_b,
-                      &L.up_w, &L.up_b, &L.down_w, &L.down_b})
-      move(*f);
+  for_each_pointer(m, [&](float*& p) {
+    if (p) p = flat + (p - layout_base_);
+  });
   return m;
 }
 
@@ -302,31 +297,29 @@ void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerAc
   cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(N) * C);
 }
 
-void TrainState::forward(const Model& model, const ModelParams& w, const int* ids) {
+void TrainState::forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden;
-  const bool llama = c.arch == Arch::llama;
+  bind(StepHooks::kEmbedding, false, w, g);
   cpu::embedding_forward(acts_[0].x_in.f32(), ids, w.wte, N, C, false);
-  if (!llama) cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
+  if (c.arch == Arch::gpt2)
+    cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
+  done(StepHooks::kEmbedding, false);
   for (int l = 0; l < c.layers; ++l) {
     float* x_next = l + 1 < c.layers ? acts_[l + 1].x_in.f32() : x_out_.f32();
+    bind(l, false, w, g);
     Recompute m = mode(l);
     if (m == Recompute::none) {
       forward_layer(model, w.layers[l], acts_[l], x_next);
-      continue;
+    } else {
+      // Run the block in scratch; keep what this layer's mode keeps.
+      LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
+      a.x_in = acts_[l].x_in;
+      a.att = scratch_.att;
+      a.lse = scratch_.lse;
+      forward_layer(model, w.layers[l], a, x_next);
     }
-    // Run the block in scratch; keep what this layer's mode keeps.
-    LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
-    a.x_in = acts_[l].x_in;
-    a.att = scratch_.att;
-    a.lse = scratch_.lse;
-    forward_layer(model, w.layers[l], a, x_next);
-  }
-  if (llama) {
-    cpu::rms_norm_forward(lnf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, N, C, c.norm_eps);
-  } else {
-    cpu::layer_norm_forward(lnf_.f32(), meanf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, w.lnf_b,
-                            N, C, c.norm_eps);
+    done(l, false);
   }
 }
 
@@ -371,23 +364,17 @@ void TrainState::backward_layer(const Model& model, const LayerParams& p, const 
   }
 }
 
-void TrainState::backward(const Model& model, const ModelParams& w, const ModelParams& g,
-                          const int* ids) {
+// Enters with dres_ holding the gradient of the last layer's output (the final norm's backward).
+void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, const int* ids) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden;
-  const bool llama = c.arch == Arch::llama;
   float* dres = dres_.f32();  // gradient of the residual stream, walking down the layers
-  std::memset(dres, 0, dres_.nbytes());
-  if (llama) {
-    cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
-  } else {
-    cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
-                             meanf_.f32(), rstdf_.f32(), N, C);
-  }
   for (int l = c.layers - 1; l >= 0; --l) {
+    bind(l, true, w, g);
     Recompute m = mode(l);
     if (m == Recompute::none) {
       backward_layer(model, w.layers[l], g.layers[l], acts_[l]);
+      done(l, true);
       continue;
     }
     LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
@@ -404,37 +391,80 @@ void TrainState::backward(const Model& model, const ModelParams& w, const ModelP
                              c.head_dim);
     }
     backward_layer(model, w.layers[l], g.layers[l], a);
+    done(l, true);
   }
+  bind(StepHooks::kEmbedding, true, w, g);
   cpu::embedding_backward(g.wte, dres, ids, N, C);
-  if (!llama) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
+  if (c.arch == Arch::gpt2) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
+  done(StepHooks::kEmbedding, true);
 }
 
 double TrainState::step(const Model& model, const int* ids, const int* targets, float* grads,
                         float grad_scale) {
+  ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
+  ModelParams g{};
+  if (grads) g = model.bind(grads);
+  hooks_ = nullptr;
+  return run(model, ids, targets, w, g, grads != nullptr, grad_scale);
+}
+
+double TrainState::step(const Model& model, const int* ids, const int* targets, StepHooks& hooks,
+                        bool backward, float grad_scale) {
+  ModelParams w{}, g{};
+  w.layers.resize(model.config().layers);
+  g.layers.resize(model.config().layers);
+  hooks_ = &hooks;
+  const double loss = run(model, ids, targets, w, g, backward, grad_scale);
+  hooks_ = nullptr;
+  return loss;
+}
+
+double TrainState::run(const Model& model, const int* ids, const int* targets, ModelParams& w,
+                       ModelParams& g, bool with_backward, float grad_scale) {
   const ModelConfig& c = model.config();
-  const int N = B_ * T_;
+  const int N = B_ * T_, C = c.hidden;
   for (int n = 0; n < N; ++n) {
     KILN_CHECK(ids[n] >= 0 && ids[n] < c.vocab_size, "model", "token id ", ids[n], " at position ",
                n, " is outside the vocabulary [0, ", c.vocab_size,
                "): the data was tokenized with a different tokenizer");
   }
-  ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
-  forward(model, w, ids);
-  if (!targets) return 0.0;
-  counted_ = 0;
-  for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
-  if (counted_ == 0) return 0.0;
-  // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
-  const float scale = grad_scale / float(counted_);
-  ModelParams g{};
-  if (grads) g = model.bind(grads);
-  lin_.lm_head_cross_entropy(losses_.data(), grads ? dlnf_.f32() : nullptr,
-                             grads ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N,
-                             c.hidden, c.vocab_size, scale);
+  forward(model, w, g, ids);
+  if (targets) {
+    counted_ = 0;
+    for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
+  }
+  const bool loss = targets && counted_ > 0, bwd = with_backward && loss;
+  const bool llama = c.arch == Arch::llama;
+  bind(StepHooks::kHead, bwd, w, g);
+  if (llama) {
+    cpu::rms_norm_forward(lnf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, N, C, c.norm_eps);
+  } else {
+    cpu::layer_norm_forward(lnf_.f32(), meanf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, w.lnf_b,
+                            N, C, c.norm_eps);
+  }
   double sum = 0;
-  for (int n = 0; n < N; ++n) sum += losses_[n];
-  if (grads) backward(model, w, g, ids);
-  return sum / double(counted_);
+  if (loss) {
+    // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
+    const float scale = grad_scale / float(counted_);
+    lin_.lm_head_cross_entropy(losses_.data(), bwd ? dlnf_.f32() : nullptr,
+                               bwd ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N, C,
+                               c.vocab_size, scale);
+    for (int n = 0; n < N; ++n) sum += losses_[n];
+  }
+  if (bwd) {
+    float* dres = dres_.f32();
+    std::memset(dres, 0, dres_.nbytes());
+    if (llama) {
+      cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N,
+                             C);
+    } else {
+      cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
+                               meanf_.f32(), rstdf_.f32(), N, C);
+    }
+  }
+  done(StepHooks::kHead, bwd);
+  if (bwd) backward(model, w, g, ids);
+  return loss ? sum / double(counted_) : 0.0;
 }
 
 }  // namespace kiln

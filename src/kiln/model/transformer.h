@@ -48,6 +48,17 @@ struct ModelParams {
   std::vector<LayerParams> layers;
 };
 
+// Calls f(float*&) on every pointer of m in one fixed order (the same for every ModelParams of a
+// model), so code can map pointers between buffers without naming each field.
+template <class F>
+void for_each_pointer(ModelParams& m, F&& f) {
+  for (float** p : {&m.wte, &m.wpe, &m.lnf_w, &m.lnf_b, &m.lm_head}) f(*p);
+  for (LayerParams& L : m.layers)
+    for (float** p : {&L.ln1_w, &L.ln1_b, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b, &L.ln2_w, &L.ln2_b,
+                      &L.up_w, &L.up_b, &L.down_w, &L.down_b})
+      f(*p);
+}
+
 class Model {
  public:
   explicit Model(const ModelConfig& cfg);
@@ -80,6 +91,21 @@ class Model {
   const float* layout_base_ = nullptr;  // ... and the base it was taken against
 };
 
+// Per-unit callbacks into a training step, for distributed training (train/zero.h implements
+// them). Units: the layers 0..L-1, kEmbedding (wte, wpe) and kHead (final norm, lm_head). bind()
+// points the unit's entries of w (and of g, for backward) at its weights and gradients, e.g. at
+// just-gathered shards; done() says the step is through with them: after forward its weights are
+// not read again, after backward its gradients are final. The head is bound once for forward and
+// backward (the LM head's gradient comes with its forward); the embedding's backward reads no
+// weights.
+class StepHooks {
+ public:
+  static constexpr int kEmbedding = -1, kHead = -2;
+  virtual ~StepHooks() = default;
+  virtual void bind(int unit, bool backward, ModelParams& w, ModelParams& g) = 0;
+  virtual void done(int unit, bool backward) = 0;
+};
+
 // Activations and scratch for training on (B, T). Sized once; reused every step. With
 // recomputation, the layers that recompute keep only what their mode needs (full: the layer
 // input; selective: all but the attention output and log-sum-exp) and rebuild the rest in backward
@@ -98,6 +124,10 @@ class TrainState {
   // gradient chunk by chunk. Call refresh_weights() after every change of the weights.
   double step(const Model& model, const int* ids, const int* targets, float* grads,
               float grad_scale = 1.0f);
+  // The same step with every unit's weights and gradients placed by `hooks`; backward (into
+  // what hooks bind) when `backward` and targets are given.
+  double step(const Model& model, const int* ids, const int* targets, StepHooks& hooks,
+              bool backward, float grad_scale = 1.0f);
   // Rounds the weights into the precision's low-precision copy (no-op in fp32).
   void refresh_weights(const Model& model) { lin_.refresh(model.weights()); }
   // Per-token losses of the last step (B*T); 0 where the target was ignored.
@@ -118,8 +148,17 @@ class TrainState {
   void forward_layer(const Model& model, const LayerParams& p, LayerActs& a, float* x_next);
   void backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
                       LayerActs& a);
-  void forward(const Model& model, const ModelParams& w, const int* ids);
-  void backward(const Model& model, const ModelParams& w, const ModelParams& g, const int* ids);
+  double run(const Model& model, const int* ids, const int* targets, ModelParams& w,
+             ModelParams& g, bool with_backward, float grad_scale);
+  // The embedding and the layers (forward), the layers and the embedding (backward).
+  void forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids);
+  void backward(const Model& model, ModelParams& w, ModelParams& g, const int* ids);
+  void bind(int unit, bool backward, ModelParams& w, ModelParams& g) {
+    if (hooks_) hooks_->bind(unit, backward, w, g);
+  }
+  void done(int unit, bool backward) {
+    if (hooks_) hooks_->done(unit, backward);
+  }
 
   int B_, T_;
   TrainOptions opt_;
@@ -132,6 +171,7 @@ class TrainState {
   std::vector<int> pos_;
   std::vector<float> losses_;
   int64_t counted_ = 0;
+  StepHooks* hooks_ = nullptr;  // the current step's, if any
 };
 
 }  // namespace kiln

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "kiln/core/error.h"
@@ -16,11 +17,11 @@
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
-#include "kiln/ops/elementwise.h"
 #include "kiln/train/checkpoint.h"
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/optimizer.h"
 #include "kiln/train/schedule.h"
+#include "kiln/train/zero.h"
 
 namespace kiln {
 
@@ -57,8 +58,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
 // Mean validation loss over up to max_batches global batches of B sequences; with data
 // parallelism each rank computes its B/dp rows and the token-weighted sums are all-reduced, so
 // every layout reports the single-process figure (up to summation order).
-double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int B, int max_batches,
-                dist::Comm& comm) {
+double evaluate(const Model& model, TrainState& ts, StepHooks& hooks, const BatchSource& val,
+                int B, int max_batches, dist::Comm& comm) {
   const int T = ts.T(), Bl = ts.B();
   int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
   if (n <= 0) return NAN;
@@ -68,7 +69,7 @@ double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int 
   for (int64_t i = 0; i < n; ++i) {
     val.eval_batch(int(i), B, ids.data(), tg.data());
     const int64_t total = std::count_if(tg.begin(), tg.end(), [](int32_t t) { return t >= 0; });
-    const double mean = ts.step(model, ids.data() + off, tg.data() + off, nullptr);
+    const double mean = ts.step(model, ids.data() + off, tg.data() + off, hooks, false);
     double part = mean * double(ts.counted_tokens()) / double(std::max<int64_t>(total, 1));
     if (comm.size() > 1) {
       float f = float(part);
@@ -84,14 +85,17 @@ double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int 
 
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
-  // Data parallelism: every rank holds the whole model, draws the same global batch and computes
-  // its slice of it; gradients are summed across ranks before the (identical) update. Rank 0
-  // alone writes the run directory.
+  // Data parallelism: every rank draws the same global batch and computes its slice of it;
+  // gradients are summed across ranks in buckets overlapped with backward, and the update is
+  // the single-process one, sharded by parallel.zero (train/zero.h). Rank 0 alone writes the
+  // run directory.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
-  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.zero == 0, "train",
-             "parallel.tp, parallel.pp and parallel.zero are not implemented yet; leave them at ",
-             "1, 1 and 0");
+  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1, "train",
+             "parallel.tp and parallel.pp are not implemented yet; leave them at 1");
+  KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
+             "parallel.zero = 3 supports train.precision = fp32 only (the ", name_of(cfg.train.precision),
+             " GEMM weight copy is made from the whole weights); use parallel.zero <= 2 or fp32");
   const int dp = comm.size(), rank = comm.rank();
   const bool writer = rank == 0;
   KILN_CHECK(cfg.train.batch_size % dp == 0, "train", "train.batch_size = ", cfg.train.batch_size,
@@ -134,14 +138,16 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   const bool has_val = data->eval_batches_available(B) > 0;
   log_info("data: ", data->describe(), "; model: ", model->num_params(), " parameters");
 
-  AdamW opt(*model, {cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay});
+  const AdamWConfig adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
   TrainerState state;
+  std::unique_ptr<AdamW> resumed;  // the checkpoint's whole optimizer state, until sharded
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
   if (resume) {
     std::string ckpt = latest_checkpoint(cfg.run_dir);
     KILN_CHECK(!ckpt.empty(), "train", "--resume: no checkpoint in ", cfg.run_dir,
                "/checkpoints; start without --resume");
-    load_checkpoint(ckpt, *model, opt, state);
+    resumed = std::make_unique<AdamW>(*model, adamw);
+    load_checkpoint(ckpt, *model, *resumed, state);
     data->set_state(state.loader);
     if (writer) truncate_metrics(metrics_path, state.step);
     log_info("resumed from ", ckpt, " at step ", state.step);
@@ -155,7 +161,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
   const int Bl = B / dp;  // this rank's rows of each global batch
   TrainState ts(*model, Bl, T, topt);
-  Tensor grads = Tensor::zeros({model->num_params()});
+  ZeroAdamW opt(*model, comm, cfg.parallel.zero, cfg.parallel.bucket_mb, adamw, resumed.get());
+  resumed.reset();
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
   const bool fp16 = cfg.train.precision == Precision::fp16;
@@ -163,14 +170,17 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (resume && fp16 && state.loss_scale > 0)
     scaler.restore(state.loss_scale, state.scale_growth, state.scale_hysteresis);
   log_info("precision ", name_of(cfg.train.precision), ", recompute ", name_of(cfg.train.recompute),
-           "; weights+grads+AdamW ", (4 * model->weights().nbytes()) >> 20, " MiB, activations ",
-           ts.bytes() >> 20, " MiB");
+           ", zero ", opt.stage(), " over ", dp, " rank(s), ", opt.layout().chunks.size(),
+           " gradient buckets; weights+grads+AdamW ", opt.state_bytes() >> 20,
+           " MiB per rank (state_bytes ", opt.state_bytes(), "), activations ", ts.bytes() >> 20,
+           " MiB");
   TrainResult result;
   Progress progress("train", cfg.train.steps, "steps");
   double last_loss = NAN, last_val = NAN;
   int consecutive_skips = 0;
 
-  for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
+  const int64_t first_step = state.step + 1;
+  for (int64_t step = first_step; step <= cfg.train.steps; ++step) {
     auto t0 = std::chrono::steady_clock::now();
     const float lr = lr_at(int(step), cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr,
                            cfg.optim.warmup_steps, cfg.optim.schedule);
@@ -183,7 +193,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     bool updated = false;
     for (;;) {
       const double scale = fp16 ? scaler.scale() : 1.0;
-      std::memset(grads.raw(), 0, grads.nbytes());
+      opt.begin_step();
       loss = 0;
       const size_t off = size_t(rank) * Bl * T;
       for (int micro = 0; micro < accum; ++micro) {
@@ -194,22 +204,18 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
         int64_t local = 0;
         for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
         const double w = total > 0 ? double(local) / double(total) : 0.0;
-        loss += w * ts.step(*model, ids.data() + off, targets.data() + off, grads.f32(),
+        opt.begin_micro(micro == accum - 1);
+        loss += w * ts.step(*model, ids.data() + off, targets.data() + off, opt, true,
                             float(scale / accum * w));
       }
+      opt.finish_backward();
       loss /= accum;
-      if (dp > 1) {
-        float l = float(loss);
-        comm.all_reduce(&l, 1);
-        loss = l;
-        comm.all_reduce(grads.f32(), grads.numel());
-      }
-      bool bad = !std::isfinite(loss) || (fp16 && fp16_overflow(grads.f32(), grads.numel())) ||
-                 (inject && skipped == 0);
+      if (dp > 1) loss = opt.sum_over_ranks(float(loss));
+      bool bad = !std::isfinite(loss) || (fp16 && opt.fp16_overflow()) || (inject && skipped == 0);
       if (!bad) {
-        if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());  // exact: 2^-k
+        if (fp16) opt.scale_grads(float(1.0 / scale));  // exact: 2^-k
         // A non-finite gradient norm also skips: nothing non-finite reaches the weights.
-        updated = clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
+        updated = opt.clip_and_step(lr, cfg.optim.grad_clip, &norm);
         bad = !updated;
       }
       if (fp16) scaler.update(bad);
@@ -235,6 +241,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       ts.refresh_weights(*model);
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (step == first_step && dp > 1)
+      log_info("step ", step, " sent ", opt.comm_bytes(), " bytes per rank (comm_bytes)");
     state.step = step;
     state.tokens_seen += tokens_per_step;
     last_loss = loss;
@@ -245,13 +253,15 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                           {"tokens", state.tokens_seen},
                           {"tokens_per_s", double(tokens_per_step) / dt},
                           {"step_ms", dt * 1e3},
-                          {"peak_bytes", peak_rss_bytes()}};
+                          {"peak_bytes", peak_rss_bytes()},
+                          {"state_bytes", opt.state_bytes()},
+                          {"comm_bytes", opt.comm_bytes()}};
     if (fp16) rec["loss_scale"] = scaler.scale();
     if (skipped || fp16) rec["skipped"] = skipped;
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val = evaluate(*model, ts, *data, B, cfg.train.eval_batches, comm);
+      last_val = evaluate(*model, ts, opt, *data, B, cfg.train.eval_batches, comm);
       rec["val_loss"] = last_val;
       rec["val_perplexity"] = std::exp(last_val);
     }
@@ -261,18 +271,24 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                                 (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
                                 " lr " + fmt("%.2e", lr) + " " +
                                 fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
-    if (writer &&
-        ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last)) {
-      state.loader = data->state();
-      state.loss_scale = fp16 ? scaler.scale() : 0;
-      state.scale_growth = scaler.growth();
-      state.scale_hysteresis = scaler.hysteresis_left();
-      result.checkpoint =
-          save_checkpoint(cfg.run_dir, *model, tok, opt, state, cfg.train.keep_checkpoints,
-                          cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last) {
+      // Collective: the shards are gathered into one whole checkpoint, written by rank 0.
+      std::unique_ptr<AdamW> whole = opt.gather_optimizer();
+      opt.gather_weights();
+      if (writer) {
+        state.loader = data->state();
+        state.loss_scale = fp16 ? scaler.scale() : 0;
+        state.scale_growth = scaler.growth();
+        state.scale_hysteresis = scaler.hysteresis_left();
+        result.checkpoint =
+            save_checkpoint(cfg.run_dir, *model, tok, *whole, state, cfg.train.keep_checkpoints,
+                            cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+      }
+      opt.release_weights();
     }
   }
-  comm.barrier();  // the last checkpoint is complete before any rank returns
+  opt.gather_weights();  // ZeRO-3: the whole model again, for the samples
+  comm.barrier();        // the last checkpoint is complete before any rank returns
   if (!writer) return result;
   progress.finish("loss " + fmt("%.4f", last_loss));
   if (result.checkpoint.empty()) result.checkpoint = latest_checkpoint(cfg.run_dir);
