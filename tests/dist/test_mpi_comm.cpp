@@ -63,8 +63,7 @@ void check_collectives(Comm& c, const std::string& tag) {
     while (!rb.test()) {
     }
     if (!rb.test() || rb.pending()) {  // done stays done
-      std::fprintf(stderr, "[rank %d] %s: Request::test() went back to pending\n", r,
-                   tag.c_str());
+      std::fprintf(stderr, "[rank %d] %s: Request::test() went back to pending\n", r, tag.c_str());
       ++g_failures;
     }
     ra.wait();

@@ -14,8 +14,9 @@ enum class ReduceOp { sum, max, min };
 
 // A pending non-blocking operation. wait() blocks until it is done and its buffers may be reused;
 // until then neither the input nor the output buffer may be touched. test() asks without
-// blocking; polling it between pieces of compute is also what lets MPI progress the operation. Destroying a handle that was
-// never waited on waits for it (like std::jthread), so buffers are never left in flight.
+// blocking; polling it between pieces of compute is also what lets MPI progress the operation.
+// Destroying a handle that was never waited on waits for it (like std::jthread), so buffers are
+// never left in flight.
 class [[nodiscard]] Request {
  public:
   // What a backend implements: wait for its operation, or test whether it is done (true once

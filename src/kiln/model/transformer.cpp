@@ -455,8 +455,7 @@ double TrainState::run(const Model& model, const int* ids, const int* targets, M
     float* dres = dres_.f32();
     std::memset(dres, 0, dres_.nbytes());
     if (llama) {
-      cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N,
-                             C);
+      cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
     } else {
       cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
                                meanf_.f32(), rstdf_.f32(), N, C);

@@ -148,8 +148,8 @@ class TrainState {
   void forward_layer(const Model& model, const LayerParams& p, LayerActs& a, float* x_next);
   void backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
                       LayerActs& a);
-  double run(const Model& model, const int* ids, const int* targets, ModelParams& w,
-             ModelParams& g, bool with_backward, float grad_scale);
+  double run(const Model& model, const int* ids, const int* targets, ModelParams& w, ModelParams& g,
+             bool with_backward, float grad_scale);
   // The embedding and the layers (forward), the layers and the embedding (backward).
   void forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids);
   void backward(const Model& model, ModelParams& w, ModelParams& g, const int* ids);

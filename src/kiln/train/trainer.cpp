@@ -58,8 +58,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
 // Mean validation loss over up to max_batches global batches of B sequences; with data
 // parallelism each rank computes its B/dp rows and the token-weighted sums are all-reduced, so
 // every layout reports the single-process figure (up to summation order).
-double evaluate(const Model& model, TrainState& ts, StepHooks& hooks, const BatchSource& val,
-                int B, int max_batches, dist::Comm& comm) {
+double evaluate(const Model& model, TrainState& ts, StepHooks& hooks, const BatchSource& val, int B,
+                int max_batches, dist::Comm& comm) {
   const int T = ts.T(), Bl = ts.B();
   int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
   if (n <= 0) return NAN;
@@ -94,7 +94,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1, "train",
              "parallel.tp and parallel.pp are not implemented yet; leave them at 1");
   KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
-             "parallel.zero = 3 supports train.precision = fp32 only (the ", name_of(cfg.train.precision),
+             "parallel.zero = 3 supports train.precision = fp32 only (the ",
+             name_of(cfg.train.precision),
              " GEMM weight copy is made from the whole weights); use parallel.zero <= 2 or fp32");
   const int dp = comm.size(), rank = comm.rank();
   const bool writer = rank == 0;

@@ -45,8 +45,9 @@ ZeroLayout make_zero_layout(std::vector<int64_t> u, int dp, int64_t bucket, bool
   const int64_t whole = std::max<int64_t>(dp, bucket / dp * dp);
   L.group_of.resize(U);
   for (auto [ulo, uhi] : spans) {
-    ZeroLayout::Group G{ulo, uhi, L.units[ulo], L.units[uhi] - L.units[ulo],
-                        int(L.chunks.size()), 0, 0, L.shard_size, 0};
+    ZeroLayout::Group G{
+        ulo,          uhi, L.units[ulo], L.units[uhi] - L.units[ulo], int(L.chunks.size()), 0, 0,
+        L.shard_size, 0};
     for (int64_t off = G.lo; off < G.lo + G.len; off += whole) {
       const int64_t len = std::min(whole, G.lo + G.len - off), n = (len + dp - 1) / dp;
       L.chunks.push_back({off, len, n, L.shard_size});
@@ -79,8 +80,8 @@ std::vector<ShardPiece> shard_pieces(const ZeroLayout& layout, const std::vector
   return out;
 }
 
-ZeroAdamW::ZeroAdamW(Model& model, dist::Comm& comm, int stage, double bucket_mb,
-                     AdamWConfig cfg, AdamW* resumed)
+ZeroAdamW::ZeroAdamW(Model& model, dist::Comm& comm, int stage, double bucket_mb, AdamWConfig cfg,
+                     AdamW* resumed)
     : model_(model),
       comm_(comm),
       stage_(stage),
@@ -225,8 +226,7 @@ void ZeroAdamW::bind_group(int gi, bool weights, bool grads, ModelParams& w, Mod
 void ZeroAdamW::bind(int unit, bool backward, ModelParams& w, ModelParams& g) {
   poll();
   // The embedding's backward reads no weights; a tied LM head is the embedding's matrix.
-  bind_group(layout_.group_of[unit_index(unit)], !(unit == kEmbedding && backward), backward, w,
-             g);
+  bind_group(layout_.group_of[unit_index(unit)], !(unit == kEmbedding && backward), backward, w, g);
   if (unit == kHead && tied_) bind_group(layout_.group_of[0], true, backward, w, g);
 }
 
@@ -327,7 +327,7 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
   for_each_grad_span([&](float* x, int64_t n) { ss += ops::cpu::sum_squares(x, n); });
   // Sharded stages: the global norm from every rank's sum of squares (fp32 on the wire: the
   // clip factor moves by ~1e-7 relative, well inside the data-parallel tolerance).
-  if (stage_ > 0) ss = sum_over_ranks(float(ss));
+  if (stage_ > 0 && dp_ > 1) ss = sum_over_ranks(float(ss));
   *norm = std::sqrt(ss);
   if (!std::isfinite(*norm)) return false;
   if (clip > 0 && *norm > clip) scale_grads(float(clip / *norm));
@@ -342,9 +342,8 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
     hp.eps = cfg_.eps;
     hp.weight_decay = p.decay ? cfg_.weight_decay : 0.0f;
     hp.step = steps_;
-    ops::cpu::adamw_step(w + (stage_ == 3 ? p.shard : p.flat),
-                         g + (stage_ >= 2 ? p.shard : p.flat), m_.f32() + p.shard,
-                         v_.f32() + p.shard, p.len, hp);
+    ops::cpu::adamw_step(w + (stage_ == 3 ? p.shard : p.flat), g + (stage_ >= 2 ? p.shard : p.flat),
+                         m_.f32() + p.shard, v_.f32() + p.shard, p.len, hp);
   }
   if (stage_ == 1 || stage_ == 2) {
     // Every rank updated its blocks in place: gather them into every rank's whole weights.

@@ -84,7 +84,7 @@ class ZeroAdamW final : public StepHooks {
   // Stages 0 and 1 reduce only after the last micro-batch (Megatron's no_sync): earlier ones
   // accumulate locally. Stages 2 and 3 reduce-scatter every micro-batch into the shard.
   void begin_micro(bool last) { last_micro_ = last; }
-  void finish_backward();  // waits for every gradient collective of the step
+  void finish_backward();         // waits for every gradient collective of the step
   float sum_over_ranks(float x);  // a scalar all-reduce, counted in comm_bytes
 
   // Whether any gradient overflows fp16 on any rank (an fp16 run's skip test).
@@ -139,10 +139,10 @@ class ZeroAdamW final : public StepHooks {
   std::vector<ShardPiece> pieces_;
   std::vector<int64_t> offsets_;  // each pointer of a ModelParams (for_each_pointer order)
   bool tied_;
-  Tensor grads_;       // (P) stages 0-1
-  Tensor g_shard_;     // (S) stages 2-3
-  Tensor w_shard_;     // (S) stage 3
-  Tensor m_, v_;       // (P) stage 0, else (S)
+  Tensor grads_;    // (P) stages 0-1
+  Tensor g_shard_;  // (S) stages 2-3
+  Tensor w_shard_;  // (S) stage 3
+  Tensor m_, v_;    // (P) stage 0, else (S)
   int64_t steps_ = 0;
   std::vector<GroupState> groups_;
   std::deque<InFlight> inflight_;
