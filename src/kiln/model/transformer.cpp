@@ -1,5 +1,6 @@
 #include "kiln/model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -433,7 +434,9 @@ double TrainState::run(const Model& model, const int* ids, const int* targets, M
     counted_ = 0;
     for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
   }
-  const bool loss = targets && counted_ > 0, bwd = with_backward && loss;
+  // Backward runs even when no target counts (its gradients are zero): every data-parallel rank
+  // must take part in the same per-unit collectives (StepHooks).
+  const bool bwd = with_backward && targets;
   const bool llama = c.arch == Arch::llama;
   bind(StepHooks::kHead, bwd, w, g);
   if (llama) {
@@ -443,9 +446,9 @@ double TrainState::run(const Model& model, const int* ids, const int* targets, M
                             N, C, c.norm_eps);
   }
   double sum = 0;
-  if (loss) {
+  if (targets) {
     // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
-    const float scale = grad_scale / float(counted_);
+    const float scale = grad_scale / float(std::max<int64_t>(counted_, 1));
     lin_.lm_head_cross_entropy(losses_.data(), bwd ? dlnf_.f32() : nullptr,
                                bwd ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N, C,
                                c.vocab_size, scale);
@@ -463,7 +466,7 @@ double TrainState::run(const Model& model, const int* ids, const int* targets, M
   }
   done(StepHooks::kHead, bwd);
   if (bwd) backward(model, w, g, ids);
-  return loss ? sum / double(counted_) : 0.0;
+  return targets && counted_ > 0 ? sum / double(counted_) : 0.0;
 }
 
 }  // namespace kiln

@@ -91,8 +91,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   // run directory.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
-  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1, "train",
-             "parallel.tp and parallel.pp are not implemented yet; leave them at 1");
+  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.checkpoint == "gathered",
+             "train", "parallel.tp, parallel.pp and parallel.checkpoint = sharded are not ",
+             "implemented yet; leave them at 1, 1 and gathered");
   KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
              "parallel.zero = 3 supports train.precision = fp32 only (the ",
              name_of(cfg.train.precision),
