@@ -33,6 +33,13 @@ void Request::wait() {
   p->wait();
 }
 
+bool Request::test() {
+  if (!pending_) return true;
+  if (!pending_->test()) return false;
+  pending_.reset();
+  return true;
+}
+
 static void check_count(const char* op, int64_t n) {
   KILN_CHECK(n >= 0, op, "element count must be >= 0, got ", n);
 }

@@ -13,14 +13,18 @@ namespace kiln::dist {
 enum class ReduceOp { sum, max, min };
 
 // A pending non-blocking operation. wait() blocks until it is done and its buffers may be reused;
-// until then neither the input nor the output buffer may be touched. Destroying a handle that was
-// never waited on waits for it (like std::jthread), so buffers are never left in flight.
+// until then neither the input nor the output buffer may be touched. test() asks without
+// blocking; polling it between pieces of compute is also what lets MPI progress the operation.
+// Destroying a handle that was never waited on waits for it (like std::jthread), so buffers are
+// never left in flight.
 class [[nodiscard]] Request {
  public:
-  // What a backend implements: wait for its operation; throws kiln::Error on failure.
+  // What a backend implements: wait for its operation, or test whether it is done (true once
+  // done); both throw kiln::Error on failure.
   struct Pending {
     virtual ~Pending() = default;
     virtual void wait() = 0;
+    virtual bool test() = 0;
   };
 
   Request() = default;  // an already-finished request
@@ -30,6 +34,8 @@ class [[nodiscard]] Request {
   ~Request();
 
   void wait();  // idempotent; the second call returns at once
+  // Whether the operation is done, without blocking; true from then on, like after wait().
+  [[nodiscard]] bool test();
   bool pending() const { return pending_ != nullptr; }
 
  private:

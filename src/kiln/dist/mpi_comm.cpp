@@ -65,6 +65,11 @@ class MpiPending final : public Request::Pending {
       if (waited > g_timeout_s) timed_out(waited);
     }
   }
+  bool test() override {
+    int done = 0;
+    check(MPI_Test(&req_, &done, MPI_STATUS_IGNORE), what_.c_str(), kFixLaunch);
+    return done != 0;
+  }
 
  private:
   [[noreturn]] void timed_out(double waited) const {

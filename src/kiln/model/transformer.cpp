@@ -1,5 +1,6 @@
 #include "kiln/model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -103,15 +104,10 @@ Tensor Model::param_view(const ParamInfo& p, const Tensor& flat) const {
 ModelParams Model::bind(float* flat) const {
   // The name lookups ran once, in the constructor (locate); here every pointer is only moved
   // from the layout's base to `flat`. bind runs on every training step and decoded token.
-  auto move = [&](float*& p) {
-    if (p) p = flat + (p - layout_base_);
-  };
   ModelParams m = layout_;
-  for (float** f : {&m.wte, &m.wpe, &m.lnf_w, &m.lnf_b, &m.lm_head}) move(*f);
-  for (LayerParams& L : m.layers)
-    for (float** f : {&L.ln1_w, &L.ln1_b, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b, &L.ln2_w, &L.ln2_b,
-                      &L.up_w, &L.up_b, &L.down_w, &L.down_b})
-      move(*f);
+  for_each_pointer(m, [&](float*& p) {
+    if (p) p = flat + (p - layout_base_);
+  });
   return m;
 }
 
@@ -318,38 +314,77 @@ void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerAc
   cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(N) * C);
 }
 
-void TrainState::forward(const Model& model, const ModelParams& w, const int* ids,
+void TrainState::forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids,
                          const float* in) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden, layers = model.stage().num_layers;
-  const bool llama = c.arch == Arch::llama;
   if (model.stage().has_embedding) {
+    bind(StepHooks::kEmbedding, false, w, g);
     cpu::embedding_forward(acts_[0].x_in.f32(), ids, w.wte, N, C, false);
-    if (!llama) cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
+    if (c.arch == Arch::gpt2)
+      cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
+    done(StepHooks::kEmbedding, false);
   } else {
     std::memcpy(acts_[0].x_in.f32(), in, acts_[0].x_in.nbytes());
   }
   for (int l = 0; l < layers; ++l) {
     float* x_next = l + 1 < layers ? acts_[l + 1].x_in.f32() : x_out_.f32();
+    bind(l, false, w, g);
     Recompute m = mode(l);
     if (m == Recompute::none) {
       forward_layer(model, w.layers[l], acts_[l], x_next);
-      continue;
+    } else {
+      // Run the block in scratch; keep what this layer's mode keeps.
+      LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
+      a.x_in = acts_[l].x_in;
+      a.att = scratch_.att;
+      a.lse = scratch_.lse;
+      forward_layer(model, w.layers[l], a, x_next);
     }
-    // Run the block in scratch; keep what this layer's mode keeps.
-    LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
-    a.x_in = acts_[l].x_in;
-    a.att = scratch_.att;
-    a.lse = scratch_.lse;
-    forward_layer(model, w.layers[l], a, x_next);
+    done(l, false);
   }
-  if (!model.stage().has_head) return;
+}
+
+double TrainState::head(const Model& model, ModelParams& w, ModelParams& g, const int* targets,
+                        bool backward, float grad_scale) {
+  const ModelConfig& c = model.config();
+  const int N = B_ * T_, C = c.hidden;
+  const bool llama = c.arch == Arch::llama;
+  if (targets) {
+    counted_ = 0;
+    for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
+  }
+  // Backward runs even when no target counts (its gradients are zero): every data-parallel rank
+  // and pipeline stage must take part in the same collectives.
+  const bool bwd = backward && targets;
+  bind(StepHooks::kHead, bwd, w, g);
   if (llama) {
     cpu::rms_norm_forward(lnf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, N, C, c.norm_eps);
   } else {
     cpu::layer_norm_forward(lnf_.f32(), meanf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, w.lnf_b,
                             N, C, c.norm_eps);
   }
+  double sum = 0;
+  if (targets) {
+    // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
+    const float scale = grad_scale / float(std::max<int64_t>(counted_, 1));
+    lin_.lm_head_cross_entropy(losses_.data(), bwd ? dlnf_.f32() : nullptr,
+                               bwd ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N, C,
+                               c.vocab_size, scale);
+    for (int n = 0; n < N; ++n) sum += losses_[n];
+  }
+  if (bwd) {
+    float* dres = dres_.f32();
+    std::memset(dres, 0, dres_.nbytes());
+    if (llama) {
+      cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
+    } else {
+      cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
+                               meanf_.f32(), rstdf_.f32(), N, C);
+    }
+  }
+  done(StepHooks::kHead, bwd);
+  return targets && counted_ > 0 ? sum / double(counted_) : 0.0;
 }
 
 // Backward through one block. dres_ holds d x_next on entry and d x_in on exit.
@@ -393,26 +428,18 @@ void TrainState::backward_layer(const Model& model, const LayerParams& p, const 
   }
 }
 
-void TrainState::backward(const Model& model, const ModelParams& w, const ModelParams& g,
-                          const int* ids, const float* dout) {
+void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, const int* ids,
+                          const float* dout) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden;
-  const bool llama = c.arch == Arch::llama;
   float* dres = dres_.f32();  // gradient of the residual stream, walking down the layers
-  if (!model.stage().has_head) {
-    std::memcpy(dres, dout, dres_.nbytes());
-  } else if (llama) {
-    std::memset(dres, 0, dres_.nbytes());
-    cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
-  } else {
-    std::memset(dres, 0, dres_.nbytes());
-    cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
-                             meanf_.f32(), rstdf_.f32(), N, C);
-  }
+  if (!model.stage().has_head) std::memcpy(dres, dout, dres_.nbytes());  // else head() left it
   for (int l = model.stage().num_layers - 1; l >= 0; --l) {
+    bind(l, true, w, g);
     Recompute m = mode(l);
     if (m == Recompute::none) {
       backward_layer(model, w.layers[l], g.layers[l], acts_[l]);
+      done(l, true);
       continue;
     }
     LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
@@ -429,55 +456,65 @@ void TrainState::backward(const Model& model, const ModelParams& w, const ModelP
                              c.head_dim);
     }
     backward_layer(model, w.layers[l], g.layers[l], a);
+    done(l, true);
   }
   if (!model.stage().has_embedding) return;  // dres is the gradient of the stage's input
+  bind(StepHooks::kEmbedding, true, w, g);
   cpu::embedding_backward(g.wte, dres, ids, N, C);
-  if (!llama) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
+  if (c.arch == Arch::gpt2) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
+  done(StepHooks::kEmbedding, true);
+}
+
+void TrainState::check_ids(const Model& model, const int* ids) const {
+  const ModelConfig& c = model.config();
+  if (!model.stage().has_embedding) return;
+  for (int n = 0; n < B_ * T_; ++n) {
+    KILN_CHECK(ids[n] >= 0 && ids[n] < c.vocab_size, "model", "token id ", ids[n], " at position ",
+               n, " is outside the vocabulary [0, ", c.vocab_size,
+               "): the data was tokenized with a different tokenizer");
+  }
 }
 
 double TrainState::step(const Model& model, const int* ids, const int* targets, float* grads,
                         float grad_scale) {
   const double loss = forward_stage(model, ids, nullptr, targets, grads, grad_scale);
-  if (grads && targets && counted_ > 0) backward_stage(model, ids, nullptr, grads);
+  if (grads && targets) backward_stage(model, ids, nullptr, grads);
+  return loss;
+}
+
+double TrainState::step(const Model& model, const int* ids, const int* targets, StepHooks& hooks,
+                        bool backward, float grad_scale) {
+  KILN_CHECK(model.stage().has_embedding && model.stage().has_head, "model",
+             "a step through StepHooks needs the whole model, not a pipeline stage");
+  check_ids(model, ids);
+  ModelParams w{}, g{};
+  w.layers.resize(size_t(model.stage().num_layers));
+  g.layers.resize(size_t(model.stage().num_layers));
+  hooks_ = &hooks;
+  forward(model, w, g, ids, nullptr);
+  const double loss = head(model, w, g, targets, backward, grad_scale);
+  if (backward && targets) this->backward(model, w, g, ids, nullptr);
+  hooks_ = nullptr;
   return loss;
 }
 
 double TrainState::forward_stage(const Model& model, const int* ids, const float* in,
                                  const int* targets, float* grads, float grad_scale) {
-  const ModelConfig& c = model.config();
-  const PipelineStage& stage = model.stage();
-  const int N = B_ * T_;
-  for (int n = 0; stage.has_embedding && n < N; ++n) {
-    KILN_CHECK(ids[n] >= 0 && ids[n] < c.vocab_size, "model", "token id ", ids[n], " at position ",
-               n, " is outside the vocabulary [0, ", c.vocab_size,
-               "): the data was tokenized with a different tokenizer");
-  }
-  ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
-  forward(model, w, ids, in);
-  if (!targets || !stage.has_head) return 0.0;
-  counted_ = 0;
-  for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
-  if (counted_ == 0) {
-    // Nothing to learn from: a pipeline's backward still runs, on a zero gradient.
-    if (grads) std::memset(dlnf_.raw(), 0, dlnf_.nbytes());
-    return 0.0;
-  }
-  // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
-  const float scale = grad_scale / float(counted_);
-  ModelParams g{};
+  check_ids(model, ids);
+  hooks_ = nullptr;
+  ModelParams w = model.bind(const_cast<float*>(model.weights().f32())), g{};
   if (grads) g = model.bind(grads);
-  lin_.lm_head_cross_entropy(losses_.data(), grads ? dlnf_.f32() : nullptr,
-                             grads ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N,
-                             c.hidden, c.vocab_size, scale);
-  double sum = 0;
-  for (int n = 0; n < N; ++n) sum += losses_[n];
-  return sum / double(counted_);
+  forward(model, w, g, ids, in);
+  if (!model.stage().has_head) return 0.0;
+  return head(model, w, g, targets, grads != nullptr, grad_scale);
 }
 
 const float* TrainState::backward_stage(const Model& model, const int* ids, const float* dout,
                                         float* grads) {
+  hooks_ = nullptr;
   ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
-  backward(model, w, model.bind(grads), ids, dout);
+  ModelParams g = model.bind(grads);
+  backward(model, w, g, ids, dout);
   return model.stage().has_embedding ? nullptr : dres_.f32();
 }
 

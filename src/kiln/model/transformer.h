@@ -50,6 +50,17 @@ struct ModelParams {
   std::vector<LayerParams> layers;
 };
 
+// Calls f(float*&) on every pointer of m in one fixed order (the same for every ModelParams of a
+// model), so code can map pointers between buffers without naming each field.
+template <class F>
+void for_each_pointer(ModelParams& m, F&& f) {
+  for (float** p : {&m.wte, &m.wpe, &m.lnf_w, &m.lnf_b, &m.lm_head}) f(*p);
+  for (LayerParams& L : m.layers)
+    for (float** p : {&L.ln1_w, &L.ln1_b, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b, &L.ln2_w, &L.ln2_b,
+                      &L.up_w, &L.up_b, &L.down_w, &L.down_b})
+      f(*p);
+}
+
 class Model {
  public:
   explicit Model(const ModelConfig& cfg) : Model(cfg, full_model_stage(cfg)) {}
@@ -87,6 +98,21 @@ class Model {
   const float* layout_base_ = nullptr;  // ... and the base it was taken against
 };
 
+// Per-unit callbacks into a training step, for distributed training (train/zero.h implements
+// them). Units: the layers 0..L-1, kEmbedding (wte, wpe) and kHead (final norm, lm_head). bind()
+// points the unit's entries of w (and of g, for backward) at its weights and gradients, e.g. at
+// just-gathered shards; done() says the step is through with them: after forward its weights are
+// not read again, after backward its gradients are final. The head is bound once for forward and
+// backward (the LM head's gradient comes with its forward); the embedding's backward reads no
+// weights.
+class StepHooks {
+ public:
+  static constexpr int kEmbedding = -1, kHead = -2;
+  virtual ~StepHooks() = default;
+  virtual void bind(int unit, bool backward, ModelParams& w, ModelParams& g) = 0;
+  virtual void done(int unit, bool backward) = 0;
+};
+
 // Activations and scratch for training on (B, T). Sized once; reused every step. With
 // recomputation, the layers that recompute keep only what their mode needs (full: the layer
 // input; selective: all but the attention output and log-sum-exp) and rebuild the rest in backward
@@ -105,13 +131,18 @@ class TrainState {
   // gradient chunk by chunk. Call refresh_weights() after every change of the weights.
   double step(const Model& model, const int* ids, const int* targets, float* grads,
               float grad_scale = 1.0f);
+  // The same step with every unit's weights and gradients placed by `hooks`; backward (into
+  // what hooks bind) when `backward` and targets are given.
+  double step(const Model& model, const int* ids, const int* targets, StepHooks& hooks,
+              bool backward, float grad_scale = 1.0f);
   // step() in two halves, for a pipeline stage (a Model built for a PipelineStage; step() is
   // forward_stage then backward_stage). forward_stage runs from ids on the stage with the
   // embedding, else from `in` (B*T, C), the previous stage's output; the last stage, given
   // targets, also computes the loss (returned; 0 elsewhere) and, given grads, the LM head's
   // gradient. backward_stage adds the rest of the gradient into grads, starting from `dout`
   // (B*T, C), the gradient of this stage's output (null on the last stage), and returns the
-  // gradient of the stage's input (B*T, C; null on the first stage), valid until the next call.
+  // gradient of the stage's input (B*T, C; null on the first stage), valid until the next
+  // forward_stage or backward_stage (the last stage's forward_stage already writes the buffer).
   double forward_stage(const Model& model, const int* ids, const float* in, const int* targets,
                        float* grads, float grad_scale = 1.0f);
   const float* backward_stage(const Model& model, const int* ids, const float* dout, float* grads);
@@ -137,9 +168,24 @@ class TrainState {
   void forward_layer(const Model& model, const LayerParams& p, LayerActs& a, float* x_next);
   void backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
                       LayerActs& a);
-  void forward(const Model& model, const ModelParams& w, const int* ids, const float* in);
-  void backward(const Model& model, const ModelParams& w, const ModelParams& g, const int* ids,
+  // The embedding (on the first stage) and the stage's layers, from ids or from `in`.
+  void forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids,
+               const float* in);
+  // On the last stage: the final norm and, given targets, the loss; with `backward` also the LM
+  // head's gradient and the final norm's, which leaves dres_ holding d x_out.
+  double head(const Model& model, ModelParams& w, ModelParams& g, const int* targets,
+              bool backward, float grad_scale);
+  // The stage's layers and (on the first stage) the embedding, from dres_ (the last stage) or
+  // `dout`.
+  void backward(const Model& model, ModelParams& w, ModelParams& g, const int* ids,
                 const float* dout);
+  void check_ids(const Model& model, const int* ids) const;
+  void bind(int unit, bool backward, ModelParams& w, ModelParams& g) {
+    if (hooks_) hooks_->bind(unit, backward, w, g);
+  }
+  void done(int unit, bool backward) {
+    if (hooks_) hooks_->done(unit, backward);
+  }
 
   int B_, T_;
   int first_layer_;  // the stage's first layer (recompute_layers counts globally)
@@ -153,6 +199,7 @@ class TrainState {
   std::vector<int> pos_;
   std::vector<float> losses_;
   int64_t counted_ = 0;
+  StepHooks* hooks_ = nullptr;  // the current step's, if any
 };
 
 }  // namespace kiln

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "kiln/core/tensor.h"
 #include "kiln/model/transformer.h"
@@ -16,6 +17,10 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(const Model& model, AdamWConfig cfg);
+  // Over given moments (P each, shared, not copied) after `steps` updates: how a data-parallel
+  // run hands its state to save_checkpoint.
+  AdamW(AdamWConfig cfg, Tensor m, Tensor v, int64_t steps)
+      : cfg_(cfg), m_(std::move(m)), v_(std::move(v)), step_(steps) {}
   // One update of every parameter from `grads` (P) at learning rate lr.
   void step(Model& model, const float* grads, float lr);
   int64_t steps() const { return step_; }

@@ -129,7 +129,10 @@ double Pipeline::forward(const Model& model, int micro, const int* ids, const in
   TrainState& ts = *slots_[slot];
   const int64_t n = in_.numel();
   if (stage_ > 0) pp_.recv(in_.f32(), n, stage_ - 1, forward_tag(micro));
-  fwd_sent_[slot].wait();  // the slot's output buffer is about to be overwritten
+  // The slot's buffers are about to be overwritten: its output, and (on the last stage, whose
+  // forward computes the head's gradient) the input gradient its last backward sent.
+  fwd_sent_[slot].wait();
+  bwd_sent_[slot].wait();
   const double loss = ts.forward_stage(model, ids, in_.f32(), targets, grads, grad_scale);
   // Sends never block the schedule: a blocking send here could wait on a neighbour that is
   // itself waiting to send to us (1F1B's steady state), a deadlock.

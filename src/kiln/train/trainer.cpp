@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <sstream>
 
 #include "kiln/core/error.h"
@@ -23,6 +25,7 @@
 #include "kiln/train/optimizer.h"
 #include "kiln/train/pipeline.h"
 #include "kiln/train/schedule.h"
+#include "kiln/train/zero.h"
 
 namespace kiln {
 
@@ -57,11 +60,13 @@ void truncate_metrics(const std::string& path, int64_t step) {
 }
 
 // Mean validation loss over up to max_batches global batches of B sequences; with data
-// parallelism each rank computes its rows from row0 and the token-weighted sums are all-reduced
-// over the world (with a pipeline, the last stages hold the losses and the others add 0), so
-// every layout reports the single-process figure (up to summation order).
-double evaluate(const Model& model, TrainState* ts, Pipeline* pipe, const BatchSource& val, int B,
-                int T, int row0, int max_batches, dist::Comm& comm) {
+// parallelism each rank computes its rows from row0 (`forward` returns their mean loss and
+// counted targets) and the token-weighted sums are all-reduced over the world (with a pipeline,
+// the last stages hold the losses and the others add 0), so every layout reports the
+// single-process figure (up to summation order).
+using EvalForward = std::function<double(const int* ids, const int* targets, int64_t* counted)>;
+double evaluate(const BatchSource& val, int B, int T, int row0, int max_batches, dist::Comm& comm,
+                const EvalForward& forward) {
   int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
   if (n <= 0) return NAN;
   std::vector<int32_t> ids(size_t(B) * T), tg(size_t(B) * T);
@@ -71,13 +76,7 @@ double evaluate(const Model& model, TrainState* ts, Pipeline* pipe, const BatchS
     val.eval_batch(int(i), B, ids.data(), tg.data());
     const int64_t total = std::count_if(tg.begin(), tg.end(), [](int32_t t) { return t >= 0; });
     int64_t counted = 0;
-    double mean = 0;
-    if (pipe) {
-      mean = pipe->eval_step(model, ids.data() + off, tg.data() + off, &counted);
-    } else {
-      mean = ts->step(model, ids.data() + off, tg.data() + off, nullptr);
-      counted = ts->counted_tokens();
-    }
+    const double mean = forward(ids.data() + off, tg.data() + off, &counted);
     double part = mean * double(counted) / double(std::max<int64_t>(total, 1));
     if (comm.size() > 1) {
       float f = float(part);
@@ -115,15 +114,24 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
   // Data parallelism: every rank of a data-parallel group holds the same part of the model (all
   // of it, or one pipeline stage), draws the same global batch and computes its slice of it;
-  // gradients are summed across the group before the (identical) update. Pipeline parallelism
-  // (pipeline.h) splits the layers over the stages of a pipeline group. Rank 0 alone writes the
-  // run directory.
+  // gradients are summed across the group before the (identical) update: in buckets overlapped
+  // with backward and sharded by parallel.zero (zero.h) for the whole model, whole after the
+  // pipeline's step for a stage. Pipeline parallelism (pipeline.h) splits the layers over the
+  // stages of a pipeline group. Rank 0 alone writes the run directory.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
   check_same_config(cfg, comm);
-  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.zero == 0, "train",
-             "parallel.tp and parallel.zero are not implemented yet; leave them at 1 and 0");
   const int pp = cfg.parallel.pp;
+  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.checkpoint == "gathered", "train",
+             "parallel.tp and parallel.checkpoint = sharded are not implemented yet; leave them ",
+             "at 1 and gathered");
+  KILN_CHECK(cfg.parallel.zero == 0 || pp == 1, "train", "parallel.zero = ", cfg.parallel.zero,
+             " with parallel.pp = ", pp, " is not supported yet; use parallel.zero = 0 with a ",
+             "pipeline");
+  KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
+             "parallel.zero = 3 supports train.precision = fp32 only (the ",
+             name_of(cfg.train.precision),
+             " GEMM weight copy is made from the whole weights); use parallel.zero <= 2 or fp32");
   dist::ProcessGroups groups = dist::make_groups(comm, 1, pp);
   const int dp = groups.plan.dp, rank = comm.rank();
   const bool writer = rank == 0;
@@ -168,14 +176,15 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   log_info("data: ", data->describe(), "; model: ", model->num_params(), " parameters");
 
   const AdamWConfig adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
-  AdamW opt(*model, adamw);
   TrainerState state;
+  std::unique_ptr<AdamW> opt;  // the whole optimizer state: a pipeline stage's, or until sharded
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
   if (resume) {
     std::string ckpt = latest_checkpoint(cfg.run_dir);
     KILN_CHECK(!ckpt.empty(), "train", "--resume: no checkpoint in ", cfg.run_dir,
                "/checkpoints; start without --resume");
-    load_checkpoint(ckpt, *model, opt, state);
+    opt = std::make_unique<AdamW>(*model, adamw);
+    load_checkpoint(ckpt, *model, *opt, state);
     data->set_state(state.loader);
     if (writer) truncate_metrics(metrics_path, state.step);
     log_info("resumed from ", ckpt, " at step ", state.step);
@@ -188,16 +197,26 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
 
   TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
   const int Bl = B / dp, row0 = groups.plan.dp_rank * Bl;  // this rank's rows of each batch
+  // A pipeline stage: plain AdamW on the stage's gradient, all-reduced over dp after the step.
+  // The whole model: ZeroAdamW, which also syncs the gradients during backward (StepHooks).
   std::unique_ptr<TrainState> ts;
   std::unique_ptr<Pipeline> pipe;
+  std::unique_ptr<ZeroAdamW> zero;
+  Tensor grads;
   if (pp > 1) {
-    keep_stage(model, opt, adamw, pipeline_stage(model->config(), pp, groups.plan.pp_rank));
+    if (!opt) opt = std::make_unique<AdamW>(*model, adamw);
+    keep_stage(model, *opt, adamw, pipeline_stage(model->config(), pp, groups.plan.pp_rank));
     pipe = std::make_unique<Pipeline>(
         *model, Bl, T, topt, pipe_schedule_from_name(cfg.parallel.schedule), accum, *groups.pp);
+    grads = Tensor::zeros({model->num_params()});
   } else {
     ts = std::make_unique<TrainState>(*model, Bl, T, topt);
+    zero = std::make_unique<ZeroAdamW>(*model, *groups.dp, cfg.parallel.zero, cfg.parallel.bucket_mb,
+                                       adamw, opt.get());
+    opt.reset();
   }
-  Tensor grads = Tensor::zeros({model->num_params()});
+  // Persistent per-rank bytes of weights, gradients and AdamW moments.
+  const int64_t state_bytes = zero ? zero->state_bytes() : 4 * model->weights().nbytes();
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
   const bool fp16 = cfg.train.precision == Precision::fp16;
@@ -205,14 +224,19 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (resume && fp16 && state.loss_scale > 0)
     scaler.restore(state.loss_scale, state.scale_growth, state.scale_hysteresis);
   log_info("precision ", name_of(cfg.train.precision), ", recompute ", name_of(cfg.train.recompute),
-           "; weights+grads+AdamW ", (4 * model->weights().nbytes()) >> 20, " MiB, activations ",
-           (pipe ? pipe->bytes() : ts->bytes()) >> 20, " MiB");
+           ", dp ", dp, " x pp ", pp,
+           zero ? ", zero " + std::to_string(zero->stage()) + ", " +
+                      std::to_string(zero->layout().chunks.size()) + " gradient buckets"
+                : "",
+           "; weights+grads+AdamW ", state_bytes >> 20, " MiB per rank (state_bytes ", state_bytes,
+           "), activations ", (pipe ? pipe->bytes() : ts->bytes()) >> 20, " MiB");
   TrainResult result;
   Progress progress("train", cfg.train.steps, "steps");
   double last_loss = NAN, last_val = NAN;
   int consecutive_skips = 0;
 
-  for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
+  const int64_t first_step = state.step + 1;
+  for (int64_t step = first_step; step <= cfg.train.steps; ++step) {
     auto t0 = std::chrono::steady_clock::now();
     const float lr = lr_at(int(step), cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr,
                            cfg.optim.warmup_steps, cfg.optim.schedule);
@@ -225,12 +249,13 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     bool updated = false;
     for (;;) {
       const double scale = fp16 ? scaler.scale() : 1.0;
-      std::memset(grads.raw(), 0, grads.nbytes());
       loss = 0;
       const size_t off = size_t(row0) * T;
       if (pipe) {
+        std::memset(grads.raw(), 0, grads.nbytes());
         loss = pipe->train_step(*model, *data, B, row0, grads.f32(), scale);
       } else {
+        zero->begin_step();
         for (int micro = 0; micro < accum; ++micro) {
           data->next(B, ids.data(), targets.data());
           // The loss is a mean over the global batch's counted tokens: weight this rank's mean.
@@ -239,29 +264,39 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
           int64_t local = 0;
           for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
           const double w = total > 0 ? double(local) / double(total) : 0.0;
-          loss += w * ts->step(*model, ids.data() + off, targets.data() + off, grads.f32(),
+          zero->begin_micro(micro == accum - 1);
+          loss += w * ts->step(*model, ids.data() + off, targets.data() + off, *zero, true,
                                float(scale / accum * w));
         }
+        zero->finish_backward();
         loss /= accum;
       }
-      if (comm.size() > 1) {  // the ranks' shares (0 off a pipeline's last stage) sum up
+      // The ranks' shares (0 off a pipeline's last stage) sum up.
+      if (zero && dp > 1) {
+        loss = zero->sum_over_ranks(float(loss));
+      } else if (pipe && comm.size() > 1) {
         float l = float(loss);
         comm.all_reduce(&l, 1);
         loss = l;
       }
-      if (dp > 1) groups.dp->all_reduce(grads.f32(), grads.numel());
-      if (pipe) pipe->reduce_tied_embedding(*model, grads.f32());
-      bool bad = !std::isfinite(loss) || (fp16 && fp16_overflow(grads.f32(), grads.numel())) ||
-                 (inject && skipped == 0);
+      if (pipe) {
+        if (dp > 1) groups.dp->all_reduce(grads.f32(), grads.numel());
+        pipe->reduce_tied_embedding(*model, grads.f32());
+      }
+      const bool overflow =
+          fp16 && (pipe ? fp16_overflow(grads.f32(), grads.numel()) : zero->fp16_overflow());
+      bool bad = !std::isfinite(loss) || overflow || (inject && skipped == 0);
       if (pipe) bad = pipe->any_stage(bad);  // every stage skips together
       if (!bad) {
-        if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());  // exact: 2^-k
-        // A non-finite gradient norm also skips: nothing non-finite reaches the weights.
+        // Unscaling is exact (2^-k). A non-finite gradient norm also skips: nothing non-finite
+        // reaches the weights.
         if (pipe) {
+          if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());
           norm = pipe->grad_norm(*model, grads.f32());
-          updated = clip_and_step_at(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, norm);
+          updated = clip_and_step_at(*model, *opt, grads.f32(), lr, cfg.optim.grad_clip, norm);
         } else {
-          updated = clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
+          if (fp16) zero->scale_grads(float(1.0 / scale));
+          updated = zero->clip_and_step(lr, cfg.optim.grad_clip, &norm);
         }
         bad = !updated;
       }
@@ -291,6 +326,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
         ts->refresh_weights(*model);
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (zero && step == first_step && dp > 1)
+      log_info("step ", step, " sent ", zero->comm_bytes(), " bytes per rank (comm_bytes)");
     state.step = step;
     state.tokens_seen += tokens_per_step;
     last_loss = loss;
@@ -301,14 +338,21 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                           {"tokens", state.tokens_seen},
                           {"tokens_per_s", double(tokens_per_step) / dt},
                           {"step_ms", dt * 1e3},
-                          {"peak_bytes", peak_rss_bytes()}};
+                          {"peak_bytes", peak_rss_bytes()},
+                          {"state_bytes", state_bytes}};
+    if (zero) rec["comm_bytes"] = zero->comm_bytes();
     if (fp16) rec["loss_scale"] = scaler.scale();
     if (skipped || fp16) rec["skipped"] = skipped;
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val =
-          evaluate(*model, ts.get(), pipe.get(), *data, B, T, row0, cfg.train.eval_batches, comm);
+      last_val = evaluate(*data, B, T, row0, cfg.train.eval_batches, comm,
+                          [&](const int* ids, const int* tg, int64_t* counted) {
+                            if (pipe) return pipe->eval_step(*model, ids, tg, counted);
+                            const double mean = ts->step(*model, ids, tg, *zero, false);
+                            *counted = ts->counted_tokens();
+                            return mean;
+                          });
       rec["val_loss"] = last_val;
       rec["val_perplexity"] = std::exp(last_val);
     }
@@ -318,23 +362,29 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                                 (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
                                 " lr " + fmt("%.2e", lr) + " " +
                                 fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
-    // With a pipeline, rank 0's pipeline group gathers the whole model for the one checkpoint.
-    const bool gather = pipe && groups.plan.dp_rank == 0;
-    if ((writer || gather) &&
-        ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last)) {
+    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last) {
+      // Collective: one whole checkpoint, written by rank 0. With a pipeline, rank 0's pipeline
+      // group gathers the stages; under ZeRO every rank gathers the shards.
       GatheredModel whole;
-      if (gather) whole = gather_stages(*model, opt, adamw, *groups.pp);
-      state.loader = data->state();
-      state.loss_scale = fp16 ? scaler.scale() : 0;
-      state.scale_growth = scaler.growth();
-      state.scale_hysteresis = scaler.hysteresis_left();
-      if (writer)
+      if (pipe && groups.plan.dp_rank == 0) whole = gather_stages(*model, *opt, adamw, *groups.pp);
+      if (zero) {
+        whole.opt = zero->gather_optimizer();
+        zero->gather_weights();
+      }
+      if (writer) {
+        state.loader = data->state();
+        state.loss_scale = fp16 ? scaler.scale() : 0;
+        state.scale_growth = scaler.growth();
+        state.scale_hysteresis = scaler.hysteresis_left();
         result.checkpoint =
             save_checkpoint(cfg.run_dir, whole.model ? *whole.model : *model, tok,
-                            whole.opt ? *whole.opt : opt, state, cfg.train.keep_checkpoints,
+                            whole.opt ? *whole.opt : *opt, state, cfg.train.keep_checkpoints,
                             cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+      }
+      if (zero) zero->release_weights();
     }
   }
+  if (zero) zero->gather_weights();  // ZeRO-3: the whole model again, for the samples
   comm.barrier();  // the last checkpoint is complete before any rank returns
   if (!writer) return result;
   progress.finish("loss " + fmt("%.4f", last_loss));
