@@ -1,11 +1,20 @@
 // kiln bench train --model-config CONFIG.json --batch B --seq T --steps S [--seed S]
-// Times full training steps (forward, backward, AdamW) on synthetic tokens; one JSON line.
+//                  [--tp T --pp P --zero Z --sp --schedule 1f1b|gpipe --accum M]
+// Times full training steps (forward, backward, AdamW) on synthetic tokens; one JSON line. With
+// a layout flag, or under mpirun, the steps are the real trainer's in that layout.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
 
 #include "kiln/cli/command.h"
+#include "kiln/cli/launch.h"
+#include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
 #include "kiln/core/rng.h"
 #include "kiln/model/config.h"
@@ -13,6 +22,7 @@
 #include "kiln/ops/matmul.h"
 #include "kiln/ops/matmul_bf16.h"
 #include "kiln/train/optimizer.h"
+#include "kiln/train/trainer.h"
 
 namespace kiln::cli {
 namespace {
@@ -23,6 +33,10 @@ struct BenchTrainArgs {
   uint64_t seed = 0;
   float lr = 1e-4f;
   std::string precision = "fp32", recompute = "none";
+  // The parallel layout (TrainConfig::Parallel); dp = ranks / (tp * pp).
+  int tp = 1, pp = 1, zero = 0, accum = 1;
+  bool sp = false;
+  std::string schedule = "1f1b";
 };
 
 // FLOPs of one training step: 6 per parameter per token for the matmuls (forward 2, backward 4),
@@ -35,6 +49,95 @@ double train_flops(const ModelConfig& c, int64_t params, int B, int T) {
   double tokens = double(B) * T;
   double attn = 3.0 * 2.0 * double(B) * T * T * c.heads * c.head_dim * c.layers;
   return 6.0 * double(matmul_params) * tokens + attn;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The layout path: kiln::train itself on mock data (data.mock), warmup + steps optimizer steps
+// at a constant learning rate, with no evaluation and no checkpoint, on the ranks mpirun started
+// (comm) or one process (null). Rank 0 prints the JSON line; the same seed gives every layout
+// the same losses as one process.
+void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
+  KILN_CHECK(a.steps > 0 && a.warmup >= 0, "bench", "--steps must be positive and --warmup ",
+             "non-negative, got ", a.steps, " and ", a.warmup);
+  KILN_CHECK(!a.sp || a.tp > 1, "bench", "--sp (sequence parallelism) needs --tp > 1");
+  TrainConfig cfg;
+  cfg.model = load_model_config(a.model_config);
+  cfg.seed = a.seed;
+  cfg.data.mock = true;
+  cfg.train.steps = a.warmup + a.steps;
+  cfg.train.batch_size = a.batch;
+  cfg.train.seq_len = a.seq;
+  cfg.train.grad_accum = a.accum;
+  cfg.train.eval_every = 0;
+  cfg.train.checkpoint_every = 0;
+  cfg.train.final_checkpoint = false;
+  cfg.train.samples = 0;
+  cfg.train.precision = precision_from_name(a.precision);
+  cfg.train.recompute = recompute_from_name(a.recompute);
+  cfg.optim.lr = a.lr;
+  cfg.optim.schedule = "constant";
+  cfg.optim.warmup_steps = 0;
+  cfg.parallel.tp = a.tp;
+  cfg.parallel.pp = a.pp;
+  cfg.parallel.zero = a.zero;
+  cfg.parallel.sequence_parallel = a.sp;
+  cfg.parallel.schedule = a.schedule;
+  // The trainer compares this text across ranks: every rank must be started with the same flags.
+  cfg.yaml = nlohmann::json{{"bench", "train"},
+                            {"model_config", a.model_config},
+                            {"batch", a.batch},
+                            {"seq", a.seq},
+                            {"steps", a.steps},
+                            {"warmup", a.warmup},
+                            {"seed", a.seed},
+                            {"lr", a.lr},
+                            {"precision", a.precision},
+                            {"recompute", a.recompute},
+                            {"tp", a.tp},
+                            {"pp", a.pp},
+                            {"zero", a.zero},
+                            {"sp", a.sp},
+                            {"schedule", a.schedule},
+                            {"accum", a.accum}}
+                 .dump() +
+             "\n";
+  // The trainer still writes config.yaml and metrics.jsonl (rank 0 only): into a scratch
+  // directory, removed afterwards.
+  const std::filesystem::path run_dir =
+      std::filesystem::temp_directory_path() / ("kiln-bench-train-" + std::to_string(getpid()));
+  cfg.run_dir = run_dir.string();
+  TrainResult r = train(cfg, false, comm);
+  std::filesystem::remove_all(run_dir);
+  const int ranks = comm ? comm->size() : 1;
+  if (comm && comm->rank() != 0) return;
+
+  const double med = median({r.step_ms.begin() + a.warmup, r.step_ms.end()});
+  nlohmann::ordered_json j;
+  j["impl"] = "kiln";
+  j["threads"] = num_threads();
+  j["ranks"] = ranks;
+  j["dp"] = ranks / (a.tp * a.pp);
+  j["tp"] = a.tp;
+  j["pp"] = a.pp;
+  j["zero"] = a.zero;
+  j["sp"] = a.sp;
+  j["schedule"] = a.schedule;
+  j["accum"] = a.accum;
+  j["params"] = cfg.model.num_params();
+  j["batch"] = a.batch;
+  j["seq"] = a.seq;
+  j["precision"] = a.precision;
+  j["step_ms_median"] = med;
+  j["tokens_per_s"] = double(a.batch) * a.seq * a.accum / (med / 1e3);
+  j["state_bytes"] = r.state_bytes;
+  j["comm_bytes"] = r.comm_bytes;
+  j["losses"] = r.losses;
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
 }
 
 Command reg([](CLI::App& app) {
@@ -53,7 +156,27 @@ Command reg([](CLI::App& app) {
   cmd->add_option("--lr", a->lr, "AdamW learning rate")->capture_default_str();
   cmd->add_option("--precision", a->precision, "fp32 | bf16 | fp16")->capture_default_str();
   cmd->add_option("--recompute", a->recompute, "none | selective | full")->capture_default_str();
-  cmd->callback([a] {
+  // Any of these (or several ranks) selects the trainer's path.
+  CLI::Option* layout[] = {
+      cmd->add_option("--tp", a->tp, "Tensor-parallel ranks")->capture_default_str(),
+      cmd->add_option("--pp", a->pp, "Pipeline stages")->capture_default_str(),
+      cmd->add_option("--zero", a->zero, "ZeRO stage 0-3")->capture_default_str(),
+      cmd->add_flag("--sp", a->sp, "Sequence parallelism (with --tp)"),
+      cmd->add_option("--schedule", a->schedule, "Pipeline schedule: 1f1b | gpipe")
+          ->capture_default_str(),
+      cmd->add_option("--accum", a->accum, "Micro-batches per step (pipeline micro-batches)")
+          ->capture_default_str()};
+  cmd->callback([a, layout] {
+    if (launched_world_size() > 1) {
+      run_on_mpi_world(TrainConfig{}.parallel.timeout_s,
+                       [&](dist::Comm& comm) { bench_train_layout(*a, &comm); });
+      return;
+    }
+    if (std::any_of(std::begin(layout), std::end(layout),
+                    [](const CLI::Option* o) { return o->count() > 0; })) {
+      bench_train_layout(*a, nullptr);
+      return;
+    }
     ModelConfig cfg = load_model_config(a->model_config);
     Model model(cfg);
     model.init_weights(a->seed);
@@ -79,9 +202,7 @@ Command reg([](CLI::App& app) {
       if (s >= a->warmup) ms.push_back(dt * 1e3);
       losses.push_back(loss);
     }
-    std::vector<double> sorted = ms;
-    std::sort(sorted.begin(), sorted.end());
-    double med = sorted[sorted.size() / 2];
+    double med = median(ms);
     double flops = train_flops(cfg, model.num_params(), a->batch, a->seq);
     std::printf(
         "{\"impl\":\"kiln\",\"threads\":%d,\"params\":%lld,\"batch\":%d,\"seq\":%d,"

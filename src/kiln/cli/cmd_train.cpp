@@ -1,13 +1,7 @@
 // kiln train CONFIG.yaml [dotted.key=value ...] [--resume]
-#include <cstdio>
-#include <cstdlib>
 #include "kiln/cli/command.h"
-
-#include "kiln/core/error.h"
+#include "kiln/cli/launch.h"
 #include "kiln/core/log.h"
-#ifdef KILN_HAVE_MPI
-#include "kiln/dist/mpi_comm.h"
-#endif
 #include "kiln/train/train_config.h"
 #include "kiln/train/trainer.h"
 
@@ -32,29 +26,14 @@ Command reg([](CLI::App& app) {
   cmd->callback([args] {
     TrainConfig cfg = load_train_config(args->config, args->overrides);
     // Under mpirun / srun (several ranks): the parallel layout over MPI_COMM_WORLD.
-    const char* world = std::getenv("OMPI_COMM_WORLD_SIZE");
-    if (!world) world = std::getenv("PMI_SIZE");
-    if (world && std::atoi(world) > 1) {
-#ifdef KILN_HAVE_MPI
-      dist::MpiRuntime mpi(nullptr, nullptr);
-      dist::MpiComm::set_timeout(cfg.parallel.timeout_s);
-      auto comm = dist::MpiComm::world();
-      try {
-        TrainResult r = train(cfg, args->resume, comm.get());
-        if (comm->rank() == 0)
-          log_info("done: ", r.steps, " steps on ", comm->size(), " ranks, loss ", r.final_loss,
+    if (launched_world_size() > 1) {
+      run_on_mpi_world(cfg.parallel.timeout_s, [&](dist::Comm& comm) {
+        TrainResult r = train(cfg, args->resume, &comm);
+        if (comm.rank() == 0)
+          log_info("done: ", r.steps, " steps on ", comm.size(), " ranks, loss ", r.final_loss,
                    ", val_loss ", r.final_val_loss, "; checkpoint ", r.checkpoint);
-      } catch (const std::exception& e) {
-        // The other ranks may be waiting in a collective this rank will never join: end the job.
-        std::fprintf(stderr, "error: [rank %d] %s\n", comm->rank(), e.what());
-        std::fflush(stderr);
-        dist::MpiRuntime::abort(1);
-      }
+      });
       return;
-#else
-      fail("train", "launched on ", world, " ranks but this kiln was built without MPI; ",
-           "run scripts/setup.sh (installs Open MPI) and rebuild");
-#endif
     }
     TrainResult r = train(cfg, args->resume);
     log_info("done: ", r.steps, " steps, loss ", r.final_loss, ", val_loss ", r.final_val_loss,

@@ -2,6 +2,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/data/gpt_dataset.h"
+#include "kiln/data/mock_source.h"
 #include "kiln/data/text_dataset.h"
 
 namespace kiln {
@@ -86,6 +87,7 @@ class IndexedSource : public BatchSource {
 
 std::unique_ptr<BatchSource> open_batch_source(const DataSpec& spec, const Tokenizer& tok, int T,
                                                uint64_t seed, int64_t train_samples) {
+  if (spec.mock_vocab > 0) return make_mock_source(spec.mock_vocab, T, seed);
   if (!spec.blend.empty()) return std::make_unique<IndexedSource>(spec, T, seed, train_samples);
   return std::make_unique<TextSource>(spec, tok, T, seed);
 }

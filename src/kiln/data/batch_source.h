@@ -1,6 +1,7 @@
 // Where the trainer's batches come from: raw text files (random windows, WindowSampler) or
-// Megatron indexed datasets blended by weight (Loader, data/gpt_dataset.h). One interface, so
-// the training loop and checkpoints do not care which; the position is saved as JSON.
+// Megatron indexed datasets blended by weight (Loader, data/gpt_dataset.h), or random tokens
+// (data/mock_source.h). One interface, so the training loop and checkpoints do not care which;
+// the position is saved as JSON.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +37,8 @@ struct DataSpec {
   // ...or Megatron indexed datasets: ["0.7", "data/a", "0.3", "data/b"] and a "98,2,0" split.
   std::vector<std::string> blend;
   std::string split = "98,2,0";
+  // ...or no files: mock data over this many token ids (> 0; data.mock).
+  int mock_vocab = 0;
 };
 
 // Opens the source the spec names. train_samples: samples the run will draw (steps * B * accum).

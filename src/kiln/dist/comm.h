@@ -89,6 +89,14 @@ class Comm {
   [[nodiscard]] virtual std::unique_ptr<Comm> split(int color, int key) = 0;
 };
 
+// Bytes one rank sends in the ring forms above (fp32 elements), for communication accounting.
+inline int64_t all_reduce_bytes(int ranks, int64_t n) {
+  return (2 * int64_t(ranks - 1) * n * int64_t(sizeof(float)) + ranks / 2) / ranks;  // rounded
+}
+inline int64_t scatter_gather_bytes(int ranks, int64_t n_per_rank) {  // reduce-scatter, all-gather
+  return int64_t(ranks - 1) * n_per_rank * int64_t(sizeof(float));
+}
+
 // The single-process communicator: size 1, every collective is a copy or a no-op.
 class SingleComm final : public Comm {
  public:

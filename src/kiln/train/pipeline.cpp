@@ -136,8 +136,10 @@ double Pipeline::forward(const Model& model, int micro, const int* ids, const in
   const double loss = ts.forward_stage(model, ids, in_.f32(), targets, grads, grad_scale);
   // Sends never block the schedule: a blocking send here could wait on a neighbour that is
   // itself waiting to send to us (1F1B's steady state), a deadlock.
-  if (stage_ + 1 < stages_)
+  if (stage_ + 1 < stages_) {
     fwd_sent_[slot] = pp_.send_async(ts.stage_output(), n, stage_ + 1, forward_tag(micro));
+    comm_bytes_ += n * int64_t(sizeof(float));
+  }
   return loss;
 }
 
@@ -148,7 +150,10 @@ void Pipeline::backward(const Model& model, int micro, const int* ids, float* gr
   if (stage_ + 1 < stages_) pp_.recv(dout_.f32(), n, stage_ + 1, backward_tag(micro));
   bwd_sent_[slot].wait();
   const float* din = ts.backward_stage(model, ids, dout_.f32(), grads);
-  if (stage_ > 0) bwd_sent_[slot] = pp_.send_async(din, n, stage_ - 1, backward_tag(micro));
+  if (stage_ > 0) {
+    bwd_sent_[slot] = pp_.send_async(din, n, stage_ - 1, backward_tag(micro));
+    comm_bytes_ += n * int64_t(sizeof(float));
+  }
 }
 
 double Pipeline::train_step(const Model& model, BatchSource& data, int B_global, int row0,
@@ -156,6 +161,7 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
   const size_t batch = size_t(B_global) * T_, rows = size_t(B_) * T_, off = size_t(row0) * T_;
   ids_.resize(micro_ * batch);
   targets_.resize(micro_ * batch);
+  comm_bytes_ = 0;
   // The loss is a mean over each global batch's counted tokens: weight this rank's mean by its
   // share of them (as the data-parallel loop does).
   std::vector<double> share(micro_);
@@ -200,7 +206,9 @@ double Pipeline::eval_step(const Model& model, const int* ids, const int* target
 void Pipeline::reduce_tied_embedding(const Model& model, float* grads) {
   if (!embedding_group_) return;
   const ModelConfig& c = model.config();
-  embedding_group_->all_reduce(model.bind(grads).wte, int64_t(c.vocab_size) * c.hidden);
+  const int64_t n = int64_t(c.vocab_size) * c.hidden;
+  embedding_group_->all_reduce(model.bind(grads).wte, n);
+  comm_bytes_ += dist::all_reduce_bytes(embedding_group_->size(), n);
 }
 
 double Pipeline::grad_norm(const Model& model, const float* grads) {
@@ -211,12 +219,14 @@ double Pipeline::grad_norm(const Model& model, const float* grads) {
     if (grads + p.offset != skip) sq += ops::cpu::sum_squares(grads + p.offset, p.numel());
   float f = float(sq);
   pp_.all_reduce(&f, 1);
+  comm_bytes_ += dist::all_reduce_bytes(stages_, 1);
   return std::sqrt(double(f));
 }
 
 bool Pipeline::any_stage(bool flag) {
   float f = flag ? 1.0f : 0.0f;
   pp_.all_reduce(&f, 1, dist::ReduceOp::max);
+  comm_bytes_ += dist::all_reduce_bytes(stages_, 1);
   return f > 0;
 }
 

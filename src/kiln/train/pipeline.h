@@ -79,6 +79,9 @@ class Pipeline {
 
   void refresh_weights(const Model& model);
   size_t bytes() const;  // activations of every micro-batch slot
+  // Bytes this rank sent since train_step() began: activations, input gradients, and its share
+  // of the tied-embedding, norm and skip reductions (ring costs, dist/comm.h).
+  int64_t comm_bytes() const { return comm_bytes_; }
 
  private:
   double forward(const Model& model, int micro, const int* ids, const int* targets, float* grads,
@@ -94,6 +97,7 @@ class Pipeline {
   std::unique_ptr<dist::Comm> embedding_group_;     // first and last stage (tied embeddings)
   Tensor in_, dout_;                                // (B*T, C) received activation / gradient
   std::vector<int32_t> ids_, targets_;              // (micro, B_global, T)
+  int64_t comm_bytes_ = 0;
 };
 
 }  // namespace kiln

@@ -135,7 +135,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   }
 
   const YAML::Node data = root["data"];
-  check_keys(data, "data", {"train", "val", "val_fraction", "tokenizer", "blend", "split"}, path);
+  check_keys(data, "data", {"train", "val", "val_fraction", "tokenizer", "blend", "split", "mock"},
+             path);
   if (data) {
     if (data["train"] && data["train"].IsSequence()) {
       c.data.train = data["train"].as<std::vector<std::string>>();
@@ -151,19 +152,23 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
       for (auto item : data["blend"]) c.data.blend.push_back(item.Scalar());
     }
     read(data, "data", "split", c.data.split, path);
+    read(data, "data", "mock", c.data.mock, path);
   }
-  KILN_CHECK(!c.data.train.empty() || !c.data.blend.empty(), "config", path,
-             ": no training data: set data.train (text files) or data.blend (indexed datasets)");
+  KILN_CHECK(!c.data.train.empty() || !c.data.blend.empty() || c.data.mock, "config", path,
+             ": no training data: set data.train (text files), data.blend (indexed datasets) or ",
+             "data.mock: true (random tokens)");
+  KILN_CHECK(!c.data.mock || (c.data.train.empty() && c.data.blend.empty()), "config", path,
+             ": data.mock replaces the training data; drop data.train and data.blend, or mock");
   KILN_CHECK(c.data.val_fraction >= 0 && c.data.val_fraction < 1, "config", path,
              ": data.val_fraction must be in [0, 1), got ", c.data.val_fraction);
 
   const YAML::Node tr = root["train"];
-  check_keys(
-      tr, "train",
-      {"steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
-       "checkpoint_every", "keep_checkpoints", "log_every", "samples", "sample_tokens", "precision",
-       "recompute", "recompute_layers", "max_skips", "inject_overflow_at", "checkpoint_dtype"},
-      path);
+  check_keys(tr, "train",
+             {"steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
+              "checkpoint_every", "final_checkpoint", "keep_checkpoints", "log_every", "samples",
+              "sample_tokens", "precision", "recompute", "recompute_layers", "max_skips",
+              "inject_overflow_at", "checkpoint_dtype"},
+             path);
   if (tr) {
     read(tr, "train", "steps", c.train.steps, path);
     read(tr, "train", "batch_size", c.train.batch_size, path);
@@ -172,6 +177,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     read(tr, "train", "eval_every", c.train.eval_every, path);
     read(tr, "train", "eval_batches", c.train.eval_batches, path);
     read(tr, "train", "checkpoint_every", c.train.checkpoint_every, path);
+    read(tr, "train", "final_checkpoint", c.train.final_checkpoint, path);
     read(tr, "train", "keep_checkpoints", c.train.keep_checkpoints, path);
     read(tr, "train", "log_every", c.train.log_every, path);
     read(tr, "train", "samples", c.train.samples, path);
@@ -271,6 +277,9 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
              ": parallel.bucket_mb and parallel.timeout_s must be positive");
   KILN_CHECK(!c.parallel.sequence_parallel || c.parallel.tp > 1, "config", path,
              ": parallel.sequence_parallel needs parallel.tp > 1");
+  KILN_CHECK(c.train.final_checkpoint || c.train.samples == 0 || c.parallel.pp == 1, "config",
+             path, ": with parallel.pp > 1 the samples come from the final checkpoint; set ",
+             "train.samples=0 or train.final_checkpoint=true");
 
   YAML::Emitter out;
   out << root;

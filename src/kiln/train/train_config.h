@@ -30,6 +30,9 @@ struct TrainConfig {
     // Megatron indexed datasets instead of text: [0.7, data/a, 0.3, data/b] (kiln data tokenize)
     std::vector<std::string> blend;
     std::string split = "98,2,0";  // train, validation, test shares of each dataset's documents
+    // No files: uniform random token ids over model.vocab_size from the seed (Megatron's
+    // --mock-data), for benchmarks and tests of the parallel layouts.
+    bool mock = false;
   } data;
 
   struct Train {
@@ -40,6 +43,7 @@ struct TrainConfig {
     int eval_every = 100;
     int eval_batches = 10;
     int checkpoint_every = 500;
+    bool final_checkpoint = true;  // also at the last step (benchmarks turn it off)
     int keep_checkpoints = 2;
     int log_every = 1;  // metrics.jsonl gets every step; the progress line redraws
     int samples = 2;    // sample generations printed at the end

@@ -108,6 +108,22 @@ void check_same_config(const TrainConfig& cfg, dist::Comm& comm) {
              "overrides differ); start every rank with the same config and overrides");
 }
 
+// The largest of every rank's x >= 0, exactly: the fp32 collective carries 21-bit pieces.
+int64_t max_over_ranks(int64_t x, dist::Comm& comm) {
+  if (comm.size() == 1) return x;
+  float mine[3];
+  for (int k = 0; k < 3; ++k) mine[k] = float((uint64_t(x) >> (21 * k)) & ((1u << 21) - 1));
+  std::vector<float> all(size_t(3) * comm.size());
+  comm.all_gather(mine, all.data(), 3);
+  int64_t most = 0;
+  for (int r = 0; r < comm.size(); ++r) {
+    int64_t v = 0;
+    for (int k = 0; k < 3; ++k) v |= int64_t(all[3 * r + k]) << (21 * k);
+    most = std::max(most, v);
+  }
+  return most;
+}
+
 }  // namespace
 
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
@@ -159,7 +175,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
              model->config().vocab_size, ") is smaller than the tokenizer's (", tok.vocab_size(),
              "); raise model.vocab_size or omit it to take the tokenizer's");
 
-  if (cfg.data.blend.empty()) {
+  if (cfg.data.blend.empty() && !cfg.data.mock) {
     log_info("tokenizing ", cfg.data.train.size(), " file(s) with a ", tok.vocab_size(),
              "-token vocabulary");
   }
@@ -170,6 +186,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   spec.val_fraction = cfg.data.val_fraction;
   spec.blend = cfg.data.blend;
   spec.split = cfg.data.split;
+  if (cfg.data.mock) spec.mock_vocab = model->config().vocab_size;
   std::unique_ptr<BatchSource> data = open_batch_source(
       spec, tok, T, cfg.seed, int64_t(cfg.train.steps) * cfg.train.batch_size * accum);
   const bool has_val = data->eval_batches_available(B) > 0;
@@ -217,6 +234,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   }
   // Persistent per-rank bytes of weights, gradients and AdamW moments.
   const int64_t state_bytes = zero ? zero->state_bytes() : 4 * model->weights().nbytes();
+  // A pipeline rank's bytes sent per step besides the Pipeline's own: the stage's gradient
+  // all-reduce over dp and the loss's over the world.
+  const int64_t pipe_extra_bytes =
+      pipe ? dist::all_reduce_bytes(dp, grads.numel()) + dist::all_reduce_bytes(comm.size(), 1) : 0;
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
   const bool fp16 = cfg.train.precision == Precision::fp16;
@@ -331,6 +352,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     state.step = step;
     state.tokens_seen += tokens_per_step;
     last_loss = loss;
+    result.comm_bytes = zero ? zero->comm_bytes() : pipe->comm_bytes() + pipe_extra_bytes;
+    result.losses.push_back(loss);
+    result.step_ms.push_back(dt * 1e3);
     nlohmann::json rec = {{"step", step},
                           {"loss", loss},
                           {"lr", lr},
@@ -339,8 +363,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                           {"tokens_per_s", double(tokens_per_step) / dt},
                           {"step_ms", dt * 1e3},
                           {"peak_bytes", peak_rss_bytes()},
-                          {"state_bytes", state_bytes}};
-    if (zero) rec["comm_bytes"] = zero->comm_bytes();
+                          {"state_bytes", state_bytes},
+                          {"comm_bytes", result.comm_bytes}};
     if (fp16) rec["loss_scale"] = scaler.scale();
     if (skipped || fp16) rec["skipped"] = skipped;
     if (!updated) rec["updated"] = false;
@@ -362,7 +386,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                                 (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
                                 " lr " + fmt("%.2e", lr) + " " +
                                 fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
-    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last) {
+    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) ||
+        (last && cfg.train.final_checkpoint)) {
       // Collective: one whole checkpoint, written by rank 0. With a pipeline, rank 0's pipeline
       // group gathers the stages; under ZeRO every rank gathers the shards.
       GatheredModel whole;
@@ -385,6 +410,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     }
   }
   if (zero) zero->gather_weights();  // ZeRO-3: the whole model again, for the samples
+  result.state_bytes = max_over_ranks(state_bytes, comm);
+  result.comm_bytes = max_over_ranks(result.comm_bytes, comm);
   comm.barrier();  // the last checkpoint is complete before any rank returns
   if (!writer) return result;
   progress.finish("loss " + fmt("%.4f", last_loss));

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "kiln/dist/comm.h"
 #include "kiln/train/train_config.h"
@@ -13,6 +14,11 @@ struct TrainResult {
   double final_loss = 0, final_val_loss = 0;
   int64_t steps = 0;
   std::string checkpoint;  // the last checkpoint written
+  // Every step this call ran, in order: its loss and wall-clock milliseconds (this rank's).
+  std::vector<double> losses, step_ms;
+  // The largest over the ranks of the persistent weights+gradients+AdamW bytes, and of the bytes
+  // sent in the last step (every rank gets these).
+  int64_t state_bytes = 0, comm_bytes = 0;
 };
 
 // Runs (or, with resume, continues from the newest checkpoint in cfg.run_dir) the training

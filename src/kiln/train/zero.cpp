@@ -149,14 +149,6 @@ int64_t ZeroAdamW::state_bytes() const {
   return b;
 }
 
-// Ring costs (dist/comm.h), in bytes sent by this rank.
-static int64_t all_reduce_bytes(int P, int64_t n) {
-  return int64_t(std::llround(2.0 * (P - 1) / P * double(n) * sizeof(float)));
-}
-static int64_t scatter_gather_bytes(int P, int64_t n_per_rank) {
-  return int64_t(P - 1) * n_per_rank * int64_t(sizeof(float));
-}
-
 void ZeroAdamW::begin_step() {
   KILN_CHECK(inflight_.empty(), "zero", "begin_step() with gradient collectives in flight: call ",
              "finish_backward() first");
@@ -169,7 +161,7 @@ void ZeroAdamW::begin_step() {
 float ZeroAdamW::sum_over_ranks(float x) {
   if (dp_ == 1) return x;
   comm_.all_reduce(&x, 1);
-  comm_bytes_ += all_reduce_bytes(dp_, 1);
+  comm_bytes_ += dist::all_reduce_bytes(dp_, 1);
   return x;
 }
 
@@ -194,7 +186,7 @@ void ZeroAdamW::gather_group(int gi) {
   for (int ci = G.chunk_lo; ci < G.chunk_hi; ++ci) {
     const auto& c = layout_.chunks[ci];
     reqs.push_back(comm_.all_gather_async(w_shard_.f32() + c.shard, w.f32() + (c.lo - G.lo), c.n));
-    comm_bytes_ += scatter_gather_bytes(dp_, c.n);
+    comm_bytes_ += dist::scatter_gather_bytes(dp_, c.n);
   }
   for (auto& r : reqs) r.wait();
   groups_[gi].w = w;
@@ -256,7 +248,7 @@ void ZeroAdamW::reduce_group(int gi) {
     for (int ci = G.chunk_lo; ci < G.chunk_hi; ++ci) {
       const auto& c = layout_.chunks[ci];
       f.reqs.push_back(comm_.all_reduce_async(grads_.f32() + c.lo, c.len));
-      comm_bytes_ += all_reduce_bytes(dp_, c.len);
+      comm_bytes_ += dist::all_reduce_bytes(dp_, c.len);
     }
   } else {
     f.send = groups_[gi].g;
@@ -266,7 +258,7 @@ void ZeroAdamW::reduce_group(int gi) {
       const auto& c = layout_.chunks[ci];
       f.reqs.push_back(comm_.reduce_scatter_async(f.send.f32() + (c.lo - G.lo),
                                                   f.recv.f32() + (c.shard - G.shard), c.n));
-      comm_bytes_ += scatter_gather_bytes(dp_, c.n);
+      comm_bytes_ += dist::scatter_gather_bytes(dp_, c.n);
     }
   }
   inflight_.push_back(std::move(f));
@@ -313,7 +305,7 @@ bool ZeroAdamW::fp16_overflow() {
   float bad = kiln::fp16_overflow(g_shard_.f32(), g_shard_.numel()) ? 1.0f : 0.0f;
   if (dp_ > 1) {
     comm_.all_reduce(&bad, 1, dist::ReduceOp::max);
-    comm_bytes_ += all_reduce_bytes(dp_, 1);
+    comm_bytes_ += dist::all_reduce_bytes(dp_, 1);
   }
   return bad != 0;
 }
@@ -363,7 +355,7 @@ void ZeroAdamW::gather_flat(const float* src, bool src_whole, float* full) {
                 k * sizeof(float));
     std::fill(in.begin() + k, in.begin() + c.n, 0.0f);
     comm_.all_gather(in.data(), out.data(), c.n);
-    comm_bytes_ += scatter_gather_bytes(dp_, c.n);
+    comm_bytes_ += dist::scatter_gather_bytes(dp_, c.n);
     if (full) std::memcpy(full + c.lo, out.data(), c.len * sizeof(float));
   }
 }

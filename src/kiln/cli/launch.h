@@ -1,0 +1,21 @@
+// How a command that trains finds its ranks: run directly it is one process; under mpirun/srun
+// (OMPI_COMM_WORLD_SIZE / PMI_SIZE > 1) it joins MPI_COMM_WORLD. Shared by `kiln train` and
+// `kiln bench train`.
+#pragma once
+
+#include <functional>
+
+#include "kiln/dist/comm.h"
+
+namespace kiln::cli {
+
+// The number of ranks the launcher started (1 when run directly).
+int launched_world_size();
+
+// Calls fn(comm) on MPI_COMM_WORLD with every wait bounded by timeout_s
+// (MpiComm::set_timeout). An exception on any rank is printed with the rank and ends the whole
+// job, since the other ranks may be waiting in a collective this rank will never join. Fails
+// naming the fix when this kiln was built without MPI.
+void run_on_mpi_world(double timeout_s, const std::function<void(dist::Comm&)>& fn);
+
+}  // namespace kiln::cli
