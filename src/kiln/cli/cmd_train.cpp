@@ -5,6 +5,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/core/log.h"
+#include "kiln/dist/launch.h"
 #ifdef KILN_HAVE_MPI
 #include "kiln/dist/mpi_comm.h"
 #endif
@@ -32,9 +33,7 @@ Command reg([](CLI::App& app) {
   cmd->callback([args] {
     TrainConfig cfg = load_train_config(args->config, args->overrides);
     // Under mpirun / srun (several ranks): the parallel layout over MPI_COMM_WORLD.
-    const char* world = std::getenv("OMPI_COMM_WORLD_SIZE");
-    if (!world) world = std::getenv("PMI_SIZE");
-    if (world && std::atoi(world) > 1) {
+    if (const int world = dist::launched_world_size(); world > 1) {
 #ifdef KILN_HAVE_MPI
       dist::MpiRuntime mpi(nullptr, nullptr);
       dist::MpiComm::set_timeout(cfg.parallel.timeout_s);
