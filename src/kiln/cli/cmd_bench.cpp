@@ -13,10 +13,11 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/cli/command.h"
-#include "kiln/cli/launch.h"
+#include "kiln/cli/mpi_world.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
 #include "kiln/core/rng.h"
+#include "kiln/dist/launch.h"
 #include "kiln/model/config.h"
 #include "kiln/model/transformer.h"
 #include "kiln/ops/matmul.h"
@@ -37,6 +38,7 @@ struct BenchTrainArgs {
   int tp = 1, pp = 1, zero = 0, accum = 1;
   bool sp = false;
   std::string schedule = "1f1b";
+  double bucket_mb = TrainConfig{}.parallel.bucket_mb;
 };
 
 // FLOPs of one training step: 6 per parameter per token for the matmuls (forward 2, backward 4),
@@ -86,6 +88,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   cfg.parallel.zero = a.zero;
   cfg.parallel.sequence_parallel = a.sp;
   cfg.parallel.schedule = a.schedule;
+  cfg.parallel.bucket_mb = a.bucket_mb;
   // The trainer compares this text across ranks: every rank must be started with the same flags.
   cfg.yaml = nlohmann::json{{"bench", "train"},
                             {"model_config", a.model_config},
@@ -102,7 +105,8 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
                             {"zero", a.zero},
                             {"sp", a.sp},
                             {"schedule", a.schedule},
-                            {"accum", a.accum}}
+                            {"accum", a.accum},
+                            {"bucket_mb", a.bucket_mb}}
                  .dump() +
              "\n";
   // The trainer still writes config.yaml and metrics.jsonl (rank 0 only): into a scratch
@@ -127,6 +131,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   j["sp"] = a.sp;
   j["schedule"] = a.schedule;
   j["accum"] = a.accum;
+  j["bucket_mb"] = a.bucket_mb;
   j["params"] = cfg.model.num_params();
   j["batch"] = a.batch;
   j["seq"] = a.seq;
@@ -165,9 +170,11 @@ Command reg([](CLI::App& app) {
       cmd->add_option("--schedule", a->schedule, "Pipeline schedule: 1f1b | gpipe")
           ->capture_default_str(),
       cmd->add_option("--accum", a->accum, "Micro-batches per step (pipeline micro-batches)")
+          ->capture_default_str(),
+      cmd->add_option("--bucket-mb", a->bucket_mb, "Gradient all-reduce bucket (MB)")
           ->capture_default_str()};
   cmd->callback([a, layout] {
-    if (launched_world_size() > 1) {
+    if (dist::launched_world_size() > 1) {
       run_on_mpi_world(TrainConfig{}.parallel.timeout_s,
                        [&](dist::Comm& comm) { bench_train_layout(*a, &comm); });
       return;

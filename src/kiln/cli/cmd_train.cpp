@@ -1,7 +1,8 @@
 // kiln train CONFIG.yaml [dotted.key=value ...] [--resume]
 #include "kiln/cli/command.h"
-#include "kiln/cli/launch.h"
+#include "kiln/cli/mpi_world.h"
 #include "kiln/core/log.h"
+#include "kiln/dist/launch.h"
 #include "kiln/train/train_config.h"
 #include "kiln/train/trainer.h"
 
@@ -26,7 +27,7 @@ Command reg([](CLI::App& app) {
   cmd->callback([args] {
     TrainConfig cfg = load_train_config(args->config, args->overrides);
     // Under mpirun / srun (several ranks): the parallel layout over MPI_COMM_WORLD.
-    if (launched_world_size() > 1) {
+    if (dist::launched_world_size() > 1) {
       run_on_mpi_world(cfg.parallel.timeout_s, [&](dist::Comm& comm) {
         TrainResult r = train(cfg, args->resume, &comm);
         if (comm.rank() == 0)

@@ -1,21 +1,14 @@
-#include "kiln/cli/launch.h"
+#include "kiln/cli/mpi_world.h"
 
-#include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 
 #include "kiln/core/error.h"
+#include "kiln/dist/launch.h"
 #ifdef KILN_HAVE_MPI
 #include "kiln/dist/mpi_comm.h"
 #endif
 
 namespace kiln::cli {
-
-int launched_world_size() {
-  const char* world = std::getenv("OMPI_COMM_WORLD_SIZE");
-  if (!world) world = std::getenv("PMI_SIZE");
-  return world ? std::max(1, std::atoi(world)) : 1;
-}
 
 void run_on_mpi_world(double timeout_s, const std::function<void(dist::Comm&)>& fn) {
 #ifdef KILN_HAVE_MPI
@@ -25,6 +18,7 @@ void run_on_mpi_world(double timeout_s, const std::function<void(dist::Comm&)>& 
   try {
     fn(*comm);
   } catch (const std::exception& e) {
+    // The other ranks may be waiting in a collective this rank will never join: end the job.
     std::fprintf(stderr, "error: [rank %d] %s\n", comm->rank(), e.what());
     std::fflush(stderr);
     dist::MpiRuntime::abort(1);
@@ -32,8 +26,8 @@ void run_on_mpi_world(double timeout_s, const std::function<void(dist::Comm&)>& 
 #else
   (void)timeout_s;
   (void)fn;
-  fail("train", "launched on ", launched_world_size(), " ranks but this kiln was built without ",
-       "MPI; run scripts/setup.sh (installs Open MPI) and rebuild");
+  fail("train", "launched on ", dist::launched_world_size(), " ranks but this kiln was built ",
+       "without MPI; run scripts/setup.sh (installs Open MPI) and rebuild");
 #endif
 }
 

@@ -1,5 +1,5 @@
-// How a command that trains finds its ranks: run directly it is one process; under mpirun/srun
-// (OMPI_COMM_WORLD_SIZE / PMI_SIZE > 1) it joins MPI_COMM_WORLD. Shared by `kiln train` and
+// How a command that trains joins its ranks under mpirun/srun (dist::launched_world_size() > 1):
+// MPI_COMM_WORLD, with the job ended when any rank fails. Shared by `kiln train` and
 // `kiln bench train`.
 #pragma once
 
@@ -8,9 +8,6 @@
 #include "kiln/dist/comm.h"
 
 namespace kiln::cli {
-
-// The number of ranks the launcher started (1 when run directly).
-int launched_world_size();
 
 // Calls fn(comm) on MPI_COMM_WORLD with every wait bounded by timeout_s
 // (MpiComm::set_timeout). An exception on any rank is printed with the rank and ends the whole
