@@ -30,7 +30,7 @@ Command reg([](CLI::App& app) {
   cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint in run_dir");
   cmd->callback([args] {
     TrainConfig cfg = load_train_config(args->config, args->overrides);
-    // Under mpirun / srun (several ranks): data-parallel over MPI_COMM_WORLD.
+    // Under mpirun / srun (several ranks): the parallel: layout over MPI_COMM_WORLD.
     const char* world = std::getenv("OMPI_COMM_WORLD_SIZE");
     if (!world) world = std::getenv("PMI_SIZE");
     if (world && std::atoi(world) > 1) {
@@ -39,8 +39,9 @@ Command reg([](CLI::App& app) {
       auto comm = dist::MpiComm::world();
       TrainResult r = train(cfg, args->resume, comm.get());
       if (comm->rank() == 0)
-        log_info("done: ", r.steps, " steps on ", comm->size(), " data-parallel ranks, loss ",
-                 r.final_loss, ", val_loss ", r.final_val_loss, "; checkpoint ", r.checkpoint);
+        log_info("done: ", r.steps, " steps on ", comm->size(), " ranks (tp ", cfg.parallel.tp,
+                 ", dp ", comm->size() / cfg.parallel.tp, "), loss ", r.final_loss, ", val_loss ",
+                 r.final_val_loss, "; checkpoint ", r.checkpoint);
       return;
 #else
       fail("train", "launched on ", world, " ranks but this kiln was built without MPI; ",

@@ -23,6 +23,9 @@ struct ParamInfo {
   int64_t numel() const { return shape_numel(shape); }
 };
 
+// The parameters of a model with this config, in flat-buffer order (what Model holds).
+std::vector<ParamInfo> param_layout(const ModelConfig& cfg);
+
 // Pointers into the flat parameter (or gradient) buffer for one layer. Null when absent.
 struct LayerParams {
   float* ln1_w;   // (C)      input_layernorm / ln_1
@@ -120,8 +123,24 @@ class TrainState {
                       LayerActs& a);
   void forward(const Model& model, const ModelParams& w, const int* ids);
   void backward(const Model& model, const ModelParams& w, const ModelParams& g, const int* ids);
+  // Tensor parallelism (Megatron's g and f). sum_rows: the sum over tp of a row-parallel GEMM's
+  // partial output (N,C), as this rank's rows of the residual stream: in place (rows == partial)
+  // or, with sequence parallelism, reduce-scattered into rows (Ns,C). gather_rows: the residual
+  // rows as the (N,C) input of a column-parallel GEMM: full == rows, or all-gathered into full.
+  // Without tensor parallelism both do nothing.
+  void sum_rows(float* partial, float* rows);
+  void gather_rows(const float* rows, float* full);
+  // Backward with sequence parallelism: the replicated norms (and GPT-2's positions) saw only this
+  // rank's rows, so their gradients are collected aside and summed over tp.
+  void backward_sequence_parallel(const Model& model, const ModelParams& w, ModelParams g,
+                                  const int* ids);
 
-  int B_, T_;
+  int B_, T_, C_;
+  bool tp_ = false, sp_ = false;  // tensor / sequence parallelism (TrainOptions::tp)
+  int Ns_ = 0;                    // residual-stream rows here: B*T, or B*T/tp with sp_ ...
+  int row0_ = 0;                  // ... starting at this row of the B*T
+  Tensor full_, norm_s_, dln_s_, sp_grads_;  // sp_ scratch: (N,C), (Ns,C), (Ns,C), the norms'
+                                             // gradients
   TrainOptions opt_;
   MixedLinear lin_;
   std::vector<LayerActs> acts_;

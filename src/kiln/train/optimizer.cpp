@@ -30,9 +30,10 @@ double grad_norm(const float* grads, int64_t n) {
   return std::sqrt(ops::cpu::sum_squares(grads, n));
 }
 
-bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip, double* norm) {
+bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip, double* norm,
+                   const std::function<double(const float*)>& sum_squares) {
   const int64_t n = model.num_params();
-  *norm = grad_norm(grads, n);
+  *norm = sum_squares ? std::sqrt(sum_squares(grads)) : grad_norm(grads, n);
   if (!std::isfinite(*norm)) return false;
   if (clip > 0 && *norm > clip) ops::cpu::scale(grads, float(clip / *norm), n);
   opt.step(model, grads, lr);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "kiln/core/tensor.h"
 #include "kiln/model/transformer.h"
@@ -35,8 +36,10 @@ double grad_norm(const float* grads, int64_t n);
 
 // One optimizer update as the trainer does it: global-norm clipping to `clip` (0 = off), then
 // AdamW. A non-finite gradient norm skips the update (the weights stay untouched) and returns
-// false. `norm` receives the pre-clipping norm.
+// false. `norm` receives the pre-clipping norm. When the model is a shard of a larger one (tensor
+// parallelism), `sum_squares` gives the whole model's squared gradient norm from this shard's.
 [[nodiscard]] bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip,
-                                 double* norm);
+                                 double* norm,
+                                 const std::function<double(const float*)>& sum_squares = {});
 
 }  // namespace kiln

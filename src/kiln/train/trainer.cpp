@@ -13,6 +13,7 @@
 #include "kiln/core/parallel.h"
 #include "kiln/data/batch_source.h"
 #include "kiln/dist/comm.h"
+#include "kiln/dist/groups.h"
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
@@ -21,6 +22,7 @@
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/optimizer.h"
 #include "kiln/train/schedule.h"
+#include "kiln/train/tensor_parallel_state.h"
 
 namespace kiln {
 
@@ -84,16 +86,18 @@ double evaluate(const Model& model, TrainState& ts, const BatchSource& val, int 
 
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
-  // Data parallelism: every rank holds the whole model, draws the same global batch and computes
-  // its slice of it; gradients are summed across ranks before the (identical) update. Rank 0
-  // alone writes the run directory.
+  // Data parallelism: every rank of the dp group holds the same weights, draws the same global
+  // batch and computes its slice of it; gradients are summed across the group before the
+  // (identical) update. Tensor parallelism: the tp group's ranks hold shards of one model and
+  // compute the same rows together. World rank 0 alone writes the run directory.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
-  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.zero == 0, "train",
-             "parallel.tp, parallel.pp and parallel.zero are not implemented yet; leave them at ",
-             "1, 1 and 0");
-  const int dp = comm.size(), rank = comm.rank();
-  const bool writer = rank == 0;
+  KILN_CHECK(cfg.parallel.pp == 1 && cfg.parallel.zero == 0, "train",
+             "parallel.pp and parallel.zero are not implemented yet; leave them at 1 and 0");
+  dist::ProcessGroups groups = dist::make_groups(comm, cfg.parallel.tp, 1);
+  dist::Comm& dpc = *groups.dp;
+  const int dp = dpc.size(), rank = dpc.rank(), tp = cfg.parallel.tp;
+  const bool writer = comm.rank() == 0;
   KILN_CHECK(cfg.train.batch_size % dp == 0, "train", "train.batch_size = ", cfg.train.batch_size,
              " is not divisible by the ", dp, " data-parallel ranks; use a multiple of ", dp);
   if (!writer) set_log_level(LogLevel::warn);
@@ -117,6 +121,15 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   KILN_CHECK(model->config().vocab_size >= tok.vocab_size(), "train", "the model's vocab_size (",
              model->config().vocab_size, ") is smaller than the tokenizer's (", tok.vocab_size(),
              "); raise model.vocab_size or omit it to take the tokenizer's");
+  // With tensor parallelism this rank trains its shard `m`; `model` stays the full model (the
+  // starting point, and on rank 0 what checkpoints gather into).
+  std::unique_ptr<TensorParallelMap> tpm;
+  std::unique_ptr<Model> shard;
+  if (tp > 1) {
+    tpm = std::make_unique<TensorParallelMap>(model->config(), tp, groups.plan.tp_rank);
+    shard = std::make_unique<Model>(tpm->config());
+  }
+  Model& m = shard ? *shard : *model;
 
   if (cfg.data.blend.empty()) {
     log_info("tokenizing ", cfg.data.train.size(), " file(s) with a ", tok.vocab_size(),
@@ -134,28 +147,38 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   const bool has_val = data->eval_batches_available(B) > 0;
   log_info("data: ", data->describe(), "; model: ", model->num_params(), " parameters");
 
-  AdamW opt(*model, {cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay});
+  const AdamWConfig adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
+  AdamW opt(m, adamw);
+  std::unique_ptr<AdamW> full_opt;  // tp: the full model's moments (resume, checkpoints)
+  if (shard) full_opt = std::make_unique<AdamW>(*model, adamw);
   TrainerState state;
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
   if (resume) {
     std::string ckpt = latest_checkpoint(cfg.run_dir);
     KILN_CHECK(!ckpt.empty(), "train", "--resume: no checkpoint in ", cfg.run_dir,
                "/checkpoints; start without --resume");
-    load_checkpoint(ckpt, *model, opt, state);
+    load_checkpoint(ckpt, *model, full_opt ? *full_opt : opt, state);
     data->set_state(state.loader);
     if (writer) truncate_metrics(metrics_path, state.step);
     log_info("resumed from ", ckpt, " at step ", state.step);
   } else if (writer) {
     write_file_atomic(metrics_path, "");
   }
+  if (shard) {
+    scatter_training_state(*tpm, *model, *full_opt, m, opt);
+    if (!writer) model.reset(), full_opt.reset();  // only rank 0 gathers into the full model
+  }
   comm.barrier();  // nobody reads the run directory before rank 0 has set it up
   std::ofstream metrics;
   if (writer) metrics.open(metrics_path, std::ios::app);
 
   TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
+  if (tpm) topt = tpm->train_options(topt, groups.tp.get(), cfg.parallel.sequence_parallel);
   const int Bl = B / dp;  // this rank's rows of each global batch
-  TrainState ts(*model, Bl, T, topt);
-  Tensor grads = Tensor::zeros({model->num_params()});
+  TrainState ts(m, Bl, T, topt);
+  Tensor grads = Tensor::zeros({m.num_params()});
+  std::function<double(const float*)> tp_sum_squares;  // the whole model's gradient norm
+  if (tpm) tp_sum_squares = [&](const float* g) { return tpm->grad_sum_squares(*groups.tp, g); };
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
   const bool fp16 = cfg.train.precision == Precision::fp16;
@@ -163,7 +186,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (resume && fp16 && state.loss_scale > 0)
     scaler.restore(state.loss_scale, state.scale_growth, state.scale_hysteresis);
   log_info("precision ", name_of(cfg.train.precision), ", recompute ", name_of(cfg.train.recompute),
-           "; weights+grads+AdamW ", (4 * model->weights().nbytes()) >> 20, " MiB, activations ",
+           "; weights+grads+AdamW ", (4 * m.weights().nbytes()) >> 20, " MiB, activations ",
            ts.bytes() >> 20, " MiB");
   TrainResult result;
   Progress progress("train", cfg.train.steps, "steps");
@@ -194,22 +217,25 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
         int64_t local = 0;
         for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
         const double w = total > 0 ? double(local) / double(total) : 0.0;
-        loss += w * ts.step(*model, ids.data() + off, targets.data() + off, grads.f32(),
+        loss += w * ts.step(m, ids.data() + off, targets.data() + off, grads.f32(),
                             float(scale / accum * w));
       }
       loss /= accum;
       if (dp > 1) {
         float l = float(loss);
-        comm.all_reduce(&l, 1);
+        dpc.all_reduce(&l, 1);
         loss = l;
-        comm.all_reduce(grads.f32(), grads.numel());
+        dpc.all_reduce(grads.f32(), grads.numel());
       }
-      bool bad = !std::isfinite(loss) || (fp16 && fp16_overflow(grads.f32(), grads.numel())) ||
-                 (inject && skipped == 0);
+      float overflow = fp16 && fp16_overflow(grads.f32(), grads.numel());
+      if (tp > 1)
+        groups.tp->all_reduce(&overflow, 1, dist::ReduceOp::max);  // one verdict per tp group
+      bool bad = !std::isfinite(loss) || overflow > 0 || (inject && skipped == 0);
       if (!bad) {
         if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());  // exact: 2^-k
         // A non-finite gradient norm also skips: nothing non-finite reaches the weights.
-        updated = clip_and_step(*model, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm);
+        updated =
+            clip_and_step(m, opt, grads.f32(), lr, cfg.optim.grad_clip, &norm, tp_sum_squares);
         bad = !updated;
       }
       if (fp16) scaler.update(bad);
@@ -232,7 +258,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     }
     if (updated) {
       consecutive_skips = 0;
-      ts.refresh_weights(*model);
+      ts.refresh_weights(m);
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.step = step;
@@ -251,7 +277,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val = evaluate(*model, ts, *data, B, cfg.train.eval_batches, comm);
+      last_val = evaluate(m, ts, *data, B, cfg.train.eval_batches, dpc);
       rec["val_loss"] = last_val;
       rec["val_perplexity"] = std::exp(last_val);
     }
@@ -261,15 +287,18 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                                 (std::isnan(last_val) ? "" : " val " + fmt("%.4f", last_val)) +
                                 " lr " + fmt("%.2e", lr) + " " +
                                 fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
-    if (writer &&
-        ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last)) {
+    const bool save =
+        (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || last;
+    if (save && shard && groups.plan.dp_rank == 0)  // rank 0's tp group gathers the shards
+      gather_training_state(*tpm, *groups.tp, m, opt, model.get(), full_opt.get());
+    if (writer && save) {
       state.loader = data->state();
       state.loss_scale = fp16 ? scaler.scale() : 0;
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();
-      result.checkpoint =
-          save_checkpoint(cfg.run_dir, *model, tok, opt, state, cfg.train.keep_checkpoints,
-                          cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+      result.checkpoint = save_checkpoint(
+          cfg.run_dir, *model, tok, full_opt ? *full_opt : opt, state, cfg.train.keep_checkpoints,
+          cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
     }
   }
   comm.barrier();  // the last checkpoint is complete before any rank returns
