@@ -95,12 +95,20 @@ void MixedLinear::lm_head_cross_entropy(float* losses, float* dh, float* dw, con
                                         const float* w, const int* targets, int N, int C, int V,
                                         float grad_scale, const ops::VocabShard* shard) {
   if (p_ == Precision::bf16) {
+    if (shard) {
+      return ops::cpu::lm_head_cross_entropy_bf16_shard(losses, dh, dw, h, bf16_of(w), targets, N,
+                                                        C, V, grad_scale, *shard);
+    }
     return ops::cpu::lm_head_cross_entropy_bf16(losses, dh, dw, h, bf16_of(w), targets, N, C, V,
-                                                grad_scale, shard);
+                                                grad_scale);
   }
   const float* hh = p_ == Precision::fp16 ? to_fp16(fb_, h, int64_t(N) * C) : h;
   const float* ww = p_ == Precision::fp16 ? fp16_of(w) : w;
-  ops::cpu::lm_head_cross_entropy(losses, dh, dw, hh, ww, targets, N, C, V, grad_scale, shard);
+  if (shard) {
+    return ops::cpu::lm_head_cross_entropy_shard(losses, dh, dw, hh, ww, targets, N, C, V,
+                                                 grad_scale, *shard);
+  }
+  ops::cpu::lm_head_cross_entropy(losses, dh, dw, hh, ww, targets, N, C, V, grad_scale);
 }
 
 }  // namespace kiln

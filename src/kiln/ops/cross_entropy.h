@@ -32,13 +32,19 @@ void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, 
 
 namespace cpu {
 void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
-                           const int* targets, int N, int C, int V, float grad_scale,
-                           const VocabShard* shard = nullptr);
+                           const int* targets, int N, int C, int V, float grad_scale);
 // Mixed precision: the three GEMMs take bf16 inputs (w_bf16 is W rounded to bf16, (V,C); h and
 // dlogits are rounded per chunk) with fp32 accumulation; softmax, loss and gradients stay fp32.
 void lm_head_cross_entropy_bf16(float* losses, float* dh, float* dw, const float* h,
                                 const uint16_t* w_bf16, const int* targets, int N, int C, int V,
-                                float grad_scale, const VocabShard* shard = nullptr);
+                                float grad_scale);
+// The vocabulary-parallel forms of the two above: w holds the shard's V rows.
+void lm_head_cross_entropy_shard(float* losses, float* dh, float* dw, const float* h,
+                                 const float* w, const int* targets, int N, int C, int V,
+                                 float grad_scale, const VocabShard& shard);
+void lm_head_cross_entropy_bf16_shard(float* losses, float* dh, float* dw, const float* h,
+                                      const uint16_t* w_bf16, const int* targets, int N, int C,
+                                      int V, float grad_scale, const VocabShard& shard);
 }  // namespace cpu
 
 }  // namespace kiln::ops

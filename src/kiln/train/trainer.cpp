@@ -166,7 +166,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   }
   if (shard) {
     scatter_training_state(*tpm, *model, *full_opt, m, opt);
-    if (!writer) model.reset(), full_opt.reset();  // only rank 0 gathers into the full model
+    if (!writer) {  // only rank 0 gathers into the full model
+      model.reset();
+      full_opt.reset();
+    }
   }
   comm.barrier();  // nobody reads the run directory before rank 0 has set it up
   std::ofstream metrics;

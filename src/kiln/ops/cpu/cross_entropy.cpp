@@ -145,11 +145,9 @@ void cross_entropy_chunks(float* losses, float* dh, float* dw, const float* h, c
   }
 }
 
-}  // namespace
-
-void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
-                           const int* targets, int N, int C, int V, float grad_scale,
-                           const VocabShard* shard) {
+void fp32_chunks(float* losses, float* dh, float* dw, const float* h, const float* w,
+                 const int* targets, int N, int C, int V, float grad_scale,
+                 const VocabShard* shard) {
   cross_entropy_chunks(
       losses, dh, dw, h, targets, N, C, V, grad_scale, shard,
       [&](int nc, const float* hc, float* logits) {
@@ -167,9 +165,9 @@ void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, 
       });
 }
 
-void lm_head_cross_entropy_bf16(float* losses, float* dh, float* dw, const float* h,
-                                const uint16_t* w, const int* targets, int N, int C, int V,
-                                float grad_scale, const VocabShard* shard) {
+void bf16_chunks(float* losses, float* dh, float* dw, const float* h, const uint16_t* w,
+                 const int* targets, int N, int C, int V, float grad_scale,
+                 const VocabShard* shard) {
   std::vector<uint16_t> hb, gb;  // the chunk's h and dlogits in bf16
   cross_entropy_chunks(
       losses, dh, dw, h, targets, N, C, V, grad_scale, shard,
@@ -184,6 +182,31 @@ void lm_head_cross_entropy_bf16(float* losses, float* dh, float* dw, const float
         gemm_bf16(dhc, gb.data(), w, nc, C, V, false, false, 1.0f, 0.0f);
         gemm_bf16(dw, gb.data(), hb.data(), V, C, nc, true, false, 1.0f, 1.0f);
       });
+}
+
+}  // namespace
+
+void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
+                           const int* targets, int N, int C, int V, float grad_scale) {
+  fp32_chunks(losses, dh, dw, h, w, targets, N, C, V, grad_scale, nullptr);
+}
+
+void lm_head_cross_entropy_bf16(float* losses, float* dh, float* dw, const float* h,
+                                const uint16_t* w, const int* targets, int N, int C, int V,
+                                float grad_scale) {
+  bf16_chunks(losses, dh, dw, h, w, targets, N, C, V, grad_scale, nullptr);
+}
+
+void lm_head_cross_entropy_shard(float* losses, float* dh, float* dw, const float* h,
+                                 const float* w, const int* targets, int N, int C, int V,
+                                 float grad_scale, const VocabShard& shard) {
+  fp32_chunks(losses, dh, dw, h, w, targets, N, C, V, grad_scale, &shard);
+}
+
+void lm_head_cross_entropy_bf16_shard(float* losses, float* dh, float* dw, const float* h,
+                                      const uint16_t* w, const int* targets, int N, int C, int V,
+                                      float grad_scale, const VocabShard& shard) {
+  bf16_chunks(losses, dh, dw, h, w, targets, N, C, V, grad_scale, &shard);
 }
 
 }  // namespace kiln::ops::cpu
