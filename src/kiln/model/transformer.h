@@ -86,7 +86,8 @@ class Model {
 // Activations and scratch for training on (B, T). Sized once; reused every step. With
 // recomputation, the layers that recompute keep only what their mode needs (full: the layer
 // input; selective: all but the attention output and log-sum-exp) and rebuild the rest in backward
-// into shared scratch, computing bit for bit what the forward computed.
+// into shared scratch, computing bit for bit what the forward computed. Under tensor parallelism
+// (TrainOptions::tp) the model is this rank's shard and every step is collective over tp.
 class TrainState {
  public:
   TrainState(const Model& model, int B, int T, TrainOptions opt = {});
@@ -123,6 +124,7 @@ class TrainState {
                       LayerActs& a);
   void forward(const Model& model, const ModelParams& w, const int* ids);
   void backward(const Model& model, const ModelParams& w, const ModelParams& g, const int* ids);
+
   // Tensor parallelism (Megatron's g and f). sum_rows: the sum over tp of a row-parallel GEMM's
   // partial output (N,C), as this rank's rows of the residual stream: in place (rows == partial)
   // or, with sequence parallelism, reduce-scattered into rows (Ns,C). gather_rows: the residual
@@ -139,8 +141,9 @@ class TrainState {
   bool tp_ = false, sp_ = false;  // tensor / sequence parallelism (TrainOptions::tp)
   int Ns_ = 0;                    // residual-stream rows here: B*T, or B*T/tp with sp_ ...
   int row0_ = 0;                  // ... starting at this row of the B*T
-  Tensor full_, norm_s_, dln_s_, sp_grads_;  // sp_ scratch: (N,C), (Ns,C), (Ns,C), the norms'
-                                             // gradients
+  // Sequence-parallel scratch: gathered rows or partial sums (N,C), this rank's norm output and
+  // its gradient (Ns,C), and the replicated parameters' gradients set aside.
+  Tensor full_, norm_s_, dln_s_, sp_grads_;
   TrainOptions opt_;
   MixedLinear lin_;
   std::vector<LayerActs> acts_;
