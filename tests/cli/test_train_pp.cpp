@@ -6,6 +6,8 @@
 // embedding's two stage parts, and, with dp, the all-reduce of the gradients. Losses agree to
 // 1e-5 relative and final weights to 1e-4 of each tensor's largest magnitude; a resumed pipeline
 // run continues the uninterrupted one exactly, and one process resumes its checkpoint as well.
+// Pipelines of tensor-parallel shards (tp x pp) hold to the same tolerances, and their checkpoint
+// resumes under another layout (data parallel with ZeRO) with the same next losses.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -154,6 +156,47 @@ TEST_F(TrainPipeline, TiedEmbeddingsMatchOneProcess) {
     expect_same_losses(dir / "one", run, 1e-5, schedule);
     expect_same_weights(dir / "one", run, 1e-4, schedule);
   }
+}
+
+TEST_F(TrainPipeline, TensorParallelStagesMatchOneProcess) {
+  for (const char* yaml : {"llama.yaml", "gpt2.yaml"}) {
+    const std::string one = dir / (std::string("one_") + yaml);
+    auto o = test::run_command(kiln(yaml) + " run_dir=" + one);
+    ASSERT_EQ(o.status, 0) << o.output;
+    for (const char* schedule : {"gpipe", "1f1b"}) {
+      const std::string what = std::string(yaml) + " tp 2 x pp 2 " + schedule,
+                        run = dir / (std::string("tp2pp2_") + schedule + "_" + yaml);
+      auto r = mpirun(4, kiln(yaml) + " run_dir=" + run +
+                             " parallel.tp=2 parallel.pp=2 parallel.schedule=" + schedule);
+      ASSERT_EQ(r.status, 0) << what << "\n" << r.output;
+      expect_same_losses(one, run, 1e-5, what);
+      expect_same_weights(one, run, 1e-4, what);
+    }
+  }
+  // Save at tp 2 x pp 2, resume at dp 4 with ZeRO-1: steps 5-8 as in one process.
+  const std::string relayout = dir / "relayout";
+  std::filesystem::copy(dir / "tp2pp2_1f1b_llama.yaml", relayout,
+                        std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(relayout + "/checkpoints/step_00000008");
+  auto r = mpirun(4, kiln("llama.yaml") + " run_dir=" + relayout + " parallel.zero=1 --resume");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+  expect_same_losses(dir / "one_llama.yaml", relayout, 1e-5, "tp2 x pp2 resumed at dp 4");
+  expect_same_weights(dir / "one_llama.yaml", relayout, 1e-4, "tp2 x pp2 resumed at dp 4");
+}
+
+TEST_F(TrainPipeline, UnsupportedCombinationsAreRefused) {
+  auto z =
+      mpirun(2, kiln("llama.yaml") + " run_dir=" + (dir / "z") + " parallel.pp=2 parallel.zero=1");
+  EXPECT_NE(z.status, 0);
+  EXPECT_NE(z.output.find("use parallel.zero = 0 with tensor or pipeline parallelism"),
+            std::string::npos)
+      << z.output;
+  auto sp = mpirun(4, kiln("llama.yaml") + " run_dir=" + (dir / "sp") +
+                          " parallel.pp=2 parallel.tp=2 parallel.sequence_parallel=true");
+  EXPECT_NE(sp.status, 0);
+  EXPECT_NE(sp.output.find("use sequence parallelism without a pipeline"), std::string::npos)
+      << sp.output;
 }
 
 TEST_F(TrainPipeline, MoreStagesThanLayersIsRefused) {

@@ -9,7 +9,9 @@
 // the 8 for the roundings outside the sums (exp, log, the scaling by grad_scale / sum).
 #include <gtest/gtest.h>
 
+#include <barrier>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 #include "kiln/core/error.h"
@@ -183,6 +185,62 @@ TEST(CrossEntropy, RejectsTargetOutsideVocabulary) {
   EXPECT_THROW(ops::cpu::lm_head_cross_entropy(l.data(), nullptr, nullptr, h.data(), w.data(),
                                                y.data(), s.N, s.C, s.V, 1.0f),
                Error);
+}
+
+// Vocabulary parallelism with the shards in threads, their row statistics combined at a barrier
+// (in shard order, as a communicator would): the losses, the summed dh and the stacked dW are the
+// whole vocabulary's, within the same tolerances. Shard sizes are uneven, and V = 40000 takes the
+// chunked path (every shard must make the same reduce calls).
+TEST(CrossEntropy, VocabularyShardsMatchTheWholeVocabulary) {
+  for (const Shape& s : {Shape{7, 16, 33}, Shape{257, 24, 97}, Shape{110, 8, 40000}}) {
+    for (int shards : {2, 3}) {
+      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " V=" << s.V << " shards=" << shards);
+      const auto h = random_vector(int64_t(s.N) * s.C, 1);
+      const auto w = random_vector(int64_t(s.V) * s.C, 2, -0.5f, 0.5f);
+      const auto y = targets(s, 4);
+      const float scale = 1.0f / s.N;
+      std::vector<float> zero(w.size(), 0.0f);
+      const Result want = run(ops::cpu::lm_head_cross_entropy, h, w, y, zero, s, scale);
+      std::barrier meet(shards);
+      std::vector<float*> bufs(shards);
+      std::vector<Result> got(shards);
+      std::vector<std::thread> threads;
+      for (int k = 0, begin = 0; k < shards; ++k) {
+        const int Vk = s.V / shards + (k < s.V % shards ? 1 : 0);
+        threads.emplace_back([&, k, begin, Vk] {
+          ops::VocabShard shard;
+          shard.begin = begin;
+          shard.total = s.V;
+          shard.reduce = [&, k](float* x, int n, bool max) {
+            bufs[k] = x;
+            meet.arrive_and_wait();
+            std::vector<float> out(bufs[0], bufs[0] + n);
+            for (int j = 1; j < shards; ++j)
+              for (int i = 0; i < n; ++i)
+                out[i] = max ? std::max(out[i], bufs[j][i]) : out[i] + bufs[j][i];
+            meet.arrive_and_wait();
+            std::copy(out.begin(), out.end(), x);
+          };
+          Result& r = got[k];
+          r = {std::vector<float>(s.N), std::vector<float>(int64_t(s.N) * s.C),
+               std::vector<float>(int64_t(Vk) * s.C, 0.0f)};
+          ops::cpu::lm_head_cross_entropy_shard(r.losses.data(), r.dh.data(), r.dw.data(), h.data(),
+                                                w.data() + int64_t(begin) * s.C, y.data(), s.N, s.C,
+                                                Vk, scale, shard);
+        });
+        begin += Vk;
+      }
+      for (auto& t : threads) t.join();
+      std::vector<float> dh(want.dh.size(), 0.0f), dw;
+      for (const Result& r : got) {
+        EXPECT_TRUE(normwise_close(r.losses, to_double(want.losses), tol_of(s.C, s.V)));
+        for (size_t i = 0; i < dh.size(); ++i) dh[i] += r.dh[i];
+        dw.insert(dw.end(), r.dw.begin(), r.dw.end());
+      }
+      EXPECT_TRUE(normwise_close(dh, to_double(want.dh), tol_of(s.C, s.V)));
+      EXPECT_TRUE(normwise_close(dw, to_double(want.dw), tol_of(s.C, s.V, s.N)));
+    }
+  }
 }
 
 }  // namespace

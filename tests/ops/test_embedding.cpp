@@ -1,5 +1,6 @@
-// Embedding: cpu vs ref (bit-exact: both are copies and in-order sums), backward vs double
-// finite differences, repeated ids, determinism across thread counts.
+// Embedding: cpu vs ref (bit-exact: both are copies and in-order sums), vocabulary shards vs the
+// full table, backward vs double finite differences, repeated ids, determinism across thread
+// counts.
 #include "kiln/ops/embedding.h"
 
 #include <cmath>
@@ -47,6 +48,34 @@ TEST(Embedding, BackwardCpuMatchesRefExactly) {
     cpu::embedding_backward(got.data(), dout.data(), ids.data(), N, C);
     // The contract sums each row in order of n, so cpu must equal the serial loop bit for bit.
     EXPECT_TRUE(test::bit_equal(got, want)) << "N=" << N << " C=" << C << " V=" << V;
+  }
+}
+
+// Vocabulary shards: rows [begin, begin+Vs) of the table. Summed over the shards, the forward is
+// the full lookup and the backward the full scatter, bit for bit (one shard owns each id).
+TEST(Embedding, ShardsAddUpToTheFullTable) {
+  uint64_t seed = 200;
+  for (auto [N, C, V] : kShapes) {
+    auto table = random_vector(int64_t(V) * C, ++seed);
+    auto dout = random_vector(int64_t(N) * C, ++seed);
+    auto ids = random_ids(N, V, ++seed);
+    std::vector<float> want(int64_t(N) * C), dwant(table.size(), 0.0f);
+    cpu::embedding_forward(want.data(), ids.data(), table.data(), N, C, false);
+    cpu::embedding_backward(dwant.data(), dout.data(), ids.data(), N, C);
+    for (int shards : {1, 2, 3}) {
+      std::vector<float> got(want.size(), 0.0f), part(want.size()), dgot(table.size(), 0.0f);
+      for (int s = 0, begin = 0; s < shards; ++s) {
+        const int Vs = V / shards + (s < V % shards ? 1 : 0);
+        cpu::embedding_forward_shard(part.data(), ids.data(), table.data() + int64_t(begin) * C, N,
+                                     C, begin, Vs);
+        for (size_t i = 0; i < got.size(); ++i) got[i] += part[i];
+        cpu::embedding_backward_shard(dgot.data() + int64_t(begin) * C, dout.data(), ids.data(), N,
+                                      C, begin, Vs);
+        begin += Vs;
+      }
+      EXPECT_TRUE(test::bit_equal(got, want)) << "N=" << N << " C=" << C << " shards=" << shards;
+      EXPECT_TRUE(test::bit_equal(dgot, dwant)) << "N=" << N << " C=" << C << " shards=" << shards;
+    }
   }
 }
 

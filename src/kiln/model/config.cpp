@@ -183,7 +183,7 @@ int64_t ModelConfig::num_params() const {
     per_layer = 2 * C + qkv * C + int64_t(heads) * D * C + 3 * F * C;
     total = V * C + C + (tie_embeddings ? 0 : V * C);
   } else {
-    per_layer = 4 * C + (C * qkv + qkv) + (C * C + C) + (C * F + F) + (F * C + C);
+    per_layer = 4 * C + (C * qkv + qkv) + (int64_t(heads) * D * C + C) + (C * F + F) + (F * C + C);
     total = V * C + int64_t(max_positions) * C + 2 * C;
   }
   return total + per_layer * layers;

@@ -1,7 +1,6 @@
 #include "kiln/model/mixed_linear.h"
 
 #include "kiln/core/parallel.h"
-#include "kiln/ops/cross_entropy.h"
 #include "kiln/ops/matmul_bf16.h"
 
 namespace kiln {
@@ -94,13 +93,21 @@ void MixedLinear::backward(float* dx, float* dw, float* db, const float* dy, con
 
 void MixedLinear::lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h,
                                         const float* w, const int* targets, int N, int C, int V,
-                                        float grad_scale) {
+                                        float grad_scale, const ops::VocabShard* shard) {
   if (p_ == Precision::bf16) {
+    if (shard) {
+      return ops::cpu::lm_head_cross_entropy_bf16_shard(losses, dh, dw, h, bf16_of(w), targets, N,
+                                                        C, V, grad_scale, *shard);
+    }
     return ops::cpu::lm_head_cross_entropy_bf16(losses, dh, dw, h, bf16_of(w), targets, N, C, V,
                                                 grad_scale);
   }
   const float* hh = p_ == Precision::fp16 ? to_fp16(fb_, h, int64_t(N) * C) : h;
   const float* ww = p_ == Precision::fp16 ? fp16_of(w) : w;
+  if (shard) {
+    return ops::cpu::lm_head_cross_entropy_shard(losses, dh, dw, hh, ww, targets, N, C, V,
+                                                 grad_scale, *shard);
+  }
   ops::cpu::lm_head_cross_entropy(losses, dh, dw, hh, ww, targets, N, C, V, grad_scale);
 }
 

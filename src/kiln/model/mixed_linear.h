@@ -10,6 +10,7 @@
 
 #include "kiln/core/tensor.h"
 #include "kiln/model/precision.h"
+#include "kiln/ops/cross_entropy.h"
 #include "kiln/ops/matmul.h"
 
 namespace kiln {
@@ -28,9 +29,11 @@ class MixedLinear {
   // dx (N,IN) = dy @ W (overwritten; skipped if null); dw += dy^T x; db += colsum(dy).
   void backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                 int N, int IN, int OUT, ops::WeightLayout layout);
-  // The fused LM head + cross-entropy (ops/cross_entropy.h) at this precision.
+  // The fused LM head + cross-entropy (ops/cross_entropy.h) at this precision; with a shard, the
+  // vocabulary-parallel form (w holds the shard's V rows).
   void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
-                             const int* targets, int N, int C, int V, float grad_scale);
+                             const int* targets, int N, int C, int V, float grad_scale,
+                             const ops::VocabShard* shard = nullptr);
   size_t bytes() const;
 
  private:

@@ -6,6 +6,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/core/rng.h"
+#include "kiln/dist/comm.h"
 #include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/cross_entropy.h"
@@ -30,8 +31,7 @@ bool is_embedding(const std::string& name) {
 
 }  // namespace
 
-Model::Model(const ModelConfig& cfg, const PipelineStage& stage) : cfg_(cfg), stage_(stage) {
-  cfg_.validate("model");
+std::vector<ParamInfo> param_layout(const ModelConfig& cfg, const PipelineStage& stage) {
   KILN_CHECK(stage.num_layers >= 1 && stage.first_layer >= 0 &&
                  stage.first_layer + stage.num_layers <= cfg.layers,
              "model", "pipeline stage layers [", stage.first_layer, ", ",
@@ -41,10 +41,11 @@ Model::Model(const ModelConfig& cfg, const PipelineStage& stage) : cfg_(cfg), st
   const int64_t HD = int64_t(cfg.heads) * D, KD = int64_t(cfg.kv_heads) * D;
   const int layer_end = stage.first_layer + stage.num_layers;
   const bool wte = stage.holds_token_embedding(cfg.tie_embeddings);
+  std::vector<ParamInfo> params;
   int64_t offset = 0;
   auto add = [&](std::string name, Shape shape) {
     bool decay = shape.size() == 2 && !is_embedding(name);
-    params_.push_back({std::move(name), shape, offset, decay});
+    params.push_back({std::move(name), shape, offset, decay});
     offset += shape_numel(shape);
   };
   if (cfg.arch == Arch::llama) {
@@ -69,9 +70,9 @@ Model::Model(const ModelConfig& cfg, const PipelineStage& stage) : cfg_(cfg), st
       std::string p = "transformer.h." + std::to_string(l) + ".";
       add(p + "ln_1.weight", {C});
       add(p + "ln_1.bias", {C});
-      add(p + "attn.c_attn.weight", {C, 3 * C});
-      add(p + "attn.c_attn.bias", {3 * C});
-      add(p + "attn.c_proj.weight", {C, C});
+      add(p + "attn.c_attn.weight", {C, 3 * HD});  // HD = C, but for a tensor-parallel shard
+      add(p + "attn.c_attn.bias", {3 * HD});
+      add(p + "attn.c_proj.weight", {HD, C});
       add(p + "attn.c_proj.bias", {C});
       add(p + "ln_2.weight", {C});
       add(p + "ln_2.bias", {C});
@@ -86,7 +87,17 @@ Model::Model(const ModelConfig& cfg, const PipelineStage& stage) : cfg_(cfg), st
     }
   }
   if (stage.has_head && !cfg.tie_embeddings) add("lm_head.weight", {V, C});
-  weights_ = Tensor::zeros({offset});
+  return params;
+}
+
+std::vector<ParamInfo> param_layout(const ModelConfig& cfg) {
+  return param_layout(cfg, full_model_stage(cfg));
+}
+
+Model::Model(const ModelConfig& cfg, const PipelineStage& stage) : cfg_(cfg), stage_(stage) {
+  cfg_.validate("model");
+  params_ = param_layout(cfg_, stage);
+  weights_ = Tensor::zeros({params_.back().offset + params_.back().numel()});
   layout_base_ = weights_.f32();
   layout_ = locate(weights_.f32());
 }
@@ -181,23 +192,23 @@ void Model::init_weights(uint64_t seed) {
 // Allocates one layer's activation tensors: x_in when `input`, the attention output and
 // log-sum-exp when `core`, everything else when `body`.
 void TrainState::alloc_layer(const ModelConfig& c, LayerActs& a, bool input, bool body, bool core) {
-  const int64_t N = int64_t(B_) * T_, C = c.hidden, F = c.intermediate, D = c.head_dim;
+  const int64_t N = int64_t(B_) * T_, Ns = Ns_, C = c.hidden, F = c.intermediate, D = c.head_dim;
   const int64_t HD = int64_t(c.heads) * D, QKV = (int64_t(c.heads) + 2 * c.kv_heads) * D;
   const bool gpt2 = c.arch == Arch::gpt2;
-  if (input) a.x_in = Tensor::empty({N, C});
+  if (input) a.x_in = Tensor::empty({Ns, C});
   if (core) {
     a.att = Tensor::empty({N, HD});
     a.lse = Tensor::empty({int64_t(B_), int64_t(c.heads), int64_t(T_)});
   }
   if (!body) return;
   a.ln1 = Tensor::empty({N, C});
-  if (gpt2) a.mean1 = Tensor::empty({N});
-  a.rstd1 = Tensor::empty({N});
+  if (gpt2) a.mean1 = Tensor::empty({Ns});
+  a.rstd1 = Tensor::empty({Ns});
   a.qkv = Tensor::empty({N, QKV});
-  a.x_mid = Tensor::empty({N, C});
+  a.x_mid = Tensor::empty({Ns, C});
   a.ln2 = Tensor::empty({N, C});
-  if (gpt2) a.mean2 = Tensor::empty({N});
-  a.rstd2 = Tensor::empty({N});
+  if (gpt2) a.mean2 = Tensor::empty({Ns});
+  a.rstd2 = Tensor::empty({Ns});
   a.up = Tensor::empty({N, c.arch == Arch::llama ? 2 * F : F});
   a.act = Tensor::empty({N, F});
 }
@@ -217,6 +228,24 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   const int64_t HD = int64_t(c.heads) * D, QKV = (int64_t(c.heads) + 2 * c.kv_heads) * D;
   const int64_t UP = c.arch == Arch::llama ? 2 * F : F;
   const bool gpt2 = c.arch == Arch::gpt2;
+  C_ = c.hidden;
+  tp_ = opt.tp && opt.tp->size() > 1;
+  sp_ = tp_ && opt.sequence_parallel;
+  KILN_CHECK(!tp_ || opt.vocab_total > 0, "train",
+             "tensor parallelism needs the shard's vocabulary (TensorParallelMap::train_options)");
+  Ns_ = int(N);
+  if (sp_) {
+    const int tp = opt.tp->size();
+    KILN_CHECK(N % tp == 0, "train", "sequence parallelism splits the ", N,
+               " token rows (batch x seq_len per data-parallel rank) over parallel.tp = ", tp,
+               " ranks, which does not divide them; change train.batch_size or train.seq_len");
+    Ns_ = int(N / tp);
+    row0_ = Ns_ * opt.tp->rank();
+    full_ = Tensor::empty({N, C});
+    norm_s_ = Tensor::empty({int64_t(Ns_), C});
+    dln_s_ = Tensor::empty({int64_t(Ns_), C});
+  }
+  const int64_t Ns = Ns_;
   const int layers = model.stage().num_layers;
   acts_.resize(layers);
   bool any_full = false, any_selective = false;
@@ -228,14 +257,14 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
     alloc_layer(c, a, true, m != Recompute::full, m == Recompute::none);
   }
   if (any_full || any_selective) alloc_layer(c, scratch_, false, any_full, true);
-  x_out_ = Tensor::empty({N, C});
+  x_out_ = Tensor::empty({Ns, C});
   if (model.stage().has_head) {
     lnf_ = Tensor::empty({N, C});
-    if (gpt2) meanf_ = Tensor::empty({N});
-    rstdf_ = Tensor::empty({N});
+    if (gpt2) meanf_ = Tensor::empty({Ns});
+    rstdf_ = Tensor::empty({Ns});
     dlnf_ = Tensor::empty({N, C});
   }
-  dres_ = Tensor::empty({N, C});
+  dres_ = Tensor::empty({Ns, C});
   dln_ = Tensor::empty({N, C});
   datt_ = Tensor::empty({N, HD});
   dqkv_ = Tensor::empty({N, QKV});
@@ -270,48 +299,79 @@ size_t TrainState::bytes() const {
   };
   for (const auto& a : acts_) add(a);
   add(scratch_);
-  for (const Tensor* t :
-       {&x_out_, &lnf_, &meanf_, &rstdf_, &dlnf_, &dres_, &dln_, &datt_, &dqkv_, &dup_, &dact_})
+  for (const Tensor* t : {&x_out_, &lnf_, &meanf_, &rstdf_, &dlnf_, &dres_, &dln_, &datt_, &dqkv_,
+                          &dup_, &dact_, &full_, &norm_s_, &dln_s_, &sp_grads_})
     if (t->defined()) b += t->nbytes();
   return b;
 }
 
-// One transformer block, x_next = block(a.x_in), saving what backward needs in `a`.
+void TrainState::sum_rows(float* partial, float* rows) {
+  const int64_t n = int64_t(Ns_) * C_;
+  if (sp_) {
+    opt_.tp->reduce_scatter(partial, rows, n);
+    comm_bytes_ += dist::scatter_gather_bytes(opt_.tp->size(), n);
+  } else if (tp_) {
+    opt_.tp->all_reduce(partial, n);
+    comm_bytes_ += dist::all_reduce_bytes(opt_.tp->size(), n);
+  }
+}
+
+void TrainState::gather_rows(const float* rows, float* full) {
+  if (!sp_) return;
+  const int64_t n = int64_t(Ns_) * C_;
+  opt_.tp->all_gather(rows, full, n);
+  comm_bytes_ += dist::scatter_gather_bytes(opt_.tp->size(), n);
+}
+
+// One transformer block, x_next = block(a.x_in), saving what backward needs in `a`. Under tensor
+// parallelism the GEMMs and attention see all N rows and this rank's heads and F columns; the
+// norms and residual adds see the Ns rows of the residual stream held here.
 void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerActs& a,
                                float* x_next) {
   const ModelConfig& c = model.config();
-  const int N = B_ * T_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
+  const int N = B_ * T_, Ns = Ns_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
             K = c.kv_heads;
   const int HD = H * D, QKV = (H + 2 * K) * D;
   const bool llama = c.arch == Arch::llama;
   const WeightLayout layout = llama ? WeightLayout::out_in : WeightLayout::in_out;
+  // A row-parallel layer's bias is added by one rank, before the partial outputs are summed.
+  const bool bias_here = !tp_ || opt_.tp->rank() == 0;
   // Attention block: x_mid = x_in + o_proj(attention(rope(qkv(norm(x_in)))))
+  float* ln = sp_ ? norm_s_.f32() : a.ln1.f32();
   if (llama) {
-    cpu::rms_norm_forward(a.ln1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w, N, C, c.norm_eps);
+    cpu::rms_norm_forward(ln, a.rstd1.f32(), a.x_in.f32(), p.ln1_w, Ns, C, c.norm_eps);
   } else {
-    cpu::layer_norm_forward(a.ln1.f32(), a.mean1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w,
-                            p.ln1_b, N, C, c.norm_eps);
+    cpu::layer_norm_forward(ln, a.mean1.f32(), a.rstd1.f32(), a.x_in.f32(), p.ln1_w, p.ln1_b, Ns, C,
+                            c.norm_eps);
   }
+  gather_rows(ln, a.ln1.f32());
   lin_.forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w, p.qkv_b, N, C, QKV, layout);
   if (llama) {
     cpu::rope_forward(a.qkv.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(), rope_sin_.f32());
   }
   cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, H, K, D);
-  lin_.forward(a.x_mid.f32(), a.att.f32(), p.o_w, p.o_b, N, HD, C, layout);
-  cpu::add(a.x_mid.f32(), a.x_mid.f32(), a.x_in.f32(), int64_t(N) * C);
+  float* o = sp_ ? full_.f32() : a.x_mid.f32();
+  lin_.forward(o, a.att.f32(), p.o_w, bias_here ? p.o_b : nullptr, N, HD, C, layout);
+  sum_rows(o, a.x_mid.f32());
+  cpu::add(a.x_mid.f32(), a.x_mid.f32(), a.x_in.f32(), int64_t(Ns) * C);
   // MLP block: x_next = x_mid + down(act(up(norm(x_mid))))
+  ln = sp_ ? norm_s_.f32() : a.ln2.f32();
   if (llama) {
-    cpu::rms_norm_forward(a.ln2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, N, C, c.norm_eps);
+    cpu::rms_norm_forward(ln, a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, Ns, C, c.norm_eps);
+    gather_rows(ln, a.ln2.f32());
     lin_.forward(a.up.f32(), a.ln2.f32(), p.up_w, nullptr, N, C, 2 * F, layout);
     cpu::swiglu_forward(a.act.f32(), a.up.f32(), N, F);
   } else {
-    cpu::layer_norm_forward(a.ln2.f32(), a.mean2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w,
-                            p.ln2_b, N, C, c.norm_eps);
+    cpu::layer_norm_forward(ln, a.mean2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, p.ln2_b, Ns,
+                            C, c.norm_eps);
+    gather_rows(ln, a.ln2.f32());
     lin_.forward(a.up.f32(), a.ln2.f32(), p.up_w, p.up_b, N, C, F, layout);
     cpu::gelu_forward(a.act.f32(), a.up.f32(), int64_t(N) * F);
   }
-  lin_.forward(x_next, a.act.f32(), p.down_w, p.down_b, N, F, C, layout);
-  cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(N) * C);
+  float* down = sp_ ? full_.f32() : x_next;
+  lin_.forward(down, a.act.f32(), p.down_w, bias_here ? p.down_b : nullptr, N, F, C, layout);
+  sum_rows(down, x_next);
+  cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(Ns) * C);
 }
 
 void TrainState::forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids,
@@ -320,9 +380,15 @@ void TrainState::forward(const Model& model, ModelParams& w, ModelParams& g, con
   const int N = B_ * T_, C = c.hidden, layers = model.stage().num_layers;
   if (model.stage().has_embedding) {
     bind(StepHooks::kEmbedding, false, w, g);
-    cpu::embedding_forward(acts_[0].x_in.f32(), ids, w.wte, N, C, false);
-    if (c.arch == Arch::gpt2)
-      cpu::embedding_forward(acts_[0].x_in.f32(), pos_.data(), w.wpe, N, C, true);
+    float* x0 = acts_[0].x_in.f32();
+    if (tp_) {  // vocabulary-parallel: each rank looks up the ids in its rows, zeros elsewhere
+      float* e = sp_ ? full_.f32() : x0;
+      cpu::embedding_forward_shard(e, ids, w.wte, N, C, opt_.vocab_begin, c.vocab_size);
+      sum_rows(e, x0);
+    } else {
+      cpu::embedding_forward(x0, ids, w.wte, N, C, false);
+    }
+    if (c.arch == Arch::gpt2) cpu::embedding_forward(x0, pos_.data() + row0_, w.wpe, Ns_, C, true);
     done(StepHooks::kEmbedding, false);
   } else {
     std::memcpy(acts_[0].x_in.f32(), in, acts_[0].x_in.nbytes());
@@ -358,60 +424,81 @@ double TrainState::head(const Model& model, ModelParams& w, ModelParams& g, cons
   // and pipeline stage must take part in the same collectives.
   const bool bwd = backward && targets;
   bind(StepHooks::kHead, bwd, w, g);
+  float* ln = sp_ ? norm_s_.f32() : lnf_.f32();
   if (llama) {
-    cpu::rms_norm_forward(lnf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, N, C, c.norm_eps);
+    cpu::rms_norm_forward(ln, rstdf_.f32(), x_out_.f32(), w.lnf_w, Ns_, C, c.norm_eps);
   } else {
-    cpu::layer_norm_forward(lnf_.f32(), meanf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, w.lnf_b,
-                            N, C, c.norm_eps);
+    cpu::layer_norm_forward(ln, meanf_.f32(), rstdf_.f32(), x_out_.f32(), w.lnf_w, w.lnf_b, Ns_, C,
+                            c.norm_eps);
   }
+  gather_rows(ln, lnf_.f32());  // the LM head sees every row
   double sum = 0;
   if (targets) {
     // The loss is the mean over counted tokens, so each token's gradient is scaled by 1/count.
     const float scale = grad_scale / float(std::max<int64_t>(counted_, 1));
+    ops::VocabShard shard;  // tensor parallelism: this rank's rows of the vocabulary
+    if (tp_) {
+      shard.begin = opt_.vocab_begin;
+      shard.total = opt_.vocab_total;
+      shard.reduce = [this](float* x, int n, bool max) {
+        opt_.tp->all_reduce(x, n, max ? dist::ReduceOp::max : dist::ReduceOp::sum);
+        comm_bytes_ += dist::all_reduce_bytes(opt_.tp->size(), n);
+      };
+    }
     lin_.lm_head_cross_entropy(losses_.data(), bwd ? dlnf_.f32() : nullptr,
                                bwd ? g.lm_head : nullptr, lnf_.f32(), w.lm_head, targets, N, C,
-                               c.vocab_size, scale);
+                               c.vocab_size, scale, tp_ ? &shard : nullptr);
     for (int n = 0; n < N; ++n) sum += losses_[n];
   }
   if (bwd) {
     float* dres = dres_.f32();
     std::memset(dres, 0, dres_.nbytes());
+    float* dlnf = sp_ ? dln_s_.f32() : dlnf_.f32();
+    sum_rows(dlnf_.f32(), dlnf);  // the vocabulary-parallel LM head left partial sums
     if (llama) {
-      cpu::rms_norm_backward(dres, g.lnf_w, dlnf_.f32(), x_out_.f32(), w.lnf_w, rstdf_.f32(), N, C);
+      cpu::rms_norm_backward(dres, g.lnf_w, dlnf, x_out_.f32(), w.lnf_w, rstdf_.f32(), Ns_, C);
     } else {
-      cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf_.f32(), x_out_.f32(), w.lnf_w,
-                               meanf_.f32(), rstdf_.f32(), N, C);
+      cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf, x_out_.f32(), w.lnf_w, meanf_.f32(),
+                               rstdf_.f32(), Ns_, C);
     }
   }
   done(StepHooks::kHead, bwd);
   return targets && counted_ > 0 ? sum / double(counted_) : 0.0;
 }
 
-// Backward through one block. dres_ holds d x_next on entry and d x_in on exit.
+// Backward through one block. dres_ holds d x_next on entry and d x_in on exit (this rank's Ns
+// rows). Under tensor parallelism the gradient entering each column-parallel GEMM's input is a
+// partial sum (this rank's heads / F columns), summed over tp before the norm's backward.
 void TrainState::backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
                                 LayerActs& a) {
   const ModelConfig& c = model.config();
-  const int N = B_ * T_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
+  const int N = B_ * T_, Ns = Ns_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
             K = c.kv_heads;
   const int HD = H * D, QKV = (H + 2 * K) * D;
   const bool llama = c.arch == Arch::llama;
   const WeightLayout layout = llama ? WeightLayout::out_in : WeightLayout::in_out;
   float* dres = dres_.f32();
+  float* dy = sp_ ? full_.f32() : dres;          // d x_next (then d x_mid) over all N rows
+  float* dln = sp_ ? dln_s_.f32() : dln_.f32();  // the norm output's gradient, this rank's rows
   // MLP block. The residual passes d x_next straight to x_mid.
-  lin_.backward(dact_.f32(), gp.down_w, gp.down_b, dres, a.act.f32(), p.down_w, N, F, C, layout);
+  gather_rows(dres, dy);
+  lin_.backward(dact_.f32(), gp.down_w, gp.down_b, dy, a.act.f32(), p.down_w, N, F, C, layout);
   if (llama) {
     cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), N, F);
     lin_.backward(dln_.f32(), gp.up_w, nullptr, dup_.f32(), a.ln2.f32(), p.up_w, N, C, 2 * F,
                   layout);
-    cpu::rms_norm_backward(dres, gp.ln2_w, dln_.f32(), a.x_mid.f32(), p.ln2_w, a.rstd2.f32(), N, C);
+    sum_rows(dln_.f32(), dln);
+    cpu::rms_norm_backward(dres, gp.ln2_w, dln, a.x_mid.f32(), p.ln2_w, a.rstd2.f32(), Ns, C);
   } else {
     cpu::gelu_backward(dup_.f32(), dact_.f32(), a.up.f32(), int64_t(N) * F);
     lin_.backward(dln_.f32(), gp.up_w, gp.up_b, dup_.f32(), a.ln2.f32(), p.up_w, N, C, F, layout);
-    cpu::layer_norm_backward(dres, gp.ln2_w, gp.ln2_b, dln_.f32(), a.x_mid.f32(), p.ln2_w,
-                             a.mean2.f32(), a.rstd2.f32(), N, C);
+    sum_rows(dln_.f32(), dln);
+    cpu::layer_norm_backward(dres, gp.ln2_w, gp.ln2_b, dln, a.x_mid.f32(), p.ln2_w, a.mean2.f32(),
+                             a.rstd2.f32(), Ns, C);
   }
   // Attention block. dres now holds d x_mid.
-  lin_.backward(datt_.f32(), gp.o_w, gp.o_b, dres, a.att.f32(), p.o_w, N, HD, C, layout);
+  gather_rows(dres, dy);
+  lin_.backward(datt_.f32(), gp.o_w, gp.o_b, dy, a.att.f32(), p.o_w, N, HD, C, layout);
   cpu::attention_backward(dqkv_.f32(), datt_.f32(), a.qkv.f32(), a.att.f32(), a.lse.f32(), B_, T_,
                           H, K, D);
   if (llama) {
@@ -420,11 +507,12 @@ void TrainState::backward_layer(const Model& model, const LayerParams& p, const 
   }
   lin_.backward(dln_.f32(), gp.qkv_w, gp.qkv_b, dqkv_.f32(), a.ln1.f32(), p.qkv_w, N, C, QKV,
                 layout);
+  sum_rows(dln_.f32(), dln);
   if (llama) {
-    cpu::rms_norm_backward(dres, gp.ln1_w, dln_.f32(), a.x_in.f32(), p.ln1_w, a.rstd1.f32(), N, C);
+    cpu::rms_norm_backward(dres, gp.ln1_w, dln, a.x_in.f32(), p.ln1_w, a.rstd1.f32(), Ns, C);
   } else {
-    cpu::layer_norm_backward(dres, gp.ln1_w, gp.ln1_b, dln_.f32(), a.x_in.f32(), p.ln1_w,
-                             a.mean1.f32(), a.rstd1.f32(), N, C);
+    cpu::layer_norm_backward(dres, gp.ln1_w, gp.ln1_b, dln, a.x_in.f32(), p.ln1_w, a.mean1.f32(),
+                             a.rstd1.f32(), Ns, C);
   }
 }
 
@@ -460,25 +548,74 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
   }
   if (!model.stage().has_embedding) return;  // dres is the gradient of the stage's input
   bind(StepHooks::kEmbedding, true, w, g);
-  cpu::embedding_backward(g.wte, dres, ids, N, C);
-  if (c.arch == Arch::gpt2) cpu::embedding_backward(g.wpe, dres, pos_.data(), N, C);
+  if (c.arch == Arch::gpt2) cpu::embedding_backward(g.wpe, dres, pos_.data() + row0_, Ns_, C);
+  float* dy = sp_ ? full_.f32() : dres;
+  gather_rows(dres, dy);
+  if (tp_) {
+    cpu::embedding_backward_shard(g.wte, dy, ids, N, C, opt_.vocab_begin, c.vocab_size);
+  } else {
+    cpu::embedding_backward(g.wte, dy, ids, N, C);
+  }
   done(StepHooks::kEmbedding, true);
 }
 
 void TrainState::check_ids(const Model& model, const int* ids) const {
-  const ModelConfig& c = model.config();
   if (!model.stage().has_embedding) return;
+  const int V = tp_ ? opt_.vocab_total : model.config().vocab_size;  // the whole vocabulary
   for (int n = 0; n < B_ * T_; ++n) {
-    KILN_CHECK(ids[n] >= 0 && ids[n] < c.vocab_size, "model", "token id ", ids[n], " at position ",
-               n, " is outside the vocabulary [0, ", c.vocab_size,
+    KILN_CHECK(ids[n] >= 0 && ids[n] < V, "model", "token id ", ids[n], " at position ", n,
+               " is outside the vocabulary [0, ", V,
                "): the data was tokenized with a different tokenizer");
   }
 }
 
 double TrainState::step(const Model& model, const int* ids, const int* targets, float* grads,
                         float grad_scale) {
-  const double loss = forward_stage(model, ids, nullptr, targets, grads, grad_scale);
-  if (grads && targets) backward_stage(model, ids, nullptr, grads);
+  if (!sp_ || !grads) {
+    const double loss = forward_stage(model, ids, nullptr, targets, grads, grad_scale);
+    if (grads && targets) backward_stage(model, ids, nullptr, grads);
+    return loss;
+  }
+  // Sequence parallelism: the replicated norms (and GPT-2's positions) see only this rank's rows,
+  // so their gradients are collected aside, summed over tp, then added.
+  KILN_CHECK(model.stage().has_embedding && model.stage().has_head, "model",
+             "sequence parallelism runs the whole model, not a pipeline stage");
+  check_ids(model, ids);
+  hooks_ = nullptr;
+  ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
+  ModelParams g = model.bind(grads);
+  const ModelConfig& c = model.config();
+  std::vector<std::pair<float*, int64_t>> real;  // where each side gradient belongs, and its size
+  std::vector<float**> side;
+  auto aside = [&](float*& ptr, int64_t n) {
+    if (!ptr) return;
+    real.emplace_back(ptr, n);
+    side.push_back(&ptr);
+  };
+  aside(g.lnf_w, c.hidden);
+  aside(g.lnf_b, c.hidden);
+  aside(g.wpe, int64_t(c.max_positions) * c.hidden);
+  for (LayerParams& L : g.layers)
+    for (float** f : {&L.ln1_w, &L.ln1_b, &L.ln2_w, &L.ln2_b}) aside(*f, c.hidden);
+  int64_t total = 0;
+  for (auto& r : real) total += r.second;
+  if (sp_grads_.numel() != total) sp_grads_ = Tensor::empty({total});
+  std::memset(sp_grads_.raw(), 0, sp_grads_.nbytes());
+  int64_t off = 0;
+  for (size_t i = 0; i < side.size(); ++i) {
+    *side[i] = sp_grads_.f32() + off;
+    off += real[i].second;
+  }
+  forward(model, w, g, ids, nullptr);
+  const double loss = head(model, w, g, targets, true, grad_scale);
+  if (targets) backward(model, w, g, ids, nullptr);
+  opt_.tp->all_reduce(sp_grads_.f32(), total);
+  comm_bytes_ += dist::all_reduce_bytes(opt_.tp->size(), total);
+  off = 0;
+  for (auto [ptr, n] : real) {
+    cpu::add(ptr, ptr, sp_grads_.f32() + off, n);
+    off += n;
+  }
   return loss;
 }
 

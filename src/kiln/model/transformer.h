@@ -61,6 +61,11 @@ void for_each_pointer(ModelParams& m, F&& f) {
       f(*p);
 }
 
+// The parameters a model with this config holds (all of them, or one pipeline stage's), in
+// flat-buffer order.
+std::vector<ParamInfo> param_layout(const ModelConfig& cfg, const PipelineStage& stage);
+std::vector<ParamInfo> param_layout(const ModelConfig& cfg);
+
 class Model {
  public:
   explicit Model(const ModelConfig& cfg) : Model(cfg, full_model_stage(cfg)) {}
@@ -116,7 +121,8 @@ class StepHooks {
 // Activations and scratch for training on (B, T). Sized once; reused every step. With
 // recomputation, the layers that recompute keep only what their mode needs (full: the layer
 // input; selective: all but the attention output and log-sum-exp) and rebuild the rest in backward
-// into shared scratch, computing bit for bit what the forward computed.
+// into shared scratch, computing bit for bit what the forward computed. Under tensor parallelism
+// (TrainOptions::tp) the model is this rank's shard and every step is collective over tp.
 class TrainState {
  public:
   TrainState(const Model& model, int B, int T, TrainOptions opt = {});
@@ -157,6 +163,9 @@ class TrainState {
   const Tensor& final_hidden() const { return lnf_; }
   // Bytes held by activations, scratch and low-precision weight copies.
   size_t bytes() const;
+  // Bytes this rank sent in tensor-parallel collectives since the last reset (ring costs).
+  int64_t comm_bytes() const { return comm_bytes_; }
+  void reset_comm_bytes() { comm_bytes_ = 0; }
 
  private:
   struct LayerActs {
@@ -169,12 +178,11 @@ class TrainState {
   void backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
                       LayerActs& a);
   // The embedding (on the first stage) and the stage's layers, from ids or from `in`.
-  void forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids,
-               const float* in);
+  void forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids, const float* in);
   // On the last stage: the final norm and, given targets, the loss; with `backward` also the LM
   // head's gradient and the final norm's, which leaves dres_ holding d x_out.
-  double head(const Model& model, ModelParams& w, ModelParams& g, const int* targets,
-              bool backward, float grad_scale);
+  double head(const Model& model, ModelParams& w, ModelParams& g, const int* targets, bool backward,
+              float grad_scale);
   // The stage's layers and (on the first stage) the embedding, from dres_ (the last stage) or
   // `dout`.
   void backward(const Model& model, ModelParams& w, ModelParams& g, const int* ids,
@@ -187,8 +195,22 @@ class TrainState {
     if (hooks_) hooks_->done(unit, backward);
   }
 
-  int B_, T_;
-  int first_layer_;  // the stage's first layer (recompute_layers counts globally)
+  // Tensor parallelism (Megatron's g and f). sum_rows: the sum over tp of a row-parallel GEMM's
+  // partial output (N,C), as this rank's rows of the residual stream: in place (rows == partial)
+  // or, with sequence parallelism, reduce-scattered into rows (Ns,C). gather_rows: the residual
+  // rows as the (N,C) input of a column-parallel GEMM: full == rows, or all-gathered into full.
+  // Without tensor parallelism both do nothing.
+  void sum_rows(float* partial, float* rows);
+  void gather_rows(const float* rows, float* full);
+
+  int B_, T_, C_;
+  int first_layer_;               // the stage's first layer (recompute_layers counts globally)
+  bool tp_ = false, sp_ = false;  // tensor / sequence parallelism (TrainOptions::tp)
+  int Ns_ = 0;                    // residual-stream rows here: B*T, or B*T/tp with sp_ ...
+  int row0_ = 0;                  // ... starting at this row of the B*T
+  // Sequence-parallel scratch: gathered rows or partial sums (N,C), this rank's norm output and
+  // its gradient (Ns,C), and the replicated parameters' gradients set aside.
+  Tensor full_, norm_s_, dln_s_, sp_grads_;
   TrainOptions opt_;
   MixedLinear lin_;
   std::vector<LayerActs> acts_;
@@ -199,6 +221,7 @@ class TrainState {
   std::vector<int> pos_;
   std::vector<float> losses_;
   int64_t counted_ = 0;
+  int64_t comm_bytes_ = 0;
   StepHooks* hooks_ = nullptr;  // the current step's, if any
 };
 

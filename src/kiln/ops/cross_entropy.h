@@ -4,8 +4,21 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace kiln::ops {
+
+// Vocabulary parallelism (Megatron's parallel cross-entropy): W holds rows [begin, begin+V) of a
+// vocabulary of `total` rows split over ranks. Per chunk, the row maxima and then the row sums of
+// e^(logit - max) with the target logits are combined over the ranks by `reduce` (x (n) in place:
+// the elementwise max when `max`, else the sum); it is called from the calling thread, between
+// the chunk's parallel loops, the same number of times on every rank. Targets index the whole
+// vocabulary; every rank gets the full losses, dh is this rank's partial sum (sum it over ranks)
+// and dw the gradient of its rows.
+struct VocabShard {
+  int begin = 0, total = 0;
+  std::function<void(float* x, int n, bool max)> reduce;
+};
 
 namespace ref {
 // h (N,C) final hidden states; w (V,C) the output embedding; targets (N), a target < 0 is
@@ -25,6 +38,13 @@ void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, 
 void lm_head_cross_entropy_bf16(float* losses, float* dh, float* dw, const float* h,
                                 const uint16_t* w_bf16, const int* targets, int N, int C, int V,
                                 float grad_scale);
+// The vocabulary-parallel forms of the two above: w holds the shard's V rows.
+void lm_head_cross_entropy_shard(float* losses, float* dh, float* dw, const float* h,
+                                 const float* w, const int* targets, int N, int C, int V,
+                                 float grad_scale, const VocabShard& shard);
+void lm_head_cross_entropy_bf16_shard(float* losses, float* dh, float* dw, const float* h,
+                                      const uint16_t* w_bf16, const int* targets, int N, int C,
+                                      int V, float grad_scale, const VocabShard& shard);
 }  // namespace cpu
 
 }  // namespace kiln::ops

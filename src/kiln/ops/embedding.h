@@ -16,6 +16,12 @@ void embedding_forward(float* out, const int* ids, const float* table, int N, in
                        bool accumulate);
 // Deterministic: the sum for each table row is taken in order of n, whatever the thread count.
 void embedding_backward(float* dtable, const float* dout, const int* ids, int N, int C);
+// Vocabulary parallelism: table holds rows [begin, begin+V) of the vocabulary. Ids outside give
+// zero rows (summing over the ranks gives the lookup) and add nothing to dtable.
+void embedding_forward_shard(float* out, const int* ids, const float* table, int N, int C,
+                             int begin, int V);
+void embedding_backward_shard(float* dtable, const float* dout, const int* ids, int N, int C,
+                              int begin, int V);
 }  // namespace cpu
 
 }  // namespace kiln::ops

@@ -40,7 +40,8 @@ double grad_norm(const float* grads, int64_t n);
 
 // One optimizer update as the trainer does it: global-norm clipping to `clip` (0 = off), then
 // AdamW. A non-finite gradient norm skips the update (the weights stay untouched) and returns
-// false. `norm` receives the pre-clipping norm.
+// false. `norm` receives the pre-clipping norm. When the model is a shard of a larger one (tensor
+// parallelism), `sum_squares` gives the whole model's squared gradient norm from this shard's.
 [[nodiscard]] bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip,
                                  double* norm);
 // The same with the norm given: a pipeline stage holds part of the gradient, and clips by the

@@ -211,18 +211,6 @@ void Pipeline::reduce_tied_embedding(const Model& model, float* grads) {
   comm_bytes_ += dist::all_reduce_bytes(embedding_group_->size(), n);
 }
 
-double Pipeline::grad_norm(const Model& model, const float* grads) {
-  // The last stage's copy of a tied embedding is the first stage's: count it once.
-  const float* skip = stage_ > 0 ? model.bind(const_cast<float*>(grads)).wte : nullptr;
-  double sq = 0;
-  for (const ParamInfo& p : model.params())
-    if (grads + p.offset != skip) sq += ops::cpu::sum_squares(grads + p.offset, p.numel());
-  float f = float(sq);
-  pp_.all_reduce(&f, 1);
-  comm_bytes_ += dist::all_reduce_bytes(stages_, 1);
-  return std::sqrt(double(f));
-}
-
 bool Pipeline::any_stage(bool flag) {
   float f = flag ? 1.0f : 0.0f;
   pp_.all_reduce(&f, 1, dist::ReduceOp::max);

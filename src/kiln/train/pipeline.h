@@ -72,8 +72,6 @@ class Pipeline {
   // With tied embeddings the first and the last stage each hold the embedding matrix: sum their
   // gradients of it (Megatron's embedding group), so both make the same update.
   void reduce_tied_embedding(const Model& model, float* grads);
-  // The L2 norm of the whole model's gradient, from every stage's part (tied embedding once).
-  double grad_norm(const Model& model, const float* grads);
   // Whether `flag` is set on any stage.
   bool any_stage(bool flag);
 

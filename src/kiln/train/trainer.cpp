@@ -25,6 +25,7 @@
 #include "kiln/train/optimizer.h"
 #include "kiln/train/pipeline.h"
 #include "kiln/train/schedule.h"
+#include "kiln/train/tensor_parallel_state.h"
 #include "kiln/train/zero.h"
 
 namespace kiln {
@@ -65,8 +66,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
 // the last stages hold the losses and the others add 0), so every layout reports the
 // single-process figure (up to summation order).
 using EvalForward = std::function<double(const int* ids, const int* targets, int64_t* counted)>;
-double evaluate(const BatchSource& val, int B, int T, int row0, int max_batches, dist::Comm& comm,
-                const EvalForward& forward) {
+double evaluate(const BatchSource& val, int B, int T, int row0, int max_batches,
+                const std::function<double(double)>& sum_shares, const EvalForward& forward) {
   int64_t n = std::min<int64_t>(max_batches, val.eval_batches_available(B));
   if (n <= 0) return NAN;
   std::vector<int32_t> ids(size_t(B) * T), tg(size_t(B) * T);
@@ -77,13 +78,7 @@ double evaluate(const BatchSource& val, int B, int T, int row0, int max_batches,
     const int64_t total = std::count_if(tg.begin(), tg.end(), [](int32_t t) { return t >= 0; });
     int64_t counted = 0;
     const double mean = forward(ids.data() + off, tg.data() + off, &counted);
-    double part = mean * double(counted) / double(std::max<int64_t>(total, 1));
-    if (comm.size() > 1) {
-      float f = float(part);
-      comm.all_reduce(&f, 1);
-      part = f;
-    }
-    sum += part;
+    sum += sum_shares(mean * double(counted) / double(std::max<int64_t>(total, 1)));
   }
   return sum / double(n);
 }
@@ -124,33 +119,77 @@ int64_t max_over_ranks(int64_t x, dist::Comm& comm) {
   return most;
 }
 
+// The whole model's gradient L2 norm from this rank's part, the same on every rank: parameters a
+// tensor-parallel shard replicates count on tp rank 0 only, the last pipeline stage's copy of a
+// tied embedding not at all (the first stage's counts); the rest is summed over tp and pp.
+double whole_grad_norm(const Model& m, const float* g, const TensorParallelMap* tpm, dist::Comm* tp,
+                       dist::Comm* pp) {
+  const bool tied_copy = pp && pp->rank() > 0;
+  double sq = 0;
+  for (const ParamInfo& p : m.params()) {
+    if (tied_copy && (p.name == "model.embed_tokens.weight" || p.name == "transformer.wte.weight"))
+      continue;
+    if (tpm && tpm->rank() != 0 && tpm->replicated(p.name)) continue;
+    sq += ops::cpu::sum_squares(g + p.offset, p.numel());
+  }
+  // The communicator sums floats: the double goes as a float and its remainder (~48 bits).
+  float parts[2] = {float(sq), float(sq - double(float(sq)))};
+  if (tpm) tp->all_reduce(parts, 2);
+  if (pp) pp->all_reduce(parts, 2);
+  return std::sqrt(double(parts[0]) + double(parts[1]));
+}
+
+// The whole model and its optimizer state on world rank 0, from the parts this rank's layout
+// holds: rank 0's pipeline group gathers its stages, then its tensor-parallel group the shards.
+// Collective over those groups; other ranks return an empty result.
+GatheredModel gather_part(const Model& m, AdamW& opt, const AdamWConfig& cfg,
+                          const ModelConfig& whole_cfg, const TensorParallelMap* tpm,
+                          const dist::ProcessGroups& g) {
+  if (g.plan.dp_rank != 0) return {};
+  GatheredModel shard;  // this tp rank's whole shard, on pipeline stage 0
+  if (g.plan.pp > 1) shard = gather_stages(m, opt, cfg, *g.pp);
+  if (!tpm || g.plan.pp_rank != 0) return shard;
+  GatheredModel whole;
+  if (g.plan.tp_rank == 0) {
+    whole.model = std::make_unique<Model>(whole_cfg);
+    whole.opt = std::make_unique<AdamW>(*whole.model, cfg);
+  }
+  gather_training_state(*tpm, *g.tp, shard.model ? *shard.model : m, shard.opt ? *shard.opt : opt,
+                        whole.model.get(), whole.opt.get());
+  return whole;
+}
+
 }  // namespace
 
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
-  // Data parallelism: every rank of a data-parallel group holds the same part of the model (all
-  // of it, or one pipeline stage), draws the same global batch and computes its slice of it;
-  // gradients are summed across the group before the (identical) update: in buckets overlapped
-  // with backward and sharded by parallel.zero (zero.h) for the whole model, whole after the
-  // pipeline's step for a stage. Pipeline parallelism (pipeline.h) splits the layers over the
-  // stages of a pipeline group. Rank 0 alone writes the run directory.
+  // The layout (dist/groups.h, Megatron's rank order): tp ranks hold shards of one model
+  // (model/tensor_parallel.h) and compute the same rows together; pp stages hold consecutive
+  // layers (pipeline.h); dp ranks hold the same part, draw the same global batch, compute their
+  // slice of it, and sum their gradients before the (identical) update. Without tp and pp the
+  // sum runs in buckets overlapped with backward, sharded by parallel.zero (zero.h); otherwise
+  // after the step. Rank 0 alone writes the run directory, one gathered checkpoint.
   dist::SingleComm single;
   dist::Comm& comm = comm_arg ? *comm_arg : single;
   check_same_config(cfg, comm);
-  const int pp = cfg.parallel.pp;
-  KILN_CHECK(cfg.parallel.tp == 1 && cfg.parallel.checkpoint == "gathered", "train",
-             "parallel.tp and parallel.checkpoint = sharded are not implemented yet; leave them ",
-             "at 1 and gathered");
-  KILN_CHECK(cfg.parallel.zero == 0 || pp == 1, "train", "parallel.zero = ", cfg.parallel.zero,
-             " with parallel.pp = ", pp, " is not supported yet; use parallel.zero = 0 with a ",
-             "pipeline");
+  const int tp = cfg.parallel.tp, pp = cfg.parallel.pp;
+  KILN_CHECK(cfg.parallel.checkpoint == "gathered", "train",
+             "parallel.checkpoint = sharded is not implemented yet; use gathered (one Hugging "
+             "Face checkpoint that any layout resumes from)");
+  KILN_CHECK(cfg.parallel.zero == 0 || (tp == 1 && pp == 1), "train",
+             "parallel.zero = ", cfg.parallel.zero, " with parallel.tp = ", tp,
+             " and parallel.pp = ", pp, " is not supported yet; ZeRO shards the data-parallel ",
+             "state of a whole model: use parallel.zero = 0 with tensor or pipeline parallelism");
+  KILN_CHECK(!cfg.parallel.sequence_parallel || pp == 1, "train",
+             "parallel.sequence_parallel with parallel.pp = ", pp,
+             " is not supported yet; use sequence parallelism without a pipeline");
   KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
              "parallel.zero = 3 supports train.precision = fp32 only (the ",
              name_of(cfg.train.precision),
              " GEMM weight copy is made from the whole weights); use parallel.zero <= 2 or fp32");
-  dist::ProcessGroups groups = dist::make_groups(comm, 1, pp);
-  const int dp = groups.plan.dp, rank = comm.rank();
-  const bool writer = rank == 0;
+  dist::ProcessGroups groups = dist::make_groups(comm, tp, pp);
+  const int dp = groups.plan.dp;
+  const bool writer = comm.rank() == 0;
   KILN_CHECK(cfg.train.batch_size % dp == 0, "train", "train.batch_size = ", cfg.train.batch_size,
              " is not divisible by the ", dp, " data-parallel ranks; use a multiple of ", dp);
   if (!writer) set_log_level(LogLevel::warn);
@@ -171,8 +210,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     model = std::make_unique<Model>(cfg.model);
     model->init_weights(cfg.seed);
   }
-  KILN_CHECK(model->config().vocab_size >= tok.vocab_size(), "train", "the model's vocab_size (",
-             model->config().vocab_size, ") is smaller than the tokenizer's (", tok.vocab_size(),
+  const ModelConfig whole_cfg = model->config();
+  KILN_CHECK(whole_cfg.vocab_size >= tok.vocab_size(), "train", "the model's vocab_size (",
+             whole_cfg.vocab_size, ") is smaller than the tokenizer's (", tok.vocab_size(),
              "); raise model.vocab_size or omit it to take the tokenizer's");
 
   if (cfg.data.blend.empty() && !cfg.data.mock) {
@@ -186,7 +226,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   spec.val_fraction = cfg.data.val_fraction;
   spec.blend = cfg.data.blend;
   spec.split = cfg.data.split;
-  if (cfg.data.mock) spec.mock_vocab = model->config().vocab_size;
+  if (cfg.data.mock) spec.mock_vocab = whole_cfg.vocab_size;
   std::unique_ptr<BatchSource> data = open_batch_source(
       spec, tok, T, cfg.seed, int64_t(cfg.train.steps) * cfg.train.batch_size * accum);
   const bool has_val = data->eval_batches_available(B) > 0;
@@ -194,7 +234,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
 
   const AdamWConfig adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
   TrainerState state;
-  std::unique_ptr<AdamW> opt;  // the whole optimizer state: a pipeline stage's, or until sharded
+  // The optimizer state of what this rank trains (the whole model's until it is cut down).
+  std::unique_ptr<AdamW> opt;
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
   if (resume) {
     std::string ckpt = latest_checkpoint(cfg.run_dir);
@@ -212,32 +253,61 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   std::ofstream metrics;
   if (writer) metrics.open(metrics_path, std::ios::app);
 
+  // Every rank starts from the whole model (built or loaded identically) and keeps its part:
+  // its tensor-parallel shard, then its pipeline stage of that.
   TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
+  std::unique_ptr<TensorParallelMap> tpm;
+  if (tp > 1 || pp > 1) {
+    if (!opt) opt = std::make_unique<AdamW>(*model, adamw);
+    if (tp > 1) {
+      tpm = std::make_unique<TensorParallelMap>(whole_cfg, tp, groups.plan.tp_rank);
+      auto shard = std::make_unique<Model>(tpm->config());
+      auto shard_opt = std::make_unique<AdamW>(*shard, adamw);
+      scatter_training_state(*tpm, *model, *opt, *shard, *shard_opt);
+      model = std::move(shard);
+      opt = std::move(shard_opt);
+      topt = tpm->train_options(topt, groups.tp.get(), cfg.parallel.sequence_parallel);
+    }
+    if (pp > 1)
+      keep_stage(model, *opt, adamw, pipeline_stage(model->config(), pp, groups.plan.pp_rank));
+  }
+  Model& m = *model;
   const int Bl = B / dp, row0 = groups.plan.dp_rank * Bl;  // this rank's rows of each batch
-  // A pipeline stage: plain AdamW on the stage's gradient, all-reduced over dp after the step.
-  // The whole model: ZeroAdamW, which also syncs the gradients during backward (StepHooks).
+  // A whole model: ZeroAdamW, which also syncs the gradients during backward (StepHooks).
+  // A shard or a stage: plain AdamW on its gradient, summed over dp after the step.
   std::unique_ptr<TrainState> ts;
   std::unique_ptr<Pipeline> pipe;
   std::unique_ptr<ZeroAdamW> zero;
   Tensor grads;
   if (pp > 1) {
-    if (!opt) opt = std::make_unique<AdamW>(*model, adamw);
-    keep_stage(model, *opt, adamw, pipeline_stage(model->config(), pp, groups.plan.pp_rank));
     pipe = std::make_unique<Pipeline>(
-        *model, Bl, T, topt, pipe_schedule_from_name(cfg.parallel.schedule), accum, *groups.pp);
-    grads = Tensor::zeros({model->num_params()});
+        m, Bl, T, topt, pipe_schedule_from_name(cfg.parallel.schedule), accum, *groups.pp);
   } else {
-    ts = std::make_unique<TrainState>(*model, Bl, T, topt);
-    zero = std::make_unique<ZeroAdamW>(*model, *groups.dp, cfg.parallel.zero, cfg.parallel.bucket_mb,
+    ts = std::make_unique<TrainState>(m, Bl, T, topt);
+  }
+  if (tp == 1 && pp == 1) {  // ZeroAdamW takes its shard of a resumed state
+    zero = std::make_unique<ZeroAdamW>(m, *groups.dp, cfg.parallel.zero, cfg.parallel.bucket_mb,
                                        adamw, opt.get());
     opt.reset();
+  } else {
+    grads = Tensor::zeros({m.num_params()});
   }
+  // The ranks' shares of a loss summed: over dp, and over pp for a pipeline (0 off its last
+  // stage); the tp ranks of a group hold the same value.
+  auto sum_shares = [&](double x) {
+    float f = float(x);
+    if (dp > 1) groups.dp->all_reduce(&f, 1);
+    if (pipe) groups.pp->all_reduce(&f, 1);
+    return double(f);
+  };
   // Persistent per-rank bytes of weights, gradients and AdamW moments.
-  const int64_t state_bytes = zero ? zero->state_bytes() : 4 * model->weights().nbytes();
-  // A pipeline rank's bytes sent per step besides the Pipeline's own: the stage's gradient
-  // all-reduce over dp and the loss's over the world.
-  const int64_t pipe_extra_bytes =
-      pipe ? dist::all_reduce_bytes(dp, grads.numel()) + dist::all_reduce_bytes(comm.size(), 1) : 0;
+  const int64_t state_bytes = zero ? zero->state_bytes() : 4 * m.weights().nbytes();
+  // A plain-AdamW rank's bytes sent per step besides the Pipeline's and TrainState's own
+  // counts: its gradient all-reduce over dp and the loss's.
+  const int64_t plain_extra_bytes = zero ? 0
+                                         : dist::all_reduce_bytes(dp, grads.numel()) +
+                                               dist::all_reduce_bytes(dp, 1) +
+                                               (pipe ? dist::all_reduce_bytes(pp, 1) : 0);
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
   const bool fp16 = cfg.train.precision == Precision::fp16;
@@ -245,7 +315,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if (resume && fp16 && state.loss_scale > 0)
     scaler.restore(state.loss_scale, state.scale_growth, state.scale_hysteresis);
   log_info("precision ", name_of(cfg.train.precision), ", recompute ", name_of(cfg.train.recompute),
-           ", dp ", dp, " x pp ", pp,
+           ", dp ", dp, " x tp ", tp, " x pp ", pp,
            zero ? ", zero " + std::to_string(zero->stage()) + ", " +
                       std::to_string(zero->layout().chunks.size()) + " gradient buckets"
                 : "",
@@ -272,11 +342,13 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       const double scale = fp16 ? scaler.scale() : 1.0;
       loss = 0;
       const size_t off = size_t(row0) * T;
+      if (ts) ts->reset_comm_bytes();
       if (pipe) {
         std::memset(grads.raw(), 0, grads.nbytes());
-        loss = pipe->train_step(*model, *data, B, row0, grads.f32(), scale);
+        loss = pipe->train_step(m, *data, B, row0, grads.f32(), scale);
       } else {
-        zero->begin_step();
+        if (zero) zero->begin_step();
+        if (grads.defined()) std::memset(grads.raw(), 0, grads.nbytes());
         for (int micro = 0; micro < accum; ++micro) {
           data->next(B, ids.data(), targets.data());
           // The loss is a mean over the global batch's counted tokens: weight this rank's mean.
@@ -285,39 +357,47 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
           int64_t local = 0;
           for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
           const double w = total > 0 ? double(local) / double(total) : 0.0;
-          zero->begin_micro(micro == accum - 1);
-          loss += w * ts->step(*model, ids.data() + off, targets.data() + off, *zero, true,
-                               float(scale / accum * w));
+          const float micro_scale = float(scale / accum * w);
+          if (zero) {
+            zero->begin_micro(micro == accum - 1);
+            loss +=
+                w * ts->step(m, ids.data() + off, targets.data() + off, *zero, true, micro_scale);
+          } else {
+            loss +=
+                w * ts->step(m, ids.data() + off, targets.data() + off, grads.f32(), micro_scale);
+          }
         }
-        zero->finish_backward();
+        if (zero) zero->finish_backward();
         loss /= accum;
       }
-      // The ranks' shares (0 off a pipeline's last stage) sum up.
-      if (zero && dp > 1) {
-        loss = zero->sum_over_ranks(float(loss));
-      } else if (pipe && comm.size() > 1) {
-        float l = float(loss);
-        comm.all_reduce(&l, 1);
-        loss = l;
-      }
-      if (pipe) {
+      if (zero) {
+        if (dp > 1) loss = zero->sum_over_ranks(float(loss));
+      } else {
+        loss = sum_shares(loss);
         if (dp > 1) groups.dp->all_reduce(grads.f32(), grads.numel());
-        pipe->reduce_tied_embedding(*model, grads.f32());
+        if (pipe) pipe->reduce_tied_embedding(m, grads.f32());
       }
-      const bool overflow =
-          fp16 && (pipe ? fp16_overflow(grads.f32(), grads.numel()) : zero->fp16_overflow());
-      bool bad = !std::isfinite(loss) || overflow || (inject && skipped == 0);
-      if (pipe) bad = pipe->any_stage(bad);  // every stage skips together
+      float overflow =
+          fp16 && (zero ? zero->fp16_overflow() : fp16_overflow(grads.f32(), grads.numel()));
+      bool bad = !std::isfinite(loss) || overflow > 0 || (inject && skipped == 0);
+      // The whole model skips together: every shard and every stage.
+      if (tp > 1) {
+        float f = bad ? 1.0f : 0.0f;
+        groups.tp->all_reduce(&f, 1, dist::ReduceOp::max);
+        bad = f > 0;
+      }
+      if (pipe) bad = pipe->any_stage(bad);
       if (!bad) {
         // Unscaling is exact (2^-k). A non-finite gradient norm also skips: nothing non-finite
         // reaches the weights.
-        if (pipe) {
-          if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());
-          norm = pipe->grad_norm(*model, grads.f32());
-          updated = clip_and_step_at(*model, *opt, grads.f32(), lr, cfg.optim.grad_clip, norm);
-        } else {
+        if (zero) {
           if (fp16) zero->scale_grads(float(1.0 / scale));
           updated = zero->clip_and_step(lr, cfg.optim.grad_clip, &norm);
+        } else {
+          if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());
+          norm = whole_grad_norm(m, grads.f32(), tpm.get(), groups.tp.get(),
+                                 pipe ? groups.pp.get() : nullptr);
+          updated = clip_and_step_at(m, *opt, grads.f32(), lr, cfg.optim.grad_clip, norm);
         }
         bad = !updated;
       }
@@ -342,17 +422,19 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     if (updated) {
       consecutive_skips = 0;
       if (pipe)
-        pipe->refresh_weights(*model);
+        pipe->refresh_weights(m);
       else
-        ts->refresh_weights(*model);
+        ts->refresh_weights(m);
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (zero && step == first_step && dp > 1)
-      log_info("step ", step, " sent ", zero->comm_bytes(), " bytes per rank (comm_bytes)");
     state.step = step;
     state.tokens_seen += tokens_per_step;
     last_loss = loss;
-    result.comm_bytes = zero ? zero->comm_bytes() : pipe->comm_bytes() + pipe_extra_bytes;
+    result.comm_bytes = zero   ? zero->comm_bytes()
+                        : pipe ? pipe->comm_bytes() + plain_extra_bytes
+                               : ts->comm_bytes() + plain_extra_bytes;
+    if (step == first_step && comm.size() > 1)
+      log_info("step ", step, " sent ", result.comm_bytes, " bytes on rank 0 (comm_bytes)");
     result.losses.push_back(loss);
     result.step_ms.push_back(dt * 1e3);
     nlohmann::json rec = {{"step", step},
@@ -370,10 +452,11 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     if (!updated) rec["updated"] = false;
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
-      last_val = evaluate(*data, B, T, row0, cfg.train.eval_batches, comm,
+      last_val = evaluate(*data, B, T, row0, cfg.train.eval_batches, sum_shares,
                           [&](const int* ids, const int* tg, int64_t* counted) {
-                            if (pipe) return pipe->eval_step(*model, ids, tg, counted);
-                            const double mean = ts->step(*model, ids, tg, *zero, false);
+                            if (pipe) return pipe->eval_step(m, ids, tg, counted);
+                            const double mean = zero ? ts->step(m, ids, tg, *zero, false)
+                                                     : ts->step(m, ids, tg, nullptr);
                             *counted = ts->counted_tokens();
                             return mean;
                           });
@@ -388,21 +471,19 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                                 fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
     if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) ||
         (last && cfg.train.final_checkpoint)) {
-      // Collective: one whole checkpoint, written by rank 0. With a pipeline, rank 0's pipeline
-      // group gathers the stages; under ZeRO every rank gathers the shards.
-      GatheredModel whole;
-      if (pipe && groups.plan.dp_rank == 0) whole = gather_stages(*model, *opt, adamw, *groups.pp);
-      if (zero) {
-        whole.opt = zero->gather_optimizer();
-        zero->gather_weights();
-      }
+      // Collective: one whole checkpoint, written by rank 0. Under ZeRO every rank gathers the
+      // shards; otherwise rank 0's pipeline group gathers the stages, then its tp group the
+      // shards.
+      GatheredModel whole = zero ? GatheredModel{nullptr, zero->gather_optimizer()}
+                                 : gather_part(m, *opt, adamw, whole_cfg, tpm.get(), groups);
+      if (zero) zero->gather_weights();
       if (writer) {
         state.loader = data->state();
         state.loss_scale = fp16 ? scaler.scale() : 0;
         state.scale_growth = scaler.growth();
         state.scale_hysteresis = scaler.hysteresis_left();
         result.checkpoint =
-            save_checkpoint(cfg.run_dir, whole.model ? *whole.model : *model, tok,
+            save_checkpoint(cfg.run_dir, whole.model ? *whole.model : m, tok,
                             whole.opt ? *whole.opt : *opt, state, cfg.train.keep_checkpoints,
                             cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
       }
@@ -420,9 +501,16 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   result.final_val_loss = last_val;
   result.steps = state.step;
 
-  // Rank 0 holds only the first stage of a pipeline: sample from the checkpoint it wrote.
-  if (pipe && cfg.train.samples > 0) model = load_model(result.checkpoint);
-  for (int s = 0; s < cfg.train.samples; ++s) {
+  // Rank 0 holds part of the model under tensor or pipeline parallelism: sample from the
+  // checkpoint it wrote (none: no samples).
+  int samples = cfg.train.samples;
+  if ((tpm || pipe) && samples > 0) {
+    if (result.checkpoint.empty())
+      samples = 0;
+    else
+      model = load_model(result.checkpoint);
+  }
+  for (int s = 0; s < samples; ++s) {
     SamplingParams sp;
     sp.temperature = 0.8f;
     sp.top_k = 40;

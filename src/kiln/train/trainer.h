@@ -23,9 +23,10 @@ struct TrainResult {
 
 // Runs (or, with resume, continues from the newest checkpoint in cfg.run_dir) the training
 // described by cfg. Writes RUN_DIR/config.yaml, metrics.jsonl and checkpoints/. With a
-// communicator of several ranks (mpirun), trains data-parallel, and pipeline-parallel over
-// parallel.pp stages: the same global batch and loss curve as one process, split over the ranks;
-// rank 0 writes the run directory (one gathered checkpoint).
+// communicator of several ranks (mpirun, srun), trains in cfg.parallel's layout (tensor parallel
+// over groups of parallel.tp ranks, pipeline parallel over parallel.pp stages, data parallel with
+// ZeRO across them): the same global batch and loss curve as one process, split over the ranks;
+// rank 0 writes the run directory and gathered checkpoints.
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm = nullptr);
 
 // Mean cross-entropy of `model` over a token stream, in windows of T (B at a time).

@@ -42,4 +42,37 @@ void embedding_backward(float* dtable, const float* dout, const int* ids, int N,
   });
 }
 
+void embedding_forward_shard(float* out, const int* ids, const float* table, int N, int C,
+                             int begin, int V) {
+  parallel_ranges(N, std::max<int64_t>(1, 8192 / std::max(C, 1)), [=](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const int64_t id = int64_t(ids[n]) - begin;
+      float* o = out + n * C;
+      if (id >= 0 && id < V) {
+        std::memcpy(o, table + id * C, sizeof(float) * C);
+      } else {
+        std::memset(o, 0, sizeof(float) * C);
+      }
+    }
+  });
+}
+
+void embedding_backward_shard(float* dtable, const float* dout, const int* ids, int N, int C,
+                              int begin, int V) {
+  // As embedding_backward: column blocks per thread, tokens in order of n (deterministic).
+  constexpr int kBlock = 16;
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  parallel_ranges(blocks, std::max<int64_t>(1, 4096 / std::max(N, 1)), [=](int64_t b, int64_t e) {
+    const int64_t c0 = b * kBlock, c1 = std::min<int64_t>(C, e * kBlock);
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t id = int64_t(ids[n]) - begin;
+      if (id < 0 || id >= V) continue;
+      float* d = dtable + id * C;
+      const float* g = dout + n * C;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) d[c] += g[c];
+    }
+  });
+}
+
 }  // namespace kiln::ops::cpu
