@@ -185,6 +185,50 @@ TEST_F(TrainPipeline, TensorParallelStagesMatchOneProcess) {
   expect_same_weights(dir / "one_llama.yaml", relayout, 1e-4, "tp2 x pp2 resumed at dp 4");
 }
 
+// parallel.checkpoint = sharded: every rank writes what it owns, and any layout reads it back.
+TEST_F(TrainPipeline, ShardedCheckpointsResumeUnderAnotherLayout) {
+  const std::string one = dir / "one";
+  ASSERT_EQ(test::run_command(kiln("llama.yaml") + " run_dir=" + one).status, 0);
+  const std::string sharded = dir / "sharded";
+  auto r = mpirun(4, kiln("llama.yaml") + " run_dir=" + sharded +
+                         " parallel.tp=2 parallel.pp=2 parallel.checkpoint=sharded");
+  ASSERT_EQ(r.status, 0) << r.output;
+  expect_same_losses(one, sharded, 1e-5, "tp2 x pp2, sharded checkpoints");
+  const std::string step4 = sharded + "/checkpoints/step_00000004";
+  for (int rank = 0; rank < 4; ++rank)
+    EXPECT_TRUE(file_exists(step4 + "/shard_0000" + std::to_string(rank) + ".safetensors"));
+  EXPECT_FALSE(file_exists(step4 + "/model.safetensors"));
+  // Resume its step 4 at dp 4 with ZeRO-3 (sharded again, at steps 6 and 8), then that run's
+  // step 6 in one process.
+  const std::string zero3 = dir / "zero3";
+  std::filesystem::copy(sharded, zero3, std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(zero3 + "/checkpoints/step_00000008");
+  r = mpirun(4,
+             kiln("llama.yaml") + " run_dir=" + zero3 +
+                 " parallel.zero=3 parallel.checkpoint=sharded train.checkpoint_every=2 --resume");
+  ASSERT_EQ(r.status, 0) << r.output;
+  expect_same_losses(one, zero3, 1e-5, "tp2 x pp2 sharded, resumed at dp 4 zero 3");
+  EXPECT_TRUE(file_exists(zero3 + "/checkpoints/step_00000006/manifest.json"));
+  const std::string single = dir / "single";
+  std::filesystem::copy(zero3, single, std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(single + "/checkpoints/step_00000008");
+  auto s = test::run_command(kiln("llama.yaml") + " run_dir=" + single + " --resume");
+  ASSERT_EQ(s.status, 0) << s.output;
+  EXPECT_NE(s.output.find("resumed from " + single + "/checkpoints/step_00000006"),
+            std::string::npos)
+      << s.output;
+  expect_same_losses(one, single, 1e-5, "zero 3 sharded, resumed in one process");
+  expect_same_weights(one, single, 1e-4, "zero 3 sharded, resumed in one process");
+  // A shard gone from the checkpoint is named.
+  std::filesystem::remove(step4 + "/shard_00002.safetensors");
+  std::filesystem::remove_all(sharded + "/checkpoints/step_00000008");
+  auto bad = test::run_command(kiln("llama.yaml") + " run_dir=" + sharded + " --resume");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.output.find("shard_00002.safetensors is listed in manifest.json but missing"),
+            std::string::npos)
+      << bad.output;
+}
+
 TEST_F(TrainPipeline, UnsupportedCombinationsAreRefused) {
   auto z =
       mpirun(2, kiln("llama.yaml") + " run_dir=" + (dir / "z") + " parallel.pp=2 parallel.zero=1");

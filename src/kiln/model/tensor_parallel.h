@@ -53,6 +53,12 @@ class TensorParallelMap {
   // parameter counted once). Collective over tp; every rank gets the same value.
   double grad_sum_squares(dist::Comm& tp, const float* local_grads) const;
 
+  // Where the shard's pieces sit: f(full offset, local offset, length) for every run, in the
+  // two flat layouts.
+  template <class F>
+  void for_each_run(F&& f) const {
+    for (const Segment& s : segments_) f(s.full, s.local, s.n);
+  }
   // Whether every tp rank holds the whole parameter (norms, row-parallel biases, positions).
   bool replicated(const std::string& name) const { return replicated_names_.count(name) > 0; }
 

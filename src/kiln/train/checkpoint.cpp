@@ -12,6 +12,7 @@
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/model/model_io.h"
+#include "kiln/train/sharded_checkpoint.h"
 
 namespace kiln {
 
@@ -43,6 +44,8 @@ void fsync_dir(const std::string& path) {
 
 }  // namespace
 
+static void read_trainer_state(const std::string& dir, AdamW& opt, TrainerState& state);
+
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const Tokenizer& tok,
                             const AdamW& opt, const TrainerState& state, int keep, DType dtype) {
   char name[32];
@@ -58,24 +61,32 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
   if (dtype != DType::f32) opt_tensors.emplace_back("master_weights", model.weights());
   save_safetensors(tmp + "/optimizer.safetensors", opt_tensors,
                    {{"step", std::to_string(opt.steps())}});
-  nlohmann::json js;
-  js["step"] = state.step;
-  js["tokens_seen"] = state.tokens_seen;
-  js["optimizer_steps"] = opt.steps();
-  js["loader"] = state.loader;
-  js["loss_scale"] = {{"scale", state.loss_scale},
-                      {"growth", state.scale_growth},
-                      {"hysteresis_left", state.scale_hysteresis}};
-  write_json_file_atomic(tmp + "/trainer_state.json", js);
+  write_trainer_state(tmp, opt.steps(), state);
   fsync_dir(tmp);
   fs::remove_all(final_dir);  // re-saving a step after a resume
   fs::rename(tmp, final_dir);
   fsync_dir(parent);
-  if (keep > 0) {
-    auto all = checkpoints(run_dir);
-    for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
-  }
+  prune_checkpoints(run_dir, keep);
   return final_dir;
+}
+
+void write_trainer_state(const std::string& dir, int64_t optimizer_steps,
+                         const TrainerState& state) {
+  nlohmann::json js;
+  js["step"] = state.step;
+  js["tokens_seen"] = state.tokens_seen;
+  js["optimizer_steps"] = optimizer_steps;
+  js["loader"] = state.loader;
+  js["loss_scale"] = {{"scale", state.loss_scale},
+                      {"growth", state.scale_growth},
+                      {"hysteresis_left", state.scale_hysteresis}};
+  write_json_file_atomic(dir + "/trainer_state.json", js);
+}
+
+void prune_checkpoints(const std::string& run_dir, int keep) {
+  if (keep <= 0) return;
+  auto all = checkpoints(run_dir);
+  for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
 }
 
 std::string latest_checkpoint(const std::string& run_dir) {
@@ -84,6 +95,11 @@ std::string latest_checkpoint(const std::string& run_dir) {
 }
 
 void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state) {
+  if (is_sharded_checkpoint(dir)) {
+    load_sharded_state(dir, model, opt);
+    read_trainer_state(dir, opt, state);
+    return;
+  }
   load_weights(model, dir);
   auto st = load_safetensors(dir + "/optimizer.safetensors");
   for (auto [name, dst] :
@@ -100,6 +116,10 @@ void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerSt
                "/optimizer.safetensors: master_weights does not match the model");
     std::memcpy(model.weights().raw(), t.raw(), model.weights().nbytes());
   }
+  read_trainer_state(dir, opt, state);
+}
+
+static void read_trainer_state(const std::string& dir, AdamW& opt, TrainerState& state) {
   auto js = read_json_file(dir + "/trainer_state.json");
   try {
     state.step = js.at("step").get<int64_t>();

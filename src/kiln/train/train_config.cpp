@@ -115,11 +115,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   for (const auto& o : overrides) apply_override(root, o);
 
   TrainConfig c;
-  check_keys(
-      root, "",
-      {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim", "loss_scale",
-       "parallel"},
-      path);
+  check_keys(root, "",
+             {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim",
+              "loss_scale", "parallel"},
+             path);
   read(root, "", "run_dir", c.run_dir, path);
   read(root, "", "seed", c.seed, path);
   read(root, "", "threads", c.threads, path);
@@ -250,10 +249,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   KILN_CHECK(c.optim.lr > 0, "config", path, ": optim.lr must be positive");
 
   const YAML::Node par = root["parallel"];
-  check_keys(par, "parallel",
-             {"tp", "pp", "zero", "sequence_parallel", "schedule", "bucket_mb", "timeout_s",
-              "checkpoint"},
-             path);
+  check_keys(
+      par, "parallel",
+      {"tp", "pp", "zero", "sequence_parallel", "schedule", "bucket_mb", "timeout_s", "checkpoint"},
+      path);
   if (par) {
     read(par, "parallel", "tp", c.parallel.tp, path);
     read(par, "parallel", "pp", c.parallel.pp, path);
@@ -266,8 +265,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   }
   KILN_CHECK(c.parallel.tp >= 1 && c.parallel.pp >= 1, "config", path,
              ": parallel.tp and parallel.pp must be at least 1");
-  KILN_CHECK(c.parallel.zero >= 0 && c.parallel.zero <= 3, "config", path, ": parallel.zero = ",
-             c.parallel.zero, " is not a ZeRO stage; use 0, 1, 2 or 3");
+  KILN_CHECK(c.parallel.zero >= 0 && c.parallel.zero <= 3, "config", path,
+             ": parallel.zero = ", c.parallel.zero, " is not a ZeRO stage; use 0, 1, 2 or 3");
   KILN_CHECK(c.parallel.schedule == "1f1b" || c.parallel.schedule == "gpipe", "config", path,
              ": parallel.schedule '", c.parallel.schedule, "' is unknown; use 1f1b or gpipe");
   KILN_CHECK(c.parallel.checkpoint == "gathered" || c.parallel.checkpoint == "sharded", "config",
@@ -277,8 +276,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
              ": parallel.bucket_mb and parallel.timeout_s must be positive");
   KILN_CHECK(!c.parallel.sequence_parallel || c.parallel.tp > 1, "config", path,
              ": parallel.sequence_parallel needs parallel.tp > 1");
-  KILN_CHECK(c.train.final_checkpoint || c.train.samples == 0 || c.parallel.pp == 1, "config",
-             path, ": with parallel.pp > 1 the samples come from the final checkpoint; set ",
+  KILN_CHECK(c.train.final_checkpoint || c.train.samples == 0 || c.parallel.pp == 1, "config", path,
+             ": with parallel.pp > 1 the samples come from the final checkpoint; set ",
              "train.samples=0 or train.final_checkpoint=true");
 
   YAML::Emitter out;

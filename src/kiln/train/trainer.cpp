@@ -25,6 +25,7 @@
 #include "kiln/train/optimizer.h"
 #include "kiln/train/pipeline.h"
 #include "kiln/train/schedule.h"
+#include "kiln/train/sharded_checkpoint.h"
 #include "kiln/train/tensor_parallel_state.h"
 #include "kiln/train/zero.h"
 
@@ -173,9 +174,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   dist::Comm& comm = comm_arg ? *comm_arg : single;
   check_same_config(cfg, comm);
   const int tp = cfg.parallel.tp, pp = cfg.parallel.pp;
-  KILN_CHECK(cfg.parallel.checkpoint == "gathered", "train",
-             "parallel.checkpoint = sharded is not implemented yet; use gathered (one Hugging "
-             "Face checkpoint that any layout resumes from)");
+  KILN_CHECK(cfg.parallel.checkpoint == "gathered" || cfg.train.checkpoint_dtype == "fp32", "train",
+             "train.checkpoint_dtype = ", cfg.train.checkpoint_dtype,
+             " applies to gathered checkpoints; sharded checkpoints keep the fp32 state: use ",
+             "parallel.checkpoint = gathered, or checkpoint_dtype = fp32");
   KILN_CHECK(cfg.parallel.zero == 0 || (tp == 1 && pp == 1), "train",
              "parallel.zero = ", cfg.parallel.zero, " with parallel.tp = ", tp,
              " and parallel.pp = ", pp, " is not supported yet; ZeRO shards the data-parallel ",
@@ -471,23 +473,33 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                                 fmt("%.0f", double(tokens_per_step) / dt) + " tok/s");
     if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) ||
         (last && cfg.train.final_checkpoint)) {
-      // Collective: one whole checkpoint, written by rank 0. Under ZeRO every rank gathers the
-      // shards; otherwise rank 0's pipeline group gathers the stages, then its tp group the
-      // shards.
-      GatheredModel whole = zero ? GatheredModel{nullptr, zero->gather_optimizer()}
-                                 : gather_part(m, *opt, adamw, whole_cfg, tpm.get(), groups);
-      if (zero) zero->gather_weights();
-      if (writer) {
-        state.loader = data->state();
-        state.loss_scale = fp16 ? scaler.scale() : 0;
-        state.scale_growth = scaler.growth();
-        state.scale_hysteresis = scaler.hysteresis_left();
-        result.checkpoint =
-            save_checkpoint(cfg.run_dir, whole.model ? *whole.model : m, tok,
-                            whole.opt ? *whole.opt : *opt, state, cfg.train.keep_checkpoints,
-                            cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+      state.loader = data->state();
+      state.loss_scale = fp16 ? scaler.scale() : 0;
+      state.scale_growth = scaler.growth();
+      state.scale_hysteresis = scaler.hysteresis_left();
+      if (cfg.parallel.checkpoint == "sharded") {
+        // Every rank writes what it owns (one copy per dp group unless ZeRO shards it).
+        StatePieces mine = zero                       ? zero->state_pieces()
+                           : groups.plan.dp_rank == 0 ? model_pieces(m, *opt, tpm.get())
+                                                      : StatePieces{};
+        result.checkpoint = save_sharded_checkpoint(
+            cfg.run_dir, mine, comm, whole_cfg, tok, zero ? zero->steps() : opt->steps(), state,
+            {{"dp", dp}, {"tp", tp}, {"pp", pp}, {"zero", cfg.parallel.zero}},
+            cfg.train.keep_checkpoints);
+      } else {
+        // Collective: one whole checkpoint, written by rank 0. Under ZeRO every rank gathers the
+        // shards; otherwise rank 0's pipeline group gathers the stages, then its tp group the
+        // shards.
+        GatheredModel whole = zero ? GatheredModel{nullptr, zero->gather_optimizer()}
+                                   : gather_part(m, *opt, adamw, whole_cfg, tpm.get(), groups);
+        if (zero) zero->gather_weights();
+        if (writer)
+          result.checkpoint =
+              save_checkpoint(cfg.run_dir, whole.model ? *whole.model : m, tok,
+                              whole.opt ? *whole.opt : *opt, state, cfg.train.keep_checkpoints,
+                              cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
+        if (zero) zero->release_weights();
       }
-      if (zero) zero->release_weights();
     }
   }
   if (zero) zero->gather_weights();  // ZeRO-3: the whole model again, for the samples
@@ -505,10 +517,15 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   // checkpoint it wrote (none: no samples).
   int samples = cfg.train.samples;
   if ((tpm || pipe) && samples > 0) {
-    if (result.checkpoint.empty())
+    if (result.checkpoint.empty()) {
       samples = 0;
-    else
+    } else if (is_sharded_checkpoint(result.checkpoint)) {
+      model = std::make_unique<Model>(whole_cfg);
+      AdamW moments(*model, adamw);
+      load_sharded_state(result.checkpoint, *model, moments);
+    } else {
       model = load_model(result.checkpoint);
+    }
   }
   for (int s = 0; s < samples; ++s) {
     SamplingParams sp;

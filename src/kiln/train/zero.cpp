@@ -142,6 +142,23 @@ ZeroAdamW::ZeroAdamW(Model& model, dist::Comm& comm, int stage, double bucket_mb
   }
 }
 
+StatePieces ZeroAdamW::state_pieces() const {
+  StatePieces out;
+  if (stage_ == 3) {
+    for (const ShardPiece& p : pieces_)
+      out.weights.push_back({p.flat, w_shard_.f32() + p.shard, p.len});
+  } else if (rank_ == 0) {
+    out.weights.push_back({0, model_.weights().f32(), P_});
+  }
+  if (stage_ > 0 || rank_ == 0) {
+    for (const ShardPiece& p : pieces_) {
+      out.m.push_back({p.flat, m_.f32() + p.shard, p.len});
+      out.v.push_back({p.flat, v_.f32() + p.shard, p.len});
+    }
+  }
+  return out;
+}
+
 int64_t ZeroAdamW::state_bytes() const {
   int64_t b = stage_ < 3 ? P_ * int64_t(sizeof(float)) : 0;  // the model's whole weights
   for (const Tensor* t : {&grads_, &g_shard_, &w_shard_, &m_, &v_})

@@ -14,6 +14,7 @@
 #include "kiln/dist/comm.h"
 #include "kiln/model/transformer.h"
 #include "kiln/train/optimizer.h"
+#include "kiln/train/sharded_checkpoint.h"
 
 namespace kiln {
 
@@ -100,6 +101,10 @@ class ZeroAdamW final : public StepHooks {
   // Collective, ZeRO-3: makes Model::weights() whole on every rank / releases it again.
   void gather_weights();
   void release_weights();
+
+  // What this rank owns for a sharded checkpoint: its shard of the moments (all of them on rank
+  // 0 under stage 0) and of the weights (stage 3; else rank 0 writes the whole weights).
+  StatePieces state_pieces() const;
 
   int64_t state_bytes() const;  // this rank's persistent weights, gradients and moments
   int64_t comm_bytes() const { return comm_bytes_; }  // sent by this rank since begin_step()

@@ -1,0 +1,199 @@
+#include "kiln/train/sharded_checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/io/json_file.h"
+#include "kiln/io/safetensors.h"
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_token_embedding(const std::string& name) {
+  return name == "model.embed_tokens.weight" || name == "transformer.wte.weight";
+}
+
+std::string shard_name(int rank) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "shard_%05d.safetensors", rank);
+  return buf;
+}
+
+// Concatenates runs' data into one tensor, their (full, n) into JSON.
+std::pair<Tensor, std::string> pack(const std::vector<StatePieces::Run>& runs) {
+  int64_t total = 0;
+  for (const auto& r : runs) total += r.n;
+  Tensor t = Tensor::empty({total});
+  nlohmann::json index = nlohmann::json::array();
+  int64_t at = 0;
+  for (const auto& r : runs) {
+    std::memcpy(t.f32() + at, r.data, size_t(r.n) * sizeof(float));
+    index.push_back({r.full, r.n});
+    at += r.n;
+  }
+  return {t, index.dump()};
+}
+
+void fsync_path(const std::string& path) {
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    fsync(fileno(f));
+    std::fclose(f);
+  }
+}
+
+}  // namespace
+
+StatePieces model_pieces(const Model& part, const AdamW& opt, const TensorParallelMap* tpm) {
+  // Offsets of each name in the layout `part` is cut from: the whole model, or the whole shard.
+  std::map<std::string, int64_t> whole_offset;
+  for (const ParamInfo& p : param_layout(part.config())) whole_offset[p.name] = p.offset;
+  const bool tied_copy = part.config().tie_embeddings && !part.stage().has_embedding;
+  StatePieces out;
+  auto add = [&](int64_t full, int64_t local, int64_t n) {
+    out.weights.push_back({full, part.weights().f32() + local, n});
+    out.m.push_back({full, const_cast<AdamW&>(opt).m().f32() + local, n});
+    out.v.push_back({full, const_cast<AdamW&>(opt).v().f32() + local, n});
+  };
+  for (const ParamInfo& p : part.params()) {
+    if (tied_copy && is_token_embedding(p.name)) continue;
+    if (tpm && tpm->rank() != 0 && tpm->replicated(p.name)) continue;  // tp rank 0's copy
+    const int64_t lo = whole_offset.at(p.name), hi = lo + p.numel();
+    if (!tpm) {
+      add(lo, p.offset, p.numel());
+      continue;
+    }
+    // The shard's runs that fall in this parameter, moved from the shard's whole layout to the
+    // stage's.
+    tpm->for_each_run([&](int64_t full, int64_t local, int64_t n) {
+      const int64_t a = std::max(lo, local), b = std::min(hi, local + n);
+      if (a < b) add(full + (a - local), p.offset + (a - lo), b - a);
+    });
+  }
+  return out;
+}
+
+std::string save_sharded_checkpoint(const std::string& run_dir, const StatePieces& mine,
+                                    dist::Comm& world, const ModelConfig& whole,
+                                    const Tokenizer& tok, int64_t optimizer_steps,
+                                    const TrainerState& state, const nlohmann::json& layout,
+                                    int keep) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%08lld", (long long)state.step);
+  const std::string parent = run_dir + "/checkpoints";
+  const std::string final_dir = parent + "/" + name, tmp = final_dir + ".tmp";
+  const bool root = world.rank() == 0;
+  if (root) {
+    fs::remove_all(tmp);
+    make_dirs(tmp);
+  }
+  world.barrier();
+  const bool has = !mine.weights.empty() || !mine.m.empty();
+  if (has) {
+    auto [w, wi] = pack(mine.weights);
+    auto [m, mi] = pack(mine.m);
+    auto [v, vi] = pack(mine.v);
+    save_safetensors(tmp + "/" + shard_name(world.rank()),
+                     {{"weights", w}, {"exp_avg", m}, {"exp_avg_sq", v}},
+                     {{"weight_runs", wi}, {"moment_runs", mi}});
+  }
+  // Rank 0 lists the ranks that wrote a shard.
+  float flag = has ? 1.0f : 0.0f;
+  std::vector<float> flags(size_t(world.size()));
+  world.all_gather(&flag, flags.data(), 1);
+  world.barrier();  // every shard is written
+  if (root) {
+    nlohmann::json files = nlohmann::json::array();
+    for (int r = 0; r < world.size(); ++r)
+      if (flags[size_t(r)] > 0) files.push_back(shard_name(r));
+    int64_t params = 0;
+    for (const ParamInfo& p : param_layout(whole)) params += p.numel();
+    write_json_file_atomic(tmp + "/manifest.json", {{"format", "kiln-sharded-1"},
+                                                    {"layout", layout},
+                                                    {"world", world.size()},
+                                                    {"params", params},
+                                                    {"files", files}});
+    write_json_file_atomic(tmp + "/config.json", whole.to_json());
+    tok.save(tmp + "/tokenizer.json");
+    write_trainer_state(tmp, optimizer_steps, state);
+    fsync_path(tmp);
+    fs::remove_all(final_dir);  // re-saving a step after a resume
+    fs::rename(tmp, final_dir);
+    fsync_path(parent);
+    prune_checkpoints(run_dir, keep);
+  }
+  world.barrier();  // complete before any rank reads or removes it
+  return final_dir;
+}
+
+bool is_sharded_checkpoint(const std::string& dir) {
+  return file_exists(dir + "/manifest.json");
+}
+
+void load_sharded_state(const std::string& dir, Model& model, AdamW& opt) {
+  const nlohmann::json manifest = read_json_file(dir + "/manifest.json");
+  int64_t params = 0;
+  std::vector<std::string> files;
+  try {
+    params = manifest.at("params").get<int64_t>();
+    files = manifest.at("files").get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint", dir, "/manifest.json is malformed (", e.what(),
+         "); resume from an earlier checkpoint");
+  }
+  const int64_t P = model.num_params();
+  KILN_CHECK(params == P, "checkpoint", dir, ": the sharded checkpoint holds ", params,
+             " parameters, the model has ", P, ": the checkpoint belongs to another model");
+  // How often each element was written: exactly once, or a shard is missing (or duplicated).
+  std::vector<uint8_t> weights_seen(size_t(P), 0), moments_seen(size_t(P), 0);
+  for (const std::string& f : files) {
+    const std::string path = dir + "/" + f;
+    KILN_CHECK(file_exists(path), "checkpoint", path,
+               " is listed in manifest.json but missing: the sharded checkpoint is incomplete; ",
+               "copy the file back or resume from an earlier checkpoint");
+    auto st = load_safetensors(path);
+    auto place = [&](const char* tensor, const char* runs_key, float* dst,
+                     std::vector<uint8_t>& seen) {
+      const Tensor& t = st.get(tensor);
+      auto it = st.metadata.find(runs_key);
+      KILN_CHECK(it != st.metadata.end() && t.dtype() == DType::f32, "checkpoint", path,
+                 ": not a kiln shard (no '", runs_key, "'); the checkpoint is damaged");
+      int64_t at = 0;
+      for (const auto& run : nlohmann::json::parse(it->second)) {
+        const int64_t full = run.at(0).get<int64_t>(), n = run.at(1).get<int64_t>();
+        KILN_CHECK(full >= 0 && n >= 0 && full + n <= P && at + n <= t.numel(), "checkpoint", path,
+                   ": a run [", full, ", ", full + n, ") falls outside the model's ", P,
+                   " parameters; the checkpoint is damaged");
+        std::memcpy(dst + full, t.f32() + at, size_t(n) * sizeof(float));
+        for (int64_t i = full; i < full + n; ++i) ++seen[size_t(i)];
+        at += n;
+      }
+    };
+    place("weights", "weight_runs", model.weights().f32(), weights_seen);
+    place("exp_avg", "moment_runs", opt.m().f32(), moments_seen);
+    std::vector<uint8_t> same(size_t(P), 0);  // v has m's runs
+    place("exp_avg_sq", "moment_runs", opt.v().f32(), same);
+  }
+  for (const auto* seen : {&weights_seen, &moments_seen}) {
+    auto bad = std::find_if(seen->begin(), seen->end(), [](uint8_t c) { return c != 1; });
+    if (bad == seen->end()) continue;
+    const int64_t i = bad - seen->begin();
+    std::string name;
+    for (const ParamInfo& p : model.params())
+      if (i >= p.offset && i < p.offset + p.numel()) name = p.name;
+    fail("checkpoint", dir, ": ", seen == &weights_seen ? "weight" : "moment", " element ", i, " (",
+         name, ") is in ", int(*bad), " shards instead of 1: a shard file is missing from ",
+         "manifest.json's list or the checkpoint is damaged; resume from an earlier checkpoint");
+  }
+}
+
+}  // namespace kiln
