@@ -68,6 +68,8 @@ run "1 rank" 1 --batch "$batch" --zero 0
 run "1 rank, $micro micro-batches" 1 --batch "$pbatch" --accum "$micro" --zero 0
 for z in 0 1 2 3; do run "dp $n, ZeRO-$z" "$n" --batch "$batch" --zero "$z"; done
 run "tp $n" "$n" --batch "$batch" --tp "$n"
+run "tp $n, sequence parallel" "$n" --batch "$batch" --tp "$n" --sp
+run "tp 2 x pp 2, 1F1B" "$n" --batch "$pbatch" --accum "$micro" --tp 2 --pp 2
 run "pp 2 x dp $((n / 2)), 1F1B" "$n" --batch "$pbatch" --accum "$micro" --pp 2
 run "pp $n, 1F1B" "$n" --batch "$pbatch" --accum "$micro" --pp "$n"
 run "pp $n, GPipe" "$n" --batch "$pbatch" --accum "$micro" --pp "$n" --schedule gpipe
@@ -97,10 +99,25 @@ def predicted(r):
     f = (N - 1) / N
     if r["ranks"] == 1:
         return 0, "0"
+    Tp, L = r["tp"], mc.get("num_hidden_layers", mc.get("n_layer"))
+    tp_f = (Tp - 1) / Tp
+    # Tensor parallel, per micro-batch: 4 all-reduces of the (B/N, T, C) activations per layer
+    # (attention and MLP outputs forward, their inputs' gradients backward), the embedding's and
+    # the final norm gradient's (one each on the first and last stage of a pipeline: the last
+    # stage, which sends the most, has the second), and the vocabulary-parallel loss's 3 per-row
+    # scalars. Sequence parallelism swaps each all-reduce for a reduce-scatter + all-gather: the
+    # same bytes.
+    rows_tp = (r["batch"] // N) * r["seq"]
+    k = 4 * L // S + (2 if S == 1 else 1)
+    tp_bytes = 0 if Tp == 1 else M * 2 * tp_f * 4 * rows_tp * (k * C + 3)
+    tp_formula = "" if Tp == 1 else f" + M·{k}·2(T-1)/T·(B/N)TC·4"
     if S > 1:
         act = M * (r["batch"] // N) * r["seq"] * C * 4
         ends = 2 if S > 2 else 1
-        return ends * act + 2 * f * 4 * P / S, f"{ends}M(B/N)TC·4 + 2(N-1)/N·4P/S"
+        return (ends * act + 2 * f * 4 * P / S + tp_bytes,
+                f"{ends}M(B/N)TC·4 + 2(N-1)/N·4P/S" + tp_formula)
+    if Tp > 1:
+        return 2 * f * 4 * P + tp_bytes, ("2(N-1)/N·4P" if N > 1 else "0") + tp_formula
     z = r["zero"]
     if z == 0: return 2 * f * 4 * P, "2(N-1)/N·4P"
     if z == 1: return 3 * f * 4 * P, "3(N-1)/N·4P"

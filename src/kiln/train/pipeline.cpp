@@ -162,6 +162,7 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
   ids_.resize(micro_ * batch);
   targets_.resize(micro_ * batch);
   comm_bytes_ = 0;
+  for (auto& ts : slots_) ts->reset_comm_bytes();
   // The loss is a mean over each global batch's counted tokens: weight this rank's mean by its
   // share of them (as the data-parallel loop does).
   std::vector<double> share(micro_);

@@ -79,7 +79,11 @@ class Pipeline {
   size_t bytes() const;  // activations of every micro-batch slot
   // Bytes this rank sent since train_step() began: activations, input gradients, and its share
   // of the tied-embedding, norm and skip reductions (ring costs, dist/comm.h).
-  int64_t comm_bytes() const { return comm_bytes_; }
+  int64_t comm_bytes() const {  // + the stage's tensor-parallel collectives
+    int64_t b = comm_bytes_;
+    for (const auto& ts : slots_) b += ts->comm_bytes();
+    return b;
+  }
 
  private:
   double forward(const Model& model, int micro, const int* ids, const int* targets, float* grads,
