@@ -21,6 +21,7 @@
 #include "kiln/model/model_io.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/train/checkpoint.h"
+#include "kiln/train/dp_sharded_adamw.h"
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/optimizer.h"
 #include "kiln/train/pipeline.h"
@@ -178,10 +179,12 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
              "train.checkpoint_dtype = ", cfg.train.checkpoint_dtype,
              " applies to gathered checkpoints; sharded checkpoints keep the fp32 state: use ",
              "parallel.checkpoint = gathered, or checkpoint_dtype = fp32");
-  KILN_CHECK(cfg.parallel.zero == 0 || (tp == 1 && pp == 1), "train",
+  KILN_CHECK(cfg.parallel.zero <= 1 || (tp == 1 && pp == 1), "train",
              "parallel.zero = ", cfg.parallel.zero, " with parallel.tp = ", tp,
-             " and parallel.pp = ", pp, " is not supported yet; ZeRO shards the data-parallel ",
-             "state of a whole model: use parallel.zero = 0 with tensor or pipeline parallelism");
+             " and parallel.pp = ", pp,
+             " is not supported: ZeRO-2 and -3 shard the gradients and weights of a whole model "
+             "(DeepSpeed does not combine them with pipelines either); use parallel.zero = 1 "
+             "(the optimizer state sharded over dp, as Megatron's distributed optimizer) or 0");
   KILN_CHECK(!cfg.parallel.sequence_parallel || pp == 1, "train",
              "parallel.sequence_parallel with parallel.pp = ", pp,
              " is not supported yet; use sequence parallelism without a pipeline");
@@ -280,6 +283,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   std::unique_ptr<TrainState> ts;
   std::unique_ptr<Pipeline> pipe;
   std::unique_ptr<ZeroAdamW> zero;
+  std::unique_ptr<DpShardedAdamW> dsopt;
   Tensor grads;
   if (pp > 1) {
     pipe = std::make_unique<Pipeline>(
@@ -293,6 +297,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     opt.reset();
   } else {
     grads = Tensor::zeros({m.num_params()});
+    if (cfg.parallel.zero == 1) {  // the part's moments sharded over dp (dp_sharded_adamw.h)
+      dsopt = std::make_unique<DpShardedAdamW>(m, *groups.dp, adamw, *opt);
+      opt.reset();
+    }
   }
   // The ranks' shares of a loss summed: over dp, and over pp for a pipeline (0 off its last
   // stage); the tp ranks of a group hold the same value.
@@ -303,7 +311,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     return double(f);
   };
   // Persistent per-rank bytes of weights, gradients and AdamW moments.
-  const int64_t state_bytes = zero ? zero->state_bytes() : 4 * m.weights().nbytes();
+  const int64_t state_bytes = zero    ? zero->state_bytes()
+                              : dsopt ? 2 * m.weights().nbytes() + dsopt->state_bytes()
+                                      : 4 * m.weights().nbytes();
   // A plain-AdamW rank's bytes sent per step besides the Pipeline's and TrainState's own
   // counts: its gradient all-reduce over dp and the loss's.
   const int64_t plain_extra_bytes = zero ? 0
@@ -318,6 +328,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     scaler.restore(state.loss_scale, state.scale_growth, state.scale_hysteresis);
   log_info("precision ", name_of(cfg.train.precision), ", recompute ", name_of(cfg.train.recompute),
            ", dp ", dp, " x tp ", tp, " x pp ", pp,
+           dsopt ? ", zero 1 (moments sharded over dp)" : "",
            zero ? ", zero " + std::to_string(zero->stage()) + ", " +
                       std::to_string(zero->layout().chunks.size()) + " gradient buckets"
                 : "",
@@ -399,7 +410,14 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
           if (fp16) ops::cpu::scale(grads.f32(), float(1.0 / scale), grads.numel());
           norm = whole_grad_norm(m, grads.f32(), tpm.get(), groups.tp.get(),
                                  pipe ? groups.pp.get() : nullptr);
-          updated = clip_and_step_at(m, *opt, grads.f32(), lr, cfg.optim.grad_clip, norm);
+          if (!dsopt) {
+            updated = clip_and_step_at(m, *opt, grads.f32(), lr, cfg.optim.grad_clip, norm);
+          } else if (std::isfinite(norm)) {
+            if (cfg.optim.grad_clip > 0 && norm > cfg.optim.grad_clip)
+              ops::cpu::scale(grads.f32(), float(cfg.optim.grad_clip / norm), grads.numel());
+            dsopt->step(grads.f32(), lr);
+            updated = true;
+          }
         }
         bad = !updated;
       }
@@ -435,6 +453,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     result.comm_bytes = zero   ? zero->comm_bytes()
                         : pipe ? pipe->comm_bytes() + plain_extra_bytes
                                : ts->comm_bytes() + plain_extra_bytes;
+    if (dsopt) result.comm_bytes += dsopt->comm_bytes();
     if (step == first_step && comm.size() > 1)
       log_info("step ", step, " sent ", result.comm_bytes, " bytes on rank 0 (comm_bytes)");
     result.losses.push_back(loss);
@@ -477,6 +496,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       state.loss_scale = fp16 ? scaler.scale() : 0;
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();
+      if (dsopt) opt = dsopt->gather();  // the part's whole moments, for the checkpoint
       if (cfg.parallel.checkpoint == "sharded") {
         // Every rank writes what it owns (one copy per dp group unless ZeRO shards it).
         StatePieces mine = zero                       ? zero->state_pieces()
@@ -500,6 +520,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                               cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
         if (zero) zero->release_weights();
       }
+      if (dsopt) opt.reset();
     }
   }
   if (zero) zero->gather_weights();  // ZeRO-3: the whole model again, for the samples
