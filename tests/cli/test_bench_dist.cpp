@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/train_test_util.h"
 #include "kiln/io/file.h"
 #include "test_util.h"
 
@@ -44,9 +45,7 @@ class BenchDist : public ::testing::Test {
         std::to_string(kBatch) + " --seq " + std::to_string(kSeq) + " --accum " +
         std::to_string(kAccum) + " --warmup 1 --steps " + std::to_string(kSteps - 1) +
         " --seed 9 --threads 1 --lr " + lr + " " + flags;
-    const std::string mpirun =
-        "timeout 120 mpirun --oversubscribe --allow-run-as-root --mca btl self,vader -np ";
-    const std::string cmd = np == 1 ? kiln : mpirun + std::to_string(np) + " " + kiln;
+    const std::string cmd = np == 1 ? kiln : test::mpirun_command(np, 120) + kiln;
     // stdout only: the trainer logs on stderr.
     auto r = test::run_command("(" + cmd + ") 2>" + (dir / "stderr.txt"));
     EXPECT_EQ(r.status, 0) << cmd << "\n" << r.output << read_file(dir / "stderr.txt");

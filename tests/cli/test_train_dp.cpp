@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/train_test_util.h"
 #include "kiln/core/rng.h"
 #include "kiln/io/file.h"
 #include "kiln/io/safetensors.h"
@@ -30,12 +31,7 @@ TEST(TrainDataParallel, MatchesOneProcess) {
   ASSERT_EQ(test::run_command("command -v mpirun").status, 0)
       << "mpirun not found: install Open MPI with scripts/setup.sh";
   test::TempDir dir("train-dp");
-  const char* words[] = {"the", "cat", "sees", "a", "dog", "river", "stone", "light"};
-  Rng rng(1);
-  std::string text;
-  for (int i = 0; i < 20000; ++i)
-    text += std::string(words[rng.below(8)]) + (i % 9 == 8 ? ".\n" : " ");
-  write_file_atomic(dir / "c.txt", text);
+  write_file_atomic(dir / "c.txt", test::word_corpus());
   write_file_atomic(
       dir / "t.yaml",
       "seed: 3\n"
@@ -53,10 +49,7 @@ TEST(TrainDataParallel, MatchesOneProcess) {
   ASSERT_EQ(one.status, 0) << one.output;
   for (int np : {2, 4}) {
     const std::string run = dir / ("dp" + std::to_string(np));
-    auto r = test::run_command(
-        "timeout 120 mpirun --oversubscribe --allow-run-as-root --mca btl "
-        "self,vader -np " +
-        std::to_string(np) + " " + kiln + " run_dir=" + run);
+    auto r = test::run_command(test::mpirun_command(np, 120) + kiln + " run_dir=" + run);
     ASSERT_EQ(r.status, 0) << r.output;
     auto a = losses(dir / "one"), b = losses(run);
     ASSERT_EQ(a.size(), b.size());
@@ -74,10 +67,7 @@ TEST(TrainDataParallel, MatchesOneProcess) {
     }
   }
   // A batch that does not split evenly is refused with the fix.
-  auto bad = test::run_command(
-      "timeout 60 mpirun --oversubscribe --allow-run-as-root --mca btl "
-      "self,vader -np 3 " +
-      kiln + " run_dir=" + (dir / "bad"));
+  auto bad = test::run_command(test::mpirun_command(3, 60) + kiln + " run_dir=" + (dir / "bad"));
   EXPECT_NE(bad.status, 0);
   EXPECT_NE(bad.output.find("not divisible by the 3 data-parallel ranks"), std::string::npos)
       << bad.output;

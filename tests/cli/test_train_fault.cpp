@@ -6,6 +6,7 @@
 
 #include <chrono>
 
+#include "cli/train_test_util.h"
 #include "kiln/core/rng.h"
 #include "kiln/io/file.h"
 #include "test_util.h"
@@ -13,19 +14,12 @@
 namespace kiln {
 namespace {
 
-const char* kMpirun = "mpirun --oversubscribe --allow-run-as-root --mca btl self,vader";
-
 class TrainFault : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(test::run_command("command -v mpirun").status, 0)
         << "mpirun not found: install Open MPI with scripts/setup.sh";
-    const char* words[] = {"the", "cat", "sees", "a", "dog", "river", "stone", "light"};
-    Rng rng(1);
-    std::string text;
-    for (int i = 0; i < 20000; ++i)
-      text += std::string(words[rng.below(8)]) + (i % 9 == 8 ? ".\n" : " ");
-    write_file_atomic(dir_ / "c.txt", text);
+    write_file_atomic(dir_ / "c.txt", test::word_corpus());
     write_file_atomic(
         dir_ / "t.yaml",
         "seed: 3\n"
@@ -56,10 +50,9 @@ class TrainFault : public ::testing::Test {
   Outcome signal_rank1(const std::string& name, const std::string& signal, double timeout_s) {
     const std::string run = dir_ / name;
     const std::string script =
-        "(timeout 300 " + std::string(kMpirun) + " -np 2 " + test::kiln_binary() + " train " +
-        (dir_ / "t.yaml") + " --threads 1 run_dir=" + run +
-        " parallel.timeout_s=" + std::to_string(timeout_s) + " > " + run + ".log 2>&1; echo $? > " +
-        run +
+        "(" + test::mpirun_command(2, 300) + test::kiln_binary() + " train " + (dir_ / "t.yaml") +
+        " --threads 1 run_dir=" + run + " parallel.timeout_s=" + std::to_string(timeout_s) + " > " +
+        run + ".log 2>&1; echo $? > " + run +
         ".rc) &\n"
         "for i in $(seq 1 600); do [ -s " +
         run +
@@ -90,8 +83,8 @@ class TrainFault : public ::testing::Test {
 TEST_F(TrainFault, DifferentConfigsAreRefusedAtStartup) {
   const std::string kiln = test::kiln_binary() + " train " + (dir_ / "t.yaml") +
                            " --threads 1 train.steps=2 run_dir=" + (dir_ / "mismatch");
-  auto r = test::run_command("timeout 120 " + std::string(kMpirun) + " -np 1 " + kiln +
-                             " : -np 1 " + kiln + " optim.lr=1e-4");
+  auto r = test::run_command(test::mpirun_command(1, 120) + kiln + " : -np 1 " + kiln +
+                             " optim.lr=1e-4");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("[rank 0] [train] rank(s) 1 were started with a different "
                           "configuration than rank 0"),

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/train_test_util.h"
 #include "kiln/core/rng.h"
 #include "kiln/io/file.h"
 #include "kiln/io/safetensors.h"
@@ -80,12 +81,7 @@ class TrainTensorParallel : public ::testing::Test {
   void SetUp() override {
     ASSERT_EQ(test::run_command("command -v mpirun").status, 0)
         << "mpirun not found: install Open MPI with scripts/setup.sh";
-    const char* words[] = {"the", "cat", "sees", "a", "dog", "river", "stone", "light"};
-    Rng rng(1);
-    std::string text;
-    for (int i = 0; i < 20000; ++i)
-      text += std::string(words[rng.below(8)]) + (i % 9 == 8 ? ".\n" : " ");
-    write_file_atomic(dir_ / "c.txt", text);
+    write_file_atomic(dir_ / "c.txt", test::word_corpus());
     const std::string rest = "data: {train: [" + (dir_ / "c.txt") +
                              "], val_fraction: 0.05}\n"
                              "train: {steps: 8, batch_size: 4, seq_len: 32, eval_every: 4, "
@@ -108,9 +104,7 @@ class TrainTensorParallel : public ::testing::Test {
     return test::kiln_binary() + " train " + (dir_ / cfg) + " --threads 1";
   }
   test::CommandResult mpirun(int np, const std::string& args) const {
-    return test::run_command(
-        "timeout 180 mpirun --oversubscribe --allow-run-as-root --mca btl self,vader -np " +
-        std::to_string(np) + " " + args);
+    return test::run_command(test::mpirun_command(np, 180) + args);
   }
   static std::string ckpt(const std::string& run, int step) {
     char name[32];

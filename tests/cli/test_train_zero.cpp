@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/train_test_util.h"
 #include "kiln/core/rng.h"
 #include "kiln/io/file.h"
 #include "kiln/io/safetensors.h"
@@ -37,12 +38,7 @@ class TrainZero : public ::testing::Test {
   void SetUp() override {
     ASSERT_EQ(test::run_command("command -v mpirun").status, 0)
         << "mpirun not found: install Open MPI with scripts/setup.sh";
-    const char* words[] = {"the", "cat", "sees", "a", "dog", "river", "stone", "light"};
-    Rng rng(1);
-    std::string text;
-    for (int i = 0; i < 20000; ++i)
-      text += std::string(words[rng.below(8)]) + (i % 9 == 8 ? ".\n" : " ");
-    write_file_atomic(dir / "c.txt", text);
+    write_file_atomic(dir / "c.txt", test::word_corpus());
     write_file_atomic(
         dir / "t.yaml",
         "seed: 3\n"
@@ -62,9 +58,7 @@ class TrainZero : public ::testing::Test {
     const std::string kiln = test::kiln_binary() + " train " + (dir / "t.yaml") +
                              " --threads 1 run_dir=" + run + " " + extra;
     if (np == 1) return test::run_command(kiln);
-    return test::run_command(
-        "timeout 120 mpirun --oversubscribe --allow-run-as-root --mca btl self,vader -np " +
-        std::to_string(np) + " " + kiln);
+    return test::run_command(test::mpirun_command(np, 120) + kiln);
   }
   // Losses to 1e-5 relative and step-8 weights to 1e-4 of each tensor's largest magnitude.
   void expect_matches(const std::string& want, const std::string& got) {

@@ -27,13 +27,7 @@ void DpShardedAdamW::step(const float* grads, float lr) {
   for (const ParamInfo& p : part_.params()) {
     const int64_t a = std::max(lo_, p.offset), b = std::min(hi_, p.offset + p.numel());
     if (a >= b) continue;
-    ops::AdamWParams hp;
-    hp.lr = lr;
-    hp.beta1 = cfg_.beta1;
-    hp.beta2 = cfg_.beta2;
-    hp.eps = cfg_.eps;
-    hp.weight_decay = p.decay ? cfg_.weight_decay : 0.0f;
-    hp.step = steps_;
+    const ops::AdamWParams hp = adamw_params(cfg_, lr, p.decay, steps_);
     ops::cpu::adamw_step(w + a, grads + a, m_.f32() + (a - lo_), v_.f32() + (a - lo_), b - a, hp);
   }
   // Every rank's updated block into every rank's weights (blocks padded to n_ for the gather).

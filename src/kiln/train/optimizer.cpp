@@ -14,13 +14,7 @@ void AdamW::step(Model& model, const float* grads, float lr) {
   ++step_;
   float* w = model.weights().f32();
   for (const ParamInfo& p : model.params()) {
-    ops::AdamWParams hp;
-    hp.lr = lr;
-    hp.beta1 = cfg_.beta1;
-    hp.beta2 = cfg_.beta2;
-    hp.eps = cfg_.eps;
-    hp.weight_decay = p.decay ? cfg_.weight_decay : 0.0f;
-    hp.step = step_;
+    const ops::AdamWParams hp = adamw_params(cfg_, lr, p.decay, step_);
     ops::cpu::adamw_step(w + p.offset, grads + p.offset, m_.f32() + p.offset, v_.f32() + p.offset,
                          p.numel(), hp);
   }

@@ -7,12 +7,26 @@
 
 #include "kiln/core/tensor.h"
 #include "kiln/model/transformer.h"
+#include "kiln/ops/adamw.h"
 
 namespace kiln {
 
 struct AdamWConfig {
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f;
 };
+
+// The AdamW kernel's hyperparameters for one parameter (decay: whether it takes weight decay) at
+// optimizer step `step` (1-based).
+inline ops::AdamWParams adamw_params(const AdamWConfig& cfg, float lr, bool decay, int64_t step) {
+  ops::AdamWParams hp;
+  hp.lr = lr;
+  hp.beta1 = cfg.beta1;
+  hp.beta2 = cfg.beta2;
+  hp.eps = cfg.eps;
+  hp.weight_decay = decay ? cfg.weight_decay : 0.0f;
+  hp.step = step;
+  return hp;
+}
 
 class AdamW {
  public:

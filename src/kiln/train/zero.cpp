@@ -344,13 +344,7 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
   float* w = stage_ == 3 ? w_shard_.f32() : model_.weights().f32();
   const float* g = stage_ >= 2 ? g_shard_.f32() : grads_.f32();
   for (const ShardPiece& p : pieces_) {
-    ops::AdamWParams hp;
-    hp.lr = lr;
-    hp.beta1 = cfg_.beta1;
-    hp.beta2 = cfg_.beta2;
-    hp.eps = cfg_.eps;
-    hp.weight_decay = p.decay ? cfg_.weight_decay : 0.0f;
-    hp.step = steps_;
+    const ops::AdamWParams hp = adamw_params(cfg_, lr, p.decay, steps_);
     ops::cpu::adamw_step(w + (stage_ == 3 ? p.shard : p.flat), g + (stage_ >= 2 ? p.shard : p.flat),
                          m_.f32() + p.shard, v_.f32() + p.shard, p.len, hp);
   }
