@@ -635,6 +635,23 @@ double TrainState::step(const Model& model, const int* ids, const int* targets, 
   return loss;
 }
 
+void TrainState::sum_sequence_parallel_grads(const Model& model, float* grads) {
+  if (!sp_) return;
+  const ModelConfig& c = model.config();
+  ModelParams g = model.bind(grads);
+  std::vector<std::pair<float*, int64_t>> parts;  // the parameters whose rows were split
+  for (float* p : {g.lnf_w, g.lnf_b})
+    if (p) parts.emplace_back(p, c.hidden);
+  if (g.wpe) parts.emplace_back(g.wpe, int64_t(c.max_positions) * c.hidden);
+  for (LayerParams& L : g.layers)
+    for (float* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b})
+      if (p) parts.emplace_back(p, c.hidden);
+  for (auto [p, n] : parts) {
+    opt_.tp->all_reduce(p, n);
+    comm_bytes_ += dist::all_reduce_bytes(opt_.tp->size(), n);
+  }
+}
+
 double TrainState::forward_stage(const Model& model, const int* ids, const float* in,
                                  const int* targets, float* grads, float grad_scale) {
   check_ids(model, ids);

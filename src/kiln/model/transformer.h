@@ -152,6 +152,13 @@ class TrainState {
   double forward_stage(const Model& model, const int* ids, const float* in, const int* targets,
                        float* grads, float grad_scale = 1.0f);
   const float* backward_stage(const Model& model, const int* ids, const float* dout, float* grads);
+  // Rows of the residual stream this rank holds: B*T, or B*T/tp under sequence parallelism
+  // (then a stage's input, output and their gradients are (rows, C), not (B*T, C)).
+  int residual_rows() const { return Ns_; }
+  // Under sequence parallelism the norms' (and GPT-2's positions') gradients that forward_stage
+  // and backward_stage add are this rank's rows' part: after the last micro-batch, this sums
+  // them over tp in `grads` (step() does it itself). No-op otherwise. Collective over tp.
+  void sum_sequence_parallel_grads(const Model& model, float* grads);
   // The stage's output of the last forward_stage (B*T, C): the next stage's input.
   const float* stage_output() const { return x_out_.f32(); }
   // Rounds the weights into the precision's low-precision copy (no-op in fp32).

@@ -112,9 +112,11 @@ Pipeline::Pipeline(const Model& model, int B, int T, TrainOptions opt, PipeSched
   for (int s = 0; s < slots; ++s) slots_.push_back(std::make_unique<TrainState>(model, B, T, opt));
   fwd_sent_.resize(slots);
   bwd_sent_.resize(slots);
-  const int64_t N = int64_t(B) * T, C = model.config().hidden;
-  in_ = Tensor::empty({N, C});
-  dout_ = Tensor::empty({N, C});
+  // What crosses a stage boundary is the residual stream: this rank's rows of it (all B*T, or
+  // B*T/tp under sequence parallelism).
+  const int64_t rows = slots_[0]->residual_rows(), C = model.config().hidden;
+  in_ = Tensor::empty({rows, C});
+  dout_ = Tensor::empty({rows, C});
   // Collective over pp (every stage calls split): the first and the last stage form the group.
   if (model.config().tie_embeddings && stages_ > 1) {
     const bool member = stage_ == 0 || stage_ == stages_ - 1;

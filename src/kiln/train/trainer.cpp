@@ -185,9 +185,6 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
              " is not supported: ZeRO-2 and -3 shard the gradients and weights of a whole model "
              "(DeepSpeed does not combine them with pipelines either); use parallel.zero = 1 "
              "(the optimizer state sharded over dp, as Megatron's distributed optimizer) or 0");
-  KILN_CHECK(!cfg.parallel.sequence_parallel || pp == 1, "train",
-             "parallel.sequence_parallel with parallel.pp = ", pp,
-             " is not supported yet; use sequence parallelism without a pipeline");
   KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
              "parallel.zero = 3 supports train.precision = fp32 only (the ",
              name_of(cfg.train.precision),
@@ -359,6 +356,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       if (pipe) {
         std::memset(grads.raw(), 0, grads.nbytes());
         loss = pipe->train_step(m, *data, B, row0, grads.f32(), scale);
+        pipe->sum_sequence_parallel_grads(m, grads.f32());
       } else {
         if (zero) zero->begin_step();
         if (grads.defined()) std::memset(grads.raw(), 0, grads.nbytes());
