@@ -46,7 +46,8 @@ double g_timeout_s = 0;  // MpiComm::set_timeout; 0 = wait forever
 // operation, instead of every rank waiting forever.
 class MpiPending final : public Request::Pending {
  public:
-  MpiPending(MPI_Request r, std::string what) : req_(r), what_(std::move(what)) {}
+  MpiPending(MPI_Request r, std::string what, MPI_Comm comm, int peer)
+      : req_(r), what_(std::move(what)), comm_(comm), peer_(peer) {}
   void wait() override {
     if (g_timeout_s <= 0) {
       check(MPI_Wait(&req_, MPI_STATUS_IGNORE), what_.c_str(), kFixLaunch);
@@ -76,15 +77,34 @@ class MpiPending final : public Request::Pending {
     int rank = -1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     std::fprintf(stderr,
-                 "error: [mpi] rank %d: %s got no answer for %.0f s (parallel.timeout_s = %g): "
-                 "a rank died or stopped responding; ending the job\n",
-                 rank, what_.c_str(), waited, g_timeout_s);
+                 "error: [mpi] rank %d: %s got no answer for %.0f s (parallel.timeout_s = %g) "
+                 "from world rank(s) %s: one of them died or stopped responding; ending the job\n",
+                 rank, what_.c_str(), waited, g_timeout_s, waited_on().c_str());
     std::fflush(stderr);
     MpiRuntime::abort(3);
+  }
+  // The world ranks this operation waits on: the peer, or the communicator's other members.
+  std::string waited_on() const {
+    MPI_Group group, world;
+    int n = 0, me = -1;
+    MPI_Comm_group(comm_, &group);
+    MPI_Comm_group(MPI_COMM_WORLD, &world);
+    MPI_Group_size(group, &n);
+    MPI_Comm_rank(comm_, &me);
+    std::string out;
+    for (int r = 0; r < n; ++r) {
+      if (r == me || (peer_ >= 0 && r != peer_)) continue;
+      int w = -1;
+      MPI_Group_translate_ranks(group, 1, &r, world, &w);
+      out += (out.empty() ? "" : ", ") + std::to_string(w);
+    }
+    return out;
   }
 
   MPI_Request req_;
   std::string what_;  // the call, its size and its communicator, for the messages
+  MPI_Comm comm_;     // ... and which communicator and peer (-1: a collective), for waited_on()
+  int peer_;
 };
 
 }  // namespace
@@ -135,7 +155,7 @@ Request MpiComm::pending(MPI_Request r, const char* call, int64_t n, int peer) c
   if (peer >= 0) what += " with rank " + std::to_string(peer);
   what += " on a communicator of " + std::to_string(size_) + " ranks (rank " +
           std::to_string(rank_) + " there)";
-  return Request(std::make_unique<MpiPending>(r, std::move(what)));
+  return Request(std::make_unique<MpiPending>(r, std::move(what), comm_, peer));
 }
 
 MpiComm::~MpiComm() {
