@@ -226,20 +226,28 @@ TEST_F(TrainPipeline, ShardedCheckpointsResumeUnderAnotherLayout) {
       << bad.output;
 }
 
-// ZeRO-1 with tensor and pipeline parallelism (the part's moments sharded over dp).
-TEST_F(TrainPipeline, Zero1WithTensorAndPipelineMatchesOneProcess) {
+// ZeRO with tensor and pipeline parallelism: over a pipeline stage ZeRO-1 (the part's moments
+// sharded over dp); over a tensor-parallel shard every stage, the norm summed over tp.
+TEST_F(TrainPipeline, ZeroWithTensorAndPipelineMatchesOneProcess) {
   const std::string one = dir / "one";
   ASSERT_EQ(test::run_command(kiln("llama.yaml") + " run_dir=" + one).status, 0);
-  for (const char* layout : {"pp", "tp"}) {
-    const std::string what = std::string(layout) + " 2 x dp 2, zero 1",
-                      run = dir / (std::string("zero1_") + layout);
-    auto r = mpirun(
-        4, kiln("llama.yaml") + " run_dir=" + run + " parallel.zero=1 parallel." + layout + "=2");
-    ASSERT_EQ(r.status, 0) << what << "\n" << r.output;
-    expect_same_losses(one, run, 1e-5, what);
-    expect_same_weights(one, run, 1e-4, what);
+  struct Layout {
+    const char *name, *args;
+  };
+  for (Layout l :
+       {Layout{"zero1_pp", "parallel.zero=1 parallel.pp=2"},
+        Layout{"zero1_tp", "parallel.zero=1 parallel.tp=2"},
+        Layout{"zero3_tp", "parallel.zero=3 parallel.tp=2"},
+        Layout{"zero2_tp_sharded", "parallel.zero=2 parallel.tp=2 parallel.checkpoint=sharded"}}) {
+    const std::string run = dir / l.name;
+    auto r = mpirun(4, kiln("llama.yaml") + " run_dir=" + run + " " + l.args);
+    ASSERT_EQ(r.status, 0) << l.name << "\n" << r.output;
+    expect_same_losses(one, run, 1e-5, l.name);
+    if (std::string(l.name).find("sharded") == std::string::npos)
+      expect_same_weights(one, run, 1e-4, l.name);
   }
-  // Its checkpoint resumes (the moments gathered back from the dp ranks).
+  // Their checkpoints resume: the moments gathered back from the dp ranks, and a sharded one
+  // (ZeRO-2 shards of tensor-parallel shards) in one process.
   const std::string resumed = dir / "zero1_resumed";
   std::filesystem::copy(dir / "zero1_pp", resumed, std::filesystem::copy_options::recursive);
   std::filesystem::remove_all(resumed + "/checkpoints/step_00000008");
@@ -247,6 +255,13 @@ TEST_F(TrainPipeline, Zero1WithTensorAndPipelineMatchesOneProcess) {
       4, kiln("llama.yaml") + " run_dir=" + resumed + " parallel.zero=1 parallel.pp=2 --resume");
   ASSERT_EQ(r.status, 0) << r.output;
   expect_same_losses(dir / "zero1_pp", resumed, 0, "zero 1 x pp 2 resumed");
+  const std::string single = dir / "zero2_single";
+  std::filesystem::copy(dir / "zero2_tp_sharded", single, std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(single + "/checkpoints/step_00000008");
+  auto s = test::run_command(kiln("llama.yaml") + " run_dir=" + single + " --resume");
+  ASSERT_EQ(s.status, 0) << s.output;
+  expect_same_losses(one, single, 1e-5, "zero 2 x tp 2 sharded, resumed in one process");
+  expect_same_weights(one, single, 1e-4, "zero 2 x tp 2 sharded, resumed in one process");
 }
 
 TEST_F(TrainPipeline, UnsupportedCombinationsAreRefused) {

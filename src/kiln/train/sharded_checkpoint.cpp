@@ -53,33 +53,44 @@ void fsync_path(const std::string& path) {
 
 }  // namespace
 
-StatePieces model_pieces(const Model& part, const AdamW& opt, const TensorParallelMap* tpm) {
+StatePieces to_whole_layout(const StatePieces& local, const Model& part,
+                            const TensorParallelMap* tpm) {
   // Offsets of each name in the layout `part` is cut from: the whole model, or the whole shard.
   std::map<std::string, int64_t> whole_offset;
   for (const ParamInfo& p : param_layout(part.config())) whole_offset[p.name] = p.offset;
   const bool tied_copy = part.config().tie_embeddings && !part.stage().has_embedding;
-  StatePieces out;
-  auto add = [&](int64_t full, int64_t local, int64_t n) {
-    out.weights.push_back({full, part.weights().f32() + local, n});
-    out.m.push_back({full, const_cast<AdamW&>(opt).m().f32() + local, n});
-    out.v.push_back({full, const_cast<AdamW&>(opt).v().f32() + local, n});
-  };
-  for (const ParamInfo& p : part.params()) {
-    if (tied_copy && is_token_embedding(p.name)) continue;
-    if (tpm && tpm->rank() != 0 && tpm->replicated(p.name)) continue;  // tp rank 0's copy
-    const int64_t lo = whole_offset.at(p.name), hi = lo + p.numel();
-    if (!tpm) {
-      add(lo, p.offset, p.numel());
-      continue;
+  auto convert = [&](const std::vector<StatePieces::Run>& runs) {
+    std::vector<StatePieces::Run> out;
+    for (const auto& r : runs) {
+      for (const ParamInfo& p : part.params()) {
+        const int64_t x = std::max(r.full, p.offset),
+                      y = std::min(r.full + r.n, p.offset + p.numel());
+        if (x >= y) continue;
+        if (tied_copy && is_token_embedding(p.name)) continue;
+        if (tpm && tpm->rank() != 0 && tpm->replicated(p.name)) continue;  // tp rank 0's copy
+        const float* data = r.data + (x - r.full);
+        const int64_t lo = whole_offset.at(p.name) + (x - p.offset), hi = lo + (y - x);
+        if (!tpm) {
+          out.push_back({lo, data, hi - lo});
+          continue;
+        }
+        // The shard's runs inside [lo, hi) of its whole layout, placed in the full model's.
+        tpm->for_each_run([&](int64_t full, int64_t at, int64_t n) {
+          const int64_t a = std::max(lo, at), b = std::min(hi, at + n);
+          if (a < b) out.push_back({full + (a - at), data + (a - lo), b - a});
+        });
+      }
     }
-    // The shard's runs that fall in this parameter, moved from the shard's whole layout to the
-    // stage's.
-    tpm->for_each_run([&](int64_t full, int64_t local, int64_t n) {
-      const int64_t a = std::max(lo, local), b = std::min(hi, local + n);
-      if (a < b) add(full + (a - local), p.offset + (a - lo), b - a);
-    });
-  }
-  return out;
+    return out;
+  };
+  return {convert(local.weights), convert(local.m), convert(local.v)};
+}
+
+StatePieces model_pieces(const Model& part, const AdamW& opt, const TensorParallelMap* tpm) {
+  const int64_t P = part.num_params();
+  auto& o = const_cast<AdamW&>(opt);
+  return to_whole_layout(
+      {{{0, part.weights().f32(), P}}, {{0, o.m().f32(), P}}, {{0, o.v().f32(), P}}}, part, tpm);
 }
 
 std::string save_sharded_checkpoint(const std::string& run_dir, const StatePieces& mine,

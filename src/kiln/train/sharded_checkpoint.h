@@ -36,6 +36,10 @@ struct StatePieces {
 // pipeline stage's tied embedding (the first stage's is the one) and parameters every tp rank
 // replicates (tp rank 0's are).
 StatePieces model_pieces(const Model& part, const AdamW& opt, const TensorParallelMap* tpm);
+// Runs given at offsets of `part`'s own flat layout (ZeroAdamW::state_pieces), moved to the whole
+// model's, with the same copies left out.
+StatePieces to_whole_layout(const StatePieces& local, const Model& part,
+                            const TensorParallelMap* tpm);
 
 // Collective over `world`: writes RUN_DIR/checkpoints/step_NNNNNNNN (atomically, like
 // save_checkpoint) from every rank's pieces; `whole` describes the whole model (config.json);

@@ -179,12 +179,14 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
              "train.checkpoint_dtype = ", cfg.train.checkpoint_dtype,
              " applies to gathered checkpoints; sharded checkpoints keep the fp32 state: use ",
              "parallel.checkpoint = gathered, or checkpoint_dtype = fp32");
-  KILN_CHECK(cfg.parallel.zero <= 1 || (tp == 1 && pp == 1), "train",
-             "parallel.zero = ", cfg.parallel.zero, " with parallel.tp = ", tp,
-             " and parallel.pp = ", pp,
-             " is not supported: ZeRO-2 and -3 shard the gradients and weights of a whole model "
-             "(DeepSpeed does not combine them with pipelines either); use parallel.zero = 1 "
-             "(the optimizer state sharded over dp, as Megatron's distributed optimizer) or 0");
+  KILN_CHECK(cfg.parallel.zero <= 1 || pp == 1, "train", "parallel.zero = ", cfg.parallel.zero,
+             " with parallel.pp = ", pp,
+             " is not supported: ZeRO-2 and -3 shard the gradients and weights of whole layers "
+             "per step, which a pipeline's interleaved micro-batches do not allow (DeepSpeed "
+             "refuses the combination too); use parallel.zero = 1 (the optimizer state sharded "
+             "over dp, as Megatron's distributed optimizer) or 0");
+  KILN_CHECK(cfg.parallel.zero == 0 || !cfg.parallel.sequence_parallel, "train",
+             "parallel.zero with parallel.sequence_parallel is not supported yet; use one of them");
   KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
              "parallel.zero = 3 supports train.precision = fp32 only (the ",
              name_of(cfg.train.precision),
@@ -288,10 +290,19 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   } else {
     ts = std::make_unique<TrainState>(m, Bl, T, topt);
   }
-  if (tp == 1 && pp == 1) {  // ZeroAdamW takes its shard of a resumed state
+  // A whole model or a tensor-parallel shard of one: ZeroAdamW takes its shard of the state.
+  if (pp == 1 && (tp == 1 || cfg.parallel.zero > 0)) {
     zero = std::make_unique<ZeroAdamW>(m, *groups.dp, cfg.parallel.zero, cfg.parallel.bucket_mb,
                                        adamw, opt.get());
     opt.reset();
+    if (tpm) {  // the norm over the whole model: replicated parameters on tp rank 0 only
+      zero->norm_over_tensor_parallel(groups.tp.get(), [&](int64_t flat) {
+        for (const ParamInfo& p : m.params())
+          if (flat >= p.offset && flat < p.offset + p.numel())
+            return tpm->rank() == 0 || !tpm->replicated(p.name);
+        return true;
+      });
+    }
   } else {
     grads = Tensor::zeros({m.num_params()});
     if (cfg.parallel.zero == 1) {  // the part's moments sharded over dp (dp_sharded_adamw.h)
@@ -448,7 +459,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     state.step = step;
     state.tokens_seen += tokens_per_step;
     last_loss = loss;
-    result.comm_bytes = zero   ? zero->comm_bytes()
+    result.comm_bytes = zero   ? zero->comm_bytes() + ts->comm_bytes()
                         : pipe ? pipe->comm_bytes() + plain_extra_bytes
                                : ts->comm_bytes() + plain_extra_bytes;
     if (dsopt) result.comm_bytes += dsopt->comm_bytes();
@@ -497,7 +508,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       if (dsopt) opt = dsopt->gather();  // the part's whole moments, for the checkpoint
       if (cfg.parallel.checkpoint == "sharded") {
         // Every rank writes what it owns (one copy per dp group unless ZeRO shards it).
-        StatePieces mine = zero                       ? zero->state_pieces()
+        StatePieces mine = zero ? to_whole_layout(zero->state_pieces(), m, tpm.get())
                            : groups.plan.dp_rank == 0 ? model_pieces(m, *opt, tpm.get())
                                                       : StatePieces{};
         result.checkpoint = save_sharded_checkpoint(
@@ -511,6 +522,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
         GatheredModel whole = zero ? GatheredModel{nullptr, zero->gather_optimizer()}
                                    : gather_part(m, *opt, adamw, whole_cfg, tpm.get(), groups);
         if (zero) zero->gather_weights();
+        // A tensor-parallel shard's whole state is on dp rank 0: its tp group gathers the model.
+        if (zero && tpm && groups.plan.dp_rank == 0)
+          whole = gather_part(m, *whole.opt, adamw, whole_cfg, tpm.get(), groups);
         if (writer)
           result.checkpoint =
               save_checkpoint(cfg.run_dir, whole.model ? *whole.model : m, tok,

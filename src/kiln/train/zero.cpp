@@ -331,12 +331,34 @@ void ZeroAdamW::scale_grads(float s) {
   for_each_grad_span([&](float* x, int64_t n) { ops::cpu::scale(x, s, n); });
 }
 
+void ZeroAdamW::norm_over_tensor_parallel(dist::Comm* tp,
+                                          const std::function<bool(int64_t)>& counted) {
+  norm_tp_ = tp;
+  piece_counted_.clear();
+  for (const ShardPiece& p : pieces_) piece_counted_.push_back(counted(p.flat));
+}
+
 bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
   double ss = 0;
-  for_each_grad_span([&](float* x, int64_t n) { ss += ops::cpu::sum_squares(x, n); });
+  if (norm_tp_) {
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      if (!piece_counted_[i]) continue;
+      const ShardPiece& p = pieces_[i];
+      ss += ops::cpu::sum_squares(stage_ >= 2 ? g_shard_.f32() + p.shard : grads_.f32() + p.flat,
+                                  p.len);
+    }
+  } else {
+    for_each_grad_span([&](float* x, int64_t n) { ss += ops::cpu::sum_squares(x, n); });
+  }
   // Sharded stages: the global norm from every rank's sum of squares (fp32 on the wire: the
   // clip factor moves by ~1e-7 relative, well inside the data-parallel tolerance).
   if (stage_ > 0 && dp_ > 1) ss = sum_over_ranks(float(ss));
+  if (norm_tp_) {  // a float and its remainder: ~48 bits through the fp32 all-reduce
+    float parts[2] = {float(ss), float(ss - double(float(ss)))};
+    norm_tp_->all_reduce(parts, 2);
+    comm_bytes_ += dist::all_reduce_bytes(norm_tp_->size(), 2);
+    ss = double(parts[0]) + double(parts[1]);
+  }
   *norm = std::sqrt(ss);
   if (!std::isfinite(*norm)) return false;
   if (clip > 0 && *norm > clip) scale_grads(float(clip / *norm));

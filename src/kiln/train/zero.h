@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -81,6 +82,11 @@ class ZeroAdamW final : public StepHooks {
   const ZeroLayout& layout() const { return layout_; }
   int64_t steps() const { return steps_; }
 
+  // Under tensor parallelism the model is one tp rank's shard: the clipping norm then sums over
+  // `tp` too, each piece counted where `counted(flat offset)` says (a replicated parameter on
+  // one tp rank only). Collective over tp from then on.
+  void norm_over_tensor_parallel(dist::Comm* tp, const std::function<bool(int64_t)>& counted);
+
   void begin_step();  // zeroes the gradients and the step's communication count
   // Stages 0 and 1 reduce only after the last micro-batch (Megatron's no_sync): earlier ones
   // accumulate locally. Stages 2 and 3 reduce-scatter every micro-batch into the shard.
@@ -149,6 +155,8 @@ class ZeroAdamW final : public StepHooks {
   Tensor w_shard_;  // (S) stage 3
   Tensor m_, v_;    // (P) stage 0, else (S)
   int64_t steps_ = 0;
+  dist::Comm* norm_tp_ = nullptr;    // norm_over_tensor_parallel
+  std::vector<char> piece_counted_;  // per piece of pieces_
   std::vector<GroupState> groups_;
   std::deque<InFlight> inflight_;
   bool last_micro_ = true;
