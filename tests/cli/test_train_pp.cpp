@@ -237,7 +237,7 @@ TEST_F(TrainPipeline, ZeroWithTensorAndPipelineMatchesOneProcess) {
   for (Layout l :
        {Layout{"zero1_pp", "parallel.zero=1 parallel.pp=2"},
         Layout{"zero1_tp", "parallel.zero=1 parallel.tp=2"},
-        Layout{"zero3_tp", "parallel.zero=3 parallel.tp=2"},
+        Layout{"zero3_tp_sp", "parallel.zero=3 parallel.tp=2 parallel.sequence_parallel=true"},
         Layout{"zero2_tp_sharded", "parallel.zero=2 parallel.tp=2 parallel.checkpoint=sharded"}}) {
     const std::string run = dir / l.name;
     auto r = mpirun(4, kiln("llama.yaml") + " run_dir=" + run + " " + l.args);

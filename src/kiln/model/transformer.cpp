@@ -316,6 +316,42 @@ void TrainState::sum_rows(float* partial, float* rows) {
   }
 }
 
+std::vector<float*> TrainState::set_aside(
+    std::initializer_list<std::pair<float**, int64_t>> grads) {
+  std::vector<float*> real;
+  if (!sp_) return real;
+  int64_t total = 0;
+  for (auto [ptr, n] : grads) total += *ptr ? n : 0;
+  if (sp_grads_.numel() < total) sp_grads_ = Tensor::empty({total});
+  std::memset(sp_grads_.raw(), 0, size_t(total) * sizeof(float));
+  int64_t off = 0;
+  for (auto [ptr, n] : grads) {
+    real.push_back(*ptr);
+    if (!*ptr) continue;
+    *ptr = sp_grads_.f32() + off;
+    off += n;
+  }
+  return real;
+}
+
+void TrainState::fold_aside(std::initializer_list<std::pair<float**, int64_t>> grads,
+                            const std::vector<float*>& real) {
+  if (!sp_) return;
+  int64_t total = 0;
+  for (auto [ptr, n] : grads) total += *ptr ? n : 0;
+  opt_.tp->all_reduce(sp_grads_.f32(), total);
+  comm_bytes_ += dist::all_reduce_bytes(opt_.tp->size(), total);
+  size_t i = 0;
+  int64_t off = 0;
+  for (auto [ptr, n] : grads) {
+    if (float* dst = real[i++]) {
+      cpu::add(dst, dst, sp_grads_.f32() + off, n);
+      *ptr = dst;
+      off += n;
+    }
+  }
+}
+
 void TrainState::gather_rows(const float* rows, float* full) {
   if (!sp_) return;
   const int64_t n = int64_t(Ns_) * C_;
@@ -455,12 +491,15 @@ double TrainState::head(const Model& model, ModelParams& w, ModelParams& g, cons
     std::memset(dres, 0, dres_.nbytes());
     float* dlnf = sp_ ? dln_s_.f32() : dlnf_.f32();
     sum_rows(dlnf_.f32(), dlnf);  // the vocabulary-parallel LM head left partial sums
+    const auto norm = {std::pair{&g.lnf_w, int64_t(C)}, std::pair{&g.lnf_b, int64_t(C)}};
+    const auto real = set_aside(norm);
     if (llama) {
       cpu::rms_norm_backward(dres, g.lnf_w, dlnf, x_out_.f32(), w.lnf_w, rstdf_.f32(), Ns_, C);
     } else {
       cpu::layer_norm_backward(dres, g.lnf_w, g.lnf_b, dlnf, x_out_.f32(), w.lnf_w, meanf_.f32(),
                                rstdf_.f32(), Ns_, C);
     }
+    fold_aside(norm, real);
   }
   done(StepHooks::kHead, bwd);
   return targets && counted_ > 0 ? sum / double(counted_) : 0.0;
@@ -524,9 +563,14 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
   if (!model.stage().has_head) std::memcpy(dres, dout, dres_.nbytes());  // else head() left it
   for (int l = model.stage().num_layers - 1; l >= 0; --l) {
     bind(l, true, w, g);
+    LayerParams& gl = g.layers[l];
+    const auto norms = {std::pair{&gl.ln1_w, int64_t(C)}, std::pair{&gl.ln1_b, int64_t(C)},
+                        std::pair{&gl.ln2_w, int64_t(C)}, std::pair{&gl.ln2_b, int64_t(C)}};
+    const auto real = set_aside(norms);
     Recompute m = mode(l);
     if (m == Recompute::none) {
       backward_layer(model, w.layers[l], g.layers[l], acts_[l]);
+      fold_aside(norms, real);
       done(l, true);
       continue;
     }
@@ -544,11 +588,17 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
                              c.head_dim);
     }
     backward_layer(model, w.layers[l], g.layers[l], a);
+    fold_aside(norms, real);
     done(l, true);
   }
   if (!model.stage().has_embedding) return;  // dres is the gradient of the stage's input
   bind(StepHooks::kEmbedding, true, w, g);
-  if (c.arch == Arch::gpt2) cpu::embedding_backward(g.wpe, dres, pos_.data() + row0_, Ns_, C);
+  if (c.arch == Arch::gpt2) {
+    const auto positions = {std::pair{&g.wpe, int64_t(c.max_positions) * C}};
+    const auto real = set_aside(positions);
+    cpu::embedding_backward(g.wpe, dres, pos_.data() + row0_, Ns_, C);
+    fold_aside(positions, real);
+  }
   float* dy = sp_ ? full_.f32() : dres;
   gather_rows(dres, dy);
   if (tp_) {
@@ -571,51 +621,8 @@ void TrainState::check_ids(const Model& model, const int* ids) const {
 
 double TrainState::step(const Model& model, const int* ids, const int* targets, float* grads,
                         float grad_scale) {
-  if (!sp_ || !grads) {
-    const double loss = forward_stage(model, ids, nullptr, targets, grads, grad_scale);
-    if (grads && targets) backward_stage(model, ids, nullptr, grads);
-    return loss;
-  }
-  // Sequence parallelism: the replicated norms (and GPT-2's positions) see only this rank's rows,
-  // so their gradients are collected aside, summed over tp, then added.
-  KILN_CHECK(model.stage().has_embedding && model.stage().has_head, "model",
-             "sequence parallelism runs the whole model, not a pipeline stage");
-  check_ids(model, ids);
-  hooks_ = nullptr;
-  ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
-  ModelParams g = model.bind(grads);
-  const ModelConfig& c = model.config();
-  std::vector<std::pair<float*, int64_t>> real;  // where each side gradient belongs, and its size
-  std::vector<float**> side;
-  auto aside = [&](float*& ptr, int64_t n) {
-    if (!ptr) return;
-    real.emplace_back(ptr, n);
-    side.push_back(&ptr);
-  };
-  aside(g.lnf_w, c.hidden);
-  aside(g.lnf_b, c.hidden);
-  aside(g.wpe, int64_t(c.max_positions) * c.hidden);
-  for (LayerParams& L : g.layers)
-    for (float** f : {&L.ln1_w, &L.ln1_b, &L.ln2_w, &L.ln2_b}) aside(*f, c.hidden);
-  int64_t total = 0;
-  for (auto& r : real) total += r.second;
-  if (sp_grads_.numel() != total) sp_grads_ = Tensor::empty({total});
-  std::memset(sp_grads_.raw(), 0, sp_grads_.nbytes());
-  int64_t off = 0;
-  for (size_t i = 0; i < side.size(); ++i) {
-    *side[i] = sp_grads_.f32() + off;
-    off += real[i].second;
-  }
-  forward(model, w, g, ids, nullptr);
-  const double loss = head(model, w, g, targets, true, grad_scale);
-  if (targets) backward(model, w, g, ids, nullptr);
-  opt_.tp->all_reduce(sp_grads_.f32(), total);
-  comm_bytes_ += dist::all_reduce_bytes(opt_.tp->size(), total);
-  off = 0;
-  for (auto [ptr, n] : real) {
-    cpu::add(ptr, ptr, sp_grads_.f32() + off, n);
-    off += n;
-  }
+  const double loss = forward_stage(model, ids, nullptr, targets, grads, grad_scale);
+  if (grads && targets) backward_stage(model, ids, nullptr, grads);
   return loss;
 }
 
@@ -633,23 +640,6 @@ double TrainState::step(const Model& model, const int* ids, const int* targets, 
   if (backward && targets) this->backward(model, w, g, ids, nullptr);
   hooks_ = nullptr;
   return loss;
-}
-
-void TrainState::sum_sequence_parallel_grads(const Model& model, float* grads) {
-  if (!sp_) return;
-  const ModelConfig& c = model.config();
-  ModelParams g = model.bind(grads);
-  std::vector<std::pair<float*, int64_t>> parts;  // the parameters whose rows were split
-  for (float* p : {g.lnf_w, g.lnf_b})
-    if (p) parts.emplace_back(p, c.hidden);
-  if (g.wpe) parts.emplace_back(g.wpe, int64_t(c.max_positions) * c.hidden);
-  for (LayerParams& L : g.layers)
-    for (float* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b})
-      if (p) parts.emplace_back(p, c.hidden);
-  for (auto [p, n] : parts) {
-    opt_.tp->all_reduce(p, n);
-    comm_bytes_ += dist::all_reduce_bytes(opt_.tp->size(), n);
-  }
 }
 
 double TrainState::forward_stage(const Model& model, const int* ids, const float* in,

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kiln/core/tensor.h"
@@ -155,10 +157,6 @@ class TrainState {
   // Rows of the residual stream this rank holds: B*T, or B*T/tp under sequence parallelism
   // (then a stage's input, output and their gradients are (rows, C), not (B*T, C)).
   int residual_rows() const { return Ns_; }
-  // Under sequence parallelism the norms' (and GPT-2's positions') gradients that forward_stage
-  // and backward_stage add are this rank's rows' part: after the last micro-batch, this sums
-  // them over tp in `grads` (step() does it itself). No-op otherwise. Collective over tp.
-  void sum_sequence_parallel_grads(const Model& model, float* grads);
   // The stage's output of the last forward_stage (B*T, C): the next stage's input.
   const float* stage_output() const { return x_out_.f32(); }
   // Rounds the weights into the precision's low-precision copy (no-op in fp32).
@@ -209,6 +207,13 @@ class TrainState {
   // Without tensor parallelism both do nothing.
   void sum_rows(float* partial, float* rows);
   void gather_rows(const float* rows, float* full);
+  // Sequence parallelism: the norms (and GPT-2's positions) see only this rank's rows, so a
+  // unit's gradients of them are this rank's part. set_aside points them at zeroed scratch (and
+  // returns where they pointed); fold_aside sums the scratch over tp and adds it there. Both do
+  // nothing without sequence parallelism.
+  std::vector<float*> set_aside(std::initializer_list<std::pair<float**, int64_t>> grads);
+  void fold_aside(std::initializer_list<std::pair<float**, int64_t>> grads,
+                  const std::vector<float*>& real);
 
   int B_, T_, C_;
   int first_layer_;               // the stage's first layer (recompute_layers counts globally)

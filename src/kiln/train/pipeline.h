@@ -75,11 +75,6 @@ class Pipeline {
   // Whether `flag` is set on any stage.
   bool any_stage(bool flag);
 
-  // Sequence parallelism: sums the norms' gradients over tp after the step's micro-batches
-  // (TrainState::sum_sequence_parallel_grads).
-  void sum_sequence_parallel_grads(const Model& model, float* grads) {
-    slots_[0]->sum_sequence_parallel_grads(model, grads);
-  }
   void refresh_weights(const Model& model);
   size_t bytes() const;  // activations of every micro-batch slot
   // Bytes this rank sent since train_step() began: activations, input gradients, and its share

@@ -185,8 +185,6 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
              "per step, which a pipeline's interleaved micro-batches do not allow (DeepSpeed "
              "refuses the combination too); use parallel.zero = 1 (the optimizer state sharded "
              "over dp, as Megatron's distributed optimizer) or 0");
-  KILN_CHECK(cfg.parallel.zero == 0 || !cfg.parallel.sequence_parallel, "train",
-             "parallel.zero with parallel.sequence_parallel is not supported yet; use one of them");
   KILN_CHECK(cfg.parallel.zero < 3 || cfg.train.precision == Precision::fp32, "train",
              "parallel.zero = 3 supports train.precision = fp32 only (the ",
              name_of(cfg.train.precision),
@@ -367,7 +365,6 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       if (pipe) {
         std::memset(grads.raw(), 0, grads.nbytes());
         loss = pipe->train_step(m, *data, B, row0, grads.f32(), scale);
-        pipe->sum_sequence_parallel_grads(m, grads.f32());
       } else {
         if (zero) zero->begin_step();
         if (grads.defined()) std::memset(grads.raw(), 0, grads.nbytes());
