@@ -195,6 +195,16 @@ TEST_F(TrainPipeline, ShardedCheckpointsResumeUnderAnotherLayout) {
   for (int rank = 0; rank < 4; ++rank)
     EXPECT_TRUE(file_exists(step4 + "/shard_0000" + std::to_string(rank) + ".safetensors"));
   EXPECT_FALSE(file_exists(step4 + "/model.safetensors"));
+  // kiln eval reads a sharded checkpoint as it reads a gathered one.
+  auto eval = [&](const std::string& model) {
+    auto e = test::run_command(test::kiln_binary() + " eval --model " + model + " --text " +
+                               (dir / "c.txt") + " --threads 1");
+    EXPECT_EQ(e.status, 0) << e.output;
+    return nlohmann::json::parse(e.output.substr(e.output.rfind('{')))["loss"].get<double>();
+  };
+  const double gathered = eval(one + "/checkpoints/step_00000008"),
+               from_shards = eval(sharded + "/checkpoints/step_00000008");
+  EXPECT_NEAR(from_shards, gathered, 1e-5 * gathered);
   // Resume its step 4 at dp 4 with ZeRO-3 (sharded again, at steps 6 and 8), then that run's
   // step 6 in one process.
   const std::string zero3 = dir / "zero3";

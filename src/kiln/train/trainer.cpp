@@ -549,10 +549,6 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   if ((tpm || pipe) && samples > 0) {
     if (result.checkpoint.empty()) {
       samples = 0;
-    } else if (is_sharded_checkpoint(result.checkpoint)) {
-      model = std::make_unique<Model>(whole_cfg);
-      AdamW moments(*model, adamw);
-      load_sharded_state(result.checkpoint, *model, moments);
     } else {
       model = load_model(result.checkpoint);
     }
