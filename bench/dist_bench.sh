@@ -120,7 +120,7 @@ def predicted(r):
         return 2 * f * 4 * P + tp_bytes, ("2(N-1)/N·4P" if N > 1 else "0") + tp_formula
     z = r["zero"]
     if z == 0: return 2 * f * 4 * P, "2(N-1)/N·4P"
-    if z == 1: return 3 * f * 4 * P, "3(N-1)/N·4P"
+    if z == 1: return 2 * f * 4 * P, "2(N-1)/N·4P"
     if z == 2: return (M + 1) * f * 4 * P, "(M+1)(N-1)/N·4P"
     return M * f * 4 * (3 * P - E), "M(N-1)/N·4(3P-E)"
 base = next((r for r in ran if r["layout"] == "1 rank"), None)

@@ -188,8 +188,10 @@ TEST(ZeroAdamW, OneRankEveryStageMatchesAdamW) {
         EXPECT_EQ(whole->steps(), steps);
         expect_same(whole->m(), ref_opt.m(), exact, "exp_avg");
         expect_same(whole->v(), ref_opt.v(), exact, "exp_avg_sq");
-        // One rank: every stage holds the weights, the gradients and both moments once (S = P).
-        EXPECT_EQ(opt.state_bytes(), 16 * ref.num_params());
+        // One rank: every stage holds the weights, the gradients and both moments once (S = P);
+        // stage 1 also the reduced gradient shard (S) beside its whole one (P + dp tail).
+        const int64_t extra = stage == 1 ? 4 * (opt.layout().shard_size + 1) : 0;
+        EXPECT_EQ(opt.state_bytes(), 16 * ref.num_params() + extra);
       }
     }
 }

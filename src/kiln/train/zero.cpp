@@ -131,11 +131,10 @@ ZeroAdamW::ZeroAdamW(Model& model, dist::Comm& comm, int stage, double bucket_mb
     m_ = Tensor::zeros({S});
     v_ = Tensor::zeros({S});
   }
-  if (stage_ < 2) {
-    grads_ = Tensor::zeros({P_});
-  } else {
-    g_shard_ = Tensor::zeros({S});
-  }
+  // Stages 0-1 accumulate whole gradients; stage 1 reduce-scatters them in place, reading up to
+  // dp - 1 elements past a chunk's end (its padding; the tail keeps the last chunk in bounds).
+  if (stage_ < 2) grads_ = Tensor::zeros({stage_ == 1 ? P_ + dp_ : P_});
+  if (stage_ > 0) g_shard_ = Tensor::zeros({S});
   if (stage_ == 3) {
     w_shard_ = shard_of(base);
     release_weights();
@@ -169,8 +168,8 @@ int64_t ZeroAdamW::state_bytes() const {
 void ZeroAdamW::begin_step() {
   KILN_CHECK(inflight_.empty(), "zero", "begin_step() with gradient collectives in flight: call ",
              "finish_backward() first");
-  Tensor& g = stage_ < 2 ? grads_ : g_shard_;
-  std::memset(g.raw(), 0, g.nbytes());
+  for (Tensor* g : {&grads_, &g_shard_})
+    if (g->defined()) std::memset(g->raw(), 0, g->nbytes());
   comm_bytes_ = 0;
   last_micro_ = true;
 }
@@ -260,12 +259,23 @@ void ZeroAdamW::done(int unit, bool backward) {
 void ZeroAdamW::reduce_group(int gi) {
   const auto& G = layout_.groups[gi];
   InFlight f{gi, {}, {}, {}};
-  if (stage_ < 2) {
+  if (stage_ == 0) {
     if (!last_micro_) return;  // accumulate locally; the last micro-batch reduces the sum
     for (int ci = G.chunk_lo; ci < G.chunk_hi; ++ci) {
       const auto& c = layout_.chunks[ci];
       f.reqs.push_back(comm_.all_reduce_async(grads_.f32() + c.lo, c.len));
       comm_bytes_ += dist::all_reduce_bytes(dp_, c.len);
+    }
+  } else if (stage_ == 1) {
+    // The sum is needed on its owner only: reduce-scatter (half an all-reduce's bytes), the
+    // weights' all-gather after the update being the other half.
+    if (!last_micro_) return;
+    f.recv = Tensor::empty({G.shard_n});
+    for (int ci = G.chunk_lo; ci < G.chunk_hi; ++ci) {
+      const auto& c = layout_.chunks[ci];
+      f.reqs.push_back(
+          comm_.reduce_scatter_async(grads_.f32() + c.lo, f.recv.f32() + (c.shard - G.shard), c.n));
+      comm_bytes_ += dist::scatter_gather_bytes(dp_, c.n);
     }
   } else {
     f.send = groups_[gi].g;
@@ -283,7 +293,7 @@ void ZeroAdamW::reduce_group(int gi) {
 
 // Reduced blocks are added in launch order, so the sums over micro-batches are deterministic.
 void ZeroAdamW::complete(InFlight& f) {
-  if (stage_ < 2) return;
+  if (stage_ == 0) return;
   const auto& G = layout_.groups[f.group];
   float* dst = g_shard_.f32() + G.shard;
   ops::cpu::add(dst, dst, f.recv.f32(), G.shard_n);
@@ -309,16 +319,14 @@ template <class F>
 void ZeroAdamW::for_each_grad_span(F&& f) {
   if (stage_ == 0) {
     f(grads_.f32(), P_);
-  } else if (stage_ == 1) {
-    for (const ShardPiece& p : pieces_) f(grads_.f32() + p.flat, p.len);
   } else {
     f(g_shard_.f32(), g_shard_.numel());  // the padding is zero
   }
 }
 
 bool ZeroAdamW::fp16_overflow() {
-  // Stages 0-1 hold the same reduced gradients on every rank; 2-3 ask every rank's shard.
-  if (stage_ < 2) return kiln::fp16_overflow(grads_.f32(), P_);
+  // Stage 0 holds the same reduced gradients on every rank; 1-3 ask every rank's shard.
+  if (stage_ == 0) return kiln::fp16_overflow(grads_.f32(), P_);
   float bad = kiln::fp16_overflow(g_shard_.f32(), g_shard_.numel()) ? 1.0f : 0.0f;
   if (dp_ > 1) {
     comm_.all_reduce(&bad, 1, dist::ReduceOp::max);
@@ -344,7 +352,7 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
     for (size_t i = 0; i < pieces_.size(); ++i) {
       if (!piece_counted_[i]) continue;
       const ShardPiece& p = pieces_[i];
-      ss += ops::cpu::sum_squares(stage_ >= 2 ? g_shard_.f32() + p.shard : grads_.f32() + p.flat,
+      ss += ops::cpu::sum_squares(stage_ >= 1 ? g_shard_.f32() + p.shard : grads_.f32() + p.flat,
                                   p.len);
     }
   } else {
@@ -364,10 +372,10 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
   if (clip > 0 && *norm > clip) scale_grads(float(clip / *norm));
   ++steps_;
   float* w = stage_ == 3 ? w_shard_.f32() : model_.weights().f32();
-  const float* g = stage_ >= 2 ? g_shard_.f32() : grads_.f32();
+  const float* g = stage_ >= 1 ? g_shard_.f32() : grads_.f32();
   for (const ShardPiece& p : pieces_) {
     const ops::AdamWParams hp = adamw_params(cfg_, lr, p.decay, steps_);
-    ops::cpu::adamw_step(w + (stage_ == 3 ? p.shard : p.flat), g + (stage_ >= 2 ? p.shard : p.flat),
+    ops::cpu::adamw_step(w + (stage_ == 3 ? p.shard : p.flat), g + (stage_ >= 1 ? p.shard : p.flat),
                          m_.f32() + p.shard, v_.f32() + p.shard, p.len, hp);
   }
   if (stage_ == 1 || stage_ == 2) {

@@ -1,6 +1,8 @@
 // Data-parallel gradient synchronization and AdamW, with ZeRO's sharding (Rajbhandari et al.
 // 2020; DeepSpeed's stages): 0 keeps everything whole and all-reduces gradients in buckets
-// overlapped with backward; 1 shards the AdamW moments; 2 also the gradients (reduce-scattered);
+// overlapped with backward; 1 shards the AdamW moments (the whole gradient accumulates over
+// micro-batches, then is reduce-scattered to its owners); 2 also shards the gradients
+// (reduce-scattered every micro-batch);
 // 3 also the weights (each unit gathered just before its forward and backward, freed after).
 // Every stage gives the single-process update up to the order of the cross-rank sums.
 #pragma once
@@ -67,7 +69,7 @@ std::vector<ShardPiece> shard_pieces(const ZeroLayout& layout, const std::vector
 // The trainer's gradient sync and optimizer for one data-parallel group (any size, 1 included).
 // A step: begin_step(); per micro-batch begin_micro(last) and TrainState::step(..., *this, ...);
 // finish_backward(); then clip_and_step(). Persistent state per rank (state_bytes):
-//   stage 0: weights P, grads P, m and v P each;  1: weights P, grads P, m and v S each;
+//   stage 0: weights P, grads P, m and v P each;  1: weights P, grads P + S, m and v S each;
 //   2: weights P, grads, m, v S each;              3: weights, grads, m, v S each  (S ~ P/dp).
 // Under ZeRO-3 the model's own flat weights are released (Model::weights() is empty) except
 // between gather_weights() and release_weights().
