@@ -19,14 +19,6 @@
 namespace kiln {
 namespace {
 
-std::vector<double> losses(const std::string& run) {
-  std::vector<double> out;
-  std::istringstream in(read_file(run + "/metrics.jsonl"));
-  std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
-  return out;
-}
-
 TEST(TrainDataParallel, MatchesOneProcess) {
   ASSERT_EQ(test::run_command("command -v mpirun").status, 0)
       << "mpirun not found: install Open MPI with scripts/setup.sh";
@@ -51,7 +43,7 @@ TEST(TrainDataParallel, MatchesOneProcess) {
     const std::string run = dir / ("dp" + std::to_string(np));
     auto r = test::run_command(test::mpirun_command(np, 120) + kiln + " run_dir=" + run);
     ASSERT_EQ(r.status, 0) << r.output;
-    auto a = losses(dir / "one"), b = losses(run);
+    auto a = test::run_losses(dir / "one"), b = test::run_losses(run);
     ASSERT_EQ(a.size(), b.size());
     for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * a[i]) << "step " << i + 1;
     auto wa = load_safetensors(dir / "one" + "/checkpoints/step_00000008/model.safetensors");

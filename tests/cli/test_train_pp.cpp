@@ -25,14 +25,6 @@
 namespace kiln {
 namespace {
 
-std::vector<double> losses(const std::string& run) {
-  std::vector<double> out;
-  std::istringstream in(read_file(run + "/metrics.jsonl"));
-  std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
-  return out;
-}
-
 // Largest |a - b| over each tensor, relative to the tensor's largest |a|.
 void expect_same_weights(const std::string& a_run, const std::string& b_run, double tol,
                          const std::string& what) {
@@ -54,7 +46,7 @@ void expect_same_weights(const std::string& a_run, const std::string& b_run, dou
 
 void expect_same_losses(const std::string& a_run, const std::string& b_run, double tol,
                         const std::string& what) {
-  auto a = losses(a_run), b = losses(b_run);
+  auto a = test::run_losses(a_run), b = test::run_losses(b_run);
   ASSERT_EQ(a.size(), 8u) << what;
   ASSERT_EQ(b.size(), a.size()) << what;
   for (size_t i = 0; i < a.size(); ++i)

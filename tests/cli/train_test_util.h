@@ -2,9 +2,14 @@
 // small corpus they train on and the mpirun they launch through.
 #pragma once
 
+#include <sstream>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "kiln/core/rng.h"
+#include "kiln/io/file.h"
 #include "test_util.h"
 
 namespace kiln::test {
@@ -18,6 +23,15 @@ inline std::string word_corpus() {
   for (int i = 0; i < 20000; ++i)
     text += std::string(words[rng.below(8)]) + (i % 9 == 8 ? ".\n" : " ");
   return text;
+}
+
+// The loss of every step a run recorded in RUN/metrics.jsonl, in order.
+inline std::vector<double> run_losses(const std::string& run) {
+  std::vector<double> out;
+  std::istringstream in(read_file(run + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
 }
 
 // The mpirun command line the tests use: any number of ranks on this machine (oversubscribed),

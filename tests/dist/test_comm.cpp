@@ -45,3 +45,17 @@ TEST(SingleComm, BadArgumentsAreErrors) {
   EXPECT_THROW(c.all_reduce(&x, -1), kiln::Error);
   EXPECT_THROW((void)c.split(-1, 0), kiln::Error);
 }
+
+namespace kiln::dist {
+namespace {
+
+// The wider collectives round-trip their values through the fp32 ones.
+TEST(Comm, WideCollectivesKeepTheirValues) {
+  SingleComm one;
+  const uint64_t big = (uint64_t(1) << 62) + 12345;
+  EXPECT_EQ(all_gather_exact(one, big), std::vector<uint64_t>{big});
+  EXPECT_EQ(all_reduce_sum(one, 1.0 + 1e-12), 1.0 + 1e-12);
+}
+
+}  // namespace
+}  // namespace kiln::dist

@@ -92,4 +92,22 @@ std::unique_ptr<Comm> SingleComm::split(int color, int key) {
   return std::make_unique<SingleComm>();
 }
 
+double all_reduce_sum(Comm& comm, double x) {
+  if (comm.size() == 1) return x;
+  float parts[2] = {float(x), float(x - double(float(x)))};
+  comm.all_reduce(parts, 2);
+  return double(parts[0]) + double(parts[1]);
+}
+
+std::vector<uint64_t> all_gather_exact(Comm& comm, uint64_t x) {
+  float mine[3];
+  for (int k = 0; k < 3; ++k) mine[k] = float((x >> (21 * k)) & ((1u << 21) - 1));
+  std::vector<float> all(size_t(3) * comm.size());
+  comm.all_gather(mine, all.data(), 3);
+  std::vector<uint64_t> out(size_t(comm.size()), 0);
+  for (size_t r = 0; r < out.size(); ++r)
+    for (int k = 0; k < 3; ++k) out[r] |= uint64_t(all[3 * r + k]) << (21 * k);
+  return out;
+}
+
 }  // namespace kiln::dist

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace kiln::dist {
 
@@ -96,6 +97,12 @@ inline int64_t all_reduce_bytes(int ranks, int64_t n) {
 inline int64_t scatter_gather_bytes(int ranks, int64_t n_per_rank) {  // reduce-scatter, all-gather
   return int64_t(ranks - 1) * n_per_rank * int64_t(sizeof(float));
 }
+
+// Collectives beyond fp32, carried by the fp32 ones. all_reduce_sum: x summed over the ranks to
+// about 48 bits (each rank sends a float and its remainder). all_gather_exact: every rank's x
+// (below 2^63; index = rank), exact (in three 21-bit pieces).
+double all_reduce_sum(Comm& comm, double x);
+std::vector<uint64_t> all_gather_exact(Comm& comm, uint64_t x);
 
 // The single-process communicator: size 1, every collective is a copy or a no-op.
 class SingleComm final : public Comm {

@@ -21,8 +21,8 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
   return model;
 }
 
-void load_sharded_buffer(const std::string& dir, const Model& model, const char* tensor,
-                         const char* runs_key, float* flat) {
+void load_sharded_buffers(const std::string& dir, const Model& model,
+                          const std::vector<ShardedBuffer>& buffers) {
   const nlohmann::json manifest = read_json_file(dir + "/manifest.json");
   int64_t params = 0;
   std::vector<std::string> files;
@@ -36,43 +36,48 @@ void load_sharded_buffer(const std::string& dir, const Model& model, const char*
   const int64_t P = model.num_params();
   KILN_CHECK(params == P, "checkpoint", dir, ": the sharded checkpoint holds ", params,
              " parameters, the model has ", P, ": the checkpoint belongs to another model");
-  // How often each element was written: exactly once, or a shard is missing (or duplicated).
-  std::vector<uint8_t> seen(size_t(P), 0);
+  // How often each element of each buffer was written: exactly once, or a shard is missing.
+  std::vector<std::vector<uint8_t>> seen(buffers.size(), std::vector<uint8_t>(size_t(P), 0));
   for (const std::string& f : files) {
     const std::string path = dir + "/" + f;
     KILN_CHECK(file_exists(path), "checkpoint", path,
                " is listed in manifest.json but missing: the sharded checkpoint is incomplete; ",
                "copy the file back or resume from an earlier checkpoint");
     auto st = load_safetensors(path);
-    const Tensor& t = st.get(tensor);
-    auto it = st.metadata.find(runs_key);
-    KILN_CHECK(it != st.metadata.end() && t.dtype() == DType::f32, "checkpoint", path,
-               ": not a kiln shard (no '", runs_key, "'); the checkpoint is damaged");
-    int64_t at = 0;
-    for (const auto& run : nlohmann::json::parse(it->second)) {
-      const int64_t full = run.at(0).get<int64_t>(), n = run.at(1).get<int64_t>();
-      KILN_CHECK(full >= 0 && n >= 0 && full + n <= P && at + n <= t.numel(), "checkpoint", path,
-                 ": a run [", full, ", ", full + n, ") falls outside the model's ", P,
-                 " parameters; the checkpoint is damaged");
-      std::memcpy(flat + full, t.f32() + at, size_t(n) * sizeof(float));
-      for (int64_t i = full; i < full + n; ++i) ++seen[size_t(i)];
-      at += n;
+    for (size_t b = 0; b < buffers.size(); ++b) {
+      const ShardedBuffer& buf = buffers[b];
+      const Tensor& t = st.get(buf.tensor);
+      auto it = st.metadata.find(buf.runs_key);
+      KILN_CHECK(it != st.metadata.end() && t.dtype() == DType::f32, "checkpoint", path,
+                 ": not a kiln shard (no '", buf.runs_key, "'); the checkpoint is damaged");
+      int64_t at = 0;
+      for (const auto& run : nlohmann::json::parse(it->second)) {
+        const int64_t full = run.at(0).get<int64_t>(), n = run.at(1).get<int64_t>();
+        KILN_CHECK(full >= 0 && n >= 0 && full + n <= P && at + n <= t.numel(), "checkpoint", path,
+                   ": a run [", full, ", ", full + n, ") falls outside the model's ", P,
+                   " parameters; the checkpoint is damaged");
+        std::memcpy(buf.flat + full, t.f32() + at, size_t(n) * sizeof(float));
+        for (int64_t i = full; i < full + n; ++i) ++seen[b][size_t(i)];
+        at += n;
+      }
     }
   }
-  auto bad = std::find_if(seen.begin(), seen.end(), [](uint8_t c) { return c != 1; });
-  if (bad == seen.end()) return;
-  const int64_t i = bad - seen.begin();
-  std::string name;
-  for (const ParamInfo& p : model.params())
-    if (i >= p.offset && i < p.offset + p.numel()) name = p.name;
-  fail("checkpoint", dir, ": ", tensor, " element ", i, " (", name, ") is in ", int(*bad),
-       " shards instead of 1: a shard file is missing from manifest.json's list or the checkpoint ",
-       "is damaged; resume from an earlier checkpoint");
+  for (size_t b = 0; b < buffers.size(); ++b) {
+    auto bad = std::find_if(seen[b].begin(), seen[b].end(), [](uint8_t c) { return c != 1; });
+    if (bad == seen[b].end()) continue;
+    const int64_t i = bad - seen[b].begin();
+    std::string name;
+    for (const ParamInfo& p : model.params())
+      if (i >= p.offset && i < p.offset + p.numel()) name = p.name;
+    fail("checkpoint", dir, ": ", buffers[b].tensor, " element ", i, " (", name, ") is in ",
+         int(*bad), " shards instead of 1: a shard file is missing from manifest.json's list or ",
+         "the checkpoint is damaged; resume from an earlier checkpoint");
+  }
 }
 
 void load_weights(Model& model, const std::string& dir) {
   if (file_exists(dir + "/manifest.json")) {  // a sharded training checkpoint
-    load_sharded_buffer(dir, model, "weights", "weight_runs", model.weights().f32());
+    load_sharded_buffers(dir, model, {{"weights", "weight_runs", model.weights().f32()}});
     return;
   }
   // One file, or shards named by an index's weight_map.

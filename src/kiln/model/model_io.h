@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kiln/model/transformer.h"
 
@@ -16,12 +17,17 @@ std::unique_ptr<Model> load_model(const std::string& dir);
 // Copies weights from a safetensors file (or index) into `model`, checking names and shapes; or
 // from a sharded training checkpoint (manifest.json, train/sharded_checkpoint.h).
 void load_weights(Model& model, const std::string& dir);
-// A sharded checkpoint's whole flat buffer `flat` (the model's P floats): tensor `tensor` of every
-// shard file manifest.json lists, placed by the runs ([[offset, n], ...]) in its metadata
-// `runs_key`. Every element must come exactly once: a missing shard, a shard of another model or
-// a hole is an error naming it.
-void load_sharded_buffer(const std::string& dir, const Model& model, const char* tensor,
-                         const char* runs_key, float* flat);
+// Whole flat buffers (the model's P floats each) from a sharded checkpoint, reading each shard
+// file manifest.json lists once: buffer `flat` takes tensor `tensor` of every shard, placed by the
+// runs ([[offset, n], ...]) in its metadata `runs_key`. Every element must come exactly once: a
+// missing shard, a shard of another model or a hole is an error naming it.
+struct ShardedBuffer {
+  const char* tensor;
+  const char* runs_key;
+  float* flat;
+};
+void load_sharded_buffers(const std::string& dir, const Model& model,
+                          const std::vector<ShardedBuffer>& buffers);
 // Writes config.json and model.safetensors into `dir` (created if missing), the weights as F32
 // or (rounded to nearest even) BF16.
 void save_model(const Model& model, const std::string& dir, DType dtype = DType::f32);

@@ -5,7 +5,6 @@
 #include <string>
 
 #include "kiln/core/error.h"
-#include "kiln/ops/elementwise.h"
 
 namespace kiln {
 
@@ -80,8 +79,7 @@ TensorParallelMap::TensorParallelMap(const ModelConfig& full, int tp, int rank)
     auto set = [&](decltype(Split::axis) axis, int parts, int64_t size) {
       s = {axis, parts, rank * size, size};
     };
-    if (n == "model.embed_tokens.weight" || n == "transformer.wte.weight" ||
-        n == "lm_head.weight") {
+    if (is_token_embedding(n) || n == "lm_head.weight") {
       s = {Split::rows, 1, vocab_.first, vocab_.second - vocab_.first};
     } else if (llama) {
       if (ends_with(n, "q_proj.weight")) set(Split::rows, 1, HDl);
@@ -102,10 +100,7 @@ TensorParallelMap::TensorParallelMap(const ModelConfig& full, int tp, int rank)
     const int64_t R = f.shape[0], Cf = f.shape.size() == 2 ? f.shape[1] : 1;
     if (s.axis == Split::whole || tp == 1) {
       segments_.push_back({f.offset, l.offset, f.numel()});
-      if (s.axis == Split::whole) {
-        replicated_.emplace_back(l.offset, l.numel());
-        replicated_names_.insert(n);
-      }
+      if (s.axis == Split::whole) replicated_names_.insert(n);
     } else if (s.axis == Split::rows) {
       const int64_t block = R / s.parts;
       for (int j = 0; j < s.parts; ++j)
@@ -147,17 +142,6 @@ void TensorParallelMap::gather_to_root(dist::Comm& tp, const float* local, float
     tp.recv(buf.data(), other.local_params(), r, kTag);
     other.gather(buf.data(), full);
   }
-}
-
-double TensorParallelMap::grad_sum_squares(dist::Comm& tp, const float* g) const {
-  double ss = ops::cpu::sum_squares(g, local_params_);
-  if (rank_ != 0)  // replicated parameters count once: on rank 0
-    for (auto [off, n] : replicated_) ss -= ops::cpu::sum_squares(g + off, n);
-  // The communicator sums floats: send the double as a float and its remainder, so the sum keeps
-  // about 48 bits.
-  float parts[2] = {float(ss), float(ss - double(float(ss)))};
-  tp.all_reduce(parts, 2);
-  return std::max(0.0, double(parts[0]) + double(parts[1]));
 }
 
 TrainOptions TensorParallelMap::train_options(TrainOptions base, dist::Comm* tp,

@@ -49,9 +49,6 @@ class TensorParallelMap {
   // Gathers every rank's shard of a buffer into `full` on tp rank 0 (send/recv over `tp`;
   // collective over tp, `full` is only written on rank 0 and may be null elsewhere).
   void gather_to_root(dist::Comm& tp, const float* local, float* full) const;
-  // The squared L2 norm of the full model's gradient from every rank's shard (each replicated
-  // parameter counted once). Collective over tp; every rank gets the same value.
-  double grad_sum_squares(dist::Comm& tp, const float* local_grads) const;
 
   // Where the shard's pieces sit: f(full offset, local offset, length) for every run, in the
   // two flat layouts.
@@ -74,7 +71,6 @@ class TensorParallelMap {
   std::pair<int, int> vocab_;
   int64_t full_params_ = 0, local_params_ = 0;
   std::vector<Segment> segments_;
-  std::vector<std::pair<int64_t, int64_t>> replicated_;  // local (offset, n) of whole parameters
   std::set<std::string> replicated_names_;
 };
 

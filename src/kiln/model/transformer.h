@@ -63,6 +63,11 @@ void for_each_pointer(ModelParams& m, F&& f) {
       f(*p);
 }
 
+// Whether `name` is the token embedding (Llama's embed_tokens, GPT-2's wte).
+inline bool is_token_embedding(const std::string& name) {
+  return name == "model.embed_tokens.weight" || name == "transformer.wte.weight";
+}
+
 // The parameters a model with this config holds (all of them, or one pipeline stage's), in
 // flat-buffer order.
 std::vector<ParamInfo> param_layout(const ModelConfig& cfg, const PipelineStage& stage);

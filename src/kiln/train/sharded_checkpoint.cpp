@@ -20,10 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool is_token_embedding(const std::string& name) {
-  return name == "model.embed_tokens.weight" || name == "transformer.wte.weight";
-}
-
 std::string shard_name(int rank) {
   char buf[40];
   std::snprintf(buf, sizeof buf, "shard_%05d.safetensors", rank);
@@ -152,9 +148,10 @@ bool is_sharded_checkpoint(const std::string& dir) {
 }
 
 void load_sharded_state(const std::string& dir, Model& model, AdamW& opt) {
-  load_sharded_buffer(dir, model, "weights", "weight_runs", model.weights().f32());
-  load_sharded_buffer(dir, model, "exp_avg", "moment_runs", opt.m().f32());
-  load_sharded_buffer(dir, model, "exp_avg_sq", "moment_runs", opt.v().f32());
+  load_sharded_buffers(dir, model,
+                       {{"weights", "weight_runs", model.weights().f32()},
+                        {"exp_avg", "moment_runs", opt.m().f32()},
+                        {"exp_avg_sq", "moment_runs", opt.v().f32()}});
 }
 
 }  // namespace kiln

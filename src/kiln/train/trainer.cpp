@@ -86,39 +86,25 @@ double evaluate(const BatchSource& val, int B, int T, int row0, int max_batches,
 }
 
 // Every rank must train the same configuration: a rank started with other overrides would
-// silently compute something else. Compares a hash of each rank's resolved YAML (exact in fp32 as
-// three 21-bit pieces) across the world.
+// silently compute something else. Compares a hash of each rank's resolved YAML across the world.
 void check_same_config(const TrainConfig& cfg, dist::Comm& comm) {
   if (comm.size() == 1) return;
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  uint64_t h = 1469598103934665603ull;  // FNV-1a, kept to 63 bits for all_gather_exact
   for (unsigned char c : cfg.yaml) h = (h ^ c) * 1099511628211ull;
-  float mine[3];
-  for (int k = 0; k < 3; ++k) mine[k] = float((h >> (21 * k)) & ((1u << 21) - 1));
-  std::vector<float> all(size_t(3) * comm.size());
-  comm.all_gather(mine, all.data(), 3);
+  const std::vector<uint64_t> all = dist::all_gather_exact(comm, h >> 1);
   std::string differ;
   for (int r = 1; r < comm.size(); ++r)
-    if (!std::equal(all.begin(), all.begin() + 3, all.begin() + 3 * r))
-      differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+    if (all[size_t(r)] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
   KILN_CHECK(differ.empty(), "train", "rank(s) ", differ,
              " were started with a different configuration than rank 0 (config file or ",
              "overrides differ); start every rank with the same config and overrides");
 }
 
-// The largest of every rank's x >= 0, exactly: the fp32 collective carries 21-bit pieces.
+// The largest of every rank's x >= 0, exactly.
 int64_t max_over_ranks(int64_t x, dist::Comm& comm) {
   if (comm.size() == 1) return x;
-  float mine[3];
-  for (int k = 0; k < 3; ++k) mine[k] = float((uint64_t(x) >> (21 * k)) & ((1u << 21) - 1));
-  std::vector<float> all(size_t(3) * comm.size());
-  comm.all_gather(mine, all.data(), 3);
-  int64_t most = 0;
-  for (int r = 0; r < comm.size(); ++r) {
-    int64_t v = 0;
-    for (int k = 0; k < 3; ++k) v |= int64_t(all[3 * r + k]) << (21 * k);
-    most = std::max(most, v);
-  }
-  return most;
+  const std::vector<uint64_t> all = dist::all_gather_exact(comm, uint64_t(x));
+  return int64_t(*std::max_element(all.begin(), all.end()));
 }
 
 // The whole model's gradient L2 norm from this rank's part, the same on every rank: parameters a
@@ -129,16 +115,13 @@ double whole_grad_norm(const Model& m, const float* g, const TensorParallelMap* 
   const bool tied_copy = pp && pp->rank() > 0;
   double sq = 0;
   for (const ParamInfo& p : m.params()) {
-    if (tied_copy && (p.name == "model.embed_tokens.weight" || p.name == "transformer.wte.weight"))
-      continue;
+    if (tied_copy && is_token_embedding(p.name)) continue;
     if (tpm && tpm->rank() != 0 && tpm->replicated(p.name)) continue;
     sq += ops::cpu::sum_squares(g + p.offset, p.numel());
   }
-  // The communicator sums floats: the double goes as a float and its remainder (~48 bits).
-  float parts[2] = {float(sq), float(sq - double(float(sq)))};
-  if (tpm) tp->all_reduce(parts, 2);
-  if (pp) pp->all_reduce(parts, 2);
-  return std::sqrt(double(parts[0]) + double(parts[1]));
+  if (tpm) sq = dist::all_reduce_sum(*tp, sq);
+  if (pp) sq = dist::all_reduce_sum(*pp, sq);
+  return std::sqrt(sq);
 }
 
 // The whole model and its optimizer state on world rank 0, from the parts this rank's layout

@@ -361,11 +361,9 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
   // Sharded stages: the global norm from every rank's sum of squares (fp32 on the wire: the
   // clip factor moves by ~1e-7 relative, well inside the data-parallel tolerance).
   if (stage_ > 0 && dp_ > 1) ss = sum_over_ranks(float(ss));
-  if (norm_tp_) {  // a float and its remainder: ~48 bits through the fp32 all-reduce
-    float parts[2] = {float(ss), float(ss - double(float(ss)))};
-    norm_tp_->all_reduce(parts, 2);
+  if (norm_tp_) {
+    ss = dist::all_reduce_sum(*norm_tp_, ss);
     comm_bytes_ += dist::all_reduce_bytes(norm_tp_->size(), 2);
-    ss = double(parts[0]) + double(parts[1]);
   }
   *norm = std::sqrt(ss);
   if (!std::isfinite(*norm)) return false;
