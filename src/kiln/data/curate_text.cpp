@@ -67,8 +67,11 @@ uint64_t hash64(const void* data, size_t n, uint64_t seed) {
   return mix(mix(a ^ k1, b ^ h), len ^ k2);
 }
 
-void split_words(std::string_view text, std::vector<std::string_view>& words) {
-  words.clear();
+namespace {
+
+// The word tokenizer itself: emit(word) for every token, in order (see split_words).
+template <class Emit>
+void for_each_word(std::string_view text, Emit&& emit) {
   const size_t n = text.size();
   for (size_t i = 0; i < n;) {
     while (i < n && is_space(static_cast<unsigned char>(text[i]))) ++i;
@@ -76,36 +79,31 @@ void split_words(std::string_view text, std::vector<std::string_view>& words) {
     while (i < n && !is_space(static_cast<unsigned char>(text[i]))) ++i;
     size_t e = i;
     if (s == e) break;
-    // Most words carry no punctuation at either end: one test each, then one push.
+    // Most words carry no punctuation at either end: one test each, then one token.
     if (!is_ascii_punct(static_cast<unsigned char>(text[s])) &&
         !is_ascii_punct(static_cast<unsigned char>(text[e - 1]))) {
-      words.push_back(text.substr(s, e - s));
+      emit(text.substr(s, e - s));
       continue;
     }
-    while (s < e && is_ascii_punct(static_cast<unsigned char>(text[s])))
-      words.push_back(text.substr(s++, 1));
+    while (s < e && is_ascii_punct(static_cast<unsigned char>(text[s]))) emit(text.substr(s++, 1));
     size_t core_end = e;
     while (core_end > s && is_ascii_punct(static_cast<unsigned char>(text[core_end - 1])))
       --core_end;
-    if (core_end > s) words.push_back(text.substr(s, core_end - s));
-    for (size_t k = core_end; k < e; ++k) words.push_back(text.substr(k, 1));
+    if (core_end > s) emit(text.substr(s, core_end - s));
+    for (size_t k = core_end; k < e; ++k) emit(text.substr(k, 1));
   }
+}
+
+}  // namespace
+
+void split_words(std::string_view text, std::vector<std::string_view>& words) {
+  words.clear();
+  for_each_word(text, [&](std::string_view w) { words.push_back(w); });
 }
 
 size_t count_words(std::string_view text) {
   size_t count = 0;
-  const size_t n = text.size();
-  for (size_t i = 0; i < n;) {
-    while (i < n && is_space(static_cast<unsigned char>(text[i]))) ++i;
-    size_t s = i;
-    while (i < n && !is_space(static_cast<unsigned char>(text[i]))) ++i;
-    size_t e = i;
-    size_t lead = 0, trail = 0;
-    while (s + lead < e && is_ascii_punct(static_cast<unsigned char>(text[s + lead]))) ++lead;
-    while (e - trail > s + lead && is_ascii_punct(static_cast<unsigned char>(text[e - trail - 1])))
-      ++trail;
-    count += lead + trail + (e - s > lead + trail ? 1 : 0);
-  }
+  for_each_word(text, [&](std::string_view) { ++count; });
   return count;
 }
 
