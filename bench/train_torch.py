@@ -4,6 +4,11 @@
 Usage (Debian's interpreter, which has torch):
   /usr/bin/python3 bench/train_torch.py --model-config configs/models/llama-bench.json --batch 8 --seq 256 \
       --threads 2 --steps 5 [--seed 0] [--warmup 2] [--precision fp32|bf16]
+On a GPU (the peer of `kiln bench train --device cuda`, bench/gpu_bench.sh):
+  python3 bench/train_torch.py --device cuda --model-config configs/models/gpt2-124m.json --batch 16 --seq 1024 \
+      --threads 16 --steps 20 --precision bf16 [--compile] [--peak-tflops 989]
+  cuda: the model on the GPU, attention through F.scaled_dot_product_attention (flash), bf16 autocast, fused
+  AdamW, torch.compile with --compile; also prints "tflops" and "mfu" (against --peak-tflops, dense bf16).
 Prints ONE JSON line:
   {"impl":"pytorch","model":...,"precision":...,"threads":N,"batch":B,"seq":T,"tokens_per_s":...,"step_ms_median":...,
    "gflops":...,"params":...,"matmul_params":...,"losses":[...]}
@@ -62,6 +67,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (cuda)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
     a = p.parse_args(argv)
     for k in ("batch", "seq", "threads", "steps"):
         if getattr(a, k) < 1:
@@ -75,13 +83,23 @@ def main(argv=None):
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    if a.device == "cuda":
+        # The fast path PyTorch users take: fused SDPA (FlashAttention) instead of eager attention.
+        import torch.nn.functional as F
+        tm.causal_attention = lambda q, k, v, scale: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                     scale=scale)
+        torch.backends.cuda.matmul.allow_tf32 = True
     model = tm.init_weights(tm.build_model(cfg), seed=a.seed)
+    model.to(dev)
     model.train()
+    fwd = torch.compile(model) if a.compile else model
     V = cfg["vocab_size"]
     g = torch.Generator().manual_seed(a.seed + 1)
     n_total = a.warmup + a.steps
-    data = torch.randint(0, V, (n_total, a.batch, a.seq + 1), generator=g)  # (steps, B, T+1)
-    opt = torch.optim.AdamW(tm.weight_decay_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+    data = torch.randint(0, V, (n_total, a.batch, a.seq + 1), generator=g).to(dev)  # (steps, B, T+1)
+    opt = torch.optim.AdamW(tm.weight_decay_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
+                            **({"fused": True} if a.device == "cuda" else {}))
 
     times, losses = [], []
     for i in range(n_total):
@@ -89,13 +107,13 @@ def main(argv=None):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         if a.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = tm.lm_loss(model(x), y)
+            with torch.autocast(a.device, dtype=torch.bfloat16):
+                loss = tm.lm_loss(fwd(x), y)
         else:
-            loss = tm.lm_loss(model(x), y)
+            loss = tm.lm_loss(fwd(x), y)
         loss.backward()
         opt.step()
-        lv = loss.item()
+        lv = loss.item()  # waits for the GPU
         dt = time.perf_counter() - t0
         if i >= a.warmup:
             times.append(dt)
@@ -103,7 +121,12 @@ def main(argv=None):
 
     med = statistics.median(times)
     tokens = a.batch * a.seq
-    print(json.dumps({
+    gpu = {}
+    if a.device == "cuda":
+        tflops = flops_per_step(model, cfg, a.batch, a.seq) / med / 1e12
+        gpu = {"device": "cuda", "gpu": torch.cuda.get_device_name(0), "compile": a.compile,
+               "tflops": round(tflops, 2), "mfu": round(tflops / a.peak_tflops, 4), "peak_tflops": a.peak_tflops}
+    print(json.dumps({**gpu,
         "impl": "pytorch", "model": os.path.basename(a.model_config), "precision": a.precision,
         "threads": a.threads, "batch": a.batch, "seq": a.seq, "torch": torch.__version__,
         "tokens_per_s": round(tokens / med, 1), "step_ms_median": round(med * 1e3, 2),

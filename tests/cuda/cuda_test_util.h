@@ -14,10 +14,11 @@
 #include "kiln/cuda/runtime.h"
 
 // In each GPU test: skips (ctest reports the test file as skipped) when there is no GPU.
-#define KILN_REQUIRE_GPU()                                                               \
-  do {                                                                                   \
-    if (!::kiln::cuda::available())                                                      \
-      GTEST_SKIP() << "no GPU, so the CUDA case did not run: " << ::kiln::cuda::unavailable_reason(); \
+#define KILN_REQUIRE_GPU()                                     \
+  do {                                                         \
+    if (!::kiln::cuda::available())                            \
+      GTEST_SKIP() << "no GPU, so the CUDA case did not run: " \
+                   << ::kiln::cuda::unavailable_reason();      \
   } while (0)
 
 namespace kiln::test {

@@ -1,5 +1,6 @@
 // kiln bench train --model-config CONFIG.json --batch B --seq T --steps S [--seed S]
 //                  [--tp T --pp P --zero Z --sp --schedule 1f1b|gpipe --accum M]
+//                  [--device cuda [--tf32] [--peak-tflops F]]
 // Times full training steps (forward, backward, AdamW) on synthetic tokens; one JSON line. With
 // a layout flag, or under mpirun, the steps are the real trainer's in that layout.
 #include <unistd.h>
@@ -22,6 +23,10 @@
 #include "kiln/model/transformer.h"
 #include "kiln/ops/matmul.h"
 #include "kiln/ops/matmul_bf16.h"
+#include "kiln/train/cuda_train_state.h"
+#ifdef KILN_HAVE_CUDA
+#include "kiln/cuda/bench.h"
+#endif
 #include "kiln/train/optimizer.h"
 #include "kiln/train/trainer.h"
 
@@ -39,7 +44,23 @@ struct BenchTrainArgs {
   bool sp = false;
   std::string schedule = "1f1b";
   double bucket_mb = TrainConfig{}.parallel.bucket_mb;
+  std::string device = "cpu";
+  bool tf32 = false;
+  double peak_tflops = 0;  // 0: from the GPU's name (dense bf16 tensor-core peak)
 };
+
+// Dense (non-sparse) bf16 tensor-core peak of a GPU by name, in TFLOP/s; 0 when unknown.
+double dense_bf16_peak_tflops(const std::string& name) {
+  struct Known {
+    const char* tag;
+    double tflops;
+  };
+  // NVIDIA data sheets: H100 SXM 989, H100 PCIe 756, H200 989, A100 312, L40S 362.
+  for (Known k : {Known{"H100 PCIe", 756}, Known{"H100", 989}, Known{"H200", 989},
+                  Known{"GH200", 989}, Known{"A100", 312}, Known{"L40S", 362}})
+    if (name.find(k.tag) != std::string::npos) return k.tflops;
+  return 0;
+}
 
 // FLOPs of one training step: 6 per parameter per token for the matmuls (forward 2, backward 4),
 // counting the LM head but not embedding lookups, plus causal attention: QK^T and PV are
@@ -89,6 +110,8 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   cfg.parallel.sequence_parallel = a.sp;
   cfg.parallel.schedule = a.schedule;
   cfg.parallel.bucket_mb = a.bucket_mb;
+  cfg.device = a.device;
+  cfg.train.tf32 = a.tf32;
   // The trainer compares this text across ranks: every rank must be started with the same flags.
   cfg.yaml = nlohmann::json{{"bench", "train"},
                             {"model_config", a.model_config},
@@ -106,7 +129,9 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
                             {"sp", a.sp},
                             {"schedule", a.schedule},
                             {"accum", a.accum},
-                            {"bucket_mb", a.bucket_mb}}
+                            {"bucket_mb", a.bucket_mb},
+                            {"device", a.device},
+                            {"tf32", a.tf32}}
                  .dump() +
              "\n";
   // The trainer still writes config.yaml and metrics.jsonl (rank 0 only): into a scratch
@@ -138,6 +163,18 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   j["precision"] = a.precision;
   j["step_ms_median"] = med;
   j["tokens_per_s"] = double(a.batch) * a.seq * a.accum / (med / 1e3);
+  j["device"] = a.device;
+  if (a.device == "cuda") {
+    const std::string gpu = cuda_device_name();
+    const double flops = train_flops(cfg.model, cfg.model.num_params(), a.batch * a.accum, a.seq);
+    const double achieved = flops / (med / 1e3) / 1e12;
+    const double peak = a.peak_tflops > 0 ? a.peak_tflops : dense_bf16_peak_tflops(gpu);
+    j["gpu"] = gpu;
+    j["tf32"] = a.tf32;
+    j["tflops"] = achieved;
+    if (peak > 0) j["mfu"] = achieved / peak;  // against the dense bf16 peak
+    j["peak_tflops"] = peak;
+  }
   j["state_bytes"] = r.state_bytes;
   j["comm_bytes"] = r.comm_bytes;
   j["losses"] = r.losses;
@@ -172,7 +209,13 @@ Command reg([](CLI::App& app) {
       cmd->add_option("--accum", a->accum, "Micro-batches per step (pipeline micro-batches)")
           ->capture_default_str(),
       cmd->add_option("--bucket-mb", a->bucket_mb, "Gradient all-reduce bucket (MB)")
-          ->capture_default_str()};
+          ->capture_default_str(),
+      cmd->add_option("--device", a->device, "cpu | cuda (the trainer on one GPU)")
+          ->check(CLI::IsMember({"cpu", "cuda"}))
+          ->capture_default_str(),
+      cmd->add_flag("--tf32", a->tf32, "With --device cuda --precision fp32: TF32 tensor cores"),
+      cmd->add_option("--peak-tflops", a->peak_tflops,
+                      "The GPU's dense bf16 peak for MFU (default: by its name)")};
   cmd->callback([a, layout] {
     if (dist::launched_world_size() > 1) {
       run_on_mpi_world(TrainConfig{}.parallel.timeout_s,
@@ -227,6 +270,47 @@ Command reg([](CLI::App& app) {
   // kiln bench gemm: achieved GFLOP/s of the GEMM kiln calls, on a large square problem (the
   // machine's practical peak) and on the training benchmark's shapes.
   auto reps = std::make_shared<int>(20);
+  // kiln bench attention: the GPU flash attention alone (PyTorch's peer: bench/attention_torch.py).
+  struct AttnArgs {
+    int batch = 4, seq = 4096, heads = 16, kv_heads = 16, head_dim = 128, reps = 20;
+    std::string precision = "bf16";
+  };
+  auto at = std::make_shared<AttnArgs>();
+  auto* attn = bench->add_subcommand("attention", "Time causal flash attention on the GPU");
+  attn->add_option("--batch", at->batch)->capture_default_str();
+  attn->add_option("--seq", at->seq)->capture_default_str();
+  attn->add_option("--heads", at->heads)->capture_default_str();
+  attn->add_option("--kv-heads", at->kv_heads)->capture_default_str();
+  attn->add_option("--head-dim", at->head_dim)->capture_default_str();
+  attn->add_option("--reps", at->reps, "Timed repetitions (median)")->capture_default_str();
+  attn->add_option("--precision", at->precision, "bf16 | fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}))
+      ->capture_default_str();
+  attn->callback([at] {
+#ifdef KILN_HAVE_CUDA
+    cuda::AttentionTiming t = cuda::time_attention(at->batch, at->seq, at->heads, at->kv_heads,
+                                                   at->head_dim, at->precision == "bf16", at->reps);
+    nlohmann::ordered_json j{{"impl", "kiln"},
+                             {"gpu", cuda::device_description()},
+                             {"precision", at->precision},
+                             {"batch", at->batch},
+                             {"seq", at->seq},
+                             {"heads", at->heads},
+                             {"kv_heads", at->kv_heads},
+                             {"head_dim", at->head_dim},
+                             {"fwd_ms", t.fwd_ms},
+                             {"bwd_ms", t.bwd_ms},
+                             {"fwd_tflops", t.fwd_tflops},
+                             {"fwd_bwd_tflops", t.fwd_bwd_tflops}};
+    std::printf("%s\n", j.dump().c_str());
+#else
+    fail("bench",
+         "bench attention runs on the GPU, and this kiln was built without the CUDA "
+         "backend; install the CUDA toolkit and rebuild (bash scripts/build.sh "
+         "-DKILN_CUDA=ON)");
+#endif
+  });
+
   auto* gemm = bench->add_subcommand("gemm", "GEMM GFLOP/s: peak and training shapes");
   gemm->add_option("--reps", *reps, "Repetitions per shape (median)")->capture_default_str();
   gemm->callback([reps] {

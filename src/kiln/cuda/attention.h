@@ -9,6 +9,10 @@
 
 namespace kiln::cuda {
 
+// Positions per KV block: must equal kiln::kBlockTokens (infer/kv_cache.h; the infer layer's
+// callers static_assert it, as this layer may not include infer/).
+constexpr int kPagedBlockTokens = 16;
+
 // T is float or bf16 (bf16 runs QK^T and PV on tensor cores, fp32 accumulation and softmax).
 // D up to 256 (a multiple of 8 for bf16).
 template <typename T>
@@ -17,8 +21,8 @@ void attention_forward(T* out, float* lse, const T* qkv, int B, int Tn, int H, i
 // dqkv overwritten. Needs B*H*Tn floats of scratch (the rowwise dot(dout, out)), taken from the
 // device pool.
 template <typename T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
-                        int B, int Tn, int H, int K, int D, cudaStream_t s);
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B,
+                        int Tn, int H, int K, int D, cudaStream_t s);
 
 // The paged KV pool on the device, the layout of KvCache's pool: (num_blocks, layers, 2,
 // kBlockTokens, kv_dim), K before V in each block, kv_dim = K*D.

@@ -20,8 +20,7 @@ template <typename T>
 void embedding_forward(T* out, const int* ids, const float* table, int N, int C, bool accumulate,
                        cudaStream_t s);
 template <typename T>
-void embedding_backward(float* dtable, const T* dout, const int* ids, int N, int C,
-                        cudaStream_t s);
+void embedding_backward(float* dtable, const T* dout, const int* ids, int N, int C, cudaStream_t s);
 
 // ---- ops/rms_norm.h (dx +=, dw +=) ----
 template <typename T>
@@ -60,7 +59,7 @@ void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, cudaStream_t s);
 // ---- ops/elementwise.h ----
 template <typename T>
 void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t s);  // out = a + b
-void scale(float* x, float v, int64_t n, cudaStream_t s);              // x *= v
+void scale(float* x, float v, int64_t n, cudaStream_t s);             // x *= v
 // *result (one double on the device) = sum of x^2, in double, in a fixed order.
 void sum_squares(double* result, const float* x, int64_t n, cudaStream_t s);
 

@@ -1,11 +1,11 @@
 #include "kiln/cuda/runtime.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
-#include <algorithm>
 
 namespace kiln::cuda {
 
@@ -16,7 +16,9 @@ void check(cudaError_t err, const char* call, const char* op) {
                   cudaGetErrorName(err), ")"));
 }
 
-void check_launch(const char* op) { check(cudaGetLastError(), "kernel launch", op); }
+void check_launch(const char* op) {
+  check(cudaGetLastError(), "kernel launch", op);
+}
 
 namespace {
 
@@ -58,11 +60,21 @@ const DeviceInfo& info() {
 
 }  // namespace
 
-bool available() { return info().ok; }
-std::string unavailable_reason() { return info().ok ? "" : info().reason; }
-std::string device_description() { return info().description; }
-int compute_capability() { return info().cc; }
-int sm_count() { return info().sms; }
+bool available() {
+  return info().ok;
+}
+std::string unavailable_reason() {
+  return info().ok ? "" : info().reason;
+}
+std::string device_description() {
+  return info().description;
+}
+int compute_capability() {
+  return info().cc;
+}
+int sm_count() {
+  return info().sms;
+}
 
 void require(const char* op) {
   if (!available())
@@ -78,18 +90,26 @@ Stream::Stream() {
 Stream::~Stream() {
   if (s_) cudaStreamDestroy(s_);
 }
-void Stream::synchronize(const char* op) const { KILN_CUDA(op, cudaStreamSynchronize(s_)); }
+void Stream::synchronize(const char* op) const {
+  KILN_CUDA(op, cudaStreamSynchronize(s_));
+}
 
 Event::Event(bool timing) {
-  KILN_CUDA("event", cudaEventCreateWithFlags(&e_, timing ? cudaEventDefault
-                                                           : cudaEventDisableTiming));
+  KILN_CUDA("event",
+            cudaEventCreateWithFlags(&e_, timing ? cudaEventDefault : cudaEventDisableTiming));
 }
 Event::~Event() {
   if (e_) cudaEventDestroy(e_);
 }
-void Event::record(cudaStream_t s) { KILN_CUDA("event", cudaEventRecord(e_, s)); }
-void Event::wait_on(cudaStream_t s) const { KILN_CUDA("event", cudaStreamWaitEvent(s, e_, 0)); }
-void Event::synchronize() const { KILN_CUDA("event", cudaEventSynchronize(e_)); }
+void Event::record(cudaStream_t s) {
+  KILN_CUDA("event", cudaEventRecord(e_, s));
+}
+void Event::wait_on(cudaStream_t s) const {
+  KILN_CUDA("event", cudaStreamWaitEvent(s, e_, 0));
+}
+void Event::synchronize() const {
+  KILN_CUDA("event", cudaEventSynchronize(e_));
+}
 bool Event::done() const {
   cudaError_t err = cudaEventQuery(e_);
   if (err == cudaErrorNotReady) return false;
@@ -122,7 +142,7 @@ struct CachingPool::Impl {
     uintptr_t stream;
   };
   std::mutex mu;
-  std::unordered_map<void*, Block> live;                      // handed out
+  std::unordered_map<void*, Block> live;                              // handed out
   std::map<std::pair<uintptr_t, size_t>, std::vector<void*>> cached;  // (stream, size) -> free
   Stats stats;
 };
@@ -214,7 +234,9 @@ void* cuda_raw_alloc(size_t bytes, void*) {
   check(err, "cudaMalloc", "device_pool");
   return p;
 }
-void cuda_raw_free(void* p, void*) { cudaFree(p); }
+void cuda_raw_free(void* p, void*) {
+  cudaFree(p);
+}
 }  // namespace
 
 CachingPool& device_pool() {
@@ -227,11 +249,15 @@ void* device_alloc(size_t bytes, cudaStream_t stream, const char* op) {
   require(op);
   return device_pool().allocate(bytes, reinterpret_cast<uintptr_t>(stream), op);
 }
-void device_free(void* p) { device_pool().release(p); }
+void device_free(void* p) {
+  device_pool().release(p);
+}
 
 // ---- pinned memory and copies ----
 
-PinnedBuffer::PinnedBuffer(size_t bytes) { reserve(bytes); }
+PinnedBuffer::PinnedBuffer(size_t bytes) {
+  reserve(bytes);
+}
 PinnedBuffer::~PinnedBuffer() {
   if (p_) cudaFreeHost(p_);
 }

@@ -103,12 +103,12 @@ class CachingPool {
   // Throws Error (naming `op`, the bytes and the pool's state) when even an emptied cache cannot
   // give the memory.
   void* allocate(size_t bytes, uintptr_t stream, const char* op);
-  void release(void* p);    // back to the pool of the stream it was allocated on
-  void empty_cache();       // returns every cached (free) block to the raw allocator
+  void release(void* p);  // back to the pool of the stream it was allocated on
+  void empty_cache();     // returns every cached (free) block to the raw allocator
 
   struct Stats {
-    size_t in_use = 0;       // bytes handed out (rounded sizes)
-    size_t reserved = 0;     // bytes held from the raw allocator (in use + cached)
+    size_t in_use = 0;    // bytes handed out (rounded sizes)
+    size_t reserved = 0;  // bytes held from the raw allocator (in use + cached)
     size_t peak_in_use = 0;
     int64_t raw_allocs = 0;  // calls to the raw allocator
   };
@@ -174,7 +174,8 @@ class PinnedBuffer {
 
 // Explicit copies. The synchronous forms stage through a pinned buffer and return when the data
 // has arrived; the async forms need pinned (or device) memory on the host side and return at once.
-void to_device(void* dst, const void* src, size_t bytes, cudaStream_t s, const char* op = "to_device");
+void to_device(void* dst, const void* src, size_t bytes, cudaStream_t s,
+               const char* op = "to_device");
 void to_host(void* dst, const void* src, size_t bytes, cudaStream_t s, const char* op = "to_host");
 void copy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s,
                 const char* op);

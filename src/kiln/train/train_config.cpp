@@ -116,12 +116,15 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 
   TrainConfig c;
   check_keys(root, "",
-             {"run_dir", "seed", "threads", "model", "init_from", "data", "train", "optim",
+             {"run_dir", "seed", "threads", "device", "model", "init_from", "data", "train", "optim",
               "loss_scale", "parallel"},
              path);
   read(root, "", "run_dir", c.run_dir, path);
   read(root, "", "seed", c.seed, path);
   read(root, "", "threads", c.threads, path);
+  read(root, "", "device", c.device, path);
+  KILN_CHECK(c.device == "cpu" || c.device == "cuda", "config", path, ": device is '", c.device,
+             "'; use cpu or cuda");
   read(root, "", "init_from", c.init_from, path);
   KILN_CHECK(root["model"] || !c.init_from.empty(), "config", path,
              ": no 'model' section; give the model's Hugging Face config keys under model:, or "
@@ -166,7 +169,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
              {"steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
               "checkpoint_every", "final_checkpoint", "keep_checkpoints", "log_every", "samples",
               "sample_tokens", "precision", "recompute", "recompute_layers", "max_skips",
-              "inject_overflow_at", "checkpoint_dtype"},
+              "inject_overflow_at", "checkpoint_dtype", "tf32"},
              path);
   if (tr) {
     read(tr, "train", "steps", c.train.steps, path);
@@ -184,6 +187,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     std::string precision = "fp32", recompute = "none";
     read(tr, "train", "precision", precision, path);
     read(tr, "train", "recompute", recompute, path);
+    read(tr, "train", "tf32", c.train.tf32, path);
     c.train.precision = precision_from_name(precision);
     c.train.recompute = recompute_from_name(recompute);
     read(tr, "train", "recompute_layers", c.train.recompute_layers, path);

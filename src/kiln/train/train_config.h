@@ -17,6 +17,10 @@ struct TrainConfig {
   std::string run_dir = "runs/default";
   uint64_t seed = 1337;
   int threads = 0;  // 0 = all cores
+  // Where the model trains: "cpu" (default) or "cuda" (one GPU per rank; needs a kiln built with
+  // the CUDA backend and a GPU). With cuda, train.precision bf16 runs bf16 activations and GEMMs on
+  // tensor cores, fp32 exact fp32 GEMMs (train.tf32: true allows TF32 tensor cores).
+  std::string device = "cpu";
 
   ModelConfig model;
   bool vocab_from_tokenizer = false;  // model.vocab_size omitted: take the tokenizer's
@@ -49,6 +53,7 @@ struct TrainConfig {
     int samples = 2;    // sample generations printed at the end
     int sample_tokens = 200;
     Precision precision = Precision::fp32;
+    bool tf32 = false;  // device cuda, precision fp32: let fp32 GEMMs use TF32 tensor cores
     Recompute recompute = Recompute::none;
     int recompute_layers = -1;  // layers (from the first) that recompute; -1 = all
     int max_skips = 10;         // consecutive skipped steps (non-finite / overflow) before stopping

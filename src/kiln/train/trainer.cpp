@@ -21,6 +21,7 @@
 #include "kiln/model/model_io.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/train/checkpoint.h"
+#include "kiln/train/cuda_train_state.h"
 #include "kiln/train/dp_sharded_adamw.h"
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/optimizer.h"
@@ -172,6 +173,14 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
              "parallel.zero = 3 supports train.precision = fp32 only (the ",
              name_of(cfg.train.precision),
              " GEMM weight copy is made from the whole weights); use parallel.zero <= 2 or fp32");
+  const bool on_gpu = cfg.device == "cuda";
+  KILN_CHECK(!on_gpu || cfg.train.recompute == Recompute::none, "train",
+             "train.recompute = ", name_of(cfg.train.recompute),
+             " is not available on device: cuda (it keeps every activation); use recompute: none "
+             "or a smaller train.batch_size with train.grad_accum");
+  KILN_CHECK(!on_gpu || comm.size() == 1, "train",
+             "device: cuda trains on one GPU in one process for now; run without mpirun/srun, or "
+             "use device: cpu for the parallel layouts");
   dist::ProcessGroups groups = dist::make_groups(comm, tp, pp);
   const int dp = groups.plan.dp;
   const bool writer = comm.rank() == 0;
@@ -264,15 +273,21 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
   std::unique_ptr<Pipeline> pipe;
   std::unique_ptr<ZeroAdamW> zero;
   std::unique_ptr<DpShardedAdamW> dsopt;
+  std::unique_ptr<CudaTrainState> gpu;  // device: cuda
   Tensor grads;
-  if (pp > 1) {
+  if (on_gpu) {
+    gpu = std::make_unique<CudaTrainState>(m, Bl, T, cfg.train.precision, cfg.train.tf32, adamw);
+    if (opt) gpu->upload_optimizer(*opt);  // resumed
+  } else if (pp > 1) {
     pipe = std::make_unique<Pipeline>(
         m, Bl, T, topt, pipe_schedule_from_name(cfg.parallel.schedule), accum, *groups.pp);
   } else {
     ts = std::make_unique<TrainState>(m, Bl, T, topt);
   }
   // A whole model or a tensor-parallel shard of one: ZeroAdamW takes its shard of the state.
-  if (pp == 1 && (tp == 1 || cfg.parallel.zero > 0)) {
+  if (gpu) {
+    // The GPU holds the weights, gradients and moments (cuda_train_state.h).
+  } else if (pp == 1 && (tp == 1 || cfg.parallel.zero > 0)) {
     zero = std::make_unique<ZeroAdamW>(m, *groups.dp, cfg.parallel.zero, cfg.parallel.bucket_mb,
                                        adamw, opt.get());
     opt.reset();
@@ -300,15 +315,16 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     return double(f);
   };
   // Persistent per-rank bytes of weights, gradients and AdamW moments.
-  const int64_t state_bytes = zero    ? zero->state_bytes()
+  const int64_t state_bytes = gpu     ? int64_t(gpu->state_bytes())
+                              : zero  ? zero->state_bytes()
                               : dsopt ? 2 * m.weights().nbytes() + dsopt->state_bytes()
                                       : 4 * m.weights().nbytes();
   // A plain-AdamW rank's bytes sent per step besides the Pipeline's and TrainState's own
   // counts: its gradient all-reduce over dp and the loss's.
-  const int64_t plain_extra_bytes = zero ? 0
-                                         : dist::all_reduce_bytes(dp, grads.numel()) +
-                                               dist::all_reduce_bytes(dp, 1) +
-                                               (pipe ? dist::all_reduce_bytes(pp, 1) : 0);
+  const int64_t plain_extra_bytes = zero || gpu ? 0
+                                                : dist::all_reduce_bytes(dp, grads.numel()) +
+                                                      dist::all_reduce_bytes(dp, 1) +
+                                                      (pipe ? dist::all_reduce_bytes(pp, 1) : 0);
   std::vector<int32_t> ids(size_t(B) * T), targets(size_t(B) * T);
   const int64_t tokens_per_step = int64_t(B) * T * accum;
   const bool fp16 = cfg.train.precision == Precision::fp16;
@@ -322,7 +338,12 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
                       std::to_string(zero->layout().chunks.size()) + " gradient buckets"
                 : "",
            "; weights+grads+AdamW ", state_bytes >> 20, " MiB per rank (state_bytes ", state_bytes,
-           "), activations ", (pipe ? pipe->bytes() : ts->bytes()) >> 20, " MiB");
+           "), activations ",
+           (gpu    ? gpu->activation_bytes()
+            : pipe ? pipe->bytes()
+                   : ts->bytes()) >>
+               20,
+           " MiB", gpu ? " on " + cuda_device_name() : std::string());
   TrainResult result;
   Progress progress("train", cfg.train.steps, "steps");
   double last_loss = NAN, last_val = NAN;
@@ -350,6 +371,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
         loss = pipe->train_step(m, *data, B, row0, grads.f32(), scale);
       } else {
         if (zero) zero->begin_step();
+        if (gpu) gpu->zero_grads();
         if (grads.defined()) std::memset(grads.raw(), 0, grads.nbytes());
         for (int micro = 0; micro < accum; ++micro) {
           data->next(B, ids.data(), targets.data());
@@ -360,7 +382,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
           for (size_t i = off; i < off + size_t(Bl) * T; ++i) local += targets[i] >= 0;
           const double w = total > 0 ? double(local) / double(total) : 0.0;
           const float micro_scale = float(scale / accum * w);
-          if (zero) {
+          if (gpu) {
+            loss += w * gpu->step(ids.data() + off, targets.data() + off, true, micro_scale);
+          } else if (zero) {
             zero->begin_micro(micro == accum - 1);
             loss +=
                 w * ts->step(m, ids.data() + off, targets.data() + off, *zero, true, micro_scale);
@@ -372,7 +396,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
         if (zero) zero->finish_backward();
         loss /= accum;
       }
-      if (zero) {
+      if (gpu) {
+        // One process, one GPU: nothing to sum.
+      } else if (zero) {
         if (dp > 1) loss = zero->sum_over_ranks(float(loss));
       } else {
         loss = sum_shares(loss);
@@ -392,7 +418,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       if (!bad) {
         // Unscaling is exact (2^-k). A non-finite gradient norm also skips: nothing non-finite
         // reaches the weights.
-        if (zero) {
+        if (gpu) {
+          norm = gpu->grad_norm();
+          updated = gpu->clip_and_step(lr, cfg.optim.grad_clip, norm);
+        } else if (zero) {
           if (fp16) zero->scale_grads(float(1.0 / scale));
           updated = zero->clip_and_step(lr, cfg.optim.grad_clip, &norm);
         } else {
@@ -432,14 +461,15 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       consecutive_skips = 0;
       if (pipe)
         pipe->refresh_weights(m);
-      else
-        ts->refresh_weights(m);
+      else if (ts)
+        ts->refresh_weights(m);  // (the GPU's AdamW refreshes its bf16 copy itself)
     }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.step = step;
     state.tokens_seen += tokens_per_step;
     last_loss = loss;
-    result.comm_bytes = zero   ? zero->comm_bytes() + ts->comm_bytes()
+    result.comm_bytes = gpu    ? 0
+                        : zero ? zero->comm_bytes() + ts->comm_bytes()
                         : pipe ? pipe->comm_bytes() + plain_extra_bytes
                                : ts->comm_bytes() + plain_extra_bytes;
     if (dsopt) result.comm_bytes += dsopt->comm_bytes();
@@ -465,6 +495,11 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       last_val = evaluate(*data, B, T, row0, cfg.train.eval_batches, sum_shares,
                           [&](const int* ids, const int* tg, int64_t* counted) {
                             if (pipe) return pipe->eval_step(m, ids, tg, counted);
+                            if (gpu) {
+                              const double mean = gpu->step(ids, tg, false);
+                              *counted = gpu->counted_tokens();
+                              return mean;
+                            }
                             const double mean = zero ? ts->step(m, ids, tg, *zero, false)
                                                      : ts->step(m, ids, tg, nullptr);
                             *counted = ts->counted_tokens();
@@ -486,6 +521,10 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();
       if (dsopt) opt = dsopt->gather();  // the part's whole moments, for the checkpoint
+      if (gpu) {                         // the device's weights and moments, for the checkpoint
+        if (!opt) opt = std::make_unique<AdamW>(m, adamw);
+        gpu->download(m, *opt);
+      }
       if (cfg.parallel.checkpoint == "sharded") {
         // Every rank writes what it owns (one copy per dp group unless ZeRO shards it).
         StatePieces mine = zero ? to_whole_layout(zero->state_pieces(), m, tpm.get())
@@ -515,7 +554,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       if (dsopt) opt.reset();
     }
   }
-  if (zero) zero->gather_weights();  // ZeRO-3: the whole model again, for the samples
+  if (zero) zero->gather_weights();   // ZeRO-3: the whole model again, for the samples
+  if (gpu) gpu->download_weights(m);  // the trained weights, for the samples
   result.state_bytes = max_over_ranks(state_bytes, comm);
   result.comm_bytes = max_over_ranks(result.comm_bytes, comm);
   comm.barrier();  // the last checkpoint is complete before any rank returns
