@@ -12,6 +12,7 @@
 //     approximation (~2^-11 relative).
 #include "kiln/cuda/gemm.h"
 
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -213,6 +214,47 @@ TEST(CudaGemm, EpiloguesFp32) {
     check_epilogue<float, float>(M, N, K, Epilogue::gelu, true, 0.0f, tg, seed += 5);
     check_epilogue<float, float>(M, N, K, Epilogue::bias_gelu, false, 0.0f, tg, seed += 5);
     check_epilogue<float, float>(M, N, K, Epilogue::bias_gelu, true, 0.0f, tg, seed += 5);
+  }
+}
+
+// The GELU itself, at the scale where its shape shows (the GEMM tests above see |x| ~ sqrt(K)):
+// D = gelu(x 1^T + bias) for x in [-6, 6], fused (N = 8) and as the separate kernel (N = 5).
+// 2e-3 absolute allows a hardware tanh (~2^-11 relative) at |x| = 6.
+TEST(CudaGemm, GeluEpilogueIsGpt2Gelu) {
+  KILN_REQUIRE_GPU();
+  const int M = 97, K = 1;
+  std::vector<float> x(M);
+  for (int i = 0; i < M; ++i) x[i] = -6.0f + 12.0f * float(i) / float(M - 1);
+  for (int N : {8, 5}) {
+    std::vector<float> ones(N, 1.0f), bias(N), pre(size_t(M) * N);
+    for (int j = 0; j < N; ++j) bias[j] = 0.125f * float(j) - 0.25f;
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) pre[size_t(i) * N + j] = x[i] + bias[j];
+    auto da = up<float>(x), db = up<float>(ones), dbias = up<float>(bias);
+    auto dc = test::poisoned<float>(int64_t(M) * N), daux = test::poisoned<float>(int64_t(M) * N);
+    gemm<float, float>(dc.data(), da.data(), db.data(), M, N, K, false, true, 1.0f, 0.0f,
+                       streams().compute, Epilogue::bias_gelu, dbias.data(), daux.data());
+    std::string what = str("gelu N=", N);
+    expect_close(down(dc), gelu(pre), Tol{0.0, 2e-3}, what.c_str());
+    expect_close(down(daux), pre, Tol{0.0, 1e-6}, (what + " (aux)").c_str());
+  }
+}
+
+// Whether cuBLASLt fuses the epilogues of GPT-2's shapes (both answers are correct; this one is
+// about speed, so it is reported, not required).
+TEST(CudaGemm, ReportsWhetherGpt2EpiloguesFuse) {
+  KILN_REQUIRE_GPU();
+  const int N = 64, C = 768;
+  for (int bf = 0; bf < 2; ++bf) {
+    const int64_t before = unfused_epilogues();
+    if (bf)
+      check_epilogue<bf16, bf16>(N, 4 * C, C, Epilogue::bias_gelu, true, 0.0f, test::tol_bf16(C),
+                                 1000);
+    else
+      check_epilogue<float, float>(N, 4 * C, C, Epilogue::bias_gelu, true, 0.0f, test::tol_tf32(C),
+                                   1000);
+    std::printf("%s bias+gelu+aux (64 x 3072 x 768): %s\n", bf ? "bf16" : "fp32",
+                unfused_epilogues() == before ? "fused by cuBLASLt" : "separate kernel");
   }
 }
 

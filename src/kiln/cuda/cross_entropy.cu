@@ -114,13 +114,13 @@ void lm_head_cross_entropy(float* losses, T* dh, float* dw, const T* h, const T*
   DeviceBuffer<float> logits(int64_t(rows) * V, op, s);  // (rows, V)
   // bf16: dlogits for the two backward GEMMs, rounded once from fp32.
   DeviceBuffer<T> dl_low;
-  if constexpr (!std::is_same_v<T, float>)
-    if (train) dl_low = DeviceBuffer<T>(int64_t(rows) * V, op, s);
-  T* dl = nullptr;
-  if constexpr (std::is_same_v<T, float>)
-    dl = logits.data();
-  else
+  T* dl = nullptr;  // (rows, V) dlogits in T
+  if constexpr (std::is_same_v<T, float>) {
+    dl = logits.data();  // in place
+  } else if (train) {
+    dl_low = DeviceBuffer<T>(int64_t(rows) * V, op, s);
     dl = dl_low.data();
+  }
 
   for (int n0 = 0; n0 < N; n0 += rows) {
     const int nc = std::min(rows, N - n0);

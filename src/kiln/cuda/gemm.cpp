@@ -21,6 +21,7 @@ namespace kiln::cuda {
 namespace {
 
 std::atomic<bool> g_tf32{false};
+std::atomic<int64_t> g_unfused{0};
 
 template <typename T>
 struct TypeInfo;
@@ -276,6 +277,9 @@ void set_tf32(bool on) {
 bool tf32() {
   return g_tf32.load();
 }
+int64_t unfused_epilogues() {
+  return g_unfused.load();
+}
 
 template <typename TIn, typename TOut>
 void gemm(TOut* c, const TIn* a, const TIn* b, int M, int N, int K, bool trans_a, bool trans_b,
@@ -322,7 +326,10 @@ void gemm(TOut* c, const TIn* a, const TIn* b, int M, int N, int K, bool trans_a
     }
   }
   run_plan(plan_for(r, /*allow_none=*/false), r, alpha, beta, s);
-  if (ep != Epilogue::none) detail::apply_epilogue<TOut>(c, aux, bias, M, N, has_gelu, s);
+  if (ep != Epilogue::none) {
+    g_unfused.fetch_add(1, std::memory_order_relaxed);
+    detail::apply_epilogue<TOut>(c, aux, bias, M, N, has_gelu, s);
+  }
 }
 
 template void gemm<float, float>(float*, const float*, const float*, int, int, int, bool, bool,
