@@ -29,14 +29,14 @@ enum class Epilogue {
 // C (M,N) = alpha * op(A) @ op(B) + beta * C, then the epilogue. op(X) = X^T when trans_X; A is
 // (M,K) or (K,M), B is (K,N) or (N,K). beta == 0: C is not read. (TIn, TOut) pairs instantiated:
 // (float, float), (bf16, float), (bf16, bf16), (f16, float), (f16, f16).
-// How many gemm calls so far ran their epilogue as the separate kernel (for benchmarks and tests:
-// on the shapes that matter it should stay 0).
-int64_t unfused_epilogues();
-
 template <typename TIn, typename TOut>
 void gemm(TOut* c, const TIn* a, const TIn* b, int M, int N, int K, bool trans_a, bool trans_b,
           float alpha, float beta, cudaStream_t s, Epilogue ep = Epilogue::none,
           const float* bias = nullptr, TOut* aux = nullptr);
+
+// How many gemm calls so far ran their epilogue as the separate kernel (for benchmarks and tests:
+// on the shapes that matter it should stay 0).
+int64_t unfused_epilogues();
 
 // The linear layer of ops/matmul.h. T is float or bf16 (x, w, y all T). y (N,OUT) = x W^T + bias,
 // optionally followed by GELU (then `pre` (N,OUT), if given, receives x W^T + bias for backward).
