@@ -21,6 +21,10 @@ enum class Epilogue {
   gelu,       // D = gelu(AB), tanh approximation (GPT-2's gelu_new)
   bias_gelu,  // D = gelu(AB + bias); with `aux` also stores the pre-activation AB + bias there
 };
+// With gelu and bias_gelu, `aux` (M,N) in TOut (if given) receives the GELU's input. cuBLASLt
+// fuses the epilogue when it has a kernel for it (the aux form needs N % 8 == 0); otherwise the
+// GEMM runs plain and one elementwise kernel applies bias, aux and GELU (same contract; with a
+// bf16 D the pre-activation is rounded to bf16 once more before the bias is added).
 
 // C (M,N) = alpha * op(A) @ op(B) + beta * C, then the epilogue. op(X) = X^T when trans_X; A is
 // (M,K) or (K,M), B is (K,N) or (N,K). beta == 0: C is not read. (TIn, TOut) pairs instantiated:
@@ -29,6 +33,10 @@ template <typename TIn, typename TOut>
 void gemm(TOut* c, const TIn* a, const TIn* b, int M, int N, int K, bool trans_a, bool trans_b,
           float alpha, float beta, cudaStream_t s, Epilogue ep = Epilogue::none,
           const float* bias = nullptr, TOut* aux = nullptr);
+
+// How many gemm calls so far ran their epilogue as the separate kernel (for benchmarks and tests:
+// on the shapes that matter it should stay 0).
+int64_t unfused_epilogues();
 
 // The linear layer of ops/matmul.h. T is float or bf16 (x, w, y all T). y (N,OUT) = x W^T + bias,
 // optionally followed by GELU (then `pre` (N,OUT), if given, receives x W^T + bias for backward).
@@ -40,5 +48,17 @@ void linear_forward(T* y, const T* x, const T* w, const float* bias, int N, int 
 template <typename T>
 void linear_backward(T* dx, float* dw, float* dbias, const T* dy, const T* x, const T* w, int N,
                      int IN, int OUT, ops::WeightLayout layout, cudaStream_t s);
+
+// dbias (OUT) += column sums of dy (N,OUT), T float or bf16, summed in fp32 over fixed chunks of
+// rows whose partials are added in chunk order: the same bits on every run.
+template <typename T>
+void bias_backward(float* dbias, const T* dy, int N, int OUT, cudaStream_t s);
+
+namespace detail {
+// The unfused epilogue (gemm_kernels.cu): per element of c (M,N), v = c + bias[col] (bias may be
+// null); aux (may be null) = v; c = gelu ? gelu(v) : v. T is float, bf16 or f16.
+template <typename T>
+void apply_epilogue(T* c, T* aux, const float* bias, int M, int N, bool gelu, cudaStream_t s);
+}  // namespace detail
 
 }  // namespace kiln::cuda
