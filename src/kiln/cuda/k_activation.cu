@@ -8,10 +8,10 @@ namespace kiln::cuda {
 
 namespace {
 
-using detail::from_f;
-using detail::load_vec;
-using detail::store_vec;
-using detail::to_f;
+using kern::from_f;
+using kern::load_vec;
+using kern::store_vec;
+using kern::to_f;
 
 constexpr int kThreads = 256;
 constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2/pi)
@@ -107,7 +107,7 @@ constexpr int kVec = 16 / sizeof(T);
 
 bool all_aligned(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
-    if (!detail::aligned16(p)) return false;
+    if (!kern::aligned16(p)) return false;
   return true;
 }
 
@@ -121,10 +121,10 @@ void swiglu_forward(T* out, const T* gu, int N, int F, cudaStream_t s) {
   constexpr int V = kVec<T>;
   if (F % V == 0 && all_aligned({out, gu}))
     swiglu_forward_kernel<T, V>
-        <<<detail::grid_for(int64_t(N) * (F / V), kThreads), kThreads, 0, s>>>(out, gu, N, F);
+        <<<kern::grid_for(int64_t(N) * (F / V), kThreads), kThreads, 0, s>>>(out, gu, N, F);
   else
     swiglu_forward_kernel<T, 1>
-        <<<detail::grid_for(int64_t(N) * F, kThreads), kThreads, 0, s>>>(out, gu, N, F);
+        <<<kern::grid_for(int64_t(N) * F, kThreads), kThreads, 0, s>>>(out, gu, N, F);
   check_launch(op);
 }
 
@@ -136,10 +136,10 @@ void swiglu_backward(T* dgu, const T* dout, const T* gu, int N, int F, cudaStrea
   constexpr int V = kVec<T>;
   if (F % V == 0 && all_aligned({dgu, dout, gu}))
     swiglu_backward_kernel<T, V>
-        <<<detail::grid_for(int64_t(N) * (F / V), kThreads), kThreads, 0, s>>>(dgu, dout, gu, N, F);
+        <<<kern::grid_for(int64_t(N) * (F / V), kThreads), kThreads, 0, s>>>(dgu, dout, gu, N, F);
   else
     swiglu_backward_kernel<T, 1>
-        <<<detail::grid_for(int64_t(N) * F, kThreads), kThreads, 0, s>>>(dgu, dout, gu, N, F);
+        <<<kern::grid_for(int64_t(N) * F, kThreads), kThreads, 0, s>>>(dgu, dout, gu, N, F);
   check_launch(op);
 }
 
@@ -150,9 +150,9 @@ void gelu_forward(T* out, const T* x, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   constexpr int V = kVec<T>;
   if (all_aligned({out, x}))
-    gelu_forward_kernel<T, V><<<detail::grid_for(n / V + 1, kThreads), kThreads, 0, s>>>(out, x, n);
+    gelu_forward_kernel<T, V><<<kern::grid_for(n / V + 1, kThreads), kThreads, 0, s>>>(out, x, n);
   else
-    gelu_forward_kernel<T, 1><<<detail::grid_for(n, kThreads), kThreads, 0, s>>>(out, x, n);
+    gelu_forward_kernel<T, 1><<<kern::grid_for(n, kThreads), kThreads, 0, s>>>(out, x, n);
   check_launch(op);
 }
 
@@ -164,9 +164,9 @@ void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, cudaStream_t s) 
   constexpr int V = kVec<T>;
   if (all_aligned({dx, dout, x}))
     gelu_backward_kernel<T, V>
-        <<<detail::grid_for(n / V + 1, kThreads), kThreads, 0, s>>>(dx, dout, x, n);
+        <<<kern::grid_for(n / V + 1, kThreads), kThreads, 0, s>>>(dx, dout, x, n);
   else
-    gelu_backward_kernel<T, 1><<<detail::grid_for(n, kThreads), kThreads, 0, s>>>(dx, dout, x, n);
+    gelu_backward_kernel<T, 1><<<kern::grid_for(n, kThreads), kThreads, 0, s>>>(dx, dout, x, n);
   check_launch(op);
 }
 

@@ -49,7 +49,7 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), k.bc2_sqrt), k.eps);
     p = __fsub_rn(p, __fmul_rn(k.step_size, __fdiv_rn(mi, denom)));  // addcdiv_(m, denom, -step)
     param[at] = p, m[at] = mi, v[at] = vi;
-    if (param_bf16) param_bf16[at] = __ushort_as_bfloat16(detail::f32_to_bf16_bits(p));
+    if (param_bf16) param_bf16[at] = __ushort_as_bfloat16(kern::f32_to_bf16_bits(p));
   }
 }
 

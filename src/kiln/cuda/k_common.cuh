@@ -6,7 +6,7 @@
 
 #include "kiln/cuda/runtime.h"
 
-namespace kiln::cuda::detail {
+namespace kiln::cuda::kern {
 
 constexpr int kWarp = 32;
 
@@ -111,4 +111,4 @@ inline unsigned grid_for(int64_t work, int threads) {
   return unsigned(b);
 }
 
-}  // namespace kiln::cuda::detail
+}  // namespace kiln::cuda::kern

@@ -7,10 +7,10 @@ namespace kiln::cuda {
 
 namespace {
 
-using detail::from_f;
-using detail::load_vec;
-using detail::store_vec;
-using detail::to_f;
+using kern::from_f;
+using kern::load_vec;
+using kern::store_vec;
+using kern::to_f;
 
 constexpr int kThreads = 256;
 
@@ -69,7 +69,7 @@ __global__ void sum_squares_chunks_kernel(double* partial, const float* x, int64
 #pragma unroll
     for (int k = 0; k < 4; ++k) acc += double(v[k]) * double(v[k]);
   }
-  acc = detail::block_sum(acc, shared);
+  acc = kern::block_sum(acc, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
@@ -77,7 +77,7 @@ __global__ void sum_squares_total_kernel(double* result, const double* partial, 
   __shared__ double shared[32];
   double acc = 0.0;
   for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) acc += partial[k];
-  acc = detail::block_sum(acc, shared);
+  acc = kern::block_sum(acc, shared);
   if (threadIdx.x == 0) *result = acc;
 }
 
@@ -90,7 +90,7 @@ __global__ void f32_to_bf16_kernel(bf16* dst, const float* src, int64_t n) {
     load_vec<V>(f, src + i * V);
     uint16_t h[V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) h[k] = detail::f32_to_bf16_bits(f[k]);
+    for (int k = 0; k < V; ++k) h[k] = kern::f32_to_bf16_bits(f[k]);
     if constexpr (V == 8) {
       uint4 w;
       w.x = h[0] | uint32_t(h[1]) << 16, w.y = h[2] | uint32_t(h[3]) << 16;
@@ -102,7 +102,7 @@ __global__ void f32_to_bf16_kernel(bf16* dst, const float* src, int64_t n) {
     }
   }
   for (int64_t i = nv * V + tid; i < n; i += stride)
-    dst[i] = __ushort_as_bfloat16(detail::f32_to_bf16_bits(src[i]));
+    dst[i] = __ushort_as_bfloat16(kern::f32_to_bf16_bits(src[i]));
 }
 
 template <int V>
@@ -119,7 +119,7 @@ __global__ void bf16_to_f32_kernel(float* dst, const bf16* src, int64_t n) {
 
 bool all_aligned(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
-    if (!detail::aligned16(p)) return false;
+    if (!kern::aligned16(p)) return false;
   return true;
 }
 
@@ -136,9 +136,9 @@ void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   constexpr int V = 16 / sizeof(T);
   if (all_aligned({out, a, b}))
-    add_kernel<T, V><<<detail::grid_for(n / V + 1, kThreads), kThreads, 0, s>>>(out, a, b, n);
+    add_kernel<T, V><<<kern::grid_for(n / V + 1, kThreads), kThreads, 0, s>>>(out, a, b, n);
   else
-    add_kernel<T, 1><<<detail::grid_for(n, kThreads), kThreads, 0, s>>>(out, a, b, n);
+    add_kernel<T, 1><<<kern::grid_for(n, kThreads), kThreads, 0, s>>>(out, a, b, n);
   check_launch(op);
 }
 template void add<float>(float*, const float*, const float*, int64_t, cudaStream_t);
@@ -148,10 +148,10 @@ void scale(float* x, float v, int64_t n, cudaStream_t s) {
   const char* op = "cuda scale";
   check_count(op, n);
   if (n == 0) return;
-  if (detail::aligned16(x))
-    scale_kernel<4><<<detail::grid_for(n / 4 + 1, kThreads), kThreads, 0, s>>>(x, v, n);
+  if (kern::aligned16(x))
+    scale_kernel<4><<<kern::grid_for(n / 4 + 1, kThreads), kThreads, 0, s>>>(x, v, n);
   else
-    scale_kernel<1><<<detail::grid_for(n, kThreads), kThreads, 0, s>>>(x, v, n);
+    scale_kernel<1><<<kern::grid_for(n, kThreads), kThreads, 0, s>>>(x, v, n);
   check_launch(op);
 }
 
@@ -163,7 +163,7 @@ void sum_squares(double* result, const float* x, int64_t n, cudaStream_t s) {
   double* partial = nullptr;
   if (chunks > 0) {
     partial = static_cast<double*>(device_alloc(size_t(chunks) * sizeof(double), s, op));
-    if (detail::aligned16(x))
+    if (kern::aligned16(x))
       sum_squares_chunks_kernel<true><<<unsigned(chunks), kSsThreads, 0, s>>>(partial, x, n);
     else
       sum_squares_chunks_kernel<false><<<unsigned(chunks), kSsThreads, 0, s>>>(partial, x, n);
@@ -179,9 +179,9 @@ void f32_to_bf16(bf16* dst, const float* src, int64_t n, cudaStream_t s) {
   check_count(op, n);
   if (n == 0) return;
   if (all_aligned({dst, src}))
-    f32_to_bf16_kernel<8><<<detail::grid_for(n / 8 + 1, kThreads), kThreads, 0, s>>>(dst, src, n);
+    f32_to_bf16_kernel<8><<<kern::grid_for(n / 8 + 1, kThreads), kThreads, 0, s>>>(dst, src, n);
   else
-    f32_to_bf16_kernel<1><<<detail::grid_for(n, kThreads), kThreads, 0, s>>>(dst, src, n);
+    f32_to_bf16_kernel<1><<<kern::grid_for(n, kThreads), kThreads, 0, s>>>(dst, src, n);
   check_launch(op);
 }
 
@@ -190,9 +190,9 @@ void bf16_to_f32(float* dst, const bf16* src, int64_t n, cudaStream_t s) {
   check_count(op, n);
   if (n == 0) return;
   if (all_aligned({dst, src}))
-    bf16_to_f32_kernel<8><<<detail::grid_for(n / 8 + 1, kThreads), kThreads, 0, s>>>(dst, src, n);
+    bf16_to_f32_kernel<8><<<kern::grid_for(n / 8 + 1, kThreads), kThreads, 0, s>>>(dst, src, n);
   else
-    bf16_to_f32_kernel<1><<<detail::grid_for(n, kThreads), kThreads, 0, s>>>(dst, src, n);
+    bf16_to_f32_kernel<1><<<kern::grid_for(n, kThreads), kThreads, 0, s>>>(dst, src, n);
   check_launch(op);
 }
 

@@ -18,9 +18,9 @@ namespace kiln::cuda {
 
 namespace {
 
-using detail::kWarp;
-using detail::load_vec;
-using detail::store_vec;
+using kern::kWarp;
+using kern::load_vec;
+using kern::store_vec;
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 8;  // backward: rows of a run loaded at once
@@ -95,12 +95,12 @@ void embedding_forward(T* out, const int* ids, const float* table, int N, int C,
   KILN_CHECK(N >= 0 && C > 0, op, "need N >= 0 and C > 0, got N = ", N, ", C = ", C);
   if (N == 0) return;
   constexpr int V = 16 / sizeof(T);
-  if (C % V == 0 && detail::aligned16(out) && detail::aligned16(table))
+  if (C % V == 0 && kern::aligned16(out) && kern::aligned16(table))
     embedding_forward_kernel<T, V>
-        <<<detail::grid_for(int64_t(N) * (C / V), kThreads), kThreads, 0, s>>>(out, ids, table, N,
-                                                                               C, accumulate);
+        <<<kern::grid_for(int64_t(N) * (C / V), kThreads), kThreads, 0, s>>>(out, ids, table, N, C,
+                                                                             accumulate);
   else
-    embedding_forward_kernel<T, 1><<<detail::grid_for(int64_t(N) * C, kThreads), kThreads, 0, s>>>(
+    embedding_forward_kernel<T, 1><<<kern::grid_for(int64_t(N) * C, kThreads), kThreads, 0, s>>>(
         out, ids, table, N, C, accumulate);
   check_launch(op);
 }
@@ -122,12 +122,12 @@ void embedding_backward(float* dtable, const T* dout, const int* ids, int N, int
   int* order = sorted_ids + N;
   int* sorted_n = order + N;
   void* temp = scratch + ints * sizeof(int);
-  iota_kernel<<<detail::grid_for(N, kThreads), kThreads, 0, s>>>(order, N);
+  iota_kernel<<<kern::grid_for(N, kThreads), kThreads, 0, s>>>(order, N);
   check_launch(op);
   KILN_CUDA(op, cub::DeviceRadixSort::SortPairs(temp, temp_bytes, ids, sorted_ids, order, sorted_n,
                                                 N, 0, int(sizeof(int) * 8), s));
   constexpr int V = 16 / sizeof(T) < 4 ? 16 / sizeof(T) : 4;  // dtable is fp32: 4 per 16 bytes
-  const bool vec = C % V == 0 && detail::aligned16(dtable) &&
+  const bool vec = C % V == 0 && kern::aligned16(dtable) &&
                    (reinterpret_cast<uintptr_t>(dout) % (V * sizeof(T))) == 0;
   const int cv = vec ? C / V : C;
   const int threads = cv < kThreads ? (cv + kWarp - 1) / kWarp * kWarp : kThreads;

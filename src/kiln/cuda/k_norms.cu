@@ -19,12 +19,12 @@ namespace kiln::cuda {
 
 namespace {
 
-using detail::from_f;
-using detail::kWarp;
-using detail::load_vec;
-using detail::store_vec;
-using detail::to_f;
-using detail::warp_sum;
+using kern::from_f;
+using kern::kWarp;
+using kern::load_vec;
+using kern::store_vec;
+using kern::to_f;
+using kern::warp_sum;
 
 template <typename T>
 constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte load
@@ -300,7 +300,7 @@ template <typename T>
 bool rows_vectorizable(int C, std::initializer_list<const void*> ptrs) {
   if (C % kVec<T> != 0) return false;
   for (const void* p : ptrs)
-    if (p && !detail::aligned16(p)) return false;
+    if (p && !kern::aligned16(p)) return false;
   return true;
 }
 

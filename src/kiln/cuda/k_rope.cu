@@ -8,8 +8,8 @@ namespace kiln::cuda {
 
 namespace {
 
-using detail::from_f;
-using detail::to_f;
+using kern::from_f;
+using kern::to_f;
 
 constexpr int kThreads = 256;
 
