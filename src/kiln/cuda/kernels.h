@@ -15,7 +15,9 @@
 
 namespace kiln::cuda {
 
-// ---- ops/embedding.h ----
+// ---- ops/embedding.h (ids in [0, V): not checked on the device) ----
+// Backward sorts the ids (CUB radix sort, scratch from the pool) and sums each id's rows in order
+// of n: deterministic, for fp32 the bits of ops::cpu::embedding_backward.
 template <typename T>
 void embedding_forward(T* out, const int* ids, const float* table, int N, int C, bool accumulate,
                        cudaStream_t s);
@@ -23,6 +25,8 @@ template <typename T>
 void embedding_backward(float* dtable, const T* dout, const int* ids, int N, int C, cudaStream_t s);
 
 // ---- ops/rms_norm.h (dx +=, dw +=) ----
+// Saved statistics (rstd, mean) may be null in forward (inference). Backward's dw/db go through
+// pool scratch of at most 2 MiB / sizeof(T) per weight vector (chunk partials).
 template <typename T>
 void rms_norm_forward(T* out, float* rstd, const T* x, const float* w, int N, int C, float eps,
                       cudaStream_t s);
@@ -38,7 +42,7 @@ template <typename T>
 void layer_norm_backward(T* dx, float* dw, float* db, const T* dout, const T* x, const float* w,
                          const float* mean, const float* rstd, int N, int C, cudaStream_t s);
 
-// ---- ops/rope.h (in place; pos (N), cos/sin (max_pos, D/2) tables on the device) ----
+// ---- ops/rope.h (in place; pos (N) in [0, max_pos); cos/sin (max_pos, D/2) on the device) ----
 template <typename T>
 void rope_forward(T* x, int N, int heads, int D, int stride, const int* pos, const float* cos,
                   const float* sin, cudaStream_t s);
@@ -60,10 +64,11 @@ void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, cudaStream_t s);
 template <typename T>
 void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t s);  // out = a + b
 void scale(float* x, float v, int64_t n, cudaStream_t s);             // x *= v
-// *result (one double on the device) = sum of x^2, in double, in a fixed order.
+// *result (one double on the device) = sum of x^2, in double, in a fixed order (depends on n only).
 void sum_squares(double* result, const float* x, int64_t n, cudaStream_t s);
 
 // ---- conversions (ops/matmul_bf16.h's f32_to_bf16 / bf16_to_f32: round to nearest even) ----
+// Bit-exact kiln::f32_to_bf16 of core/dtype.h (NaN stays NaN with its sign and top payload).
 void f32_to_bf16(bf16* dst, const float* src, int64_t n, cudaStream_t s);
 void bf16_to_f32(float* dst, const bf16* src, int64_t n, cudaStream_t s);
 
@@ -76,7 +81,8 @@ struct AdamWSegment {
   int64_t offset, n;
   int decay;  // 1: apply p.weight_decay; 0: no decay (norms, biases, embeddings)
 };
-// The segments, uploaded once (they do not change during training).
+// The segments, uploaded once (they do not change during training): in order of offset, without
+// overlap (gaps are left alone); cut into chunks of 4096 elements, one block each.
 class AdamWSegments {
  public:
   AdamWSegments(const AdamWSegment* segs, int count, cudaStream_t s);
@@ -86,7 +92,7 @@ class AdamWSegments {
   int chunks() const { return chunks_; }
 
  private:
-  DeviceBuffer<uint8_t> dev_;  // segments and the chunk -> segment table
+  DeviceBuffer<uint8_t> dev_;  // the chunk table: (begin, length, decay) per block of the launch
   int count_ = 0, chunks_ = 0;
   int64_t total_ = 0;
 };

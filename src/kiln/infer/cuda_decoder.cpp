@@ -1,5 +1,7 @@
 #include "kiln/infer/cuda_decoder.h"
 
+#include "kiln/core/error.h"
+
 #ifdef KILN_HAVE_CUDA
 
 #include <type_traits>

@@ -1,5 +1,7 @@
 #include "kiln/train/cuda_train_state.h"
 
+#include "kiln/core/error.h"
+
 #ifdef KILN_HAVE_CUDA
 
 #include <algorithm>
@@ -339,6 +341,10 @@ void CudaTrainState::download_weights(Model& model) const {
                 "download weights");
 }
 
+void CudaTrainState::download_grads(float* grads) const {
+  cuda::to_host(grads, impl_->g.data(), impl_->g.bytes(), impl_->s, "download grads");
+}
+
 void CudaTrainState::download(Model& model, AdamW& opt) const {
   download_weights(model);
   cuda::to_host(opt.m().f32(), impl_->m.data(), impl_->m.bytes(), impl_->s, "download adamw");
@@ -394,6 +400,7 @@ bool CudaTrainState::clip_and_step(float, float, double) {
 void CudaTrainState::upload_optimizer(const AdamW&) {}
 void CudaTrainState::download(Model&, AdamW&) const {}
 void CudaTrainState::download_weights(Model&) const {}
+void CudaTrainState::download_grads(float*) const {}
 size_t CudaTrainState::state_bytes() const {
   return 0;
 }

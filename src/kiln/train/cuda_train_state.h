@@ -52,6 +52,7 @@ class CudaTrainState {
   void upload_optimizer(const AdamW& opt);
   void download(Model& model, AdamW& opt) const;
   void download_weights(Model& model) const;
+  void download_grads(float* grads) const;  // (P) host, the weights' layout
 
   // Device bytes of weights, gradients, moments and bf16 weight copy; and of activations.
   size_t state_bytes() const;
