@@ -9,9 +9,6 @@
 
 namespace kiln::cuda {
 
-// Positions per KV block: must equal kiln::kBlockTokens (infer/kv_cache.h; the infer layer's
-// callers static_assert it, as this layer may not include infer/).
-constexpr int kPagedBlockTokens = 16;
 
 // T is float or bf16 (bf16 runs QK^T and PV on tensor cores, fp32 accumulation and softmax).
 // D up to 256 (a multiple of 8 for bf16).
@@ -24,6 +21,12 @@ template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B,
                         int Tn, int H, int K, int D, cudaStream_t s);
 
+// Positions per cache block: must equal kiln::kBlockTokens (infer/kv_cache.h, a layer above this
+// one, which static_asserts the two agree).
+constexpr int kPagedBlockTokens = 16;
+// Positions per split of a long context in paged_attention (whole cache blocks).
+constexpr int kPagedSplitTokens = 256;
+
 // The paged KV pool on the device, the layout of KvCache's pool: (num_blocks, layers, 2,
 // kBlockTokens, kv_dim), K before V in each block, kv_dim = K*D.
 template <typename T>
@@ -33,15 +36,18 @@ struct DevicePagedCache {
 };
 
 // Writes the K and V heads of N qkv rows (`stride` elements apart; K heads at column H*D, V heads
-// at (H+K)*D) into the cache at slots[n] = block * kBlockTokens + offset, for `layer`.
+// at (H+K)*D) into the cache at slots[n] = block * kPagedBlockTokens + offset, for `layer`.
+// A row with slots[n] < 0 (padding) is skipped. Needs kv_dim == K*D.
 template <typename T>
 void kv_cache_write(DevicePagedCache<T> cache, int layer, const T* qkv, int stride, int H, int K,
                     int D, const int* slots, int N, cudaStream_t s);
 
 // infer/paged_attention.h on the device: out (N, H*D) from the q heads at the start of each qkv
 // row; row n attends to positions 0..pos[n] of the sequence whose block table is row n of
-// block_tables (N, max_blocks). Long contexts are split over thread blocks and merged by
-// log-sum-exp in a fixed order.
+// block_tables (N, max_blocks), so pos[n] < max_blocks * kPagedBlockTokens (pos[n] < 0: zeros).
+// Contexts are split every kPagedSplitTokens positions over thread blocks and merged by
+// log-sum-exp in split order, so a row's result does not depend on the batch. Scratch from the
+// device pool: N*K*ceil(max_blocks*16/256)*(H/K)*(D+2) floats when max_blocks > 16.
 template <typename T>
 void paged_attention(T* out, const T* qkv, int stride, DevicePagedCache<T> cache, int layer,
                      const int* block_tables, int max_blocks, const int* pos, int N, int H, int K,
