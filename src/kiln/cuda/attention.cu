@@ -431,7 +431,9 @@ __global__ void __launch_bounds__(kTThreads)
     load_tile_tc<D>(S.Vs, qkv + L.v(b, 0, g), L.W(), j0, Tn);
     __syncthreads();
     // S = Q K^T for the warp's 16 rows x 64 keys; K (key, d) row-major is K^T column-major.
-#pragma unroll
+    // (Loops over output fragments stay rolled: unrolled, ptxas hoists every operand fragment
+    // and runs out of registers.)
+#pragma unroll 1
     for (int n = 0; n < kTT / 16; ++n) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
@@ -467,7 +469,7 @@ __global__ void __launch_bounds__(kTThreads)
     m = m_new;
     __syncwarp();
     // P V (16 x D) into the warp's float region (the scores are consumed).
-#pragma unroll
+#pragma unroll 1
     for (int n = 0; n < NF; ++n) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
@@ -557,7 +559,7 @@ __global__ void __launch_bounds__(kTThreads)
       load_row_stats(S.lse2, S.Di, lse, Di, L.row(b, h, 0), i0, Tn, kTT);
       __syncthreads();
       // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys x 64 queries.
-#pragma unroll
+#pragma unroll 1
       for (int n = 0; n < kTT / 16; ++n) {
         FragC s, dp;
         wmma::fill_fragment(s, 0.0f);
@@ -589,7 +591,7 @@ __global__ void __launch_bounds__(kTThreads)
       }
       __syncwarp();
       // dV += P^T dO, dK += dS^T Q.
-#pragma unroll
+#pragma unroll 1
       for (int k = 0; k < kTT / 16; ++k) {
         FragA pf, dsf;
         wmma::load_matrix_sync(pf, Pw + k * 16, kLdP);
@@ -658,7 +660,7 @@ __global__ void __launch_bounds__(kTThreads)
     load_tile_tc<D>(Vs, qkv + L.v(b, 0, g), L.W(), j0, Tn);
     __syncthreads();
     // S = Q K^T and dP = dO V^T for the warp's 16 queries x 64 keys.
-#pragma unroll
+#pragma unroll 1
     for (int n = 0; n < kTT / 16; ++n) {
       FragC s, dp;
       wmma::fill_fragment(s, 0.0f);
@@ -687,7 +689,7 @@ __global__ void __launch_bounds__(kTThreads)
     }
     __syncwarp();
     // dQ += dS K.
-#pragma unroll
+#pragma unroll 1
     for (int k = 0; k < kTT / 16; ++k) {
       FragA dsf;
       wmma::load_matrix_sync(dsf, dSw + k * 16, kLdP);

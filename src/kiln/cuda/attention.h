@@ -9,14 +9,15 @@
 
 namespace kiln::cuda {
 
-
-// T is float or bf16 (bf16 runs QK^T and PV on tensor cores, fp32 accumulation and softmax).
-// D up to 256 (a multiple of 8 for bf16).
+// T is float or bf16; D up to 256 (a multiple of 8 for bf16). bf16 with D = 64 or 128 and 16-byte
+// aligned pointers runs its products on tensor cores (WMMA, fp32 accumulation and softmax); every
+// other case runs a SIMT fp32 path. Softmax and accumulation are fp32 throughout.
 template <typename T>
 void attention_forward(T* out, float* lse, const T* qkv, int B, int Tn, int H, int K, int D,
                        cudaStream_t s);
-// dqkv overwritten. Needs B*H*Tn floats of scratch (the rowwise dot(dout, out)), taken from the
-// device pool.
+// dqkv overwritten (q, k and v parts; k and v summed over each GQA group), deterministically: no
+// atomics, every sum in a fixed order. Needs B*H*Tn floats of scratch (the rowwise
+// dot(dout, out)), taken from the device pool.
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B,
                         int Tn, int H, int K, int D, cudaStream_t s);
