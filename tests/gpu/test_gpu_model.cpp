@@ -169,8 +169,8 @@ TEST(GpuDecoder, MatchesCpuDecoder) {
     EXPECT_LT(normalized_error(logits.data() + size_t(n - 1) * V, want.data(), V), 1e-4) << config;
     int tok_gpu = next[n - 1];
     for (int step = 0; step < 12; ++step) {
-      const std::vector<float>& l = cpu.feed({int(std::max_element(want.begin(), want.end()) -
-                                                  want.begin())});
+      const std::vector<float>& l =
+          cpu.feed({int(std::max_element(want.begin(), want.end()) - want.begin())});
       int tok_cpu = int(std::max_element(want.begin(), want.end()) - want.begin());
       ASSERT_EQ(tok_gpu, tok_cpu) << config << " step " << step;
       want = l;

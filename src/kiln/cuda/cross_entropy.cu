@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "kiln/cuda/cross_entropy.h"
+#include "kiln/cuda/device_types.cuh"
 #include "kiln/cuda/gemm.h"
 
 namespace kiln::cuda {
@@ -16,17 +17,6 @@ namespace kiln::cuda {
 namespace {
 
 constexpr int kThreads = 512;  // per row: 16 warps
-
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float x) {
-  return __float2bfloat16(x);
-}
 
 // (m, s) with s = sum e^(x - m) over the elements seen; merges two such pairs.
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {

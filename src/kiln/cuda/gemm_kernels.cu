@@ -3,35 +3,12 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kiln/cuda/device_types.cuh"
 #include "kiln/cuda/gemm.h"
 
 namespace kiln::cuda {
 
 namespace {
-
-__device__ __forceinline__ float to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float to_f(bf16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float to_f(f16 x) {
-  return __half2float(x);
-}
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ f16 from_f<f16>(float x) {
-  return __float2half(x);
-}
 
 // GPT-2's gelu_new, 0.5 x (1 + tanh(y)) written as x sigmoid(2y) like ops/ref/activation.cpp
 // (the same function; no cancellation for very negative x).

@@ -8,10 +8,8 @@ namespace kiln::cuda {
 
 namespace {
 
-using kern::from_f;
 using kern::load_vec;
 using kern::store_vec;
-using kern::to_f;
 
 constexpr int kThreads = 256;
 constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2/pi)

@@ -4,30 +4,14 @@
 
 #include <cstdint>
 
+#include "kiln/cuda/device_types.cuh"
 #include "kiln/cuda/runtime.h"
 
 namespace kiln::cuda::kern {
 
 constexpr int kWarp = 32;
 
-__device__ __forceinline__ float to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float to_f(bf16 x) {
-  return __bfloat162float(x);
-}
-
 // fp32 -> T, round to nearest even (the hardware cvt; NaN becomes the canonical NaN).
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 // Bit-exact kiln::f32_to_bf16 (core/dtype.h): round to nearest even, a NaN keeps its sign and
 // top payload bits and is made quiet. For the explicit conversions and AdamW's bf16 copy.

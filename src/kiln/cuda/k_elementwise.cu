@@ -7,10 +7,8 @@ namespace kiln::cuda {
 
 namespace {
 
-using kern::from_f;
 using kern::load_vec;
 using kern::store_vec;
-using kern::to_f;
 
 constexpr int kThreads = 256;
 

@@ -19,11 +19,9 @@ namespace kiln::cuda {
 
 namespace {
 
-using kern::from_f;
 using kern::kWarp;
 using kern::load_vec;
 using kern::store_vec;
-using kern::to_f;
 using kern::warp_sum;
 
 template <typename T>

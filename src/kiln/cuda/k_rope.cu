@@ -8,8 +8,6 @@ namespace kiln::cuda {
 
 namespace {
 
-using kern::from_f;
-using kern::to_f;
 
 constexpr int kThreads = 256;
 

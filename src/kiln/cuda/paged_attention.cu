@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "kiln/cuda/attention.h"
+#include "kiln/cuda/device_types.cuh"
 
 namespace kiln::cuda {
 
@@ -26,12 +27,6 @@ constexpr int kBT = kPagedBlockTokens;
 static_assert(kBT == 16, "a half warp scores one cache block: one position per lane");
 static_assert(kPagedSplitTokens % kBT == 0, "splits hold whole cache blocks");
 
-__device__ __forceinline__ float to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float to_f(bf16 x) {
-  return __bfloat162float(x);
-}
 template <typename T>
 __device__ __forceinline__ T from_f(float x) {
   if constexpr (std::is_same_v<T, bf16>)

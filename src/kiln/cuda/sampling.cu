@@ -2,16 +2,11 @@
 
 #include <cfloat>
 
+#include "kiln/cuda/device_types.cuh"
+
 namespace kiln::cuda {
 
 namespace {
-
-__device__ inline float to_float(float x) {
-  return x;
-}
-__device__ inline float to_float(bf16 x) {
-  return __bfloat162float(x);
-}
 
 // (value, index) with the larger value winning; on equal values the lower index.
 __device__ inline void better(float& v, int& i, float ov, int oi) {
@@ -24,7 +19,7 @@ __global__ void argmax_rows_kernel(int* out, const T* x, int V) {
   float best = -FLT_MAX;
   int idx = V;  // "none yet": loses every tie against a real index
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    float f = to_float(row[j]);
+    float f = to_f(row[j]);
     if (f == f) better(best, idx, f, j);  // NaN compares unequal to itself: skipped
   }
   for (int o = 16; o > 0; o >>= 1) {

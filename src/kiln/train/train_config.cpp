@@ -116,8 +116,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 
   TrainConfig c;
   check_keys(root, "",
-             {"run_dir", "seed", "threads", "device", "model", "init_from", "data", "train", "optim",
-              "loss_scale", "parallel"},
+             {"run_dir", "seed", "threads", "device", "model", "init_from", "data", "train",
+              "optim", "loss_scale", "parallel"},
              path);
   read(root, "", "run_dir", c.run_dir, path);
   read(root, "", "seed", c.seed, path);
