@@ -8,7 +8,6 @@ namespace kiln::cuda {
 
 namespace {
 
-
 constexpr int kThreads = 256;
 
 // sign = +1 rotates by +angle (forward), -1 by -angle (backward, the transpose).
