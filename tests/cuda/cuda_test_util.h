@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "kiln/core/dtype.h"
@@ -107,6 +108,81 @@ inline std::vector<uint16_t> floats_to_bf16(const std::vector<float>& f) {
   std::vector<uint16_t> h(f.size());
   for (size_t i = 0; i < f.size(); i++) h[i] = f32_to_bf16(f[i]);
   return h;
+}
+
+// Host floats as device element type T (float, bf16 or f16) stores them: rounded to nearest
+// even on the way to the device, exact on the way back.
+template <typename T>
+uint16_t bits_of_16(float x) {
+  static_assert(std::is_same_v<T, cuda::bf16> || std::is_same_v<T, cuda::f16>);
+  if constexpr (std::is_same_v<T, cuda::bf16>) {
+    return f32_to_bf16(x);
+  } else {
+    return f32_to_f16(x);
+  }
+}
+template <typename T>
+float float_of_16(uint16_t b) {
+  if constexpr (std::is_same_v<T, cuda::bf16>) {
+    return bf16_to_f32(b);
+  } else {
+    return f16_to_f32(b);
+  }
+}
+
+// The values T holds nearest to f (f itself for float): what the CPU oracle should see.
+template <typename T>
+std::vector<float> round_to(std::vector<float> f) {
+  if constexpr (!std::is_same_v<T, float>)
+    for (float& x : f) x = float_of_16<T>(bits_of_16<T>(x));
+  return f;
+}
+
+// f.size() elements at dst (device), rounded to T.
+template <typename T>
+void floats_to_gpu(T* dst, const std::vector<float>& f) {
+  auto s = cuda::streams().compute.get();
+  if constexpr (std::is_same_v<T, float>) {
+    cuda::to_device(dst, f.data(), f.size() * sizeof(float), s);
+  } else {
+    std::vector<uint16_t> h(f.size());
+    for (size_t i = 0; i < f.size(); ++i) h[i] = bits_of_16<T>(f[i]);
+    cuda::to_device(dst, h.data(), h.size() * sizeof(uint16_t), s);
+  }
+}
+
+// n elements at src (device) as floats.
+template <typename T>
+std::vector<float> floats_from_gpu(const T* src, int64_t n) {
+  auto s = cuda::streams().compute.get();
+  std::vector<float> f(static_cast<size_t>(n));
+  if constexpr (std::is_same_v<T, float>) {
+    cuda::to_host(f.data(), src, f.size() * sizeof(float), s);
+  } else {
+    std::vector<uint16_t> h(static_cast<size_t>(n));
+    cuda::to_host(h.data(), src, h.size() * sizeof(uint16_t), s);
+    for (size_t i = 0; i < h.size(); ++i) f[i] = float_of_16<T>(h[i]);
+  }
+  return f;
+}
+
+template <typename T>
+void set_from(cuda::DeviceBuffer<T>& d, const std::vector<float>& f) {
+  ASSERT_EQ(d.size(), int64_t(f.size()));
+  floats_to_gpu(d.data(), f);
+}
+
+// A device copy of f in T.
+template <typename T>
+cuda::DeviceBuffer<T> gpu_from(const std::vector<float>& f) {
+  cuda::DeviceBuffer<T> d(int64_t(f.size()), "test", cuda::streams().compute.get());
+  floats_to_gpu(d.data(), f);
+  return d;
+}
+
+template <typename T>
+std::vector<float> floats_of(const cuda::DeviceBuffer<T>& d) {
+  return floats_from_gpu(d.data(), d.size());
 }
 
 }  // namespace kiln::test

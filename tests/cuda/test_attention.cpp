@@ -21,10 +21,9 @@
 namespace kiln::cuda {
 namespace {
 
-using test::bf16_to_floats;
 using test::expect_close;
-using test::floats_to_bf16;
 using test::randn;
+using test::round_to;
 using test::to_cpu;
 using test::to_gpu;
 
@@ -36,10 +35,6 @@ struct Shape {
   int64_t lse() const { return int64_t(B) * H * T; }
 };
 
-std::vector<float> round_bf16(const std::vector<float>& v) {
-  return bf16_to_floats(floats_to_bf16(v));
-}
-
 struct Expected {
   std::vector<float> qkv, dout, out, lse, dqkv;
 };
@@ -50,11 +45,11 @@ Expected reference(const Shape& s, bool bf16, uint64_t seed) {
   Expected e;
   e.qkv = randn(size_t(s.qkv()), seed);
   e.dout = randn(size_t(s.out()), seed + 1);
-  if (bf16) e.qkv = round_bf16(e.qkv), e.dout = round_bf16(e.dout);
+  if (bf16) e.qkv = round_to<cuda::bf16>(e.qkv), e.dout = round_to<cuda::bf16>(e.dout);
   e.out.resize(size_t(s.out()));
   e.lse.resize(size_t(s.lse()));
   ops::cpu::attention_forward(e.out.data(), e.lse.data(), e.qkv.data(), s.B, s.T, s.H, s.K, s.D);
-  if (bf16) e.out = round_bf16(e.out);
+  if (bf16) e.out = round_to<cuda::bf16>(e.out);
   e.dqkv.resize(size_t(s.qkv()));
   ops::cpu::attention_backward(e.dqkv.data(), e.dout.data(), e.qkv.data(), e.out.data(),
                                e.lse.data(), s.B, s.T, s.H, s.K, s.D);
@@ -72,14 +67,8 @@ struct Dev {
 
 template <typename T>
 Dev<T> upload_as(const std::vector<float>& f, int offset = 0) {
-  auto s = streams().compute.get();
-  Dev<T> d{DeviceBuffer<T>(int64_t(f.size()) + offset, "test", s), offset};
-  if constexpr (std::is_same_v<T, float>) {
-    to_device(d.ptr(), f.data(), f.size() * sizeof(float), s);
-  } else {
-    const auto h = floats_to_bf16(f);
-    to_device(d.ptr(), h.data(), h.size() * sizeof(uint16_t), s);
-  }
+  Dev<T> d{DeviceBuffer<T>(int64_t(f.size()) + offset, "test", streams().compute.get()), offset};
+  test::floats_to_gpu(d.ptr(), f);
   return d;
 }
 
@@ -90,16 +79,7 @@ Dev<T> poisoned_as(int64_t n, int offset = 0) {
 
 template <typename T>
 std::vector<float> download(const Dev<T>& d, int64_t n) {
-  auto s = streams().compute.get();
-  if constexpr (std::is_same_v<T, float>) {
-    std::vector<float> h(static_cast<size_t>(n));
-    to_host(h.data(), d.ptr(), size_t(n) * sizeof(float), s);
-    return h;
-  } else {
-    std::vector<uint16_t> h(static_cast<size_t>(n));
-    to_host(h.data(), d.ptr(), size_t(n) * sizeof(uint16_t), s);
-    return bf16_to_floats(h);
-  }
+  return test::floats_from_gpu(d.ptr(), n);
 }
 
 // Runs forward and backward on the GPU and compares with the CPU. The backward is fed the CPU's

@@ -18,42 +18,11 @@ namespace kiln::cuda {
 namespace {
 
 using test::expect_close;
+using test::floats_of;
+using test::gpu_from;
 using test::randn;
+using test::round_to;
 using test::Tol;
-
-template <typename T>
-std::vector<float> rounded(std::vector<float> v) {
-  if constexpr (std::is_same_v<T, bf16>)
-    for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
-  return v;
-}
-
-template <typename T>
-DeviceBuffer<T> up(const std::vector<float>& v) {
-  auto s = streams().compute.get();
-  DeviceBuffer<T> d(int64_t(v.size()), "test", s);
-  if constexpr (std::is_same_v<T, float>) {
-    to_device(d.data(), v.data(), v.size() * sizeof(float), s);
-  } else {
-    auto b = test::floats_to_bf16(v);
-    to_device(d.data(), b.data(), b.size() * 2, s);
-  }
-  return d;
-}
-
-template <typename T>
-std::vector<float> down(const DeviceBuffer<T>& d) {
-  auto s = streams().compute.get();
-  if constexpr (std::is_same_v<T, float>) {
-    std::vector<float> v(size_t(d.size()));
-    to_host(v.data(), d.data(), d.bytes(), s);
-    return v;
-  } else {
-    std::vector<uint16_t> b(size_t(d.size()));
-    to_host(b.data(), d.data(), d.bytes(), s);
-    return test::bf16_to_floats(b);
-  }
-}
 
 // Targets in [0, V) with every fifth (and the first) ignored.
 std::vector<int> make_targets(int N, int V, uint64_t seed) {
@@ -66,8 +35,8 @@ std::vector<int> make_targets(int N, int V, uint64_t seed) {
 template <typename T>
 void check_cross_entropy(int N, int C, int V, float grad_scale, bool train, int chunk_rows,
                          uint64_t seed) {
-  auto h = rounded<T>(randn(size_t(N) * C, seed));
-  auto w = rounded<T>(randn(size_t(V) * C, seed + 1, 0.2f));
+  auto h = round_to<T>(randn(size_t(N) * C, seed));
+  auto w = round_to<T>(randn(size_t(V) * C, seed + 1, 0.2f));
   auto dw0 = randn(size_t(V) * C, seed + 2, 0.1f);
   auto targets = make_targets(N, V, seed + 3);
 
@@ -76,7 +45,7 @@ void check_cross_entropy(int N, int C, int V, float grad_scale, bool train, int 
                                   train ? want_dw.data() : nullptr, h.data(), w.data(),
                                   targets.data(), N, C, V, grad_scale);
 
-  auto gh = up<T>(h), gw = up<T>(w), gdw = up<float>(dw0);
+  auto gh = gpu_from<T>(h), gw = gpu_from<T>(w), gdw = gpu_from<float>(dw0);
   auto gt = test::to_gpu(targets);
   auto gloss = test::poisoned<float>(N);
   auto gdh = test::poisoned<T>(int64_t(N) * C);
@@ -87,7 +56,7 @@ void check_cross_entropy(int N, int C, int V, float grad_scale, bool train, int 
   const bool f32 = std::is_same_v<T, float>;
   std::string what = str(f32 ? "fp32" : "bf16", " N=", N, " C=", C, " V=", V, " train=", train,
                          " chunk_rows=", chunk_rows);
-  auto loss = down(gloss);
+  auto loss = floats_of(gloss);
   expect_close(loss, want_loss, f32 ? test::tol_f32(V) : test::tol_tf32(C),
                (what + " losses").c_str());
   for (int n = 0; n < N; ++n)
@@ -95,10 +64,10 @@ void check_cross_entropy(int N, int C, int V, float grad_scale, bool train, int 
       EXPECT_EQ(loss[n], 0.0f) << what << " ignored row " << n;
     }
   // Without training dw keeps its starting values exactly.
-  expect_close(down(gdw), want_dw, f32 ? test::tol_f32(N) : test::tol_bf16(N),
+  expect_close(floats_of(gdw), want_dw, f32 ? test::tol_f32(N) : test::tol_bf16(N),
                (what + " dw").c_str());
   if (!train) return;
-  auto dh = down(gdh);
+  auto dh = floats_of(gdh);
   expect_close(dh, want_dh, f32 ? test::tol_f32(V) : test::tol_bf16(V), (what + " dh").c_str());
   for (int n = 0; n < N; ++n)
     if (targets[n] < 0) {
@@ -139,19 +108,19 @@ TEST(CudaCrossEntropy, SeveralChunksMatchOne) {
 TEST(CudaCrossEntropy, TargetOutsideVocabularyGivesNaNLoss) {
   KILN_REQUIRE_GPU();
   const int N = 4, C = 8, V = 16;
-  auto h = up<float>(randn(size_t(N) * C, 31)), w = up<float>(randn(size_t(V) * C, 32));
-  auto dw = up<float>(std::vector<float>(size_t(V) * C, 0.0f));
+  auto h = gpu_from<float>(randn(size_t(N) * C, 31)), w = gpu_from<float>(randn(size_t(V) * C, 32));
+  auto dw = gpu_from<float>(std::vector<float>(size_t(V) * C, 0.0f));
   auto t = test::to_gpu(std::vector<int>{1, 16, -1, 3});
   auto loss = test::poisoned<float>(N);
   auto dh = test::poisoned<float>(int64_t(N) * C);
   lm_head_cross_entropy<float>(loss.data(), dh.data(), dw.data(), h.data(), w.data(), t.data(), N,
                                C, V, 1.0f, streams().compute);
-  auto l = down(loss);
+  auto l = floats_of(loss);
   EXPECT_TRUE(std::isfinite(l[0]));
   EXPECT_TRUE(std::isnan(l[1]));
   EXPECT_EQ(l[2], 0.0f);
   EXPECT_TRUE(std::isfinite(l[3]));
-  for (float g : down(dh)) EXPECT_TRUE(std::isfinite(g));
+  for (float g : floats_of(dh)) EXPECT_TRUE(std::isfinite(g));
 }
 
 TEST(CudaCrossEntropy, RejectsDhWithoutDw) {

@@ -24,60 +24,11 @@ namespace kiln::cuda {
 namespace {
 
 using test::expect_close;
+using test::floats_of;
+using test::gpu_from;
 using test::randn;
+using test::round_to;
 using test::Tol;
-
-// Host <-> device in any element type: floats are rounded to T on the way up.
-template <typename T>
-uint16_t bits_of(float x) {
-  if constexpr (std::is_same_v<T, bf16>)
-    return f32_to_bf16(x);
-  else
-    return f32_to_f16(x);
-}
-template <typename T>
-float float_of(uint16_t b) {
-  if constexpr (std::is_same_v<T, bf16>)
-    return bf16_to_f32(b);
-  else
-    return f16_to_f32(b);
-}
-
-// v as T would store it.
-template <typename T>
-std::vector<float> rounded(std::vector<float> v) {
-  if constexpr (!std::is_same_v<T, float>)
-    for (auto& x : v) x = float_of<T>(bits_of<T>(x));
-  return v;
-}
-
-template <typename T>
-DeviceBuffer<T> up(const std::vector<float>& v) {
-  auto s = streams().compute.get();
-  DeviceBuffer<T> d(int64_t(v.size()), "test", s);
-  if constexpr (std::is_same_v<T, float>) {
-    to_device(d.data(), v.data(), v.size() * sizeof(float), s);
-  } else {
-    std::vector<uint16_t> b(v.size());
-    for (size_t i = 0; i < v.size(); ++i) b[i] = bits_of<T>(v[i]);
-    to_device(d.data(), b.data(), b.size() * 2, s);
-  }
-  return d;
-}
-
-template <typename T>
-std::vector<float> down(const DeviceBuffer<T>& d) {
-  auto s = streams().compute.get();
-  std::vector<float> v(size_t(d.size()));
-  if constexpr (std::is_same_v<T, float>) {
-    to_host(v.data(), d.data(), d.bytes(), s);
-  } else {
-    std::vector<uint16_t> b(v.size());
-    to_host(b.data(), d.data(), d.bytes(), s);
-    for (size_t i = 0; i < v.size(); ++i) v[i] = float_of<T>(b[i]);
-  }
-  return v;
-}
 
 // Sets TF32 for one scope.
 struct Tf32Scope {
@@ -101,17 +52,17 @@ std::vector<float> gelu(const std::vector<float>& x) {
 template <typename TIn, typename TOut>
 void check_gemm(int M, int N, int K, bool ta, bool tb, float alpha, float beta, Tol tol,
                 uint64_t seed) {
-  auto a = rounded<TIn>(randn(size_t(M) * K, seed));
-  auto b = rounded<TIn>(randn(size_t(K) * N, seed + 1));
-  auto c0 = rounded<TOut>(randn(size_t(M) * N, seed + 2));
-  auto da = up<TIn>(a), db = up<TIn>(b);
+  auto a = round_to<TIn>(randn(size_t(M) * K, seed));
+  auto b = round_to<TIn>(randn(size_t(K) * N, seed + 1));
+  auto c0 = round_to<TOut>(randn(size_t(M) * N, seed + 2));
+  auto da = gpu_from<TIn>(a), db = gpu_from<TIn>(b);
   auto dc = test::poisoned<TOut>(int64_t(M) * N);
-  if (beta != 0.0f) dc = up<TOut>(c0);
+  if (beta != 0.0f) dc = gpu_from<TOut>(c0);
   std::vector<float> want = c0;
   ops::ref::gemm(want.data(), a.data(), b.data(), M, N, K, ta, tb, alpha, beta);
   gemm<TIn, TOut>(dc.data(), da.data(), db.data(), M, N, K, ta, tb, alpha, beta, streams().compute);
   std::string what = str("gemm M=", M, " N=", N, " K=", K, " ta=", ta, " tb=", tb, " beta=", beta);
-  expect_close(down(dc), want, tol, what.c_str());
+  expect_close(floats_of(dc), want, tol, what.c_str());
 }
 
 struct Shape {
@@ -176,9 +127,9 @@ void check_epilogue(int M, int N, int K, Epilogue ep, bool with_aux, float beta,
                     uint64_t seed) {
   const bool has_bias = ep == Epilogue::bias || ep == Epilogue::bias_gelu;
   const bool has_gelu = ep == Epilogue::gelu || ep == Epilogue::bias_gelu;
-  auto a = rounded<TIn>(randn(size_t(M) * K, seed));
-  auto b = rounded<TIn>(randn(size_t(K) * N, seed + 1));
-  auto c0 = rounded<TOut>(randn(size_t(M) * N, seed + 2));
+  auto a = round_to<TIn>(randn(size_t(M) * K, seed));
+  auto b = round_to<TIn>(randn(size_t(K) * N, seed + 1));
+  auto c0 = round_to<TOut>(randn(size_t(M) * N, seed + 2));
   auto bias = randn(size_t(N), seed + 3);
   std::vector<float> pre = c0;
   ops::ref::gemm(pre.data(), a.data(), b.data(), M, N, K, false, true, 1.0f, beta);
@@ -187,16 +138,16 @@ void check_epilogue(int M, int N, int K, Epilogue ep, bool with_aux, float beta,
       for (int j = 0; j < N; ++j) pre[size_t(i) * N + j] += bias[j];
   const std::vector<float> want = has_gelu ? gelu(pre) : pre;
 
-  auto da = up<TIn>(a), db = up<TIn>(b), dbias = up<float>(bias);
-  auto dc = beta != 0.0f ? up<TOut>(c0) : test::poisoned<TOut>(int64_t(M) * N);
+  auto da = gpu_from<TIn>(a), db = gpu_from<TIn>(b), dbias = gpu_from<float>(bias);
+  auto dc = beta != 0.0f ? gpu_from<TOut>(c0) : test::poisoned<TOut>(int64_t(M) * N);
   auto daux = test::poisoned<TOut>(int64_t(M) * N);
   gemm<TIn, TOut>(dc.data(), da.data(), db.data(), M, N, K, false, true, 1.0f, beta,
                   streams().compute, ep, has_bias ? dbias.data() : nullptr,
                   with_aux ? daux.data() : nullptr);
   std::string what =
       str("epilogue ", int(ep), " aux=", with_aux, " M=", M, " N=", N, " K=", K, " beta=", beta);
-  expect_close(down(dc), want, tol, what.c_str());
-  if (with_aux) expect_close(down(daux), pre, tol, (what + " (aux)").c_str());
+  expect_close(floats_of(dc), want, tol, what.c_str());
+  if (with_aux) expect_close(floats_of(daux), pre, tol, (what + " (aux)").c_str());
 }
 
 // N % 8 == 0 takes cuBLASLt's fused epilogue (aux needs it); odd N the elementwise kernel.
@@ -230,13 +181,13 @@ TEST(CudaGemm, GeluEpilogueIsGpt2Gelu) {
     for (int j = 0; j < N; ++j) bias[j] = 0.125f * float(j) - 0.25f;
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) pre[size_t(i) * N + j] = x[i] + bias[j];
-    auto da = up<float>(x), db = up<float>(ones), dbias = up<float>(bias);
+    auto da = gpu_from<float>(x), db = gpu_from<float>(ones), dbias = gpu_from<float>(bias);
     auto dc = test::poisoned<float>(int64_t(M) * N), daux = test::poisoned<float>(int64_t(M) * N);
     gemm<float, float>(dc.data(), da.data(), db.data(), M, N, K, false, true, 1.0f, 0.0f,
                        streams().compute, Epilogue::bias_gelu, dbias.data(), daux.data());
     std::string what = str("gelu N=", N);
-    expect_close(down(dc), gelu(pre), Tol{0.0, 2e-3}, what.c_str());
-    expect_close(down(daux), pre, Tol{0.0, 1e-6}, (what + " (aux)").c_str());
+    expect_close(floats_of(dc), gelu(pre), Tol{0.0, 2e-3}, what.c_str());
+    expect_close(floats_of(daux), pre, Tol{0.0, 1e-6}, (what + " (aux)").c_str());
   }
 }
 
@@ -300,13 +251,13 @@ template <typename T>
 void check_linear_forward(LinearShape sh, ops::WeightLayout layout, bool with_bias, bool with_gelu,
                           uint64_t seed) {
   const auto [N, IN, OUT] = sh;
-  auto x = rounded<T>(randn(size_t(N) * IN, seed));
-  auto w = rounded<T>(randn(size_t(IN) * OUT, seed + 1, 0.5f));
+  auto x = round_to<T>(randn(size_t(N) * IN, seed));
+  auto w = round_to<T>(randn(size_t(IN) * OUT, seed + 1, 0.5f));
   auto bias = randn(size_t(OUT), seed + 2);
   std::vector<float> pre(size_t(N) * OUT);
   ops::cpu::linear_forward(pre.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, N, IN,
                            OUT, layout);
-  auto dx = up<T>(x), dw = up<T>(w), db = up<float>(bias);
+  auto dx = gpu_from<T>(x), dw = gpu_from<T>(w), db = gpu_from<float>(bias);
   auto dy = test::poisoned<T>(int64_t(N) * OUT), dpre = test::poisoned<T>(int64_t(N) * OUT);
   linear_forward<T>(dy.data(), dx.data(), dw.data(), with_bias ? db.data() : nullptr, N, IN, OUT,
                     layout, streams().compute, with_gelu, with_gelu ? dpre.data() : nullptr);
@@ -315,25 +266,25 @@ void check_linear_forward(LinearShape sh, ops::WeightLayout layout, bool with_bi
                                             : test::tol_f32(IN);
   std::string what = str("linear_forward N=", N, " IN=", IN, " OUT=", OUT, " layout=", int(layout),
                          " bias=", with_bias, " gelu=", with_gelu);
-  expect_close(down(dy), with_gelu ? gelu(pre) : pre, tol, what.c_str());
-  if (with_gelu) expect_close(down(dpre), pre, tol, (what + " (pre)").c_str());
+  expect_close(floats_of(dy), with_gelu ? gelu(pre) : pre, tol, what.c_str());
+  if (with_gelu) expect_close(floats_of(dpre), pre, tol, (what + " (pre)").c_str());
 }
 
 template <typename T>
 void check_linear_backward(LinearShape sh, ops::WeightLayout layout, bool with_dx, bool with_dw,
                            bool with_db, uint64_t seed) {
   const auto [N, IN, OUT] = sh;
-  auto x = rounded<T>(randn(size_t(N) * IN, seed));
-  auto w = rounded<T>(randn(size_t(IN) * OUT, seed + 1, 0.5f));
-  auto dy = rounded<T>(randn(size_t(N) * OUT, seed + 2));
+  auto x = round_to<T>(randn(size_t(N) * IN, seed));
+  auto w = round_to<T>(randn(size_t(IN) * OUT, seed + 1, 0.5f));
+  auto dy = round_to<T>(randn(size_t(N) * OUT, seed + 2));
   auto dw0 = randn(size_t(IN) * OUT, seed + 3), db0 = randn(size_t(OUT), seed + 4);
   std::vector<float> want_dx(size_t(N) * IN), want_dw = dw0, want_db = db0;
   ops::cpu::linear_backward(with_dx ? want_dx.data() : nullptr, with_dw ? want_dw.data() : nullptr,
                             with_db ? want_db.data() : nullptr, dy.data(), x.data(), w.data(), N,
                             IN, OUT, layout);
-  auto gx = up<T>(x), gw = up<T>(w), gdy = up<T>(dy);
+  auto gx = gpu_from<T>(x), gw = gpu_from<T>(w), gdy = gpu_from<T>(dy);
   auto gdx = test::poisoned<T>(int64_t(N) * IN);
-  auto gdw = up<float>(dw0), gdb = up<float>(db0);
+  auto gdw = gpu_from<float>(dw0), gdb = gpu_from<float>(db0);
   linear_backward<T>(with_dx ? gdx.data() : nullptr, with_dw ? gdw.data() : nullptr,
                      with_db ? gdb.data() : nullptr, gdy.data(), gx.data(), gw.data(), N, IN, OUT,
                      layout, streams().compute);
@@ -341,12 +292,12 @@ void check_linear_backward(LinearShape sh, ops::WeightLayout layout, bool with_d
   std::string what = str("linear_backward N=", N, " IN=", IN, " OUT=", OUT, " layout=", int(layout),
                          " dx=", with_dx, " dw=", with_dw, " db=", with_db);
   if (with_dx)
-    expect_close(down(gdx), want_dx, f32 ? test::tol_f32(OUT) : test::tol_bf16(OUT),
+    expect_close(floats_of(gdx), want_dx, f32 ? test::tol_f32(OUT) : test::tol_bf16(OUT),
                  (what + " dx").c_str());
   // Null outputs are not written: dw and dbias must still hold their starting values.
-  expect_close(down(gdw), want_dw, f32 ? test::tol_f32(N) : test::tol_tf32(N),
+  expect_close(floats_of(gdw), want_dw, f32 ? test::tol_f32(N) : test::tol_tf32(N),
                (what + " dw").c_str());
-  expect_close(down(gdb), want_db, test::tol_f32(N), (what + " dbias").c_str());
+  expect_close(floats_of(gdb), want_db, test::tol_f32(N), (what + " dbias").c_str());
 }
 
 TEST(CudaLinear, ForwardMatchesCpu) {
@@ -381,12 +332,12 @@ TEST(CudaLinear, BiasGradientManyRowsIsDeterministic) {
   std::vector<float> want(OUT, 0.0f);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < OUT; ++o) want[o] += dy[size_t(n) * OUT + o];
-  auto gdy = up<float>(dy);
-  auto gdb1 = up<float>(std::vector<float>(OUT, 0.0f)),
-       gdb2 = up<float>(std::vector<float>(OUT, 0.0f));
+  auto gdy = gpu_from<float>(dy);
+  auto gdb1 = gpu_from<float>(std::vector<float>(OUT, 0.0f)),
+       gdb2 = gpu_from<float>(std::vector<float>(OUT, 0.0f));
   bias_backward<float>(gdb1.data(), gdy.data(), N, OUT, streams().compute);
   bias_backward<float>(gdb2.data(), gdy.data(), N, OUT, streams().compute);
-  auto a = down(gdb1), b = down(gdb2);
+  auto a = floats_of(gdb1), b = floats_of(gdb2);
   expect_close(a, want, test::tol_f32(N), "bias_backward");
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }

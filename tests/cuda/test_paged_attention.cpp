@@ -17,43 +17,13 @@
 namespace kiln::cuda {
 namespace {
 
-using test::bf16_to_floats;
 using test::expect_close;
-using test::floats_to_bf16;
+using test::floats_of;
+using test::gpu_from;
 using test::randn;
+using test::round_to;
 
 constexpr int kBT = kPagedBlockTokens;
-
-std::vector<float> round_bf16(const std::vector<float>& v) {
-  return bf16_to_floats(floats_to_bf16(v));
-}
-
-template <typename T>
-DeviceBuffer<T> upload_as(const std::vector<float>& f) {
-  auto s = streams().compute.get();
-  DeviceBuffer<T> d(int64_t(f.size()), "test", s);
-  if constexpr (std::is_same_v<T, float>) {
-    to_device(d.data(), f.data(), f.size() * sizeof(float), s);
-  } else {
-    const auto h = floats_to_bf16(f);
-    to_device(d.data(), h.data(), h.size() * sizeof(uint16_t), s);
-  }
-  return d;
-}
-
-template <typename T>
-std::vector<float> download(const DeviceBuffer<T>& d) {
-  auto s = streams().compute.get();
-  if constexpr (std::is_same_v<T, float>) {
-    std::vector<float> h(size_t(d.size()));
-    to_host(h.data(), d.data(), d.bytes(), s);
-    return h;
-  } else {
-    std::vector<uint16_t> h(size_t(d.size()));
-    to_host(h.data(), d.data(), d.bytes(), s);
-    return bf16_to_floats(h);
-  }
-}
 
 // The pool (num_blocks, layers, 2, kBT, kv_dim) on the host.
 struct HostPool {
@@ -91,7 +61,7 @@ void check_paged(const Case& c, uint64_t seed) {
     for (int i = 0; i <= c.pos[n] / kBT; ++i) tables[size_t(n) * max_blocks + i] = perm[next++];
   const int stride = (c.H + 2 * c.K) * c.D + 3;  // padded rows
   auto qkv = randn(size_t(N) * stride, seed + 2);
-  if (kBf16) pool.data = round_bf16(pool.data), qkv = round_bf16(qkv);
+  if (kBf16) pool.data = round_to<bf16>(pool.data), qkv = round_to<bf16>(qkv);
 
   std::vector<float> want(size_t(N) * c.H * c.D);
   const double scale = 1.0 / std::sqrt(double(c.D));
@@ -122,8 +92,8 @@ void check_paged(const Case& c, uint64_t seed) {
     }
 
   auto st = streams().compute.get();
-  auto dpool = upload_as<T>(pool.data);
-  auto dqkv = upload_as<T>(qkv);
+  auto dpool = gpu_from<T>(pool.data);
+  auto dqkv = gpu_from<T>(qkv);
   auto dtables = test::to_gpu(tables);
   auto dpos = test::to_gpu(c.pos);
   auto out = test::poisoned<T>(int64_t(N) * c.H * c.D);
@@ -131,7 +101,7 @@ void check_paged(const Case& c, uint64_t seed) {
                      DevicePagedCache<T>{dpool.data(), c.layers, KD}, c.layer, dtables.data(),
                      max_blocks, dpos.data(), N, c.H, c.K, c.D, st);
   const int max_pos = *std::max_element(c.pos.begin(), c.pos.end());
-  expect_close(download(out), want, kBf16 ? test::tol_bf16(1) : test::tol_f32(max_pos + c.D),
+  expect_close(floats_of(out), want, kBf16 ? test::tol_bf16(1) : test::tol_f32(max_pos + c.D),
                "out");
 }
 
@@ -157,12 +127,12 @@ void check_write(uint64_t seed) {
   const int H = 4, K = 2, D = 24, layers = 3, layer = 2, KD = K * D, num_blocks = 5, N = 6;
   const int stride = (H + 2 * K) * D + 5;
   HostPool pool{num_blocks, layers, KD, {}};
-  pool.data = round_bf16(randn(size_t(num_blocks) * layers * 2 * kBT * KD, seed));
-  const auto qkv = round_bf16(randn(size_t(N) * stride, seed + 1));
+  pool.data = round_to<bf16>(randn(size_t(num_blocks) * layers * 2 * kBT * KD, seed));
+  const auto qkv = round_to<bf16>(randn(size_t(N) * stride, seed + 1));
   // Distinct slots scattered over blocks and offsets; one padding row (-1).
   const std::vector<int> slots = {3 * kBT + 15, 0, -1, 4 * kBT + 7, 1 * kBT + 1, 3 * kBT + 0};
-  auto dpool = upload_as<T>(pool.data);
-  auto dqkv = upload_as<T>(qkv);
+  auto dpool = gpu_from<T>(pool.data);
+  auto dqkv = gpu_from<T>(qkv);
   auto dslots = test::to_gpu(slots);
   kv_cache_write<T>(DevicePagedCache<T>{dpool.data(), layers, KD}, layer, dqkv.data(), stride, H, K,
                     D, dslots.data(), N, streams().compute.get());
@@ -177,7 +147,7 @@ void check_write(uint64_t seed) {
     }
   }
   // Copies are exact: every element, written or not, must match bit for bit.
-  expect_close(download(dpool), want, {0.0, 0.0}, "pool");
+  expect_close(floats_of(dpool), want, {0.0, 0.0}, "pool");
 }
 
 TEST(CudaPagedAttention, KvCacheWriteRoundTrip) {
