@@ -16,54 +16,30 @@
 #include "../cuda/cuda_test_util.h"
 #include "kiln/core/rng.h"
 #include "kiln/infer/cuda_decoder.h"
-#include "kiln/io/safetensors.h"
 #include "kiln/model/decoder.h"
 #include "kiln/model/model_io.h"
 #include "kiln/model/transformer.h"
 #include "kiln/train/cuda_train_state.h"
 #include "kiln/train/optimizer.h"
 #include "kiln/train/trainer.h"
+#include "parity/parity_case.h"
 #include "test_util.h"
 
 namespace kiln {
 namespace {
 
-double normalized_error(const float* a, const float* b, int64_t n) {
-  double diff = 0, scale = 1e-30;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, double(std::fabs(a[i] - b[i])));
-    scale = std::max(scale, double(std::fabs(b[i])));
-  }
-  return diff / scale;
-}
-
 void gpu_parity(const std::string& config_name, Precision precision) {
   const bool bf16 = precision == Precision::bf16;
   test::TempDir dir("gpu-parity");
-  ModelConfig cfg = load_model_config(test::source_dir() + "/configs/models/" + config_name);
-  Model model(cfg);
-  model.init_weights(7);
-  save_model(model, dir / "model");
   const int B = 2, T = 16, steps = 5;
   const float lr = 1e-3f, clip = 1.0f;
-  Tensor batch = Tensor::empty({B, T + 1}, DType::i32);
-  Rng rng(11);
-  for (int64_t i = 0; i < batch.numel(); ++i)
-    batch.data<int32_t>()[i] = int32_t(rng.below(cfg.vocab_size));
-  save_safetensors(dir / "batch.safetensors", {{"input_ids", batch}});
-  auto r = test::run_command("/usr/bin/python3 " + test::source_dir() +
-                             "/tests/parity/torch_reference.py --model " + (dir / "model") +
-                             " --batch " + (dir / "batch.safetensors") + " --out " +
-                             (dir / "ref.safetensors") + " --steps 5 --lr 1e-3 --beta1 0.9" +
-                             " --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --clip 1.0");
-  ASSERT_EQ(r.status, 0) << r.output;
-  SafeTensorsFile ref = load_safetensors(dir / "ref.safetensors");
-  std::vector<int32_t> ids(B * T), targets(B * T);
-  for (int b = 0; b < B; ++b)
-    for (int t = 0; t < T; ++t) {
-      ids[b * T + t] = batch.data<int32_t>()[b * (T + 1) + t];
-      targets[b * T + t] = batch.data<int32_t>()[b * (T + 1) + t + 1];
-    }
+  test::ParityCase c;
+  test::make_parity_case(dir, config_name, B, T, steps, c);
+  if (::testing::Test::HasFatalFailure()) return;
+  Model& model = *c.model;
+  const SafeTensorsFile& ref = c.ref;
+  const std::vector<int32_t>& ids = c.ids;
+  const std::vector<int32_t>& targets = c.targets;
   const double loss_tol = bf16 ? 1e-2 : 2e-5, grad_tol = bf16 ? 5e-2 : 2e-4;
   CudaTrainState gpu(model, B, T, precision, false, {0.9f, 0.95f, 1e-8f, 0.1f});
   gpu.zero_grads();
@@ -73,7 +49,8 @@ void gpu_parity(const std::string& config_name, Precision precision) {
   gpu.download_grads(grads.data());
   for (const ParamInfo& p : model.params()) {
     const Tensor& g = ref.get("grad." + p.name);
-    EXPECT_LT(normalized_error(grads.data() + p.offset, g.f32(), p.numel()), grad_tol) << p.name;
+    EXPECT_LT(test::normalized_error(grads.data() + p.offset, g.f32(), p.numel()), grad_tol)
+        << p.name;
   }
   const float* ref_losses = ref.get("step_losses").f32();
   for (int s = 0; s < steps; ++s) {
@@ -84,16 +61,8 @@ void gpu_parity(const std::string& config_name, Precision precision) {
   }
   if (bf16) return;  // bf16 weights drift by design; the step losses above bound them
   gpu.download_weights(model);
-  for (const ParamInfo& p : model.params()) {
-    const float* want = ref.get("final." + p.name).f32();
-    const float* got = model.weights().f32() + p.offset;
-    double worst = 0;
-    for (int64_t i = 0; i < p.numel(); ++i) {
-      double tol = 1e-2 * lr * steps + 1e-5 * std::fabs(want[i]);
-      worst = std::max(worst, std::fabs(double(got[i]) - want[i]) / tol);
-    }
-    EXPECT_LE(worst, 1.0) << p.name;
-  }
+  for (const ParamInfo& p : model.params())
+    EXPECT_LE(test::worst_final_weight(model, ref, p, lr, steps), 1.0) << p.name;
 }
 
 TEST(GpuParity, LlamaFp32MatchesPyTorch) {
@@ -166,7 +135,8 @@ TEST(GpuDecoder, MatchesCpuDecoder) {
     for (int i = 0; i < n; ++i) pos[i] = i;
     std::vector<float> logits(size_t(n) * V);
     gpu.forward(seq.data(), prompt.data(), pos.data(), n, next.data(), logits.data());
-    EXPECT_LT(normalized_error(logits.data() + size_t(n - 1) * V, want.data(), V), 1e-4) << config;
+    EXPECT_LT(test::normalized_error(logits.data() + size_t(n - 1) * V, want.data(), V), 1e-4)
+        << config;
     int tok_gpu = next[n - 1];
     for (int step = 0; step < 12; ++step) {
       const std::vector<float>& l =

@@ -18,55 +18,27 @@
 #include <cmath>
 #include <cstring>
 
-#include "kiln/core/rng.h"
-#include "kiln/io/safetensors.h"
-#include "kiln/model/model_io.h"
 #include "kiln/model/transformer.h"
 #include "kiln/ops/matmul.h"
 #include "kiln/train/optimizer.h"
+#include "parity/parity_case.h"
 #include "test_util.h"
 
 namespace kiln {
 namespace {
 
-// max |a - b| / max |b| over n elements.
-double normalized_error(const float* a, const float* b, int64_t n) {
-  double diff = 0, scale = 1e-30;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, double(std::fabs(a[i] - b[i])));
-    scale = std::max(scale, double(std::fabs(b[i])));
-  }
-  return diff / scale;
-}
-
 void check_parity(const std::string& config_name) {
   test::TempDir dir("parity");
-  ModelConfig cfg = load_model_config(test::source_dir() + "/configs/models/" + config_name);
-  Model model(cfg);
-  model.init_weights(7);
-  save_model(model, dir / "model");
-
   const int B = 2, T = 16, steps = 5;
   const float lr = 1e-3f, clip = 1.0f;
-  Tensor batch = Tensor::empty({B, T + 1}, DType::i32);
-  Rng rng(11);
-  for (int64_t i = 0; i < batch.numel(); ++i)
-    batch.data<int32_t>()[i] = int32_t(rng.below(cfg.vocab_size));
-  save_safetensors(dir / "batch.safetensors", {{"input_ids", batch}});
-  auto r = test::run_command("/usr/bin/python3 " + test::source_dir() +
-                             "/tests/parity/torch_reference.py --model " + (dir / "model") +
-                             " --batch " + (dir / "batch.safetensors") + " --out " +
-                             (dir / "ref.safetensors") + " --steps 5 --lr 1e-3 --beta1 0.9" +
-                             " --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --clip 1.0");
-  ASSERT_EQ(r.status, 0) << r.output;
-  SafeTensorsFile ref = load_safetensors(dir / "ref.safetensors");
-
-  std::vector<int32_t> ids(B * T), targets(B * T);
-  for (int b = 0; b < B; ++b)
-    for (int t = 0; t < T; ++t) {
-      ids[b * T + t] = batch.data<int32_t>()[b * (T + 1) + t];
-      targets[b * T + t] = batch.data<int32_t>()[b * (T + 1) + t + 1];
-    }
+  test::ParityCase c;
+  test::make_parity_case(dir, config_name, B, T, steps, c);
+  if (::testing::Test::HasFatalFailure()) return;
+  Model& model = *c.model;
+  const ModelConfig& cfg = model.config();
+  const SafeTensorsFile& ref = c.ref;
+  const std::vector<int32_t>& ids = c.ids;
+  const std::vector<int32_t>& targets = c.targets;
   TrainState ts(model, B, T);
   Tensor grads = Tensor::zeros({model.num_params()});
   double loss = ts.step(model, ids.data(), targets.data(), grads.f32());
@@ -76,13 +48,13 @@ void check_parity(const std::string& config_name) {
   std::vector<float> logits(size_t(B) * T * V);
   ModelParams w = model.bind(model.weights().f32());
   ops::ref::gemm(logits.data(), ts.final_hidden().f32(), w.lm_head, B * T, V, C, false, true, 1, 0);
-  EXPECT_LT(normalized_error(logits.data(), ref.get("logits").f32(), logits.size()), 2e-5);
+  EXPECT_LT(test::normalized_error(logits.data(), ref.get("logits").f32(), logits.size()), 2e-5);
   EXPECT_NEAR(loss, ref.get("loss").f32()[0], 1e-5 * std::fabs(loss));
 
   for (const ParamInfo& p : model.params()) {
     const Tensor& g = ref.get("grad." + p.name);
     ASSERT_EQ(g.numel(), p.numel()) << p.name;
-    EXPECT_LT(normalized_error(grads.f32() + p.offset, g.f32(), p.numel()), 1e-4) << p.name;
+    EXPECT_LT(test::normalized_error(grads.f32() + p.offset, g.f32(), p.numel()), 1e-4) << p.name;
   }
 
   AdamW opt(model, {0.9f, 0.95f, 1e-8f, 0.1f});
@@ -95,16 +67,8 @@ void check_parity(const std::string& config_name) {
     ASSERT_TRUE(clip_and_step(model, opt, grads.f32(), lr, clip, &norm));
     ts.refresh_weights(model);
   }
-  for (const ParamInfo& p : model.params()) {
-    const float* want = ref.get("final." + p.name).f32();
-    const float* got = model.weights().f32() + p.offset;
-    double worst = 0;
-    for (int64_t i = 0; i < p.numel(); ++i) {
-      double tol = 1e-2 * lr * steps + 1e-5 * std::fabs(want[i]);
-      worst = std::max(worst, std::fabs(double(got[i]) - want[i]) / tol);
-    }
-    EXPECT_LE(worst, 1.0) << p.name;
-  }
+  for (const ParamInfo& p : model.params())
+    EXPECT_LE(test::worst_final_weight(model, ref, p, lr, steps), 1.0) << p.name;
 }
 
 TEST(Parity, LlamaWithGqaMatchesPyTorch) {
