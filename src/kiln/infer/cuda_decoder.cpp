@@ -12,8 +12,8 @@
 #include "kiln/cuda/kernels.h"
 #include "kiln/cuda/runtime.h"
 #include "kiln/cuda/sampling.h"
+#include "kiln/infer/cuda_model.h"
 #include "kiln/infer/kv_cache.h"
-#include "kiln/ops/rope.h"
 
 namespace kiln {
 
@@ -40,30 +40,28 @@ struct DecoderT final : CudaDecoder::Impl {
   int C, F, D, H, K, HD, QKV, UP, blocks_per_seq;
   bool llama;
   ops::WeightLayout layout;
-  DeviceBuffer<float> w, rope_cos, rope_sin, lm_logits32;
-  DeviceBuffer<cuda::bf16> wb;
-  ModelParams wp;
+  DeviceWeights weights;
+  const ModelParams& wp;  // named device pointers into the weights
+  DeviceRope rope;
+  DeviceBuffer<float> lm_logits32;
   DeviceBuffer<Act> pool, x, ln, qkv, att, tmp, up, act, logits;
-  DeviceBuffer<int> ints;  // per call: tokens | pos | slots | block tables, one upload
+  DeviceBuffer<float> rstd, mean;  // norm statistics (inference keeps none; the kernels write them)
+  DeviceBuffer<int> ints;          // per call: tokens | pos | slots | block tables, one upload
   DeviceBuffer<int> next_dev;
   std::vector<int> staging;
 
   DecoderT(const Model& model, int seqs, int len, int rows)
-      : cfg(model.config()), s(cuda::streams().compute) {
+      : cfg(model.config()),
+        s(cuda::streams().compute),
+        weights(model, kBf16, s),
+        wp(weights.wp),
+        rope(cfg, len, s) {
     max_seqs = seqs, max_len = len, max_rows = std::max(rows, seqs);
     C = cfg.hidden, F = cfg.intermediate, D = cfg.head_dim, H = cfg.heads, K = cfg.kv_heads;
     HD = H * D, QKV = (H + 2 * K) * D;
     llama = cfg.arch == Arch::llama;
     UP = llama ? 2 * F : F;
     layout = llama ? ops::WeightLayout::out_in : ops::WeightLayout::in_out;
-    const int64_t P = model.num_params();
-    w = DeviceBuffer<float>(P, "decoder weights", s);
-    cuda::to_device(w.data(), model.weights().f32(), w.bytes(), s, "upload weights");
-    wp = model.bind(w.data());
-    if constexpr (kBf16) {
-      wb = DeviceBuffer<cuda::bf16>(P, "decoder bf16 weights", s);
-      cuda::f32_to_bf16(wb.data(), w.data(), P, s);
-    }
     blocks_per_seq = (max_len + kBlockTokens - 1) / kBlockTokens;
     const int64_t kv_dim = int64_t(K) * D;
     pool = DeviceBuffer<Act>(
@@ -79,35 +77,16 @@ struct DecoderT final : CudaDecoder::Impl {
     logits = DeviceBuffer<Act>(R * cfg.vocab_size, "decoder logits", s);
     ints = DeviceBuffer<int>(R * (3 + blocks_per_seq), "decoder", s);
     next_dev = DeviceBuffer<int>(R, "decoder", s);
-    if (llama) {
-      std::vector<float> inv(D / 2), cs(size_t(max_len) * (D / 2)), sn(cs.size());
-      ops::rope_inv_freq(inv.data(), D, cfg.rope_theta, cfg.rope_scaling, max_len);
-      ops::rope_table(cs.data(), sn.data(), inv.data(), max_len, D);
-      rope_cos = cuda::upload(cs.data(), int64_t(cs.size()), s, "rope table");
-      rope_sin = cuda::upload(sn.data(), int64_t(sn.size()), s, "rope table");
-    }
     rstd = DeviceBuffer<float>(R, "decoder", s);
     mean = DeviceBuffer<float>(R, "decoder", s);
-    bytes = w.bytes() + wb.bytes() + pool.bytes() + x.bytes() * 3 + qkv.bytes() + att.bytes() +
+    bytes = weights.bytes() + pool.bytes() + x.bytes() * 3 + qkv.bytes() + att.bytes() +
             up.bytes() + act.bytes() + logits.bytes();
   }
-  DeviceBuffer<float> rstd, mean;
 
-  const Act* wt(const float* p) const {
-    if constexpr (kBf16) {
-      return wb.data() + (p - w.data());
-    } else {
-      return p;
-    }
-  }
+  const Act* wt(const float* p) const { return weights.gemm<Act>(p); }
 
   void norm(Act* out, const Act* in, const float* nw, const float* nb, int N) {
-    if (llama) {
-      cuda::rms_norm_forward<Act>(out, rstd.data(), in, nw, N, C, cfg.norm_eps, s);
-    } else {
-      cuda::layer_norm_forward<Act>(out, mean.data(), rstd.data(), in, nw, nb, N, C, cfg.norm_eps,
-                                    s);
-    }
+    norm_forward<Act>(cfg, out, mean.data(), rstd.data(), in, nw, nb, N, s);
   }
 
   void forward(const int* seq, const int* tokens, const int* pos, int N, int* next,
@@ -143,8 +122,8 @@ struct DecoderT final : CudaDecoder::Impl {
       norm(ln.data(), x.data(), L.ln1_w, L.ln1_b, N);
       cuda::linear_forward<Act>(qkv.data(), ln.data(), wt(L.qkv_w), L.qkv_b, N, C, QKV, layout, s);
       if (llama)
-        cuda::rope_forward<Act>(qkv.data(), N, H + K, D, QKV, d_pos, rope_cos.data(),
-                                rope_sin.data(), s);
+        cuda::rope_forward<Act>(qkv.data(), N, H + K, D, QKV, d_pos, rope.cos.data(),
+                                rope.sin.data(), s);
       cuda::kv_cache_write<Act>(cache, l, qkv.data(), QKV, H, K, D, d_slot, N, s);
       cuda::paged_attention<Act>(att.data(), qkv.data(), QKV, cache, l, d_tab, MB, d_pos, N, H, K,
                                  D, s);

@@ -13,7 +13,7 @@
 #include "kiln/cuda/gemm.h"
 #include "kiln/cuda/kernels.h"
 #include "kiln/cuda/runtime.h"
-#include "kiln/ops/rope.h"
+#include "kiln/infer/cuda_model.h"
 
 namespace kiln {
 
@@ -24,25 +24,29 @@ struct CudaTrainState::Impl {
   virtual ~Impl() = default;
   virtual double step(const int* ids, const int* targets, bool backward, float grad_scale) = 0;
   virtual bool clip_and_step(float lr, float clip, double norm) = 0;
-  virtual void refresh_low_precision() = 0;
   virtual size_t activation_bytes() const = 0;
 
   // What does not depend on the activation type.
-  Impl(const Model& model, int B, int T, const AdamWConfig& adamw)
-      : cfg(model.config()), B(B), T(T), N(B * T), adamw(adamw), s(cuda::streams().compute) {
+  Impl(const Model& model, int B, int T, bool bf16, const AdamWConfig& adamw)
+      : cfg(model.config()),
+        B(B),
+        T(T),
+        N(B * T),
+        adamw(adamw),
+        s(cuda::streams().compute),
+        weights(model, bf16, s),
+        wp(weights.wp),
+        rope(cfg, T, s) {
     const int64_t P = model.num_params();
     auto segs_host = std::vector<cuda::AdamWSegment>();
     for (const ParamInfo& p : model.params()) segs_host.push_back({p.offset, p.numel(), p.decay});
     segs = std::make_unique<cuda::AdamWSegments>(segs_host.data(), int(segs_host.size()), s);
-    w = DeviceBuffer<float>(P, "weights", s);
     g = DeviceBuffer<float>(P, "gradients", s);
     m = DeviceBuffer<float>(P, "adamw m", s);
     v = DeviceBuffer<float>(P, "adamw v", s);
-    cuda::to_device(w.data(), model.weights().f32(), size_t(P) * 4, s, "upload weights");
     cuda::fill_zero(g.data(), g.bytes(), s);
     cuda::fill_zero(m.data(), m.bytes(), s);
     cuda::fill_zero(v.data(), v.bytes(), s);
-    wp = model.bind(w.data());
     gp = model.bind(g.data());
     ids = DeviceBuffer<int>(N, "ids", s);
     targets = DeviceBuffer<int>(N, "targets", s);
@@ -53,14 +57,6 @@ struct CudaTrainState::Impl {
     for (int n = 0; n < N; ++n) p[n] = n % T;
     cuda::to_device(pos.data(), p.data(), size_t(N) * 4, s);
     losses.assign(size_t(N), 0.0f);
-    if (cfg.arch == Arch::llama) {
-      const int D = cfg.head_dim;
-      std::vector<float> inv(D / 2), cs(size_t(T) * (D / 2)), sn(cs.size());
-      ops::rope_inv_freq(inv.data(), D, cfg.rope_theta, cfg.rope_scaling, T);
-      ops::rope_table(cs.data(), sn.data(), inv.data(), T, D);
-      rope_cos = cuda::upload(cs.data(), int64_t(cs.size()), s, "rope table");
-      rope_sin = cuda::upload(sn.data(), int64_t(sn.size()), s, "rope table");
-    }
   }
 
   ModelConfig cfg;
@@ -69,10 +65,13 @@ struct CudaTrainState::Impl {
   cudaStream_t s;
   int64_t opt_steps = 0, counted = 0;
   std::unique_ptr<cuda::AdamWSegments> segs;
-  DeviceBuffer<float> w, g, m, v;
-  ModelParams wp, gp;  // named device pointers into w and g
+  DeviceWeights weights;  // fp32 master weights and, in bf16, the GEMMs' copy
+  const ModelParams& wp;  // named device pointers into the weights ...
+  DeviceRope rope;
+  DeviceBuffer<float> g, m, v;
+  ModelParams gp;  // ... and into the gradients
   DeviceBuffer<int> ids, targets, pos;
-  DeviceBuffer<float> losses_dev, rope_cos, rope_sin;
+  DeviceBuffer<float> losses_dev;
   DeviceBuffer<double> norm_dev;
   std::vector<float> losses;
 };
@@ -90,12 +89,11 @@ struct StateT final : CudaTrainState::Impl {
   int C, F, D, H, K, HD, QKV, UP;
   bool llama;
   WeightLayout layout;
-  DeviceBuffer<cuda::bf16> wb;  // bf16 copy of the weights (bf16 only)
   std::vector<Layer> acts;
   DeviceBuffer<Act> x_out, lnf, dlnf, dres, dln, datt, dqkv, dup, dact, tmp;
   DeviceBuffer<float> meanf, rstdf;
 
-  StateT(const Model& model, int B_, int T_, const AdamWConfig& a) : Impl(model, B_, T_, a) {
+  StateT(const Model& model, int B_, int T_, const AdamWConfig& a) : Impl(model, B_, T_, kBf16, a) {
     C = cfg.hidden, F = cfg.intermediate, D = cfg.head_dim, H = cfg.heads, K = cfg.kv_heads;
     HD = H * D, QKV = (H + 2 * K) * D;
     llama = cfg.arch == Arch::llama;
@@ -128,32 +126,13 @@ struct StateT final : CudaTrainState::Impl {
     dact = DeviceBuffer<Act>(n * F, "scratch", s);
     rstdf = DeviceBuffer<float>(n, "scratch", s);
     if (!llama) meanf = DeviceBuffer<float>(n, "scratch", s);
-    if constexpr (kBf16) {
-      wb = DeviceBuffer<cuda::bf16>(w.size(), "bf16 weights", s);
-      refresh_low_precision();
-    }
   }
 
-  void refresh_low_precision() override {
-    if constexpr (kBf16) cuda::f32_to_bf16(wb.data(), w.data(), w.size(), s);
-  }
-
-  // A GEMM weight in the activation type: the fp32 master or its place in the bf16 copy.
-  const Act* wt(const float* p) const {
-    if constexpr (kBf16) {
-      return wb.data() + (p - w.data());
-    } else {
-      return p;
-    }
-  }
+  const Act* wt(const float* p) const { return weights.gemm<Act>(p); }
 
   void norm_forward(Act* out, float* mean, float* rstd, const Act* x, const float* nw,
                     const float* nb) {
-    if (llama) {
-      cuda::rms_norm_forward<Act>(out, rstd, x, nw, N, C, cfg.norm_eps, s);
-    } else {
-      cuda::layer_norm_forward<Act>(out, mean, rstd, x, nw, nb, N, C, cfg.norm_eps, s);
-    }
+    kiln::norm_forward<Act>(cfg, out, mean, rstd, x, nw, nb, N, s);
   }
   void norm_backward(Act* dx, float* dw, float* db, const Act* dout, const Act* x, const float* nw,
                      const float* mean, const float* rstd) {
@@ -169,8 +148,8 @@ struct StateT final : CudaTrainState::Impl {
     cuda::linear_forward<Act>(a.qkv.data(), a.ln1.data(), wt(p.qkv_w), p.qkv_b, N, C, QKV, layout,
                               s);
     if (llama)
-      cuda::rope_forward<Act>(a.qkv.data(), N, H + K, D, QKV, pos.data(), rope_cos.data(),
-                              rope_sin.data(), s);
+      cuda::rope_forward<Act>(a.qkv.data(), N, H + K, D, QKV, pos.data(), rope.cos.data(),
+                              rope.sin.data(), s);
     cuda::attention_forward<Act>(a.att.data(), a.lse.data(), a.qkv.data(), B, T, H, K, D, s);
     cuda::linear_forward<Act>(tmp.data(), a.att.data(), wt(p.o_w), p.o_b, N, HD, C, layout, s);
     cuda::add<Act>(a.x_mid.data(), tmp.data(), a.x_in.data(), int64_t(N) * C, s);
@@ -205,8 +184,8 @@ struct StateT final : CudaTrainState::Impl {
     cuda::attention_backward<Act>(dqkv.data(), datt.data(), a.qkv.data(), a.att.data(),
                                   a.lse.data(), B, T, H, K, D, s);
     if (llama)
-      cuda::rope_backward<Act>(dqkv.data(), N, H + K, D, QKV, pos.data(), rope_cos.data(),
-                               rope_sin.data(), s);
+      cuda::rope_backward<Act>(dqkv.data(), N, H + K, D, QKV, pos.data(), rope.cos.data(),
+                               rope.sin.data(), s);
     cuda::linear_backward<Act>(dln.data(), gl.qkv_w, gl.qkv_b, dqkv.data(), a.ln1.data(),
                                wt(p.qkv_w), N, C, QKV, layout, s);
     norm_backward(dres.data(), gl.ln1_w, gl.ln1_b, dln.data(), a.x_in.data(), p.ln1_w,
@@ -258,9 +237,8 @@ struct StateT final : CudaTrainState::Impl {
     const float mul = clip > 0 && norm > clip ? float(clip / norm) : 1.0f;
     ++opt_steps;
     ops::AdamWParams hp = adamw_params(adamw, lr, true, opt_steps);  // decay per segment
-    cuda::bf16* copy = nullptr;
-    if constexpr (kBf16) copy = wb.data();
-    cuda::adamw_step(w.data(), g.data(), m.data(), v.data(), *segs, hp, mul, copy, s);
+    cuda::bf16* copy = weights.wb.size() > 0 ? weights.wb.data() : nullptr;
+    cuda::adamw_step(weights.w.data(), g.data(), m.data(), v.data(), *segs, hp, mul, copy, s);
     return true;
   }
 
@@ -337,7 +315,7 @@ void CudaTrainState::upload_optimizer(const AdamW& opt) {
 }
 
 void CudaTrainState::download_weights(Model& model) const {
-  cuda::to_host(model.weights().f32(), impl_->w.data(), impl_->w.bytes(), impl_->s,
+  cuda::to_host(model.weights().f32(), impl_->weights.w.data(), impl_->weights.w.bytes(), impl_->s,
                 "download weights");
 }
 
@@ -354,9 +332,7 @@ void CudaTrainState::download(Model& model, AdamW& opt) const {
 
 size_t CudaTrainState::state_bytes() const {
   const Impl& d = *impl_;
-  size_t b = d.w.bytes() + d.g.bytes() + d.m.bytes() + d.v.bytes();
-  if (auto* t = dynamic_cast<const StateT<cuda::bf16>*>(impl_.get())) b += t->wb.bytes();
-  return b;
+  return d.weights.bytes() + d.g.bytes() + d.m.bytes() + d.v.bytes();
 }
 size_t CudaTrainState::activation_bytes() const {
   return impl_->activation_bytes();
