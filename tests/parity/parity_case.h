@@ -40,8 +40,11 @@ inline void make_parity_case(const TempDir& dir, const std::string& config_name,
   for (int64_t i = 0; i < batch.numel(); ++i)
     batch.data<int32_t>()[i] = int32_t(rng.below(cfg.vocab_size));
   save_safetensors(dir / "batch.safetensors", {{"input_ids", batch}});
+  // KILN_PYTHON names a python3 with PyTorch where Debian's is not the one (a GPU machine's image).
+  const char* py = std::getenv("KILN_PYTHON");
   auto r =
-      run_command("/usr/bin/python3 " + source_dir() + "/tests/parity/torch_reference.py --model " +
+      run_command(std::string(py ? py : "/usr/bin/python3") + " " + source_dir() +
+                  "/tests/parity/torch_reference.py --model " +
                   (dir / "model") + " --batch " + (dir / "batch.safetensors") + " --out " +
                   (dir / "ref.safetensors") + " --steps " + std::to_string(steps) +
                   " --lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --clip 1.0");
