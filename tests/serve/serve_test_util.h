@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -139,6 +140,51 @@ inline HttpReply http(int port, const std::string& method, const std::string& pa
   return http_raw(port, request_text(method, path, body, extra_headers));
 }
 
+// A request whose answer is read a piece at a time (a stream the test may drop mid-way).
+class OpenRequest {
+ public:
+  OpenRequest(int port, const std::string& raw) : fd_(connect_to(port)) {
+    if (fd_ >= 0) send_all(fd_, raw);
+  }
+  ~OpenRequest() { drop(); }
+  // Reads until `needle` occurs `count` times in what came back (or the server closed).
+  bool read_until(const std::string& needle, int count = 1) {
+    while (occurrences(needle) < count) {
+      char buf[4096];
+      const ssize_t n = fd_ < 0 ? 0 : recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) return false;
+      in_.append(buf, size_t(n));
+    }
+    return true;
+  }
+  void read_all() {
+    while (read_until("\x01never\x02")) {
+    }
+  }
+  void drop() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+  const std::string& received() const { return in_; }
+
+ private:
+  int occurrences(const std::string& needle) const {
+    int n = 0;
+    for (size_t p = in_.find(needle); p != std::string::npos; p = in_.find(needle, p + 1)) ++n;
+    return n;
+  }
+  int fd_;
+  std::string in_;
+};
+
+// The value of the first Prometheus sample line starting with `series` ("name{labels").
+inline double metric(const std::string& text, const std::string& series) {
+  const size_t at = text.find("\n" + series);
+  if (at == std::string::npos) return -1;
+  const size_t sp = text.find("} ", at);
+  return std::atof(text.c_str() + sp + 2);
+}
+
 // `kiln serve` as a subprocess on a free port; stopped (SIGTERM, then waited for) on destruction.
 class ServerProcess {
  public:
@@ -146,6 +192,7 @@ class ServerProcess {
     log_ = log;
     pid_ = fork();
     if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives a killed test
       const std::string cmd = "exec " + kiln_binary() + " serve --model " + model_dir +
                               " --port 0 " + args + " > " + log + " 2>&1";
       execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));

@@ -163,6 +163,19 @@ TEST_F(Serve, StreamedChatEqualsWhole) {
   EXPECT_EQ(usage["prompt_tokens_details"]["cached_tokens"], 32);
 }
 
+// The official OpenAI client (npm openai@6), unchanged, against the server.
+TEST_F(Serve, OfficialOpenAIClient) {
+  const std::string root = test::source_dir();
+  if (!file_exists(root + "/data/serve_refs/node_modules/openai/package.json")) {
+    FAIL() << "the OpenAI client is not installed: run scripts/fetch_serve_refs.sh "
+              "(scripts/setup.sh does)";
+  }
+  auto r = test::run_command("node " + root + "/tests/serve/openai_client.mjs http://127.0.0.1:" +
+                             std::to_string(port()) + "/v1 tiny");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("ALL OK"), std::string::npos) << r.output;
+}
+
 // Every malformed request gets its status and an OpenAI error object naming the field.
 TEST_F(Serve, ErrorsAreOpenAIStyle) {
   struct Case {
@@ -220,6 +233,109 @@ TEST_F(Serve, ErrorsAreOpenAIStyle) {
   EXPECT_EQ(big.status, 413);
   EXPECT_EQ(http(port(), "GET", c).status, 405);
   EXPECT_EQ(http(port(), "GET", "/health").status, 200);
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// A second server with an API key, 4 slots and a queue of 2, over a model with a long context
+// (4000-token streams are still running when the test drops them).
+class ServeLimits : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test::make_model_dir(dir_ / "long", 4096);
+    write_file_atomic(dir_ / "key", "sesame\n");
+    server_ = std::make_unique<test::ServerProcess>(
+        dir_ / "long", "--max-running 4 --max-queue 2 --api-key-file " + (dir_ / "key"),
+        dir_ / "server.log");
+    ASSERT_TRUE(server_->ready()) << server_->log();
+  }
+  int port() const { return server_->port(); }
+  std::string metrics() { return http(port(), "GET", "/metrics", "", kAuth).body; }
+  static std::string stream_request(int max_tokens) {
+    const std::string body = json{
+        {"prompt", "the cat"},
+        {"max_tokens", max_tokens},
+        {"ignore_eos", true},
+        {"stream", true}}.dump();
+    return test::request_text("POST", "/v1/completions", body, kAuth);
+  }
+
+  static constexpr const char* kAuth = "Authorization: Bearer sesame\r\n";
+  test::TempDir dir_{"kiln-serve-limits"};
+  std::unique_ptr<test::ServerProcess> server_;
+};
+
+TEST_F(ServeLimits, ApiKey) {
+  EXPECT_EQ(http(port(), "GET", "/health").status, 200);  // needs no key
+  for (const std::string& auth : {std::string(""), std::string("Authorization: Bearer sesamE\r\n"),
+                                  std::string("Authorization: Bearer sesame2\r\n")}) {
+    HttpReply r = http(port(), "GET", "/v1/models", "", auth);
+    EXPECT_EQ(r.status, 401) << auth;
+    EXPECT_EQ(json::parse(r.body)["error"]["code"], "invalid_api_key");
+  }
+  EXPECT_EQ(http(port(), "GET", "/v1/models", "", kAuth).status, 200);
+}
+
+// Four streams fill the slots, two more wait, the seventh gets 429 + Retry-After. Dropping every
+// connection removes all six from the engine: nothing runs or waits, every KV block is free, and
+// the server still answers.
+TEST_F(ServeLimits, BackpressureAndDisconnects) {
+  std::vector<std::unique_ptr<test::OpenRequest>> streams;
+  for (int i = 0; i < 4; ++i) {
+    streams.push_back(std::make_unique<test::OpenRequest>(port(), stream_request(4000)));
+    ASSERT_TRUE(streams.back()->read_until("data: ", 2)) << streams.back()->received();
+  }
+  for (int i = 0; i < 2; ++i) {  // queued: the response starts when they are submitted
+    streams.push_back(std::make_unique<test::OpenRequest>(port(), stream_request(4000)));
+    ASSERT_TRUE(streams.back()->read_until("\r\n\r\n")) << streams.back()->received();
+    ASSERT_EQ(streams.back()->received().rfind("HTTP/1.1 200 ", 0), 0u)
+        << streams.back()->received();
+  }
+  HttpReply full = test::http_raw(port(), stream_request(10));
+  EXPECT_EQ(full.status, 429) << full.body;
+  EXPECT_EQ(full.headers["retry-after"], "1");
+  EXPECT_EQ(json::parse(full.body)["error"]["type"], "rate_limit_error");
+  std::string m = metrics();
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_running{"), 4) << m;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_waiting{"), 2) << m;
+  EXPECT_GT(test::metric(m, "kiln:kv_cache_usage_perc{"), 0) << m;
+
+  for (auto& s : streams) s->drop();
+  // The engine loop notices the disconnects before its next step; poll its gauges (bounded).
+  for (int i = 0; i < 1000; ++i) {
+    m = metrics();
+    if (test::metric(m, "kiln:num_requests_running{") == 0 &&
+        test::metric(m, "kiln:num_requests_waiting{") == 0 &&
+        test::metric(m, "kiln:kv_cache_usage_perc{") == 0)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_running{"), 0) << m;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_waiting{"), 0) << m;
+  EXPECT_EQ(test::metric(m, "kiln:kv_cache_usage_perc{"), 0) << m;
+  EXPECT_EQ(
+      test::metric(m, "kiln:request_success_total{model_name=\"long\",finished_reason=\"abort\"}"),
+      6)
+      << m;
+  HttpReply after = http(port(), "POST", "/v1/completions",
+                         json{{"prompt", "a"}, {"max_tokens", 3}}.dump(), kAuth);
+  EXPECT_EQ(after.status, 200) << after.body;
+  EXPECT_NE(server_->log().find("client disconnected"), std::string::npos);
+}
+
+// SIGTERM while a stream runs: the stream still completes ([DONE]), then the server exits 0.
+TEST_F(ServeLimits, SigtermDrainsThenExitsZero) {
+  test::OpenRequest s(port(), stream_request(300));
+  ASSERT_TRUE(s.read_until("data: ", 2));
+  EXPECT_EQ(server_->stop(), 0) << server_->log();
+  s.read_all();
+  EXPECT_NE(s.received().find("\"finish_reason\":\"length\""), std::string::npos);
+  EXPECT_NE(s.received().find("data: [DONE]\n\n"), std::string::npos) << s.received();
+  EXPECT_NE(server_->log().find("drained"), std::string::npos) << server_->log();
 }
 
 }  // namespace

@@ -50,11 +50,12 @@ std::optional<uint64_t> EngineLoop::submit(Job job) {
   {
     std::lock_guard<std::mutex> l(mu_);
     // Admission is FIFO: a job waits when the slots are taken; at most max_queue_ may wait.
-    const int queued = int(pending_.size()) + waiting_.load();
-    if (queued + job.sp.n > max_queue_ + std::max(0, free_slots_.load())) return std::nullopt;
+    const int free_slots = std::max(0, model_.max_running - busy_slots_.load());
+    if (waiting_.load() + job.sp.n > max_queue_ + free_slots) return std::nullopt;
     t = next_ticket_++;
     pending_.push_back({t, std::move(job)});
     ++in_flight_;
+    ++waiting_;
   }
   cv_.notify_all();
   return t;
@@ -77,10 +78,21 @@ void EngineLoop::abort_all(const std::string& why) {
   cv_.notify_all();
 }
 
+void EngineLoop::leave(const Active& a) {
+  if (a.admitted) {
+    --running_;
+    busy_slots_ -= a.job.sp.n;
+  } else {
+    --waiting_;
+  }
+  --in_flight_;
+}
+
 void EngineLoop::drop(int64_t id, const std::string& error) {
   auto it = active_.find(id);
   if (it == active_.end()) return;
   model_.engine->cancel(id);
+  leave(*it->second);
   metrics_.request_finished(0, 0, "abort");
   if (!error.empty()) {
     EngineUpdate u;
@@ -89,7 +101,6 @@ void EngineLoop::drop(int64_t id, const std::string& error) {
   }
   by_ticket_.erase(it->second->ticket);
   active_.erase(it);
-  --in_flight_;
 }
 
 void EngineLoop::admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs) {
@@ -109,6 +120,7 @@ void EngineLoop::admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs) {
       u.error = e.what();
       job.sink(std::move(u));
       --in_flight_;
+      --waiting_;
     }
   }
 }
@@ -123,6 +135,9 @@ void EngineLoop::step_engine() {
     auto it = active_.find(unadmitted_.front());
     if (it != active_.end()) {
       it->second->admitted = true;
+      --waiting_;
+      ++running_;
+      busy_slots_ += it->second->job.sp.n;
       metrics_.queue_time(seconds(now - it->second->job.arrival));
     }
     unadmitted_.pop_front();
@@ -167,9 +182,9 @@ void EngineLoop::step_engine() {
       metrics_.request_finished(r.prompt_tokens, r.cached_prompt_tokens,
                                 any_stop ? "stop" : "length");
       Sink sink = std::move(a.job.sink);
+      leave(a);
       by_ticket_.erase(a.ticket);
       active_.erase(it);
-      --in_flight_;
       sink(std::move(u));
     } else {
       a.job.sink(std::move(u));
@@ -182,7 +197,6 @@ void EngineLoop::run() {
     ServedModel m = load_();
     std::lock_guard<std::mutex> l(mu_);
     model_ = std::move(m);
-    free_slots_ = model_.max_running;
     state_ = State::ready;
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> l(mu_);
@@ -229,14 +243,8 @@ void EngineLoop::run() {
       if (stop_) break;
     }
     if (!eng.idle()) step_engine();
-    int busy = 0;
-    for (auto& [id, a] : active_)
-      if (a->admitted) busy += a->job.sp.n;
-    waiting_ = eng.num_waiting();
-    free_slots_ = model_.max_running - busy;
     const KvCache& kv = eng.cache();
-    metrics_.set_gauges({eng.num_running(), eng.num_waiting(),
-                         1.0 - double(kv.free_blocks()) / double(std::max(1, kv.num_blocks()))});
+    metrics_.set_kv_usage(1.0 - double(kv.free_blocks()) / double(std::max(1, kv.num_blocks())));
   }
 }
 

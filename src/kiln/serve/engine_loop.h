@@ -78,6 +78,9 @@ class EngineLoop {
   // Every job still queued or running gets `why` as an error and leaves the engine.
   void abort_all(const std::string& why);
   int in_flight() const { return in_flight_.load(); }  // submitted, not yet finished
+  // Requests submitted and not yet admitted / admitted and not yet finished, exact at any time.
+  int waiting() const { return waiting_.load(); }
+  int running() const { return running_.load(); }
 
  private:
   struct Active;
@@ -85,6 +88,7 @@ class EngineLoop {
   void admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs);
   void step_engine();
   void drop(int64_t id, const std::string& error);
+  void leave(const Active& a);  // the request no longer waits or runs
 
   ModelLoader load_;
   const int max_queue_;
@@ -101,7 +105,7 @@ class EngineLoop {
   bool abort_ = false, stop_ = false;
   uint64_t next_ticket_ = 1;
 
-  std::atomic<int> in_flight_{0}, waiting_{0}, free_slots_{0};
+  std::atomic<int> in_flight_{0}, waiting_{0}, running_{0}, busy_slots_{0};
   // Engine thread only.
   std::unordered_map<int64_t, std::unique_ptr<Active>> active_;  // engine id -> job
   std::unordered_map<uint64_t, int64_t> by_ticket_;

@@ -1,14 +1,19 @@
 #include "kiln/serve/metrics.h"
 
 #include <cstdio>
+#include <cstdlib>
 
 namespace kiln::serve {
 
 namespace {
 
+// The shortest decimal that reads back as v ("0.1", not "0.10000000000000001").
 std::string num(double v) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
   return buf;
 }
 
@@ -63,13 +68,14 @@ Metrics::Metrics(std::string model_name)
       queue_(request_buckets()),
       tokenize_(token_buckets()) {}
 
-void Metrics::set_gauges(const EngineGauges& g) {
+void Metrics::set_request_gauges(std::function<int()> running, std::function<int()> waiting) {
   std::lock_guard<std::mutex> l(mu_);
-  g_ = g;
+  running_ = std::move(running);
+  waiting_ = std::move(waiting);
 }
-EngineGauges Metrics::gauges() const {
+void Metrics::set_kv_usage(double fraction) {
   std::lock_guard<std::mutex> l(mu_);
-  return g_;
+  kv_usage_ = fraction;
 }
 void Metrics::request_finished(int prompt_tokens, int cached_tokens, const std::string& reason) {
   std::lock_guard<std::mutex> l(mu_);
@@ -110,10 +116,12 @@ std::string Metrics::render() const {
   std::lock_guard<std::mutex> l(mu_);
   std::string o;
   const std::string& L = labels_;
-  line(o, "kiln:num_requests_running", "gauge", "Requests in the running batch.", L, g_.running);
-  line(o, "kiln:num_requests_waiting", "gauge", "Requests waiting to be admitted.", L, g_.waiting);
+  line(o, "kiln:num_requests_running", "gauge", "Requests in the running batch.", L,
+       running_ ? running_() : 0);
+  line(o, "kiln:num_requests_waiting", "gauge", "Requests waiting to be admitted.", L,
+       waiting_ ? waiting_() : 0);
   line(o, "kiln:kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use (1 = full).", L,
-       g_.kv_usage);
+       kv_usage_);
   line(o, "kiln:prompt_tokens_total", "counter", "Prompt tokens of finished requests.", L,
        double(prompt_tokens_));
   line(o, "kiln:generation_tokens_total", "counter", "Generated tokens.", L,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -26,16 +27,12 @@ class Histogram {
   uint64_t count_ = 0;
 };
 
-struct EngineGauges {
-  int running = 0, waiting = 0;  // requests
-  double kv_usage = 0;           // fraction of KV blocks referenced, 0..1
-};
-
 class Metrics {
  public:
   explicit Metrics(std::string model_name);
-  void set_gauges(const EngineGauges& g);
-  EngineGauges gauges() const;
+  // Where the request gauges are read at render time (the engine loop's exact counts).
+  void set_request_gauges(std::function<int()> running, std::function<int()> waiting);
+  void set_kv_usage(double fraction);  // KV blocks referenced, 0..1, after each engine step
   void request_finished(int prompt_tokens, int cached_tokens, const std::string& reason);
   void generated(int tokens);
   void time_to_first_token(double s);
@@ -49,7 +46,8 @@ class Metrics {
  private:
   mutable std::mutex mu_;
   std::string labels_;
-  EngineGauges g_;
+  std::function<int()> running_, waiting_;
+  double kv_usage_ = 0;
   uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, cached_tokens_ = 0;
   uint64_t finished_stop_ = 0, finished_length_ = 0, finished_abort_ = 0;
   uint64_t http_2xx_ = 0, http_4xx_ = 0, http_5xx_ = 0;

@@ -111,6 +111,8 @@ class Server {
         loop_(std::move(load), o.max_queue, metrics_) {
     std::random_device rd;
     id_salt_ = (uint64_t(rd()) << 32) ^ rd();
+    metrics_.set_request_gauges([this] { return loop_.running(); },
+                                [this] { return loop_.waiting(); });
   }
 
   int run(const std::function<void(int)>& on_listening) {
