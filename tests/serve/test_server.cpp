@@ -69,6 +69,20 @@ TEST_F(Serve, HealthAndModels) {
 
 TEST_F(Serve, GreedyCompletionEqualsKilnGenerate) {
   const std::string prompt = "the cat sees";
+  // Alone, and in a batch with 7 other running streams (sampled, other prompts).
+  json alone =
+      post("/v1/completions", {{"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}});
+  std::vector<std::unique_ptr<test::OpenRequest>> others;
+  for (int i = 0; i < 7; ++i) {
+    const std::string body = json{
+        {"prompt", "other prompt " + std::to_string(i)},
+        {"max_tokens", 400},
+        {"seed", i},
+        {"stream", true}}.dump();
+    others.push_back(std::make_unique<test::OpenRequest>(
+        port(), test::request_text("POST", "/v1/completions", body)));
+    ASSERT_TRUE(others.back()->read_until("data: "));
+  }
   json j = post("/v1/completions",
                 {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}});
   EXPECT_EQ(j["object"], "text_completion");
@@ -77,6 +91,7 @@ TEST_F(Serve, GreedyCompletionEqualsKilnGenerate) {
   ASSERT_EQ(j["choices"].size(), 1u);
   const std::string want = generate_greedy(model_dir(), prompt, 24);
   EXPECT_EQ(j["choices"][0]["text"], want);
+  EXPECT_EQ(alone["choices"][0]["text"], want);
   EXPECT_EQ(j["usage"]["prompt_tokens"], int(prompt.size()));  // byte-level: one token a byte
   const int completion = j["usage"]["completion_tokens"];
   EXPECT_EQ(j["usage"]["total_tokens"], int(prompt.size()) + completion);
@@ -174,6 +189,27 @@ TEST_F(Serve, OfficialOpenAIClient) {
                              std::to_string(port()) + "/v1 tiny");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("ALL OK"), std::string::npos) << r.output;
+}
+
+// The chat page: one self-contained file (no external resource) whose script parses; it streams
+// the chat endpoint and has the controls and the stop button. (A headless-browser run needs
+// Chromium, which this machine lacks.)
+TEST_F(Serve, ChatPage) {
+  HttpReply r = http(port(), "GET", "/");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.headers["content-type"], "text/html; charset=utf-8");
+  EXPECT_EQ(r.body.find("http://"), std::string::npos) << "the page must not load anything";
+  EXPECT_EQ(r.body.find("https://"), std::string::npos) << "the page must not load anything";
+  for (const char* want :
+       {"id=\"system\"", "id=\"temperature\"", "id=\"top_p\"", "id=\"max_tokens\"", "id=\"stop\"",
+        "/v1/chat/completions", "stream: true", "controller.abort()"})
+    EXPECT_NE(r.body.find(want), std::string::npos) << want;
+  const size_t a = r.body.find("<script>"), b = r.body.find("</script>");
+  ASSERT_TRUE(a != std::string::npos && b != std::string::npos);
+  test::TempDir tmp("kiln-page");
+  write_file_atomic(tmp / "page.js", r.body.substr(a + 8, b - a - 8));
+  auto check = test::run_command("node --check " + (tmp / "page.js"));
+  EXPECT_EQ(check.status, 0) << check.output;
 }
 
 // Every malformed request gets its status and an OpenAI error object naming the field.
