@@ -242,7 +242,16 @@ void EngineLoop::run() {
       std::lock_guard<std::mutex> l(mu_);
       if (stop_) break;
     }
-    if (!eng.idle()) step_engine();
+    if (!eng.idle()) {
+      try {
+        step_engine();
+      } catch (const std::exception& e) {  // never expected: fail the requests, keep serving
+        log_warn("[serve] engine step failed: ", e.what());
+        std::vector<int64_t> ids;
+        for (auto& [id, a] : active_) ids.push_back(id);
+        for (int64_t id : ids) drop(id, std::string("internal engine error: ") + e.what());
+      }
+    }
     const KvCache& kv = eng.cache();
     metrics_.set_kv_usage(1.0 - double(kv.free_blocks()) / double(std::max(1, kv.num_blocks())));
   }
