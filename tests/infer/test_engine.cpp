@@ -208,6 +208,53 @@ TEST(Engine, NSamplesShareThePromptBlocks) {
   EXPECT_NE(r4[0].samples[1].tokens, r4[0].samples[2].tokens);
 }
 
+// A cancelled request (waiting, mid-prompt, or mid-decode with n > 1) frees every KV block and
+// its reservation at once, and the requests left produce what they produce alone.
+TEST(Engine, CancelFreesBlocksAndLeavesOthersUnchanged) {
+  ModelConfig c = tiny_llama();
+  auto m = make_model(c);
+  Rng rng(5);
+  std::vector<int32_t> keep = random_prompt(rng, 20, c.vocab_size);
+  std::vector<int32_t> other = random_prompt(rng, 40, c.vocab_size);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  SamplingParams four = greedy;
+  four.n = 4;
+  EngineOptions opts;
+  opts.token_budget = 16;  // the 40-token prompt takes several steps
+  opts.max_running = 8;
+  opts.prefix_caching = false;
+  Engine eng(*m, opts);
+  const int64_t a = eng.add_request(keep, greedy, test::stop_after(10));
+  const int64_t b = eng.add_request(other, four, test::stop_after(10));
+  const int64_t w = eng.add_request(other, greedy, test::stop_after(10));
+  EXPECT_EQ(eng.num_waiting(), 3);
+  EXPECT_TRUE(eng.cancel(w));  // still waiting
+  EXPECT_EQ(eng.num_waiting(), 2);
+  eng.step();  // both admitted; b mid-prompt
+  EXPECT_EQ(eng.num_running(), 2);
+  EXPECT_TRUE(eng.cancel(b));
+  EXPECT_EQ(eng.num_running(), 1);
+  const int64_t b2 = eng.add_request(other, four, test::stop_after(10));
+  for (int i = 0; i < 5; ++i) eng.step();  // b2 forked into 4 decoding samples
+  EXPECT_TRUE(eng.cancel(b2));
+  EXPECT_FALSE(eng.cancel(b2));
+  EXPECT_FALSE(eng.cancel(12345));
+  std::vector<int32_t> got;
+  while (!eng.idle())
+    for (auto& e : eng.step()) {
+      EXPECT_EQ(e.request, a);
+      got.insert(got.end(), e.tokens.begin(), e.tokens.end());
+    }
+  auto res = eng.take_result(a);
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(eng.take_result(b2));
+  EXPECT_EQ(eng.cache().free_blocks(), eng.cache().num_blocks());
+  Engine alone(*m, opts);
+  alone.add_request(keep, greedy, test::stop_after(10));
+  EXPECT_EQ(alone.run_all().at(0).samples.at(0).tokens, res->samples.at(0).tokens);
+}
+
 TEST(Engine, StopStringsAndIdsCutExactly) {
   Tokenizer tok = Tokenizer::byte_level({});
   ModelConfig c = tiny_llama(tok.vocab_size());

@@ -631,6 +631,28 @@ std::optional<RequestResult> Engine::take_result(int64_t id) {
   return std::nullopt;
 }
 
+bool Engine::cancel(int64_t id) {
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+    if ((*it)->id == id) {
+      waiting_.erase(it);  // nothing allocated or reserved yet
+      return true;
+    }
+  for (auto it = running_.begin(); it != running_.end(); ++it)
+    if ((*it)->id == id) {
+      // Between steps every sequence left in seqs is live (finished ones were dropped).
+      for (auto& s : (*it)->seqs) cache_->release(s->kv);
+      reserved_blocks_ -= (*it)->reserve;
+      running_.erase(it);
+      return true;
+    }
+  for (auto it = done_.begin(); it != done_.end(); ++it)
+    if (it->id == id) {
+      done_.erase(it);
+      return true;
+    }
+  return false;
+}
+
 std::vector<RequestResult> Engine::run_all() {
   while (!idle()) step();
   std::vector<RequestResult> out;

@@ -113,6 +113,12 @@ class Engine {
   std::optional<RequestResult> take_result(int64_t id);
   // Steps until idle; returns every finished request's results in id order.
   std::vector<RequestResult> run_all();
+  // Drops a waiting, running or finished-but-untaken request: its sequences' KV blocks are
+  // released and its reservation returned at once; it produces no more events or result.
+  // Returns false for an unknown id. O(requests).
+  bool cancel(int64_t id);
+  int num_waiting() const { return int(waiting_.size()); }  // requests queued, in id order
+  int num_running() const { return int(running_.size()); }  // requests admitted
 
   const KvCache& cache() const { return *cache_; }
   const ModelConfig& config() const { return cfg_; }

@@ -1,0 +1,92 @@
+// kiln serve --model M [--host H --port P --api-key KEY | --api-key-file F --max-running S
+//                       --token-budget T --kv-blocks B --max-queue Q --served-model-name NAME]
+#include <filesystem>
+
+#include "kiln/cli/command.h"
+#include "kiln/cli/load.h"
+#include "kiln/core/error.h"
+#include "kiln/infer/engine.h"
+#include "kiln/io/file.h"
+#include "kiln/serve/server.h"
+
+namespace kiln::cli {
+namespace {
+
+struct ServeArgs {
+  std::string model, api_key, api_key_file, name;
+  serve::ServeOptions opts;
+  EngineOptions engine;
+  int kv_blocks = 0;
+};
+
+// The name the API reports by default: the model path's last component.
+std::string default_name(const std::string& path) {
+  std::filesystem::path p(path);
+  while (!p.empty() && p.filename().empty()) p = p.parent_path();
+  return p.filename().empty() ? "kiln" : p.filename().string();
+}
+
+Command serve_cmd([](CLI::App& app) {
+  auto a = std::make_shared<ServeArgs>();
+  auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server over the batched engine");
+  cmd->add_option("--model", a->model, "Model, checkpoint or run directory, or a GGUF file")
+      ->required();
+  cmd->add_option("--host", a->opts.http.host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", a->opts.http.port, "Port (0 = any free port)")->capture_default_str();
+  cmd->add_option("--http-threads", a->opts.http.threads, "Threads serving HTTP connections")
+      ->capture_default_str();
+  auto* key = cmd->add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY'");
+  cmd->add_option("--api-key-file", a->api_key_file, "Read the API key from this file")
+      ->excludes(key);
+  cmd->add_option("--max-running", a->engine.max_running, "Sequences in flight at once")
+      ->capture_default_str();
+  cmd->add_option("--token-budget", a->engine.token_budget,
+                  "Rows per engine step (decode tokens + prompt chunks)")
+      ->capture_default_str();
+  cmd->add_option("--kv-blocks", a->kv_blocks, "KV-cache blocks of 16 positions (0 = auto)")
+      ->capture_default_str();
+  cmd->add_option("--max-context", a->engine.max_context,
+                  "Positions per sequence (0 = the model's)")
+      ->capture_default_str();
+  cmd->add_option("--max-queue", a->opts.max_queue, "Requests that may wait; more get 429")
+      ->capture_default_str();
+  cmd->add_option("--max-body-bytes", a->opts.http.max_body_bytes, "Larger bodies get 413")
+      ->capture_default_str();
+  cmd->add_option("--drain-timeout", a->opts.drain_timeout_s,
+                  "Seconds running requests may take after SIGTERM")
+      ->capture_default_str();
+  cmd->add_option("--served-model-name", a->name, "Model name in the API (default: the path's)");
+  cmd->callback([a] {
+    serve::ServeOptions o = a->opts;
+    o.served_model_name = a->name.empty() ? default_name(a->model) : a->name;
+    o.api_key = a->api_key;
+    if (!a->api_key_file.empty()) {
+      KILN_CHECK(file_exists(a->api_key_file), "serve", "cannot read --api-key-file '",
+                 a->api_key_file, "': no such file");
+      o.api_key = read_file(a->api_key_file);
+      while (!o.api_key.empty() && std::isspace(static_cast<unsigned char>(o.api_key.back())))
+        o.api_key.pop_back();
+      KILN_CHECK(!o.api_key.empty(), "serve", "--api-key-file '", a->api_key_file, "' is empty");
+    }
+    KILN_CHECK(o.max_queue >= 0, "serve", "--max-queue must be >= 0, got ", o.max_queue);
+    KILN_CHECK(a->engine.max_running >= 1, "serve", "--max-running must be >= 1");
+    EngineOptions eo = a->engine;
+    eo.cache_blocks = a->kv_blocks;
+    const std::string path = a->model;
+    serve::ModelLoader load = [path, eo]() {
+      auto lm = std::make_shared<LoadedModel>(load_for_inference(path));
+      serve::ServedModel m;
+      m.tok = &lm->tok;
+      m.engine = std::make_unique<Engine>(
+          lm->model->config(), quantized_weights(*lm->model, lm->qweights), eo, &lm->tok);
+      m.max_running = eo.max_running;
+      m.owner = lm;
+      return m;
+    };
+    const int rc = serve::run_server(o, load);
+    if (rc != 0) fail("serve", "the server stopped: the model could not be served (see above)");
+  });
+});
+
+}  // namespace
+}  // namespace kiln::cli

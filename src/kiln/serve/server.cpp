@@ -1,0 +1,345 @@
+#include "kiln/serve/server.h"
+
+#include <atomic>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "kiln/core/log.h"
+#include "kiln/serve/api_error.h"
+#include "kiln/serve/chat_page.h"
+#include "kiln/serve/openai_request.h"
+#include "kiln/serve/openai_response.h"
+
+namespace kiln::serve {
+
+namespace {
+
+using json = nlohmann::json;
+
+HttpResponse error_response(const ApiError& e) {
+  HttpResponse r{e.status, "application/json", error_body(e), {}};
+  if (e.status == 429 || e.status == 503) r.headers.push_back({"Retry-After", "1"});
+  return r;
+}
+
+// Constant-time in the key's contents (the length is not secret enough to hide).
+bool same_key(const std::string& given, const std::string& key) {
+  unsigned diff = given.size() != key.size();
+  for (size_t i = 0; i < given.size(); ++i)
+    diff |= unsigned(uint8_t(given[i]) ^ uint8_t(key[i % std::max<size_t>(1, key.size())]));
+  return diff == 0;
+}
+
+// One API request's answer, built as its engine updates arrive. Lives on the connection's
+// strand (every update is posted there), so it needs no lock.
+struct Pending {
+  std::shared_ptr<Exchange> ex;
+  EngineLoop* loop = nullptr;
+  ResponseMeta meta;
+  bool stream = false, include_usage = false;
+  int n = 1;
+  std::vector<uint64_t> tickets;
+  std::vector<Choice> choices;  // prompt i, sample k -> i * n + k
+  Usage usage;
+  int remaining = 0;  // prompts not finished
+  bool over = false;
+
+  void cancel_all() {
+    for (uint64_t t : tickets) loop->cancel(t);
+  }
+
+  void fail(const std::string& message) {
+    if (over) return;
+    over = true;
+    cancel_all();
+    const bool shutdown = message.find("shutting down") != std::string::npos;
+    ApiError e(shutdown ? 503 : 400, message, "",
+               shutdown ? "service_unavailable" : "invalid_request_error");
+    if (stream) {  // headers went out already: an error event, then the end
+      ex->write("data: " + error_body(e) + "\n\n");
+      ex->finish();
+    } else {
+      ex->respond(error_response(e));
+    }
+  }
+
+  void on_update(int prompt, EngineUpdate u) {
+    if (over) return;
+    if (!u.error.empty()) return fail(u.error);
+    for (const TokenEvent& e : u.events) {
+      const int idx = prompt * n + e.sample;
+      if (!stream) continue;
+      if (!e.text.empty())
+        ex->write(chunk_event(meta, idx, false, e.text, FinishReason::none, include_usage));
+      if (e.finished) ex->write(chunk_event(meta, idx, false, "", e.reason, include_usage));
+    }
+    if (!u.result) return;
+    const RequestResult& r = *u.result;
+    usage.prompt_tokens += r.prompt_tokens;
+    usage.cached_tokens += r.cached_prompt_tokens;
+    for (size_t k = 0; k < r.samples.size(); ++k) {
+      usage.completion_tokens += int(r.samples[k].tokens.size());
+      Choice& c = choices[size_t(prompt) * n + k];
+      c.text = r.samples[k].text;
+      c.reason = r.samples[k].reason;
+    }
+    if (--remaining > 0) return;
+    over = true;
+    ex->set_log_note("id=" + meta.id + " prompt_tokens=" + std::to_string(usage.prompt_tokens) +
+                     " completion_tokens=" + std::to_string(usage.completion_tokens) +
+                     " cached_tokens=" + std::to_string(usage.cached_tokens));
+    if (stream) {
+      if (include_usage) ex->write(usage_event(meta, usage));
+      ex->write(done_event());
+      ex->finish();
+    } else {
+      ex->respond({200, "application/json", completion_body(meta, choices, usage), {}});
+    }
+  }
+};
+
+class Server {
+ public:
+  Server(const ServeOptions& o, ModelLoader load)
+      : o_(o),
+        metrics_(o.served_model_name),
+        http_(
+            o.http, [this](HttpRequest& req, std::shared_ptr<Exchange> ex) { handle(req, ex); },
+            [this](const HttpRequest& req, int status, double s, size_t bytes,
+                   const std::string& note) { done(req, status, s, bytes, note); }),
+        loop_(std::move(load), o.max_queue, metrics_) {
+    std::random_device rd;
+    id_salt_ = (uint64_t(rd()) << 32) ^ rd();
+    metrics_.set_request_gauges([this] { return loop_.running(); },
+                                [this] { return loop_.waiting(); });
+  }
+
+  int run(const std::function<void(int)>& on_listening) {
+    http_.on_signal([this](int sig) { begin_drain(sig); });
+    if (on_listening) on_listening(http_.port());
+    log_info("[serve] listening on http://", o_.http.host, ":", http_.port(), " (model '",
+             o_.served_model_name, "' loading)");
+    std::thread watcher([this] {
+      if (loop_.wait_loaded() == EngineLoop::State::ready) {
+        log_info("[serve] model '", o_.served_model_name, "' ready: context ",
+                 loop_.engine_info().max_context(), ", up to ", loop_.max_running(),
+                 " sequences in flight");
+      } else {
+        log_line(LogLevel::error, "[serve] the model failed to load: " + loop_.load_error());
+        failed_ = true;
+        http_.stop();
+      }
+    });
+    http_.run();
+    watcher.join();
+    return failed_ ? 1 : 0;
+  }
+
+ private:
+  void begin_drain(int sig) {
+    if (draining_.exchange(true)) return;
+    log_info("[serve] signal ", sig, ": draining (no new requests; ", open_.load(), " open, up to ",
+             o_.drain_timeout_s, "s)");
+    http_.stop_accepting();
+    drain_deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(o_.drain_timeout_s));
+    poll_drain();
+  }
+  void poll_drain() {
+    if (open_.load() == 0 || failed_) {
+      log_info("[serve] drained; exiting");
+      http_.stop();
+      return;
+    }
+    if (Clock::now() > drain_deadline_ && !aborted_) {
+      aborted_ = true;
+      log_warn("[serve] drain timeout: aborting ", loop_.in_flight(), " requests");
+      loop_.abort_all("the server is shutting down");
+    }
+    http_.after(20, [this] { poll_drain(); });
+  }
+
+  void done(const HttpRequest& req, int status, double s, size_t bytes, const std::string& note) {
+    if (req.method != "?") --open_;
+    metrics_.http_request(status);
+    log_info("[access] ", req.remote, " \"", req.method, " ", req.target, "\" ", status, " ", bytes,
+             "B ", int64_t(s * 1000.0 + 0.5), "ms", note.empty() ? "" : " ", note);
+  }
+
+  void handle(HttpRequest& req, const std::shared_ptr<Exchange>& ex) {
+    ++open_;
+    std::string path = req.target.substr(0, req.target.find('?'));
+    try {
+      route(req, path, ex);
+    } catch (const ApiError& e) {
+      ex->respond(error_response(e));
+    } catch (const std::exception& e) {
+      ex->respond(error_response(ApiError(500, e.what(), "", "internal_error")));
+    }
+  }
+
+  void require(const HttpRequest& req, const char* method) {
+    if (req.method != method)
+      throw ApiError(405, std::string("use ") + method + " for " + req.target, "",
+                     "invalid_request_error", "method_not_allowed");
+  }
+
+  void route(HttpRequest& req, const std::string& path, const std::shared_ptr<Exchange>& ex) {
+    if (path == "/health") {
+      require(req, "GET");
+      const auto st = loop_.state();
+      if (st != EngineLoop::State::ready || draining_)
+        throw ApiError(503, draining_ ? "the server is draining" : "the model is loading", "",
+                       "service_unavailable");
+      return ex->respond({200, "application/json", "{\"status\":\"ok\"}", {}});
+    }
+    if (path == "/") {
+      require(req, "GET");
+      return ex->respond({200, "text/html; charset=utf-8", chat_page_html(), {}});
+    }
+    if (!o_.api_key.empty()) {
+      const std::string auth = req.header("authorization");
+      const std::string given = auth.rfind("Bearer ", 0) == 0 ? auth.substr(7) : "";
+      if (!same_key(given, o_.api_key))
+        throw ApiError(401,
+                       auth.empty() ? "no API key: send the header 'Authorization: Bearer KEY'"
+                                    : "incorrect API key",
+                       "", "invalid_request_error", "invalid_api_key");
+    }
+    if (path == "/metrics") {
+      require(req, "GET");
+      return ex->respond({200, "text/plain; version=0.0.4; charset=utf-8", metrics_.render(), {}});
+    }
+    const bool models = path == "/v1/models";
+    const bool comp = path == "/v1/completions", chat = path == "/v1/chat/completions";
+    if (!models && !comp && !chat)
+      throw ApiError(404, "no route " + req.method + " " + path, "", "invalid_request_error",
+                     "not_found");
+    if (draining_) throw ApiError(503, "the server is draining", "", "service_unavailable");
+    if (loop_.state() != EngineLoop::State::ready)
+      throw ApiError(503, "the model is loading; retry shortly", "", "service_unavailable");
+    if (models) {
+      require(req, "GET");
+      json m = {{"id", o_.served_model_name},
+                {"object", "model"},
+                {"created", created_},
+                {"owned_by", "kiln"},
+                {"max_model_len", loop_.engine_info().max_context()}};
+      return ex->respond({200,
+                          "application/json",
+                          json{{"object", "list"}, {"data", json::array({m})}}.dump(),
+                          {}});
+    }
+    require(req, "POST");
+    completions(chat ? Endpoint::chat : Endpoint::completions, req, ex);
+  }
+
+  void completions(Endpoint endpoint, HttpRequest& req, const std::shared_ptr<Exchange>& ex) {
+    const auto t0 = Clock::now();
+    ApiLimits lim;
+    lim.vocab_size = loop_.engine_info().config().vocab_size;
+    lim.max_context = loop_.engine_info().max_context();
+    lim.max_n = std::min(128, loop_.max_running());
+    ApiRequest ar = parse_request(endpoint, req.body, lim);
+    if (!ar.model.empty() && ar.model != o_.served_model_name)
+      throw ApiError(404,
+                     "the model '" + ar.model + "' does not exist; this server serves '" +
+                         o_.served_model_name + "'",
+                     "model", "invalid_request_error", "model_not_found");
+    std::vector<std::vector<int32_t>> prompts = prepare_prompts(ar, loop_.tokenizer(), lim);
+    metrics_.tokenize_time(std::chrono::duration<double>(Clock::now() - t0).count());
+
+    auto p = std::make_shared<Pending>();
+    p->ex = ex;
+    p->loop = &loop_;
+    p->meta.endpoint = endpoint;
+    p->meta.id = new_id(endpoint == Endpoint::chat ? "chatcmpl-" : "cmpl-");
+    p->meta.model = o_.served_model_name;
+    p->meta.created = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+    p->stream = ar.stream;
+    p->include_usage = ar.include_usage;
+    p->n = ar.sp.n;
+    p->choices.resize(prompts.size() * size_t(ar.sp.n));
+    for (size_t i = 0; i < p->choices.size(); ++i) p->choices[i].index = int(i);
+    p->remaining = int(prompts.size());
+    // Submitted and answered on the connection's strand, so updates find the tickets in place.
+    ex->post([this, p, ar = std::move(ar), prompts = std::move(prompts)]() mutable {
+      submit(p, ar, prompts);
+    });
+  }
+
+  void submit(const std::shared_ptr<Pending>& p, const ApiRequest& ar,
+              std::vector<std::vector<int32_t>>& prompts) {
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      Job job;
+      job.prompt = std::move(prompts[i]);
+      job.sp = ar.sp;
+      job.stop = ar.stop;
+      const int prompt = int(i);
+      std::shared_ptr<Exchange> ex = p->ex;
+      job.sink = [p, ex, prompt](EngineUpdate u) {
+        ex->post([p, prompt, u = std::move(u)]() mutable { p->on_update(prompt, std::move(u)); });
+      };
+      std::optional<uint64_t> t = loop_.submit(std::move(job));
+      if (!t) {
+        p->over = true;
+        p->cancel_all();
+        p->ex->respond(
+            error_response(ApiError(429,
+                                    "the server is at capacity (" + std::to_string(o_.max_queue) +
+                                        " requests waiting); retry later",
+                                    "", "rate_limit_error", "rate_limit_exceeded")));
+        return;
+      }
+      p->tickets.push_back(*t);
+    }
+    std::weak_ptr<Pending> weak = p;
+    p->ex->on_disconnect([weak] {
+      if (auto q = weak.lock()) {
+        q->over = true;
+        q->cancel_all();
+      }
+    });
+    if (p->stream) {
+      p->ex->start_stream(200, "text/event-stream");
+      if (p->meta.endpoint == Endpoint::chat)
+        for (const Choice& c : p->choices)
+          p->ex->write(
+              chunk_event(p->meta, c.index, true, "", FinishReason::none, p->include_usage));
+    }
+  }
+
+  std::string new_id(const char* prefix) {
+    const uint64_t x = (id_salt_ + 0x9E3779B97F4A7C15ull * ++id_counter_) * 0xBF58476D1CE4E5B9ull;
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%s%016llx", prefix, (unsigned long long)(x ^ (x >> 31)));
+    return buf;
+  }
+
+  ServeOptions o_;
+  Metrics metrics_;
+  HttpServer http_;
+  EngineLoop loop_;
+  std::atomic<bool> draining_{false}, failed_{false};
+  std::atomic<int> open_{0};
+  bool aborted_ = false;
+  Clock::time_point drain_deadline_;
+  uint64_t id_salt_ = 0;
+  std::atomic<uint64_t> id_counter_{0};
+  int64_t created_ = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+};
+
+}  // namespace
+
+int run_server(const ServeOptions& opts, ModelLoader load,
+               const std::function<void(int port)>& on_listening) {
+  Server s(opts, std::move(load));
+  return s.run(on_listening);
+}
+
+}  // namespace kiln::serve

@@ -1,0 +1,29 @@
+// `kiln serve`: the OpenAI-compatible HTTP API over one engine loop. Routes: GET /health,
+// GET /v1/models, POST /v1/completions, POST /v1/chat/completions (whole or streamed as
+// Server-Sent Events), GET /metrics (Prometheus), GET / (the chat page). The model loads on the
+// engine thread while the server already answers (503 until it is ready); SIGTERM/SIGINT stop
+// accepting, let running requests finish within the grace period, then run_server returns 0.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "kiln/serve/engine_loop.h"
+#include "kiln/serve/http_server.h"
+
+namespace kiln::serve {
+
+struct ServeOptions {
+  HttpOptions http;
+  std::string served_model_name = "kiln";
+  std::string api_key;          // "" = no key needed
+  int max_queue = 256;          // requests allowed to wait for a slot; more get 429
+  double drain_timeout_s = 30;  // after SIGTERM: how long running requests may take
+};
+
+// Serves until a signal; returns the exit status (0 after a drain, 1 if the model failed to
+// load). on_listening(port) runs once the socket listens (before the model is ready).
+int run_server(const ServeOptions& opts, ModelLoader load,
+               const std::function<void(int port)>& on_listening = {});
+
+}  // namespace kiln::serve

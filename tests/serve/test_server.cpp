@@ -1,0 +1,378 @@
+// `kiln serve` end to end, as a subprocess on a free port over a tiny random-weight Llama:
+// the routes, greedy output equal to `kiln generate`'s, streaming in OpenAI's chunk format,
+// every error path answered with its status and an OpenAI-style error object (never a crash),
+// disconnects freeing the engine, and SIGTERM draining to exit 0.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "serve_test_util.h"
+
+namespace kiln {
+namespace {
+
+using json = nlohmann::json;
+using test::http;
+using test::HttpReply;
+
+class Serve : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir("kiln-serve");
+    test::make_model_dir(*dir_ / "tiny");
+    server_ = new test::ServerProcess(*dir_ / "tiny", "--served-model-name tiny --max-running 8",
+                                      *dir_ / "server.log");
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete dir_;
+  }
+  void SetUp() override { ASSERT_TRUE(server_->ready()) << server_->log(); }
+  static int port() { return server_->port(); }
+  static json post(const std::string& path, const json& body, int expect = 200) {
+    HttpReply r = http(port(), "POST", path, body.dump());
+    EXPECT_EQ(r.status, expect) << r.body;
+    return json::parse(r.body);
+  }
+  static std::string model_dir() { return *dir_ / "tiny"; }
+
+  static test::TempDir* dir_;
+  static test::ServerProcess* server_;
+};
+test::TempDir* Serve::dir_ = nullptr;
+test::ServerProcess* Serve::server_ = nullptr;
+
+// The text `kiln generate` continues `prompt` with, greedily.
+std::string generate_greedy(const std::string& model, const std::string& prompt, int n) {
+  auto r = test::run_command(test::kiln_binary() + " generate --model " + model +
+                             " --temperature 0 --max-new-tokens " + std::to_string(n) +
+                             " --prompt '" + prompt + "' 2>/dev/null");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.compare(0, prompt.size(), prompt), 0);
+  std::string out = r.output.substr(prompt.size());
+  if (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+TEST_F(Serve, HealthAndModels) {
+  HttpReply h = http(port(), "GET", "/health");
+  EXPECT_EQ(h.status, 200);
+  HttpReply m = http(port(), "GET", "/v1/models");
+  ASSERT_EQ(m.status, 200);
+  json j = json::parse(m.body);
+  EXPECT_EQ(j["object"], "list");
+  ASSERT_EQ(j["data"].size(), 1u);
+  EXPECT_EQ(j["data"][0]["id"], "tiny");
+  EXPECT_EQ(j["data"][0]["object"], "model");
+  EXPECT_EQ(j["data"][0]["max_model_len"], 512);
+}
+
+TEST_F(Serve, GreedyCompletionEqualsKilnGenerate) {
+  const std::string prompt = "the cat sees";
+  // Alone, and in a batch with 7 other running streams (sampled, other prompts).
+  json alone =
+      post("/v1/completions", {{"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}});
+  std::vector<std::unique_ptr<test::OpenRequest>> others;
+  for (int i = 0; i < 7; ++i) {
+    const std::string body = json{
+        {"prompt", "other prompt " + std::to_string(i)},
+        {"max_tokens", 400},
+        {"seed", i},
+        {"stream", true}}.dump();
+    others.push_back(std::make_unique<test::OpenRequest>(
+        port(), test::request_text("POST", "/v1/completions", body)));
+    ASSERT_TRUE(others.back()->read_until("data: "));
+  }
+  json j = post("/v1/completions",
+                {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}});
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["model"], "tiny");
+  EXPECT_EQ(j["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+  ASSERT_EQ(j["choices"].size(), 1u);
+  const std::string want = generate_greedy(model_dir(), prompt, 24);
+  EXPECT_EQ(j["choices"][0]["text"], want);
+  EXPECT_EQ(alone["choices"][0]["text"], want);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], int(prompt.size()));  // byte-level: one token a byte
+  const int completion = j["usage"]["completion_tokens"];
+  EXPECT_EQ(j["usage"]["total_tokens"], int(prompt.size()) + completion);
+  EXPECT_EQ(completion, 24);
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+}
+
+TEST_F(Serve, ChatCompletion) {
+  json j = post(
+      "/v1/chat/completions",
+      {{"messages",
+        {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "hi"}}}},
+       {"max_tokens", 8},
+       {"temperature", 0},
+       {"ignore_eos", true}});
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_TRUE(j["choices"][0]["message"]["content"].is_string());
+  // The rendered prompt: "be brief\n### Human: hi ### Assistant:" (guanaco format).
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 37);
+}
+
+// Splits an SSE body into its data payloads.
+std::vector<std::string> sse_data(const std::string& body) {
+  std::vector<std::string> out;
+  size_t p = 0;
+  while (true) {
+    const size_t at = body.find("data: ", p);
+    if (at == std::string::npos) break;
+    const size_t end = body.find("\n\n", at);
+    out.push_back(body.substr(at + 6, end - at - 6));
+    p = end + 2;
+  }
+  return out;
+}
+
+TEST_F(Serve, StreamedChatEqualsWhole) {
+  json req = {{"messages", {{{"role", "user"}, {"content", "a river"}}}},
+              {"max_tokens", 20},
+              {"temperature", 0},
+              {"n", 2},
+              {"ignore_eos", true}};
+  json whole = post("/v1/chat/completions", req);
+  req["stream"] = true;
+  req["stream_options"] = {{"include_usage", true}};
+  HttpReply r = http(port(), "POST", "/v1/chat/completions", req.dump());
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.headers["content-type"], "text/event-stream");
+  std::vector<std::string> events = sse_data(r.body);
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text[2];
+  bool role[2] = {false, false};
+  int finished = 0;
+  json usage;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    json c = json::parse(events[i]);
+    EXPECT_EQ(c["object"], "chat.completion.chunk");
+    EXPECT_TRUE(c.contains("usage"));
+    if (c["choices"].empty()) {
+      usage = c["usage"];
+      EXPECT_EQ(i + 2, events.size()) << "the usage chunk comes last";
+      continue;
+    }
+    const json& ch = c["choices"][0];
+    const int k = ch["index"];
+    if (ch["delta"].contains("role")) {
+      EXPECT_FALSE(role[k]);
+      EXPECT_TRUE(text[k].empty());
+      role[k] = true;
+    }
+    EXPECT_TRUE(role[k]) << "the role comes in the first delta";
+    if (ch["delta"].contains("content")) text[k] += ch["delta"]["content"].get<std::string>();
+    if (!ch["finish_reason"].is_null()) {
+      EXPECT_EQ(ch["finish_reason"], "length");
+      ++finished;
+    }
+  }
+  EXPECT_EQ(finished, 2);
+  for (int k = 0; k < 2; ++k) EXPECT_EQ(text[k], whole["choices"][k]["message"]["content"]);
+  for (const char* k : {"prompt_tokens", "completion_tokens", "total_tokens"})
+    EXPECT_EQ(usage[k], whole["usage"][k]) << k;
+  // The second request found the first's prompt in the prefix cache (2 full blocks of 16).
+  EXPECT_EQ(usage["prompt_tokens_details"]["cached_tokens"], 32);
+}
+
+// The official OpenAI client (npm openai@6), unchanged, against the server.
+TEST_F(Serve, OfficialOpenAIClient) {
+  const std::string root = test::source_dir();
+  if (!file_exists(root + "/data/serve_refs/node_modules/openai/package.json")) {
+    FAIL() << "the OpenAI client is not installed: run scripts/fetch_serve_refs.sh "
+              "(scripts/setup.sh does)";
+  }
+  auto r = test::run_command("node " + root + "/tests/serve/openai_client.mjs http://127.0.0.1:" +
+                             std::to_string(port()) + "/v1 tiny");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("ALL OK"), std::string::npos) << r.output;
+}
+
+// The chat page: one self-contained file (no external resource) whose script parses; it streams
+// the chat endpoint and has the controls and the stop button. (A headless-browser run needs
+// Chromium, which this machine lacks.)
+TEST_F(Serve, ChatPage) {
+  HttpReply r = http(port(), "GET", "/");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.headers["content-type"], "text/html; charset=utf-8");
+  EXPECT_EQ(r.body.find("http://"), std::string::npos) << "the page must not load anything";
+  EXPECT_EQ(r.body.find("https://"), std::string::npos) << "the page must not load anything";
+  for (const char* want :
+       {"id=\"system\"", "id=\"temperature\"", "id=\"top_p\"", "id=\"max_tokens\"", "id=\"stop\"",
+        "/v1/chat/completions", "stream: true", "controller.abort()"})
+    EXPECT_NE(r.body.find(want), std::string::npos) << want;
+  const size_t a = r.body.find("<script>"), b = r.body.find("</script>");
+  ASSERT_TRUE(a != std::string::npos && b != std::string::npos);
+  test::TempDir tmp("kiln-page");
+  write_file_atomic(tmp / "page.js", r.body.substr(a + 8, b - a - 8));
+  auto check = test::run_command("node --check " + (tmp / "page.js"));
+  EXPECT_EQ(check.status, 0) << check.output;
+}
+
+// Every malformed request gets its status and an OpenAI error object naming the field.
+TEST_F(Serve, ErrorsAreOpenAIStyle) {
+  struct Case {
+    std::string path, body;
+    int status;
+    std::string param;  // "" = null
+  };
+  const std::string c = "/v1/completions", ch = "/v1/chat/completions";
+  const Case cases[] = {
+      {c, "{not json", 400, ""},
+      {c, "[1, 2]", 400, ""},
+      {c, std::string("{\"prompt\": \"a\xff\xfe b\"}"), 400, ""},
+      {c, "{}", 400, "prompt"},
+      {c, "{\"prompt\": 5}", 400, "prompt"},
+      {c, "{\"prompt\": []}", 400, "prompt"},
+      {c, "{\"prompt\": [1, 99999]}", 400, "prompt[1]"},
+      {c, "{\"prompt\": \"a\", \"max_tokens\": -1}", 400, "max_tokens"},
+      {c, "{\"prompt\": \"a\", \"max_tokens\": 0}", 400, "max_tokens"},
+      {c, "{\"prompt\": \"a\", \"max_tokens\": 1e300}", 400, "max_tokens"},
+      {c, "{\"prompt\": \"a\", \"max_tokens\": 99999999999999999999999}", 400, "max_tokens"},
+      {c, "{\"prompt\": \"a\", \"max_tokens\": \"10\"}", 400, "max_tokens"},
+      {c, "{\"prompt\": \"a\", \"max_tokens\": 512}", 400, "max_tokens"},
+      {c, "{\"prompt\": \"a\", \"temperature\": 3}", 400, "temperature"},
+      {c, "{\"prompt\": \"a\", \"temperature\": true}", 400, "temperature"},
+      {c, "{\"prompt\": \"a\", \"top_p\": -0.5}", 400, "top_p"},
+      {c, "{\"prompt\": \"a\", \"n\": 1000}", 400, "n"},
+      {c, "{\"prompt\": \"a\", \"stop\": 7}", 400, "stop"},
+      {c, "{\"prompt\": \"a\", \"stop\": [\"x\", 1]}", 400, "stop[1]"},
+      {c, "{\"prompt\": \"a\", \"logit_bias\": {\"abc\": 1}}", 400, "logit_bias.abc"},
+      {c, "{\"prompt\": \"a\", \"logit_bias\": {\"5\": 1000}}", 400, "logit_bias.5"},
+      {c, "{\"prompt\": \"a\", \"stream\": \"yes\"}", 400, "stream"},
+      {c, "{\"prompt\": \"a\", \"logprobs\": 3}", 400, "logprobs"},
+      {c, "{\"prompt\": \"a\", \"model\": \"gpt-9\"}", 404, "model"},
+      {c, "{\"prompt\": \"" + std::string(600, 'x') + "\"}", 400, "prompt"},
+      {ch, "{\"messages\": \"hi\"}", 400, "messages"},
+      {ch, "{\"messages\": [{\"role\": \"wizard\", \"content\": \"x\"}]}", 400, "messages[0].role"},
+      {ch, "{\"messages\": [{\"role\": \"user\", \"content\": 3}]}", 400, "messages[0].content"},
+      {ch, "{\"messages\": [{\"role\": \"user\"}]}", 400, "messages[0].content"},
+      {"/v1/nothing", "{}", 404, ""},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.path + " " + k.body.substr(0, 80));
+    HttpReply r = http(port(), "POST", k.path, k.body);
+    EXPECT_EQ(r.status, k.status) << r.body;
+    json j = json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.body;
+    ASSERT_TRUE(j["error"].is_object()) << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string());
+    EXPECT_TRUE(j["error"]["type"].is_string());
+    EXPECT_EQ(j["error"]["param"], k.param.empty() ? json(nullptr) : json(k.param)) << r.body;
+    EXPECT_TRUE(j["error"].contains("code"));
+  }
+  // A body over the limit: 413; a wrong method: 405. The server still answers afterwards.
+  HttpReply big = http(port(), "POST", c, "{\"prompt\": \"" + std::string(9 << 20, 'a') + "\"}");
+  EXPECT_EQ(big.status, 413);
+  EXPECT_EQ(http(port(), "GET", c).status, 405);
+  EXPECT_EQ(http(port(), "GET", "/health").status, 200);
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// A second server with an API key, 4 slots and a queue of 2, over a model with a long context
+// (4000-token streams are still running when the test drops them).
+class ServeLimits : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test::make_model_dir(dir_ / "long", 4096);
+    write_file_atomic(dir_ / "key", "sesame\n");
+    server_ = std::make_unique<test::ServerProcess>(
+        dir_ / "long", "--max-running 4 --max-queue 2 --api-key-file " + (dir_ / "key"),
+        dir_ / "server.log");
+    ASSERT_TRUE(server_->ready()) << server_->log();
+  }
+  int port() const { return server_->port(); }
+  std::string metrics() { return http(port(), "GET", "/metrics", "", kAuth).body; }
+  static std::string stream_request(int max_tokens) {
+    const std::string body = json{
+        {"prompt", "the cat"},
+        {"max_tokens", max_tokens},
+        {"ignore_eos", true},
+        {"stream", true}}.dump();
+    return test::request_text("POST", "/v1/completions", body, kAuth);
+  }
+
+  static constexpr const char* kAuth = "Authorization: Bearer sesame\r\n";
+  test::TempDir dir_{"kiln-serve-limits"};
+  std::unique_ptr<test::ServerProcess> server_;
+};
+
+TEST_F(ServeLimits, ApiKey) {
+  EXPECT_EQ(http(port(), "GET", "/health").status, 200);  // needs no key
+  for (const std::string& auth : {std::string(""), std::string("Authorization: Bearer sesamE\r\n"),
+                                  std::string("Authorization: Bearer sesame2\r\n")}) {
+    HttpReply r = http(port(), "GET", "/v1/models", "", auth);
+    EXPECT_EQ(r.status, 401) << auth;
+    EXPECT_EQ(json::parse(r.body)["error"]["code"], "invalid_api_key");
+  }
+  EXPECT_EQ(http(port(), "GET", "/v1/models", "", kAuth).status, 200);
+}
+
+// Four streams fill the slots, two more wait, the seventh gets 429 + Retry-After. Dropping every
+// connection removes all six from the engine: nothing runs or waits, every KV block is free, and
+// the server still answers.
+TEST_F(ServeLimits, BackpressureAndDisconnects) {
+  std::vector<std::unique_ptr<test::OpenRequest>> streams;
+  for (int i = 0; i < 4; ++i) {
+    streams.push_back(std::make_unique<test::OpenRequest>(port(), stream_request(4000)));
+    ASSERT_TRUE(streams.back()->read_until("data: ", 2)) << streams.back()->received();
+  }
+  for (int i = 0; i < 2; ++i) {  // queued: the response starts when they are submitted
+    streams.push_back(std::make_unique<test::OpenRequest>(port(), stream_request(4000)));
+    ASSERT_TRUE(streams.back()->read_until("\r\n\r\n")) << streams.back()->received();
+    ASSERT_EQ(streams.back()->received().rfind("HTTP/1.1 200 ", 0), 0u)
+        << streams.back()->received();
+  }
+  HttpReply full = test::http_raw(port(), stream_request(10));
+  EXPECT_EQ(full.status, 429) << full.body;
+  EXPECT_EQ(full.headers["retry-after"], "1");
+  EXPECT_EQ(json::parse(full.body)["error"]["type"], "rate_limit_error");
+  std::string m = metrics();
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_running{"), 4) << m;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_waiting{"), 2) << m;
+  EXPECT_GT(test::metric(m, "kiln:kv_cache_usage_perc{"), 0) << m;
+
+  for (auto& s : streams) s->drop();
+  // The engine loop notices the disconnects before its next step; poll its gauges (bounded).
+  for (int i = 0; i < 1000; ++i) {
+    m = metrics();
+    if (test::metric(m, "kiln:num_requests_running{") == 0 &&
+        test::metric(m, "kiln:num_requests_waiting{") == 0 &&
+        test::metric(m, "kiln:kv_cache_usage_perc{") == 0)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_running{"), 0) << m;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_waiting{"), 0) << m;
+  EXPECT_EQ(test::metric(m, "kiln:kv_cache_usage_perc{"), 0) << m;
+  EXPECT_EQ(
+      test::metric(m, "kiln:request_success_total{model_name=\"long\",finished_reason=\"abort\"}"),
+      6)
+      << m;
+  HttpReply after = http(port(), "POST", "/v1/completions",
+                         json{{"prompt", "a"}, {"max_tokens", 3}}.dump(), kAuth);
+  EXPECT_EQ(after.status, 200) << after.body;
+  EXPECT_NE(server_->log().find("client disconnected"), std::string::npos);
+}
+
+// SIGTERM while a stream runs: the stream still completes ([DONE]), then the server exits 0.
+TEST_F(ServeLimits, SigtermDrainsThenExitsZero) {
+  test::OpenRequest s(port(), stream_request(300));
+  ASSERT_TRUE(s.read_until("data: ", 2));
+  EXPECT_EQ(server_->stop(), 0) << server_->log();
+  s.read_all();
+  EXPECT_NE(s.received().find("\"finish_reason\":\"length\""), std::string::npos);
+  EXPECT_NE(s.received().find("data: [DONE]\n\n"), std::string::npos) << s.received();
+  EXPECT_NE(server_->log().find("drained"), std::string::npos) << server_->log();
+}
+
+}  // namespace
+}  // namespace kiln
