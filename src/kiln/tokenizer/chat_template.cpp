@@ -1,5 +1,6 @@
 #include "kiln/tokenizer/chat_template.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -26,6 +27,12 @@ const char* const kGuanacoTemplate =
     "{%- endfor -%}\n"
     "{%- if add_generation_prompt -%}{{ ' ### Assistant:' }}{%- endif -%}\n";
 
+const char* const kChatmlTemplate =
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}";
+
 ChatTemplate ChatTemplate::load(std::string_view source, jinja::Map special_tokens,
                                 std::string origin) {
   ChatTemplate t;
@@ -44,6 +51,18 @@ ChatTemplate ChatTemplate::guanaco() {
   ChatTemplate t = load(kGuanacoTemplate, {}, "kiln's default (guanaco)");
   t.is_default_ = true;
   return t;
+}
+
+std::vector<std::string> ChatTemplate::stop_strings() const {
+  if (is_default_) return {"### Human:", "###"};
+  std::vector<std::string> out;
+  for (const auto& [k, v] : specials_)
+    if (k == "eos_token" && v.is_string() && !v.as_string().empty()) out.push_back(v.as_string());
+  for (const char* m : {"<|im_end|>", "<|im_start|>", "<|eot_id|>", "<end_of_turn>", "<|end|>",
+                        "<｜end▁of▁sentence｜>", "</s>"})
+    if (source_.find(m) != std::string::npos && std::find(out.begin(), out.end(), m) == out.end())
+      out.push_back(m);
+  return out;
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
@@ -117,6 +136,13 @@ void add_token_strings(ChatTemplate& t, jinja::Map specials, std::optional<int32
 
 }  // namespace
 
+std::string chat_template_source(const std::string& model_dir) {
+  const std::string config = model_dir + "/tokenizer_config.json";
+  if (!file_exists(config)) return "";
+  const auto t = chat_template_from_config(read_json_file(config), config);
+  return t ? t->source() : "";
+}
+
 ChatTemplate find_chat_template(const std::string& model_path, const Tokenizer* tok) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -148,6 +174,11 @@ ChatTemplate find_chat_template(const std::string& model_path, const Tokenizer* 
                         tok);
       return t;
     }
+  }
+  if (tok && tok->special_id("<|im_start|>") && tok->special_id("<|im_end|>")) {
+    ChatTemplate t = ChatTemplate::load(kChatmlTemplate, {}, "kiln's ChatML fallback");
+    add_token_strings(t, {}, std::nullopt, tok->eos_id(), tok);
+    return t;
   }
   return ChatTemplate::guanaco();
 }

@@ -46,6 +46,11 @@ class ChatTemplate {
   // tool_calls or reasoning_content), as an OpenAI request's JSON converts to (jinja::from_json).
   std::string render(const jinja::Value& messages, const ChatRenderOptions& opts = {}) const;
 
+  // Where a reply ends, for decoding: "### Human:" and "###" for guanaco; otherwise eos_token and
+  // the end-of-turn markers the template writes (<|im_end|>, <|eot_id|>, <end_of_turn>, <|end|>,
+  // <｜end▁of▁sentence｜>, </s>).
+  std::vector<std::string> stop_strings() const;
+
   const std::string& source() const { return source_; }
   const std::string& origin() const { return origin_; }
   bool is_default() const { return is_default_; }
@@ -58,8 +63,10 @@ class ChatTemplate {
   bool is_default_ = false;
 };
 
-// The guanaco template's source (also what `kiln chat` shows for a model without a template).
+// The guanaco template's source, and ChatML's (kiln's fallback for a model without a template
+// whose tokenizer has <|im_start|> and <|im_end|>).
 extern const char* const kGuanacoTemplate;
+extern const char* const kChatmlTemplate;
 
 // A tokenizer_config.json's template: `chat_template` as a string, or the entry named "default"
 // of a list of {name, template}; its special tokens (bos_token, eos_token, unk_token, pad_token,
@@ -67,10 +74,15 @@ extern const char* const kGuanacoTemplate;
 std::optional<ChatTemplate> chat_template_from_config(const nlohmann::json& config,
                                                       std::string origin = "tokenizer_config.json");
 
+// The template source in a model directory's tokenizer_config.json, or "" (what GGUF export
+// writes as tokenizer.chat_template).
+std::string chat_template_source(const std::string& model_dir);
+
 // A model's template, looked up in order: tokenizer_config.json in the model directory (or
 // beside a .gguf file); a GGUF file's (or a kiln quantize directory's model.gguf's)
-// `tokenizer.chat_template`, with bos/eos from its token ids; else the guanaco default. `tok`,
-// when given, supplies bos/eos strings that the config does not name.
+// `tokenizer.chat_template`, with bos/eos from its token ids; else ChatML when `tok` has its
+// special tokens; else the guanaco default. `tok`, when given, also supplies the eos string that
+// the config does not name.
 ChatTemplate find_chat_template(const std::string& model_path, const Tokenizer* tok = nullptr);
 
 }  // namespace kiln
