@@ -208,6 +208,27 @@ TEST_F(TrainCli, TrainedModelEvaluatesGeneratesAndPlots) {
   auto s2 = kiln("generate --model " + (dir / "run") +
                  " --prompt 'a' --max-new-tokens 30 --seed 4 --top-k 5 --top-p 0.9");
   EXPECT_EQ(s1.output, s2.output);  // a seed reproduces
+  // kiln chat renders each turn with the model's chat template: guanaco's "### Human:" format
+  // for a model without one, the template in tokenizer_config.json once the model has one.
+  const std::string chat = "printf 'a\\nb\\n' | " + test::kiln_binary() + " chat --model " +
+                           (dir / "run") + " --max-new-tokens 3 --temperature 0 --show-prompt";
+  auto c1 = test::run_command(chat);
+  ASSERT_EQ(c1.status, 0) << c1.output;
+  EXPECT_NE(c1.output.find("[chat] template: kiln's default (guanaco)"), std::string::npos)
+      << c1.output;
+  EXPECT_NE(c1.output.find("[chat] prompt: ### Human: a ### Assistant:\n"), std::string::npos)
+      << c1.output;
+  EXPECT_NE(c1.output.find(" ### Human: b ### Assistant:\n"), std::string::npos) << c1.output;
+  write_file_atomic(
+      dir / "run" + "/checkpoints/step_00000060/tokenizer_config.json",
+      R"({"eos_token": "<|endoftext|>", "chat_template": "{% for m in messages %})"
+      R"(<{{ m.role }}>{{ m.content | trim }}{% endfor %}{% if add_generation_prompt %})"
+      R"(<assistant>{% endif %}"})");
+  auto c2 = test::run_command(chat + " --system ' Be brief. '");
+  ASSERT_EQ(c2.status, 0) << c2.output;
+  EXPECT_NE(c2.output.find("[chat] prompt: <system>Be brief.<user>a<assistant>\n"),
+            std::string::npos)
+      << c2.output;
   // The same model exported to GGUF generates the same greedy text (f32 exactly; q8_0 on this
   // tiny, well-separated model too), through the batched engine with quantized matrices.
   for (const char* type : {"f32", "q8_0"}) {
@@ -218,6 +239,12 @@ TEST_F(TrainCli, TrainedModelEvaluatesGeneratesAndPlots) {
     auto gg = kiln("generate --model " + gguf +
                    " --prompt 'the cat' --max-new-tokens 20 --temperature 0");
     ASSERT_EQ(gg.status, 0) << gg.output;
+    // the GGUF carries the chat template (tokenizer.chat_template) for llama.cpp and kiln chat
+    auto gc = test::run_command("printf 'a\\n' | " + test::kiln_binary() + " chat --model " + gguf +
+                                " --max-new-tokens 2 --temperature 0 --show-prompt");
+    ASSERT_EQ(gc.status, 0) << gc.output;
+    EXPECT_NE(gc.output.find("[chat] prompt: <user>a<assistant>\n"), std::string::npos)
+        << gc.output;
     if (std::string(type) == "f32") EXPECT_EQ(gg.output, g.output);
     EXPECT_EQ(gg.output.rfind("the cat", 0), 0u) << gg.output;
   }

@@ -10,10 +10,13 @@
 #include <filesystem>
 #include <functional>
 
+#include <nlohmann/json.hpp>
+
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
 #include "kiln/io/gguf.h"
 #include "kiln/model/model_io.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "test_util.h"
 
 using namespace kiln;
@@ -130,6 +133,31 @@ TEST_F(GgufModelTest, QuantizeDirectory) {
   error_of([&] { quantize_model_dir(src, GgufType::q4_0, dir / "q4"); });
   for (const auto& e : std::filesystem::directory_iterator(dir.path()))
     EXPECT_TRUE(e.path().filename() == "model" || e.path().filename() == "q8") << e.path();
+}
+
+// The model directory's chat template travels into the GGUF (tokenizer.chat_template, as
+// llama.cpp's converter writes it) and into a quantized directory; kiln finds it in both.
+TEST_F(GgufModelTest, ChatTemplateTravelsWithTheModel) {
+  const std::string src = dir / "model", out = dir / "q8", file = dir / "t.gguf";
+  save_model(*model, src);
+  tok.save(src + "/tokenizer.json");
+  const std::string tmpl =
+      "{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}";
+  write_file_atomic(src + "/tokenizer_config.json",
+                    nlohmann::json{{"chat_template", tmpl}, {"eos_token", "<|endoftext|>"}}.dump());
+  export_gguf(*model, tok, file, GgufType::f32, chat_template_source(src));
+  EXPECT_EQ(gguf::File::open(file).get_string("tokenizer.chat_template"), tmpl);
+  const ChatTemplate from_gguf = find_chat_template(file, &tok);
+  EXPECT_FALSE(from_gguf.is_default());
+  EXPECT_EQ(from_gguf.render(std::vector<ChatMessage>{{"user", "hi"}}), "<user>hi<|endoftext|>");
+  quantize_model_dir(src, GgufType::q8_0, out);
+  EXPECT_EQ(gguf::File::open(out + "/model.gguf").get_string("tokenizer.chat_template"), tmpl);
+  EXPECT_EQ(find_chat_template(out, &tok).render(std::vector<ChatMessage>{{"user", "hi"}}),
+            "<user>hi<|endoftext|>");
+  // Without a template: none written, and the guanaco default is used.
+  export_gguf(*model, tok, dir / "plain.gguf", GgufType::f32);
+  EXPECT_FALSE(gguf::File::open(dir / "plain.gguf").has("tokenizer.chat_template"));
+  EXPECT_TRUE(find_chat_template(dir / "plain.gguf", &tok).is_default());
 }
 
 TEST_F(GgufModelTest, MetadataDisagreeingWithTensors) {

@@ -1,7 +1,9 @@
 // kiln chat --model DIR [decoding options]: an interactive conversation on stdin/stdout. Each
 // line is a user turn; the reply streams as it is generated; EOF ends the session. The whole
-// conversation is the next turn's prompt, so the paged cache's prefix sharing skips recomputing
-// the earlier turns' full blocks.
+// conversation, rendered with the model's chat template (tokenizer/chat_template.h: its
+// tokenizer_config.json or GGUF template, else ChatML for ChatML tokenizers, else guanaco's
+// "### Human: ... ### Assistant:"), is the next turn's prompt, so the paged cache's prefix
+// sharing skips recomputing the earlier turns' full blocks.
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,6 +15,8 @@
 #include "kiln/core/error.h"
 #include "kiln/infer/engine.h"
 #include "kiln/model/model_io.h"
+#include "kiln/quant/gguf_model.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer.h"
 #include "kiln/train/checkpoint.h"
 
@@ -29,27 +33,10 @@ void finish_decoding_options(DecodingArgs& a);
 
 namespace {
 
-// A chat template: what goes before a user turn, between it and the reply, and after the reply.
-struct ChatTemplate {
-  std::string system_prefix, user_prefix, assistant_prefix, turn_end;
-  std::vector<std::string> stops;  // where the model would start the next user turn
-};
-
-// ChatML when the tokenizer has its special tokens; otherwise the guanaco format the
-// fine-tuning data uses ("### Human: ... ### Assistant: ...").
-ChatTemplate pick_template(const Tokenizer& tok) {
-  if (tok.special_id("<|im_start|>") && tok.special_id("<|im_end|>"))
-    return {"<|im_start|>system\n",
-            "<|im_start|>user\n",
-            "<|im_end|>\n<|im_start|>assistant\n",
-            "<|im_end|>\n",
-            {"<|im_end|>", "<|im_start|>"}};
-  return {"", "### Human: ", " ### Assistant:", " ", {"### Human:", "###"}};
-}
-
 struct ChatArgs {
   std::string model, system;
   DecodingArgs dec;
+  bool show_prompt = false;
 };
 
 Command chat([](CLI::App& app) {
@@ -58,7 +45,9 @@ Command chat([](CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "Interactive chat: one user turn per stdin line");
   cmd->add_option("--model", a->model, "Model, checkpoint or run directory, or a GGUF file")
       ->required();
-  cmd->add_option("--system", a->system, "System prompt (ChatML models)");
+  cmd->add_option("--system", a->system, "System prompt (the first message of the conversation)");
+  cmd->add_flag("--show-prompt", a->show_prompt,
+                "Print each rendered prompt to stderr (and which chat template rendered it)");
   add_decoding_options(cmd, a->dec);
   cmd->callback([a] {
     finish_decoding_options(a->dec);
@@ -66,23 +55,26 @@ Command chat([](CLI::App& app) {
                "chat streams one reply: --n and --beams must be 1");
     LoadedModel lm = load_for_inference(a->model);
     const Tokenizer& tok = lm.tok;
-    const ChatTemplate t = pick_template(tok);
+    const ChatTemplate tmpl = find_chat_template(
+        quant::is_gguf_path(a->model) ? a->model : resolve_model_dir(a->model), &tok);
+    if (a->show_prompt) std::fprintf(stderr, "[chat] template: %s\n", tmpl.origin().c_str());
     EngineOptions opts;
     opts.max_running = 1;
     Engine eng(lm.model->config(), quantized_weights(*lm.model, lm.qweights), opts, &tok);
     StopConditions stop = a->dec.stop;
-    for (const auto& s : t.stops) stop.stop_strings.push_back(s);
-    std::string history;
-    if (!a->system.empty() && !t.system_prefix.empty())
-      history = t.system_prefix + a->system + t.turn_end;
+    for (const auto& s : tmpl.stop_strings()) stop.stop_strings.push_back(s);
+    std::vector<ChatMessage> messages;
+    if (!a->system.empty()) messages.push_back({"system", a->system});
     std::string line;
     const bool tty = isatty(0);
     while (true) {
       if (tty) std::fputs("> ", stdout), std::fflush(stdout);
       if (!std::getline(std::cin, line)) break;
       if (line.empty()) continue;
-      history += t.user_prefix + line + t.assistant_prefix;
-      std::vector<int32_t> ids = tok.encode(history, /*allow_special=*/true);
+      messages.push_back({"user", line});
+      const std::string prompt = tmpl.render(messages);
+      if (a->show_prompt) std::fprintf(stderr, "[chat] prompt: %s\n", prompt.c_str());
+      std::vector<int32_t> ids = tok.encode(prompt, /*allow_special=*/true);
       const int room = eng.max_context() - int(ids.size());
       KILN_CHECK(room > 1, "chat", "the conversation (", ids.size(),
                  " tokens) fills the model's context of ", eng.max_context(),
@@ -99,7 +91,7 @@ Command chat([](CLI::App& app) {
         }
       eng.run_all();
       std::fputs("\n", stdout);
-      history += reply + t.turn_end;
+      messages.push_back({"assistant", reply});
     }
   });
 });

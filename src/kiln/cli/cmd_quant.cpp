@@ -8,6 +8,7 @@
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
 #include "kiln/quant/gguf_model.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer.h"
 #include "kiln/train/checkpoint.h"
 
@@ -51,7 +52,7 @@ Command export_cmd([](CLI::App& app) {
                "': the checkpoint is incomplete");
     auto model = load_model(dir);
     Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
-    quant::export_gguf(*model, tok, a->output, t);
+    quant::export_gguf(*model, tok, a->output, t, chat_template_source(dir));
     std::printf("wrote %s (%s)\n", a->output.c_str(), a->type.c_str());
   });
 });

@@ -14,6 +14,7 @@
 #include "kiln/io/file.h"
 #include "kiln/io/gguf.h"
 #include "kiln/model/model_io.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
 
 namespace kiln::quant {
@@ -314,7 +315,8 @@ int get_dim(const gguf::File& f, const std::string& key) {
 
 }  // namespace
 
-void export_gguf(const Model& model, const Tokenizer& tok, const std::string& path, GgufType type) {
+void export_gguf(const Model& model, const Tokenizer& tok, const std::string& path, GgufType type,
+                 const std::string& chat_template) {
   const ModelConfig& c = model.config();
   KILN_CHECK(c.arch == Arch::llama, "export",
              "GGUF export supports the Llama family; this model "
@@ -345,6 +347,7 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
     w.set("llama.rope.scaling.factor", Value::f32(c.rope_scaling.factor));
   }
   write_tokenizer(w, tok, c);
+  if (!chat_template.empty()) w.set("tokenizer.chat_template", Value::str(chat_template));
 
   const float* flat = model.weights().f32();
   for (const ParamInfo& p : model.params()) {
@@ -517,7 +520,10 @@ void quantize_model_dir(const std::string& model_dir, GgufType type, const std::
     make_dirs(tmp);
     write_file_atomic(tmp + "/config.json", read_file(model_dir + "/config.json"));
     write_file_atomic(tmp + "/tokenizer.json", read_file(model_dir + "/tokenizer.json"));
-    export_gguf(*model, tok, tmp + "/model.gguf", type);
+    if (file_exists(model_dir + "/tokenizer_config.json"))
+      write_file_atomic(tmp + "/tokenizer_config.json",
+                        read_file(model_dir + "/tokenizer_config.json"));
+    export_gguf(*model, tok, tmp + "/model.gguf", type, chat_template_source(model_dir));
     std::error_code ec;
     fs::rename(tmp, out_dir, ec);
     KILN_CHECK(!ec, "quantize", "cannot rename '", tmp, "' to '", out_dir, "': ", ec.message());

@@ -26,9 +26,11 @@ std::string_view gguf_type_name(GgufType t);
 GgufType gguf_type_from_name(std::string_view name);  // "f32", "f16", "q8_0", "q4_0"
 
 // Writes `model` (Llama family only) and its tokenizer (byte-level BPE only) as a GGUF file,
-// atomically. 2-D weights whose rows are not a multiple of 32 stay in f16 (q8_0/q4_0) as
-// llama.cpp's converter does. Throws naming what cannot be exported.
-void export_gguf(const Model& model, const Tokenizer& tok, const std::string& path, GgufType type);
+// atomically; a non-empty `chat_template` goes in as tokenizer.chat_template (llama.cpp's key). 2-D
+// weights whose rows are not a multiple of 32 stay in f16 (q8_0/q4_0) as llama.cpp's converter
+// does. Throws naming what cannot be exported.
+void export_gguf(const Model& model, const Tokenizer& tok, const std::string& path, GgufType type,
+                 const std::string& chat_template = "");
 
 struct GgufModel {
   std::unique_ptr<Model> model;  // fp32 weights (quantized tensors dequantized), HF names
@@ -47,7 +49,8 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized = true);
 // True for a path load_gguf_model takes: a *.gguf file or a directory holding model.gguf.
 bool is_gguf_path(const std::string& path);
 
-// `kiln quantize`: model directory -> directory of config.json, tokenizer.json, model.gguf.
+// `kiln quantize`: model directory -> directory of config.json, tokenizer.json, model.gguf (and
+// tokenizer_config.json, with its chat template also in the GGUF, when the model has one).
 // The output appears complete or not at all (written beside it, then renamed); an existing
 // output is an error.
 void quantize_model_dir(const std::string& model_dir, GgufType type, const std::string& out_dir);
