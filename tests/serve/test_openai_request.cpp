@@ -10,6 +10,11 @@
 namespace kiln::serve {
 namespace {
 
+const ChatTemplate& guanaco() {
+  static const ChatTemplate t = ChatTemplate::guanaco();
+  return t;
+}
+
 ApiLimits limits() {
   ApiLimits l;
   l.vocab_size = 300;
@@ -52,11 +57,11 @@ TEST(OpenAIRequest, FieldsReachTheEngineParameters) {
 TEST(OpenAIRequest, MaxTokensDefaultsAndContextRoom) {
   Tokenizer tok = Tokenizer::byte_level({});
   ApiRequest c = parse_request(Endpoint::completions, R"({"prompt": "hello"})", limits());
-  EXPECT_EQ(prepare_prompts(c, tok, limits()).at(0).size(), 5u);
+  EXPECT_EQ(prepare_prompts(c, tok, guanaco(), limits()).at(0).size(), 5u);
   EXPECT_EQ(c.stop.max_tokens, 16);
   ApiRequest chat = parse_request(Endpoint::chat,
                                   R"({"messages": [{"role": "user", "content": "hi"}]})", limits());
-  auto ids = prepare_prompts(chat, tok, limits());
+  auto ids = prepare_prompts(chat, tok, guanaco(), limits());
   const std::string text = "### Human: hi ### Assistant:";
   EXPECT_EQ(ids.at(0).size(), text.size());
   EXPECT_EQ(chat.stop.max_tokens, 64 - int(text.size()));
@@ -64,7 +69,7 @@ TEST(OpenAIRequest, MaxTokensDefaultsAndContextRoom) {
   ApiRequest big =
       parse_request(Endpoint::completions, R"({"prompt": "hello", "max_tokens": 60})", limits());
   try {
-    prepare_prompts(big, tok, limits());
+    prepare_prompts(big, tok, guanaco(), limits());
     FAIL() << "max_tokens past the context must be refused";
   } catch (const ApiError& e) {
     EXPECT_EQ(e.status, 400);
@@ -73,10 +78,22 @@ TEST(OpenAIRequest, MaxTokensDefaultsAndContextRoom) {
   }
 }
 
-TEST(OpenAIRequest, ChatRendersEveryRole) {
-  RenderedChat c =
-      render_chat({{"system", "S"}, {"user", "u1"}, {"assistant", "a1"}, {"user", "u2"}});
-  EXPECT_EQ(c.text, "S\n### Human: u1 ### Assistant: a1 ### Human: u2 ### Assistant:");
+TEST(OpenAIRequest, ChatRendersWithTheModelsTemplate) {
+  // The server renders chat with the template it was given (tokenizer/chat_template.h is tested
+  // against @huggingface/jinja); "developer" is OpenAI's newer name for the system role.
+  Tokenizer tok = Tokenizer::byte_level({});
+  const ChatTemplate chatml = ChatTemplate::load(kChatmlTemplate);
+  ApiLimits lim = limits();
+  lim.max_context = 256;  // ChatML's markers cost bytes
+  ApiRequest chat = parse_request(
+      Endpoint::chat,
+      R"({"messages": [{"role": "developer", "content": "S"}, {"role": "user", "content": "u"}]})",
+      lim);
+  auto ids = prepare_prompts(chat, tok, chatml, lim);
+  EXPECT_EQ(ids.at(0),
+            tok.encode("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nu<|im_end|>\n"
+                       "<|im_start|>assistant\n"));
+  EXPECT_EQ(chat.stop.stop_strings, chatml.stop_strings());
 }
 
 }  // namespace

@@ -6,8 +6,10 @@
 #include "kiln/cli/load.h"
 #include "kiln/core/error.h"
 #include "kiln/infer/engine.h"
+#include "kiln/core/log.h"
 #include "kiln/io/file.h"
 #include "kiln/serve/server.h"
+#include "kiln/tokenizer/chat_template.h"
 
 namespace kiln::cli {
 namespace {
@@ -77,6 +79,8 @@ Command serve_cmd([](CLI::App& app) {
       auto lm = std::make_shared<LoadedModel>(load_for_inference(path));
       serve::ServedModel m;
       m.tok = &lm->tok;
+      m.chat = std::make_shared<const ChatTemplate>(find_chat_template(path, &lm->tok));
+      log_info("chat template: ", m.chat->is_default() ? "kiln's default (guanaco)" : m.chat->origin());
       m.engine = std::make_unique<Engine>(
           lm->model->config(), quantized_weights(*lm->model, lm->qweights), eo, &lm->tok);
       m.max_running = eo.max_running;

@@ -20,6 +20,7 @@
 
 #include "kiln/infer/engine.h"
 #include "kiln/serve/metrics.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln::serve {
@@ -28,6 +29,7 @@ namespace kiln::serve {
 struct ServedModel {
   std::shared_ptr<const void> owner;  // keeps the model, weights and tokenizer alive
   const Tokenizer* tok = nullptr;
+  std::shared_ptr<const ChatTemplate> chat;  // the model's chat template (find_chat_template)
   std::unique_ptr<Engine> engine;
   int max_running = 1;  // the engine's EngineOptions::max_running
 };
@@ -67,6 +69,7 @@ class EngineLoop {
   State wait_loaded() const;
   // Valid once state() == ready; immutable from then on, so any thread may read them.
   const Tokenizer& tokenizer() const { return *model_.tok; }
+  const ChatTemplate& chat_template() const { return *model_.chat; }
   const Engine& engine_info() const { return *model_.engine; }  // config(), max_context() only
   int max_running() const { return model_.max_running; }
 

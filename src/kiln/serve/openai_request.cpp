@@ -114,7 +114,7 @@ void parse_messages(const json& m, ApiRequest& r) {
     if (ro != "system" && ro != "developer" && ro != "user" && ro != "assistant" && ro != "tool")
       bad_request(name + ".role",
                   "must be one of system, developer, user, assistant, tool, got '" + ro + "'");
-    ChatMessage msg{ro, ""};
+    ChatMessage msg{ro == "developer" ? "system" : ro, ""};  // templates know "system"
     if (const json* c = field(m[i], "content")) {
       if (c->is_string()) {
         msg.content = c->get<std::string>();
@@ -269,13 +269,12 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimi
 }
 
 std::vector<std::vector<int32_t>> prepare_prompts(ApiRequest& req, const Tokenizer& tok,
-                                                  const ApiLimits& lim) {
+                                                  const ChatTemplate& chat, const ApiLimits& lim) {
   std::vector<std::vector<int32_t>> out;
   std::string field_name = "prompt";
   if (req.endpoint == Endpoint::chat) {
-    RenderedChat c = render_chat(req.messages);
-    for (std::string& s : c.stop_strings) req.stop.stop_strings.push_back(std::move(s));
-    out.push_back(tok.encode(c.text));
+    for (std::string& s : chat.stop_strings()) req.stop.stop_strings.push_back(std::move(s));
+    out.push_back(tok.encode(chat.render(req.messages)));
     field_name = "messages";
   } else {
     for (const PromptInput& p : req.prompts) {

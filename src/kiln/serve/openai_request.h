@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kiln/infer/engine.h"
-#include "kiln/serve/chat_render.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln::serve {
@@ -44,10 +44,11 @@ struct ApiLimits {
 
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimits& lim);
 
-// Renders (chat) and tokenizes the prompts, adds the chat stop strings, and settles max_tokens:
+// Renders (chat, with the model's template) and tokenizes the prompts, adds the template's stop
+// strings, and settles max_tokens:
 // the prompt must leave room in the context; without max_tokens, completions generate 16
 // tokens (OpenAI's default) and chat fills the context. ApiError naming the field otherwise.
 std::vector<std::vector<int32_t>> prepare_prompts(ApiRequest& req, const Tokenizer& tok,
-                                                  const ApiLimits& lim);
+                                                  const ChatTemplate& chat, const ApiLimits& lim);
 
 }  // namespace kiln::serve

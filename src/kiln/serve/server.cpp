@@ -247,7 +247,7 @@ class Server {
                      "the model '" + ar.model + "' does not exist; this server serves '" +
                          o_.served_model_name + "'",
                      "model", "invalid_request_error", "model_not_found");
-    std::vector<std::vector<int32_t>> prompts = prepare_prompts(ar, loop_.tokenizer(), lim);
+    std::vector<std::vector<int32_t>> prompts = prepare_prompts(ar, loop_.tokenizer(), loop_.chat_template(), lim);
     metrics_.tokenize_time(std::chrono::duration<double>(Clock::now() - t0).count());
 
     auto p = std::make_shared<Pending>();
