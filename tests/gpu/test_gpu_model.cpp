@@ -88,7 +88,7 @@ std::vector<double> train_losses(const std::string& device, const std::string& c
   test::TempDir dir("gpu-train");
   TrainConfig cfg;
   cfg.model = load_model_config(test::source_dir() + "/configs/models/" + config);
-  cfg.device = device;
+  cfg.device = device_from_name(device);
   cfg.data.mock = true;
   cfg.run_dir = dir / "run";
   cfg.train.steps = 20;

@@ -102,7 +102,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   cfg.train.precision = precision_from_name(a.precision);
   cfg.train.recompute = recompute_from_name(a.recompute);
   cfg.optim.lr = a.lr;
-  cfg.optim.schedule = "constant";
+  cfg.optim.schedule = LrSchedule::constant;
   cfg.optim.warmup_steps = 0;
   cfg.parallel.tp = a.tp;
   cfg.parallel.pp = a.pp;
@@ -110,7 +110,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   cfg.parallel.sequence_parallel = a.sp;
   cfg.parallel.schedule = a.schedule;
   cfg.parallel.bucket_mb = a.bucket_mb;
-  cfg.device = a.device;
+  cfg.device = device_from_name(a.device);
   cfg.train.tf32 = a.tf32;
   // The trainer compares this text across ranks: every rank must be started with the same flags.
   cfg.yaml = nlohmann::json{{"bench", "train"},
