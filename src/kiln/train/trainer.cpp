@@ -380,6 +380,7 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     last_loss = s.loss;
   }
   const Model* trained = runner->trained_model();
+  result.activation_bytes = runner->activation_bytes();
   result.state_bytes = max_over_ranks(state_bytes, comm);
   result.comm_bytes = max_over_ranks(result.comm_bytes, comm);
   comm.barrier();  // the last checkpoint is complete before any rank returns
