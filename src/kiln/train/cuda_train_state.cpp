@@ -24,7 +24,7 @@ struct CudaTrainState::Impl {
   virtual ~Impl() = default;
   virtual double step(const int* ids, const int* targets, bool backward, float grad_scale) = 0;
   // One fused AdamW launch on the gradients times grad_mul (the clipping factor).
-  virtual void adamw(float lr, float grad_mul) = 0;
+  virtual void adamw_step(float lr, float grad_mul) = 0;
   virtual size_t activation_bytes() const = 0;
 
   // What does not depend on the activation type.
@@ -233,7 +233,7 @@ struct StateT final : CudaTrainState::Impl {
     return counted > 0 ? sum / double(counted) : 0.0;
   }
 
-  void adamw(float lr, float mul) override {
+  void adamw_step(float lr, float mul) override {
     ++opt_steps;
     ops::AdamWParams hp = adamw_params(adamw, lr, true, opt_steps);  // decay per segment
     cuda::bf16* copy = weights.wb.size() > 0 ? weights.wb.data() : nullptr;
@@ -304,7 +304,7 @@ double CudaTrainState::grad_norm() {
 bool CudaTrainState::clip_and_step(float lr, float clip, double norm) {
   float mul = 1.0f;  // the clipping factor, folded into the AdamW launch
   return clip_and_update(
-      norm, clip, [&](float s) { mul = s; }, [&] { impl_->adamw(lr, mul); });
+      norm, clip, [&](float s) { mul = s; }, [&] { impl_->adamw_step(lr, mul); });
 }
 
 void CudaTrainState::upload_optimizer(const AdamW& opt) {
