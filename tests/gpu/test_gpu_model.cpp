@@ -94,7 +94,7 @@ std::vector<double> train_losses(const std::string& device, const std::string& c
   std::ofstream(dir / "text.txt") << text;
   TrainConfig cfg;
   cfg.model = load_model_config(test::source_dir() + "/configs/models/" + config);
-  cfg.device = device;
+  cfg.device = device_from_name(device);
   cfg.data.train = {dir / "text.txt"};
   cfg.data.tokenizer = "byte";
   cfg.run_dir = dir / "run";

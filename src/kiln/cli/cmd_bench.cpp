@@ -1,8 +1,9 @@
 // kiln bench train --model-config CONFIG.json --batch B --seq T --steps S [--seed S]
 //                  [--tp T --pp P --zero Z --sp --schedule 1f1b|gpipe --accum M]
 //                  [--device cuda [--tf32] [--peak-tflops F]]
-// Times full training steps (forward, backward, AdamW) on synthetic tokens; one JSON line. With
-// a layout flag, or under mpirun, the steps are the real trainer's in that layout.
+// Times the trainer's steps (kiln::train on mock data: forward, backward, clipping, AdamW) in
+// the given layout, on one process or the ranks mpirun started; one JSON line. FLOPs are
+// train/estimate's model, so `kiln bench train` and `kiln estimate` count the same work.
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,17 +18,15 @@
 #include "kiln/cli/mpi_world.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
-#include "kiln/core/rng.h"
 #include "kiln/dist/launch.h"
 #include "kiln/model/config.h"
-#include "kiln/model/transformer.h"
 #include "kiln/ops/matmul.h"
 #include "kiln/ops/matmul_bf16.h"
 #include "kiln/train/cuda_train_state.h"
 #ifdef KILN_HAVE_CUDA
 #include "kiln/cuda/bench.h"
 #endif
-#include "kiln/train/optimizer.h"
+#include "kiln/train/estimate.h"
 #include "kiln/train/trainer.h"
 
 namespace kiln::cli {
@@ -62,27 +61,15 @@ double dense_bf16_peak_tflops(const std::string& name) {
   return 0;
 }
 
-// FLOPs of one training step: 6 per parameter per token for the matmuls (forward 2, backward 4),
-// counting the LM head but not embedding lookups, plus causal attention: QK^T and PV are
-// 2*2*T*T*H*D/2 per sequence per layer forward, three times that forward+backward.
-double train_flops(const ModelConfig& c, int64_t params, int B, int T) {
-  int64_t matmul_params = params - int64_t(c.vocab_size) * c.hidden;  // minus the lookup table
-  if (c.tie_embeddings) matmul_params += int64_t(c.vocab_size) * c.hidden;  // it is the head too
-  if (c.arch == Arch::gpt2) matmul_params -= int64_t(c.max_positions) * c.hidden;
-  double tokens = double(B) * T;
-  double attn = 3.0 * 2.0 * double(B) * T * T * c.heads * c.head_dim * c.layers;
-  return 6.0 * double(matmul_params) * tokens + attn;
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
 
-// The layout path: kiln::train itself on mock data (data.mock), warmup + steps optimizer steps
-// at a constant learning rate, with no evaluation and no checkpoint, on the ranks mpirun started
-// (comm) or one process (null). Rank 0 prints the JSON line; the same seed gives every layout
-// the same losses as one process.
+// kiln::train itself on mock data (data.mock), warmup + steps optimizer steps at a constant
+// learning rate, with no evaluation and no checkpoint, on the ranks mpirun started (comm) or one
+// process (null). Rank 0 prints the JSON line; the same seed gives every layout the losses of one
+// process, and of `kiln train` with the same model, batch and seed on data.mock.
 void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   KILN_CHECK(a.steps > 0 && a.warmup >= 0, "bench", "--steps must be positive and --warmup ",
              "non-negative, got ", a.steps, " and ", a.warmup);
@@ -102,7 +89,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   cfg.train.precision = precision_from_name(a.precision);
   cfg.train.recompute = recompute_from_name(a.recompute);
   cfg.optim.lr = a.lr;
-  cfg.optim.schedule = "constant";
+  cfg.optim.schedule = LrSchedule::constant;
   cfg.optim.warmup_steps = 0;
   cfg.parallel.tp = a.tp;
   cfg.parallel.pp = a.pp;
@@ -110,7 +97,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   cfg.parallel.sequence_parallel = a.sp;
   cfg.parallel.schedule = a.schedule;
   cfg.parallel.bucket_mb = a.bucket_mb;
-  cfg.device = a.device;
+  cfg.device = device_from_name(a.device);
   cfg.train.tf32 = a.tf32;
   // The trainer compares this text across ranks: every rank must be started with the same flags.
   cfg.yaml = nlohmann::json{{"bench", "train"},
@@ -163,10 +150,15 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   j["precision"] = a.precision;
   j["step_ms_median"] = med;
   j["tokens_per_s"] = double(a.batch) * a.seq * a.accum / (med / 1e3);
+  j["recompute"] = a.recompute;
+  j["bf16_backend"] = std::string(ops::cpu::bf16_backend());
+  const double flops = step_flops(cfg.model, double(cfg.model.num_params()),
+                                  double(a.batch) * a.accum, a.seq, cfg.train.recompute)
+                           .total();
+  j["gflops"] = flops / (med / 1e3) / 1e9;
   j["device"] = a.device;
-  if (a.device == "cuda") {
+  if (cfg.device == Device::cuda) {
     const std::string gpu = cuda_device_name();
-    const double flops = train_flops(cfg.model, cfg.model.num_params(), a.batch * a.accum, a.seq);
     const double achieved = flops / (med / 1e3) / 1e12;
     const double peak = a.peak_tflops > 0 ? a.peak_tflops : dense_bf16_peak_tflops(gpu);
     j["gpu"] = gpu;
@@ -175,6 +167,8 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
     if (peak > 0) j["mfu"] = achieved / peak;  // against the dense bf16 peak
     j["peak_tflops"] = peak;
   }
+  j["activation_bytes"] = r.activation_bytes;
+  j["peak_bytes"] = r.state_bytes + r.activation_bytes;  // weights, grads, moments, activations
   j["state_bytes"] = r.state_bytes;
   j["comm_bytes"] = r.comm_bytes;
   j["losses"] = r.losses;
@@ -198,75 +192,31 @@ Command reg([](CLI::App& app) {
   cmd->add_option("--lr", a->lr, "AdamW learning rate")->capture_default_str();
   cmd->add_option("--precision", a->precision, "fp32 | bf16 | fp16")->capture_default_str();
   cmd->add_option("--recompute", a->recompute, "none | selective | full")->capture_default_str();
-  // Any of these (or several ranks) selects the trainer's path.
-  CLI::Option* layout[] = {
-      cmd->add_option("--tp", a->tp, "Tensor-parallel ranks")->capture_default_str(),
-      cmd->add_option("--pp", a->pp, "Pipeline stages")->capture_default_str(),
-      cmd->add_option("--zero", a->zero, "ZeRO stage 0-3")->capture_default_str(),
-      cmd->add_flag("--sp", a->sp, "Sequence parallelism (with --tp)"),
-      cmd->add_option("--schedule", a->schedule, "Pipeline schedule: 1f1b | gpipe")
-          ->capture_default_str(),
-      cmd->add_option("--accum", a->accum, "Micro-batches per step (pipeline micro-batches)")
-          ->capture_default_str(),
-      cmd->add_option("--bucket-mb", a->bucket_mb, "Gradient all-reduce bucket (MB)")
-          ->capture_default_str(),
-      cmd->add_option("--device", a->device, "cpu | cuda (the trainer on one GPU)")
-          ->check(CLI::IsMember({"cpu", "cuda"}))
-          ->capture_default_str(),
-      cmd->add_flag("--tf32", a->tf32, "With --device cuda --precision fp32: TF32 tensor cores"),
-      cmd->add_option("--peak-tflops", a->peak_tflops,
-                      "The GPU's dense bf16 peak for MFU (default: by its name)")};
-  cmd->callback([a, layout] {
+  // The layout (dp: the ranks mpirun started over tp * pp).
+  cmd->add_option("--tp", a->tp, "Tensor-parallel ranks")->capture_default_str();
+  cmd->add_option("--pp", a->pp, "Pipeline stages")->capture_default_str();
+  cmd->add_option("--zero", a->zero, "ZeRO stage 0-3")->capture_default_str();
+  cmd->add_flag("--sp", a->sp, "Sequence parallelism (with --tp)");
+  cmd->add_option("--schedule", a->schedule, "Pipeline schedule: 1f1b | gpipe")
+      ->capture_default_str();
+  cmd->add_option("--accum", a->accum, "Micro-batches per step (pipeline micro-batches)")
+      ->capture_default_str();
+  cmd->add_option("--bucket-mb", a->bucket_mb, "Gradient all-reduce bucket (MB)")
+      ->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu | cuda (the trainer on one GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_flag("--tf32", a->tf32, "With --device cuda --precision fp32: TF32 tensor cores");
+  cmd->add_option("--peak-tflops", a->peak_tflops,
+                  "The GPU's dense bf16 peak for MFU (default: by its name)");
+  cmd->callback([a] {
     if (dist::launched_world_size() > 1) {
       run_on_mpi_world(TrainConfig{}.parallel.timeout_s,
                        [&](dist::Comm& comm) { bench_train_layout(*a, &comm); });
-      return;
-    }
-    if (std::any_of(std::begin(layout), std::end(layout),
-                    [](const CLI::Option* o) { return o->count() > 0; })) {
+    } else {
       bench_train_layout(*a, nullptr);
-      return;
     }
-    ModelConfig cfg = load_model_config(a->model_config);
-    Model model(cfg);
-    model.init_weights(a->seed);
-    AdamW opt(model, {0.9f, 0.95f, 1e-8f, 0.0f});
-    TrainOptions opt_cfg{precision_from_name(a->precision), recompute_from_name(a->recompute)};
-    TrainState ts(model, a->batch, a->seq, opt_cfg);
-    Tensor grads = Tensor::zeros({model.num_params()});
-    const int64_t N = int64_t(a->batch) * a->seq;
-    std::vector<int32_t> ids(N), targets(N);
-    Rng rng(a->seed + 1);
-    std::vector<double> ms, losses;
-    for (int s = 0; s < a->warmup + a->steps; ++s) {
-      for (int64_t i = 0; i < N; ++i) {
-        ids[i] = int32_t(rng.below(cfg.vocab_size));
-        targets[i] = int32_t(rng.below(cfg.vocab_size));
-      }
-      auto t0 = std::chrono::steady_clock::now();
-      std::memset(grads.raw(), 0, grads.nbytes());
-      double loss = ts.step(model, ids.data(), targets.data(), grads.f32());
-      opt.step(model, grads.f32(), a->lr);
-      ts.refresh_weights(model);
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (s >= a->warmup) ms.push_back(dt * 1e3);
-      losses.push_back(loss);
-    }
-    double med = median(ms);
-    double flops = train_flops(cfg, model.num_params(), a->batch, a->seq);
-    std::printf(
-        "{\"impl\":\"kiln\",\"threads\":%d,\"params\":%lld,\"batch\":%d,\"seq\":%d,"
-        "\"step_ms_median\":%.3f,\"tokens_per_s\":%.1f,\"gflops\":%.2f,"
-        "\"activation_bytes\":%zu,\"peak_bytes\":%zu,\"precision\":\"%s\","
-        "\"recompute\":\"%s\",\"bf16_backend\":\"%s\",\"losses\":[",
-        num_threads(), (long long)model.num_params(), a->batch, a->seq, med,
-        double(N) / (med / 1e3), flops / (med / 1e3) / 1e9, ts.bytes(),
-        size_t(4) * model.weights().nbytes() + ts.bytes(), a->precision.c_str(),
-        a->recompute.c_str(), std::string(ops::cpu::bf16_backend()).c_str());
-    for (size_t i = 0; i < losses.size(); ++i) std::printf("%s%.6f", i ? "," : "", losses[i]);
-    std::printf("]}\n");
   });
-
   // kiln bench gemm: achieved GFLOP/s of the GEMM kiln calls, on a large square problem (the
   // machine's practical peak) and on the training benchmark's shapes.
   auto reps = std::make_shared<int>(20);

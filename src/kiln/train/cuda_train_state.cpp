@@ -23,7 +23,8 @@ using ops::WeightLayout;
 struct CudaTrainState::Impl {
   virtual ~Impl() = default;
   virtual double step(const int* ids, const int* targets, bool backward, float grad_scale) = 0;
-  virtual bool clip_and_step(float lr, float clip, double norm) = 0;
+  // One fused AdamW launch on the gradients times grad_mul (the clipping factor).
+  virtual void adamw_step(float lr, float grad_mul) = 0;
   virtual size_t activation_bytes() const = 0;
 
   // What does not depend on the activation type.
@@ -232,14 +233,11 @@ struct StateT final : CudaTrainState::Impl {
     return counted > 0 ? sum / double(counted) : 0.0;
   }
 
-  bool clip_and_step(float lr, float clip, double norm) override {
-    if (!std::isfinite(norm)) return false;
-    const float mul = clip > 0 && norm > clip ? float(clip / norm) : 1.0f;
+  void adamw_step(float lr, float mul) override {
     ++opt_steps;
     ops::AdamWParams hp = adamw_params(adamw, lr, true, opt_steps);  // decay per segment
     cuda::bf16* copy = weights.wb.size() > 0 ? weights.wb.data() : nullptr;
     cuda::adamw_step(weights.w.data(), g.data(), m.data(), v.data(), *segs, hp, mul, copy, s);
-    return true;
   }
 
   size_t activation_bytes() const override {
@@ -304,7 +302,9 @@ double CudaTrainState::grad_norm() {
 }
 
 bool CudaTrainState::clip_and_step(float lr, float clip, double norm) {
-  return impl_->clip_and_step(lr, clip, norm);
+  float mul = 1.0f;  // the clipping factor, folded into the AdamW launch
+  return clip_and_update(
+      norm, clip, [&](float s) { mul = s; }, [&] { impl_->adamw_step(lr, mul); });
 }
 
 void CudaTrainState::upload_optimizer(const AdamW& opt) {

@@ -43,8 +43,8 @@ class CudaTrainState {
 
   void zero_grads();
   double grad_norm();  // L2 over every gradient (double accumulation, on the device)
-  // Global-norm clipping to `clip` (0 = off) folded into one fused AdamW launch; a non-finite
-  // norm skips the update and returns false (as clip_and_step_at on the CPU).
+  // clip_and_update (optimizer.h): global-norm clipping to `clip` (0 = off) folded into one
+  // fused AdamW launch; a non-finite norm skips the update and returns false.
   [[nodiscard]] bool clip_and_step(float lr, float clip, double norm);
 
   // The optimizer state of a resumed run onto the device; and back, with the weights, for a

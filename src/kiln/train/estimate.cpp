@@ -197,6 +197,17 @@ MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& c, int B, int T, const T
   return m;
 }
 
+StepFlops step_flops(const ModelConfig& c, double N, double seqs, double T, Recompute recompute) {
+  const double attn = double(c.layers) * T * T * double(c.heads) * c.head_dim * seqs;
+  const double tokens = seqs * T;
+  StepFlops f;
+  f.matmul = 6.0 * N * tokens;
+  f.attention = 12.0 * attn;
+  if (recompute == Recompute::full) f.recompute = 2.0 * N * tokens + 4 * attn;
+  if (recompute == Recompute::selective) f.recompute = 4.0 * attn;
+  return f;
+}
+
 Estimate estimate(const EstimateInput& in_) {
   EstimateInput in = in_;
   resolve(in);
@@ -268,16 +279,11 @@ Estimate estimate(const EstimateInput& in_) {
   }
   e.fits = e.memory.total() <= in.gpu_memory;
 
-  // FLOPs (Narayanan et al. 2021): 6·N per token for the matmuls, forward and backward, plus the
-  // attention scores and their product with V, 12·L·T²·(H·D) per sequence. Recompute adds one
-  // forward of what it recomputes: full 2·N per token + 4·L·T²·(H·D), selective the attention.
-  const double seqs = double(in.global_batch), T = in.seq;
-  const double attn = double(c.layers) * T * T * double(c.heads) * c.head_dim * seqs;
-  e.tokens_per_step = seqs * T;
-  e.flops_6n = 6.0 * N * e.tokens_per_step;
-  e.flops_attention = 12.0 * attn;
-  if (in.recompute == Recompute::full) e.flops_recompute = 2.0 * N * e.tokens_per_step + 4 * attn;
-  if (in.recompute == Recompute::selective) e.flops_recompute = 4.0 * attn;
+  const StepFlops f = step_flops(c, N, double(in.global_batch), in.seq, in.recompute);
+  e.tokens_per_step = double(in.global_batch) * in.seq;
+  e.flops_6n = f.matmul;
+  e.flops_attention = f.attention;
+  e.flops_recompute = f.recompute;
 
   // Time: the step's FLOPs at mfu of the cluster's peak, stretched by the pipeline bubble
   // (p-1)/(m+p-1) and a communication penalty that is a heuristic, not a measurement: 2% per extra

@@ -81,6 +81,18 @@ struct Estimate {
   double flops_per_step() const { return flops_6n + flops_attention + flops_recompute; }
 };
 
+// FLOPs of one training step over `seqs` sequences of T tokens (Narayanan et al. 2021): 6·N per
+// token for the matmuls, forward and backward; the attention scores and their product with V,
+// 12·L·T²·(H·D) per sequence; recomputation adds one forward of what it recomputes (full:
+// 2·N per token + 4·L·T²·(H·D), selective: the attention). kiln estimate and kiln bench train
+// both count with it.
+struct StepFlops {
+  double matmul = 0, attention = 0, recompute = 0;
+  double total() const { return matmul + attention + recompute; }
+};
+StepFlops step_flops(const ModelConfig& c, double params, double seqs, double T,
+                     Recompute recompute);
+
 // A named Llama-shaped model: 125m, 350m, 1.3b (GPT-3 widths and depths, Llama blocks), 7b, 13b,
 // 70b (Llama 2). Throws listing the names. `spec` may also be a config.json path.
 ModelConfig estimate_model(const std::string& spec);

@@ -30,10 +30,9 @@ bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip,
 }
 
 bool clip_and_step_at(Model& model, AdamW& opt, float* grads, float lr, float clip, double norm) {
-  if (!std::isfinite(norm)) return false;
-  if (clip > 0 && norm > clip) ops::cpu::scale(grads, float(clip / norm), model.num_params());
-  opt.step(model, grads, lr);
-  return true;
+  return clip_and_update(
+      norm, clip, [&](float s) { ops::cpu::scale(grads, s, model.num_params()); },
+      [&] { opt.step(model, grads, lr); });
 }
 
 }  // namespace kiln

@@ -2,6 +2,7 @@
 // biases and embeddings: ParamInfo::decay). State: first and second moments, fp32, (P) each.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -49,13 +50,24 @@ class AdamW {
   int64_t step_ = 0;
 };
 
+// The update rule of every layout and device, written once: a non-finite global gradient norm
+// skips the update (returns false: nothing non-finite reaches the weights); otherwise the
+// gradients are clipped to norm `clip` (0 = off) by scale_grads(clip / norm), then adamw() runs.
+// The CPU optimizers scale their gradient buffers; the GPU folds the factor into its fused AdamW.
+template <class ScaleGrads, class Step>
+[[nodiscard]] bool clip_and_update(double norm, float clip, ScaleGrads&& scale_grads,
+                                   Step&& adamw) {
+  if (!std::isfinite(norm)) return false;
+  if (clip > 0 && norm > clip) scale_grads(float(clip / norm));
+  adamw();
+  return true;
+}
+
 // L2 norm of all gradients (double accumulation, deterministic for a thread count).
 double grad_norm(const float* grads, int64_t n);
 
-// One optimizer update as the trainer does it: global-norm clipping to `clip` (0 = off), then
-// AdamW. A non-finite gradient norm skips the update (the weights stay untouched) and returns
-// false. `norm` receives the pre-clipping norm. When the model is a shard of a larger one (tensor
-// parallelism), `sum_squares` gives the whole model's squared gradient norm from this shard's.
+// One optimizer update of a whole model (clip_and_update with AdamW). `norm` receives the
+// pre-clipping norm.
 [[nodiscard]] bool clip_and_step(Model& model, AdamW& opt, float* grads, float lr, float clip,
                                  double* norm);
 // The same with the norm given: a pipeline stage holds part of the gradient, and clips by the

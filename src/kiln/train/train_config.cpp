@@ -103,6 +103,24 @@ void check_keys(const YAML::Node& sec, const std::string& section,
 
 }  // namespace
 
+Device device_from_name(const std::string& name, const std::string& source) {
+  if (name == "cpu") return Device::cpu;
+  if (name == "cuda") return Device::cuda;
+  fail("config", source, source.empty() ? "" : ": ", "device is '", name, "'; use cpu or cuda");
+}
+
+LrSchedule lr_schedule_from_name(const std::string& name, const std::string& source) {
+  if (name == "cosine") return LrSchedule::cosine;
+  if (name == "linear") return LrSchedule::linear;
+  if (name == "constant") return LrSchedule::constant;
+  fail("config", source, source.empty() ? "" : ": ", "optim.schedule '", name,
+       "' is unknown; use cosine, linear or constant");
+}
+
+const char* name_of(LrSchedule s) {
+  return s == LrSchedule::linear ? "linear" : s == LrSchedule::constant ? "constant" : "cosine";
+}
+
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
@@ -122,9 +140,9 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   read(root, "", "run_dir", c.run_dir, path);
   read(root, "", "seed", c.seed, path);
   read(root, "", "threads", c.threads, path);
-  read(root, "", "device", c.device, path);
-  KILN_CHECK(c.device == "cpu" || c.device == "cuda", "config", path, ": device is '", c.device,
-             "'; use cpu or cuda");
+  std::string device(device_name(c.device));
+  read(root, "", "device", device, path);
+  c.device = device_from_name(device, path);
   read(root, "", "init_from", c.init_from, path);
   KILN_CHECK(root["model"] || !c.init_from.empty(), "config", path,
              ": no 'model' section; give the model's Hugging Face config keys under model:, or "
@@ -239,17 +257,15 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     read(op, "optim", "lr", c.optim.lr, path);
     read(op, "optim", "min_lr", c.optim.min_lr, path);
     read(op, "optim", "warmup_steps", c.optim.warmup_steps, path);
-    read(op, "optim", "schedule", c.optim.schedule, path);
+    std::string schedule = name_of(c.optim.schedule);
+    read(op, "optim", "schedule", schedule, path);
+    c.optim.schedule = lr_schedule_from_name(schedule, path);
     read(op, "optim", "beta1", c.optim.beta1, path);
     read(op, "optim", "beta2", c.optim.beta2, path);
     read(op, "optim", "eps", c.optim.eps, path);
     read(op, "optim", "weight_decay", c.optim.weight_decay, path);
     read(op, "optim", "grad_clip", c.optim.grad_clip, path);
   }
-  KILN_CHECK(c.optim.schedule == "cosine" || c.optim.schedule == "linear" ||
-                 c.optim.schedule == "constant",
-             "config", path, ": optim.schedule '", c.optim.schedule,
-             "' is unknown; use cosine, linear or constant");
   KILN_CHECK(c.optim.lr > 0, "config", path, ": optim.lr must be positive");
 
   const YAML::Node par = root["parallel"];

@@ -7,11 +7,21 @@
 #include <string>
 #include <vector>
 
+#include "kiln/core/dtype.h"
 #include "kiln/model/config.h"
 #include "kiln/model/precision.h"
 #include "kiln/train/loss_scaler.h"
 
 namespace kiln {
+
+// Where the model trains (the config's `device`: core's Device) and the learning-rate schedule's
+// shape after warmup (`optim.schedule`, schedule.h): parsed once, when the config is read.
+enum class LrSchedule { cosine, linear, constant };
+// "cpu" | "cuda", and "cosine" | "linear" | "constant"; otherwise throw naming the choices and
+// `source` (the config file) when given.
+Device device_from_name(const std::string& name, const std::string& source = "");
+LrSchedule lr_schedule_from_name(const std::string& name, const std::string& source = "");
+const char* name_of(LrSchedule s);
 
 struct TrainConfig {
   std::string run_dir = "runs/default";
@@ -20,7 +30,7 @@ struct TrainConfig {
   // Where the model trains: "cpu" (default) or "cuda" (one GPU per rank; needs a kiln built with
   // the CUDA backend and a GPU). With cuda, train.precision bf16 runs bf16 activations and GEMMs on
   // tensor cores, fp32 exact fp32 GEMMs (train.tf32: true allows TF32 tensor cores).
-  std::string device = "cpu";
+  Device device = Device::cpu;
 
   ModelConfig model;
   bool vocab_from_tokenizer = false;  // model.vocab_size omitted: take the tokenizer's
@@ -82,7 +92,7 @@ struct TrainConfig {
     float lr = 1e-3f;
     float min_lr = 1e-4f;
     int warmup_steps = 100;
-    std::string schedule = "cosine";  // cosine | linear | constant
+    LrSchedule schedule = LrSchedule::cosine;
     float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
     float weight_decay = 0.1f;
     float grad_clip = 1.0f;  // global-norm clipping; 0 disables

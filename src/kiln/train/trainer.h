@@ -19,6 +19,7 @@ struct TrainResult {
   // The largest over the ranks of the persistent weights+gradients+AdamW bytes, and of the bytes
   // sent in the last step (every rank gets these).
   int64_t state_bytes = 0, comm_bytes = 0;
+  int64_t activation_bytes = 0;  // this rank's activations and low-precision weight copies
 };
 
 // Runs (or, with resume, continues from the newest checkpoint in cfg.run_dir) the training

@@ -347,6 +347,12 @@ void ZeroAdamW::norm_over_tensor_parallel(dist::Comm* tp,
 }
 
 bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
+  *norm = grad_norm();
+  return clip_and_update(
+      *norm, clip, [&](float s) { scale_grads(s); }, [&] { adamw_step(lr); });
+}
+
+double ZeroAdamW::grad_norm() {
   double ss = 0;
   if (norm_tp_) {
     for (size_t i = 0; i < pieces_.size(); ++i) {
@@ -365,9 +371,10 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
     ss = dist::all_reduce_sum(*norm_tp_, ss);
     comm_bytes_ += dist::all_reduce_bytes(norm_tp_->size(), 2);
   }
-  *norm = std::sqrt(ss);
-  if (!std::isfinite(*norm)) return false;
-  if (clip > 0 && *norm > clip) scale_grads(float(clip / *norm));
+  return std::sqrt(ss);
+}
+
+void ZeroAdamW::adamw_step(float lr) {
   ++steps_;
   float* w = stage_ == 3 ? w_shard_.f32() : model_.weights().f32();
   const float* g = stage_ >= 1 ? g_shard_.f32() : grads_.f32();
@@ -380,7 +387,6 @@ bool ZeroAdamW::clip_and_step(float lr, float clip, double* norm) {
     // Every rank updated its blocks in place: gather them into every rank's whole weights.
     gather_flat(model_.weights().f32(), true, model_.weights().f32());
   }
-  return true;
 }
 
 void ZeroAdamW::gather_flat(const float* src, bool src_whole, float* full) {

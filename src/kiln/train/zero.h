@@ -99,9 +99,14 @@ class ZeroAdamW final : public StepHooks {
   // Whether any gradient overflows fp16 on any rank (an fp16 run's skip test).
   bool fp16_overflow();
   void scale_grads(float s);
-  // Global-norm clipping to `clip` (0 = off) and one AdamW update of this rank's shard, then
-  // the weights made whole again where they are kept whole. A non-finite norm skips the update
-  // and returns false. `norm` receives the pre-clipping norm.
+  // The whole gradient's L2 norm (collective over dp when sharded, and over tp after
+  // norm_over_tensor_parallel).
+  double grad_norm();
+  // One AdamW update of this rank's shard from its gradients, then the weights made whole again
+  // where they are kept whole.
+  void adamw_step(float lr);
+  // grad_norm, then clip_and_update (optimizer.h) with scale_grads and adamw_step. A non-finite
+  // norm skips the update and returns false. `norm` receives the pre-clipping norm.
   [[nodiscard]] bool clip_and_step(float lr, float clip, double* norm);
 
   // Collective. The whole optimizer state on rank 0 (null elsewhere), for save_checkpoint.
