@@ -1,4 +1,4 @@
-// kiln generate --model DIR --prompt "..." [decoding options]
+// kiln generate --model DIR --prompt "..." [decoding options] [--device cuda]
 // kiln eval --model DIR --text FILE
 #include <chrono>
 #include <cmath>
@@ -8,6 +8,7 @@
 #include "kiln/cli/decoding.h"
 #include "kiln/cli/load.h"
 #include "kiln/core/error.h"
+#include "kiln/infer/cuda_decoder.h"
 #include "kiln/infer/engine.h"
 #include "kiln/infer/evaluate.h"
 #include "kiln/infer/generate.h"
@@ -49,6 +50,7 @@ struct GenArgs {
   std::string model, prompt;
   DecodingArgs dec;
   bool stats = false;
+  std::string device = "cpu", precision = "bf16";
 };
 
 void print_out(const std::string& s) {
@@ -64,14 +66,29 @@ Command gen([](CLI::App& app) {
   cmd->add_option("--prompt", a->prompt, "Prompt text")->required();
   add_decoding_options(cmd, a->dec);
   cmd->add_flag("--stats", a->stats, "Print timing to stderr");
+  cmd->add_option("--device", a->device, "cpu | cuda (the engine's forward pass on the GPU)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--precision", a->precision, "With --device cuda: bf16 | fp32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd->callback([a] {
     finish_decoding_options(a->dec);
     validate(a->dec.sp);
     LoadedModel lm = load_for_inference(a->model);
     const ModelConfig& cfg = lm.model->config();
     const int n = int(prompt_ids(lm.tok, a->prompt).size());
-    Engine eng(cfg, quantized_weights(*lm.model, lm.qweights),
-               single_request_options(cfg, n, a->dec.sp, a->dec.stop), &lm.tok);
+    const EngineOptions opts = single_request_options(cfg, n, a->dec.sp, a->dec.stop);
+    std::unique_ptr<ForwardPass> pass;
+    if (a->device == "cuda") {
+      KILN_CHECK(lm.qweights.empty(), "generate", "--device cuda runs bf16/fp32 weights; give a ",
+                 "model directory or an f32/f16 GGUF, or drop --device cuda for q8_0/q4_0");
+      pass = make_cuda_forward_pass(*lm.model, context_length(cfg, opts), a->precision == "bf16");
+    } else {
+      pass = make_cpu_forward_pass(cfg, quantized_weights(*lm.model, lm.qweights),
+                                   context_length(cfg, opts));
+    }
+    Engine eng(cfg, std::move(pass), opts, &lm.tok);
     const bool stream = a->dec.sp.n == 1 && a->dec.sp.beams == 1;
     if (stream) print_out(a->prompt);
     GenerateResult r = generate(eng, lm.tok, a->prompt, a->dec.sp, a->dec.stop, print_out);

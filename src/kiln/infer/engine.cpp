@@ -76,7 +76,9 @@ Engine::Engine(const ModelConfig& cfg, std::unique_ptr<ForwardPass> pass,
     const int64_t cap = (int64_t(1) << 30) / block_bytes;
     blocks = int(std::max<int64_t>(std::min(want, cap), ctx_blocks + 2));
   }
-  cache_ = std::make_unique<KvCache>(KvCacheShape{cfg.layers, KD, blocks});
+  cache_ = std::make_unique<KvCache>(KvCacheShape{cfg.layers, KD, blocks, pass_->uses_host_pool()});
+  if (!pass_->uses_host_pool())
+    cache_->set_copy_hook([p = pass_.get()](int src, int dst) { p->copy_block(src, dst); });
 }
 
 Engine::~Engine() = default;
