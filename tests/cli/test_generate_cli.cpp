@@ -10,8 +10,8 @@
 #include "kiln/io/file.h"
 #include "kiln/model/decoder.h"
 #include "kiln/model/model_io.h"
-#include "kiln/train/checkpoint.h"
 #include "kiln/tokenizer/tokenizer.h"
+#include "kiln/train/checkpoint.h"
 #include "train_test_util.h"
 
 namespace kiln {
@@ -98,8 +98,8 @@ TEST_F(GenerateCli, Gpt2StopsExactlyBeforeAStopString) {
   ASSERT_GE(cont.size(), 6u) << g.output;
   const std::string stop = cont.substr(3, 2);
   auto s = kiln("generate --model " + model() +
-                " --prompt 'the' --max-new-tokens 30 --temperature 0 --ignore-eos --stop '" +
-                stop + "'");
+                " --prompt 'the' --max-new-tokens 30 --temperature 0 --ignore-eos --stop '" + stop +
+                "'");
   ASSERT_EQ(s.status, 0) << s.output;
   EXPECT_EQ(s.output, "the" + cont.substr(0, cont.find(stop)) + "\n");
 }

@@ -27,8 +27,8 @@ void randomize_vectors(Model& m, uint64_t seed) {
   for (const ParamInfo& p : m.params())
     if (p.shape.size() == 1)
       for (int64_t i = 0; i < p.numel(); ++i)
-        m.weights().f32()[p.offset + i] = (p.name.find("bias") != std::string::npos ? 0.0f : 1.0f) +
-                                           0.2f * rng.normal();
+        m.weights().f32()[p.offset + i] =
+            (p.name.find("bias") != std::string::npos ? 0.0f : 1.0f) + 0.2f * rng.normal();
 }
 
 std::unique_ptr<Model> gpt2_model() {
@@ -146,7 +146,8 @@ TEST(CpuForwardPass, QuantizedGpt2TracksFp32) {
   // q8_0 copies of every projection, as (OUT, IN) rows: the transpose of GPT-2's Conv1D weights.
   std::map<std::string, quant::QTensor> q;
   for (const ParamInfo& p : m->params()) {
-    if (p.shape.size() != 2 || is_token_embedding(p.name) || p.name.find("wpe") != std::string::npos)
+    if (p.shape.size() != 2 || is_token_embedding(p.name) ||
+        p.name.find("wpe") != std::string::npos)
       continue;
     const int in = int(p.shape[0]), out = int(p.shape[1]);
     std::vector<float> t(size_t(in) * out);

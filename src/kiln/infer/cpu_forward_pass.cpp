@@ -100,7 +100,7 @@ void CpuForwardPass::attention(int l, const ForwardBatch& b, const std::vector<S
   const int HD = H * D, KD = K * D, QKV = HD + 2 * KD;
   if (spec_.positions == PositionKind::rope)
     cpu::rope_forward(qkv_.data(), N, H + K, D, QKV, b.pos.data(), rope_cos_.data(),
-                       rope_sin_.data());
+                      rope_sin_.data());
   for (int i = 0; i < N; ++i) {
     const auto [blk, off] = cache.slot(b.seq[i], b.pos[i]);
     std::memcpy(cache.k(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD],
@@ -113,7 +113,7 @@ void CpuForwardPass::attention(int l, const ForwardBatch& b, const std::vector<S
     if (sg.fresh) {
       grow(lse_, size_t(H) * n);
       cpu::attention_forward(&att_[size_t(sg.begin) * HD], lse_.data(),
-                              &qkv_[size_t(sg.begin) * QKV], 1, n, H, K, D);
+                             &qkv_[size_t(sg.begin) * QKV], 1, n, H, K, D);
     } else {
       paged_attention(&att_[size_t(sg.begin) * HD], &qkv_[size_t(sg.begin) * QKV], QKV, cache, l,
                       rows.data() + sg.begin, n, H, K, D);
@@ -152,13 +152,13 @@ void CpuForwardPass::forward(const ForwardBatch& b, KvCache& cache, std::vector<
   for (int l = 0; l < c_.layers; ++l) {
     const LayerWeights& p = w_.layers[l];
     cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1, p.ln1_b, N, C,
-                    eps);
+                   eps);
     project(qkv_.data(), ln_.data(), p.qkv, N);
     attention(l, b, segs, rows, cache);
     project(mid_.data(), att_.data(), p.o, N);
     cpu::add(mid_.data(), mid_.data(), x_.data(), int64_t(N) * C);
-    cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), mid_.data(), p.ln2, p.ln2_b, N,
-                    C, eps);
+    cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), mid_.data(), p.ln2, p.ln2_b, N, C,
+                   eps);
     mlp(p, N);
     cpu::add(x_.data(), x_.data(), mid_.data(), int64_t(N) * C);
   }
@@ -166,8 +166,8 @@ void CpuForwardPass::forward(const ForwardBatch& b, KvCache& cache, std::vector<
   grow(hid_, size_t(M) * C);
   for (int i = 0; i < M; ++i)
     std::memcpy(&hid_[size_t(i) * C], &x_[size_t(b.logit_rows[i]) * C], C * sizeof(float));
-  cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), hid_.data(), w_.norm_f,
-                  w_.norm_f_b, M, C, eps);
+  cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), hid_.data(), w_.norm_f, w_.norm_f_b,
+                 M, C, eps);
   logits.resize(size_t(M) * c_.vocab_size);
   project(logits.data(), ln_.data(), w_.lm_head, M);
 }

@@ -30,7 +30,7 @@ namespace {
 class CudaPass : public ForwardPass {
  public:
   virtual void run(const ForwardBatch& b, KvCache& cache) = 0;
-  virtual void greedy(int N, int* next) = 0;                        // (N) argmax per row
+  virtual void greedy(int N, int* next) = 0;                          // (N) argmax per row
   virtual void copy_rows(std::span<const int> rows, float* out) = 0;  // (M, V) fp32, host
   virtual size_t bytes() const = 0;
   void forward(const ForwardBatch& b, KvCache& cache, std::vector<float>& logits) override {
@@ -73,7 +73,8 @@ class CudaPassT final : public CudaPass {
   void copy_rows(std::span<const int> rows, float* out) override {
     const int M = int(rows.size()), V = cfg.vocab_size;
     if (M == 0) return;
-    if (logits32.size() < int64_t(M) * V) logits32 = DeviceBuffer<float>(int64_t(M) * V, "logits", s);
+    if (logits32.size() < int64_t(M) * V)
+      logits32 = DeviceBuffer<float>(int64_t(M) * V, "logits", s);
     for (int i = 0; i < M; ++i) {
       const Act* src = logits.data() + size_t(rows[i]) * V;
       if constexpr (kBf16) {
@@ -93,14 +94,15 @@ class CudaPassT final : public CudaPass {
   }
 
   size_t bytes() const override {
-    return weights.bytes() + pool.bytes() + x.bytes() * 3 + qkv.bytes() + att.bytes() +
-           up.bytes() + act.bytes() + logits.bytes();
+    return weights.bytes() + pool.bytes() + x.bytes() * 3 + qkv.bytes() + att.bytes() + up.bytes() +
+           act.bytes() + logits.bytes();
   }
 
  private:
   // Device buffers for N rows, and the K/V pool for the cache's blocks (grown, never shrunk).
   void reserve(int N, int blocks) {
-    if (pool.size() < blocks * block_elems) pool = DeviceBuffer<Act>(blocks * block_elems, "kv cache", s);
+    if (pool.size() < blocks * block_elems)
+      pool = DeviceBuffer<Act>(blocks * block_elems, "kv cache", s);
     if (N <= rows) return;
     rows = N;
     const int64_t R = N;
@@ -146,8 +148,8 @@ class CudaPassT final : public CudaPass {
   BlockSpec spec;
   cudaStream_t s;
   int C, F, D, H, K, HD, QKV, MB;  // MB: block-table entries per row (max_ctx / 16, rounded up)
-  int64_t block_elems;              // one block of the pool: (L, 2, 16, K*D)
-  int rows = 0;                     // rows the buffers hold
+  int64_t block_elems;             // one block of the pool: (L, 2, 16, K*D)
+  int rows = 0;                    // rows the buffers hold
   DeviceWeights weights;
   const ModelParams& wp;  // named device pointers into the weights
   DeviceRope rope;
@@ -193,11 +195,10 @@ void CudaPassT<Act>::run(const ForwardBatch& b, KvCache& cache) {
     norm(ln.data(), x.data(), L.ln1_w, L.ln1_b, N);
     project(qkv.data(), ln.data(), L.qkv_w, L.qkv_b, N, C, QKV);
     if (spec.positions == PositionKind::rope)
-      cuda::rope_forward<Act>(qkv.data(), N, H + K, D, QKV, d_pos, rope.cos.data(),
-                              rope.sin.data(), s);
+      cuda::rope_forward<Act>(qkv.data(), N, H + K, D, QKV, d_pos, rope.cos.data(), rope.sin.data(),
+                              s);
     cuda::kv_cache_write<Act>(kv, l, qkv.data(), QKV, H, K, D, d_slot, N, s);
-    cuda::paged_attention<Act>(att.data(), qkv.data(), QKV, kv, l, d_tab, MB, d_pos, N, H, K, D,
-                               s);
+    cuda::paged_attention<Act>(att.data(), qkv.data(), QKV, kv, l, d_tab, MB, d_pos, N, H, K, D, s);
     project(tmp.data(), att.data(), L.o_w, L.o_b, N, HD, C);
     cuda::add<Act>(x.data(), x.data(), tmp.data(), int64_t(N) * C, s);
     norm(ln.data(), x.data(), L.ln2_w, L.ln2_b, N);
@@ -206,8 +207,8 @@ void CudaPassT<Act>::run(const ForwardBatch& b, KvCache& cache) {
   }
   norm(ln.data(), x.data(), wp.lnf_w, wp.lnf_b, N);
   // logits (N, V) = lnf @ lm_head^T: lm_head is (V, C) like nn.Linear in both architectures.
-  cuda::linear_forward<Act>(logits.data(), ln.data(), wt(wp.lm_head), nullptr, N, C,
-                            cfg.vocab_size, ops::WeightLayout::out_in, s);
+  cuda::linear_forward<Act>(logits.data(), ln.data(), wt(wp.lm_head), nullptr, N, C, cfg.vocab_size,
+                            ops::WeightLayout::out_in, s);
 }
 
 std::unique_ptr<CudaPass> make_pass(const Model& model, int max_ctx, bool bf16) {

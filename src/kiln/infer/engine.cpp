@@ -58,8 +58,8 @@ Engine::Engine(const ModelConfig& cfg, ForwardWeights weights, const EngineOptio
     : Engine(cfg, make_cpu_forward_pass(cfg, std::move(weights), context_length(cfg, opts)), opts,
              tok) {}
 
-Engine::Engine(const ModelConfig& cfg, std::unique_ptr<ForwardPass> pass,
-               const EngineOptions& opts, const Tokenizer* tok)
+Engine::Engine(const ModelConfig& cfg, std::unique_ptr<ForwardPass> pass, const EngineOptions& opts,
+               const Tokenizer* tok)
     : cfg_(cfg), pass_(std::move(pass)), opts_(opts), tok_(tok) {
   max_ctx_ = context_length(cfg, opts);
   KILN_CHECK(opts.max_running >= 1, "engine", "max_running must be >= 1, got ", opts.max_running);

@@ -1,7 +1,7 @@
 // The batched inference engine (both families): requests come in with add_request(); each step()
-// runs ONE forward pass (forward_pass.h) over every running sequence: the decode tokens first, then prompt chunks
-// (vLLM's chunked prefill) up to a token budget. All rows go through each projection as one
-// GEMM; attention reads each sequence's blocks of the paged KV cache directly. A sequence's
+// runs ONE forward pass (forward_pass.h) over every running sequence: the decode tokens first, then
+// prompt chunks (vLLM's chunked prefill) up to a token budget. All rows go through each projection
+// as one GEMM; attention reads each sequence's blocks of the paged KV cache directly. A sequence's
 // greedy output does not depend on what else is in the batch. model/decoder.h is the oracle.
 // Sampling, penalties, n samples, beams and stop strings live here, above the forward pass, so
 // every family and backend gets all of them.

@@ -8,7 +8,9 @@
 
 namespace kiln {
 
-double EvalResult::perplexity() const { return std::exp(loss); }
+double EvalResult::perplexity() const {
+  return std::exp(loss);
+}
 double EvalResult::bits_per_byte() const {
   return loss * double(tokens) / double(bytes) / std::log(2.0);
 }
@@ -100,7 +102,8 @@ EvalResult evaluate_text(const Model& model, const Tokenizer& tok, const std::st
   std::vector<int64_t> freq(V, 0);
   for (size_t i = 1; i < ids.size(); ++i) ++freq[ids[i]];
   for (int64_t f : freq)
-    if (f > 0) r.unigram_entropy -= double(f) / double(targets) * std::log(double(f) / double(targets));
+    if (f > 0)
+      r.unigram_entropy -= double(f) / double(targets) * std::log(double(f) / double(targets));
   return r;
 }
 

@@ -12,9 +12,9 @@
 namespace kiln {
 
 struct EvalResult {
-  double loss = 0;      // mean cross-entropy, nats per predicted token
-  int64_t tokens = 0;   // predicted tokens
-  int64_t bytes = 0;    // of the text
+  double loss = 0;     // mean cross-entropy, nats per predicted token
+  int64_t tokens = 0;  // predicted tokens
+  int64_t bytes = 0;   // of the text
   // The entropy of the text's own token frequencies: the loss of the best model that ignores
   // context. A model that learned anything beats it.
   double unigram_entropy = 0;

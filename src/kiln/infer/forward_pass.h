@@ -1,9 +1,9 @@
 // One forward pass of the model over a batch of rows, for the engine: each row is a token of
 // some sequence at some position; its K and V go into that sequence's slot of the paged KvCache
 // (block tables, kv_cache.h) and it attends to the sequence's positions 0..pos. One
-// implementation per backend (CPU: cpu_forward_pass.cpp; CUDA: cuda_decoder.h), each covering both model
-// families (block_spec.h) and fp32 or quantized weights (forward_weights.h). model/decoder.h, a
-// separate single-sequence implementation, is the oracle they are tested against.
+// implementation per backend (CPU: cpu_forward_pass.cpp; CUDA: cuda_decoder.h), each covering both
+// model families (block_spec.h) and fp32 or quantized weights (forward_weights.h). model/decoder.h,
+// a separate single-sequence implementation, is the oracle they are tested against.
 #pragma once
 
 #include <cstdint>

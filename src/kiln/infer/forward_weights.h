@@ -25,11 +25,11 @@ struct LayerWeights {
 };
 
 struct ForwardWeights {
-  const float* embed = nullptr;     // (V, C)
+  const float* embed = nullptr;      // (V, C)
   const float* pos_embed = nullptr;  // (maxT, C) GPT-2's learned positions
-  const float* norm_f = nullptr;    // (C)
-  const float* norm_f_b = nullptr;  // (C) GPT-2 only
-  LinearWeight lm_head;             // C -> V, (V, C) rows (== embed when tied)
+  const float* norm_f = nullptr;     // (C)
+  const float* norm_f_b = nullptr;   // (C) GPT-2 only
+  LinearWeight lm_head;              // C -> V, (V, C) rows (== embed when tied)
   std::vector<LayerWeights> layers;
   std::vector<std::shared_ptr<const quant::QTensor>> owned;  // fused quantized projections
 };

@@ -14,8 +14,8 @@
 namespace kiln {
 
 struct GenerateResult {
-  std::string text;                   // sample 0's continuation (the best beam's)
-  std::vector<SampleResult> samples;  // n samples in order, or beams best first
+  std::string text;                             // sample 0's continuation (the best beam's)
+  std::vector<SampleResult> samples;            // n samples in order, or beams best first
   int prompt_tokens = 0, generated_tokens = 0;  // generated: over all samples
   double prefill_s = 0, decode_s = 0;           // to the first step's end; the rest
 };

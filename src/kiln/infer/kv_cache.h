@@ -20,9 +20,9 @@ namespace kiln {
 constexpr int kBlockTokens = 16;
 
 struct KvCacheShape {
-  int layers = 0;      // L
-  int kv_dim = 0;      // K*D floats per position per layer, for K and for V
-  int num_blocks = 0;  // physical blocks in the pool
+  int layers = 0;         // L
+  int kv_dim = 0;         // K*D floats per position per layer, for K and for V
+  int num_blocks = 0;     // physical blocks in the pool
   bool host_pool = true;  // false: K/V live elsewhere (a GPU forward pass); only bookkeeping here
 };
 

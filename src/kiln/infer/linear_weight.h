@@ -13,7 +13,7 @@ struct LinearWeight {
   const float* f32 = nullptr;         // (OUT, IN) or (IN, OUT) per layout; null when quantized
   const quant::QTensor* q = nullptr;  // (OUT, IN) rows of blocks, or null when fp32
   int out = 0, in = 0;
-  const float* bias = nullptr;  // (OUT) or null
+  const float* bias = nullptr;                           // (OUT) or null
   ops::WeightLayout layout = ops::WeightLayout::out_in;  // of f32
 };
 

@@ -15,7 +15,7 @@ BlockSpec block_spec(const ModelConfig& c) {
 }
 
 void cpu_block_norm(const BlockSpec& s, float* out, float* mean, float* rstd, const float* x,
-                const float* w, const float* b, int N, int C, float eps) {
+                    const float* w, const float* b, int N, int C, float eps) {
   if (s.norm == NormKind::rms) {
     ops::cpu::rms_norm_forward(out, rstd, x, w, N, C, eps);
   } else {

@@ -11,7 +11,7 @@
 
 namespace kiln {
 
-enum class NormKind { rms, layer };        // Llama: RMSNorm (weight); GPT-2: LayerNorm (w, b)
+enum class NormKind { rms, layer };         // Llama: RMSNorm (weight); GPT-2: LayerNorm (w, b)
 enum class PositionKind { rope, learned };  // Llama: RoPE on q|k; GPT-2: wpe added to wte
 enum class MlpKind { swiglu, gelu };        // Llama: silu(gate) * up over (2F); GPT-2: GELU (F)
 
@@ -27,9 +27,8 @@ BlockSpec block_spec(const ModelConfig& c);
 
 // out (N, C) = the spec's norm of x (N, C); mean and rstd (N) scratch. b is LayerNorm's bias.
 void cpu_block_norm(const BlockSpec& s, float* out, float* mean, float* rstd, const float* x,
-                const float* w, const float* b, int N, int C, float eps);
+                    const float* w, const float* b, int N, int C, float eps);
 // act (N, F) = the spec's MLP activation of up (N, up_width).
 void cpu_block_activation(const BlockSpec& s, float* act, const float* up, int N, int F);
-
 
 }  // namespace kiln
