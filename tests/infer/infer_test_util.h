@@ -25,6 +25,18 @@ inline ModelConfig tiny_llama(int vocab = 64, int max_pos = 160) {
   return c;
 }
 
+// The GPT-2 counterpart: LayerNorm, learned positions, biases, GELU, tied embeddings, Conv1D
+// (IN, OUT) weights. init_weights zeroes biases and sets norms to 1; randomize_all gives them
+// values too, so a forgotten bias or LayerNorm shift shows.
+inline ModelConfig tiny_gpt2(int vocab = 64, int max_pos = 160) {
+  ModelConfig c = tiny_llama(vocab, max_pos);
+  c.arch = Arch::gpt2;
+  c.kv_heads = c.heads;
+  c.intermediate = 4 * c.hidden;
+  c.tie_embeddings = true;
+  return c;
+}
+
 inline std::unique_ptr<Model> make_model(const ModelConfig& c, uint64_t seed = 3) {
   auto m = std::make_unique<Model>(c);
   m->init_weights(seed);

@@ -320,7 +320,7 @@ TEST(Engine, BadInputIsAClearError) {
   g.kv_heads = g.heads;
   g.tie_embeddings = true;
   Model gm(g);
-  expect_error([&] { Engine e2(gm); }, "GPT-2");
+  EXPECT_NO_THROW(Engine e2(gm));  // GPT-2 runs in the engine too (test_cpu_forward_pass.cpp)
   EXPECT_TRUE(eng.idle());
   // A prompt that fits, with max_tokens past the context, stops at the context.
   auto id = eng.add_request(std::vector<int32_t>(30, 1), ok, test::stop_after(100));

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kiln/cli/command.h"
+#include "kiln/cli/decoding.h"
 #include "kiln/cli/load.h"
 #include "kiln/core/error.h"
 #include "kiln/infer/engine.h"
@@ -21,15 +22,6 @@
 #include "kiln/train/checkpoint.h"
 
 namespace kiln::cli {
-
-// Defined in cmd_generate.cpp.
-struct DecodingArgs {
-  SamplingParams sp;
-  StopConditions stop;
-  std::vector<std::string> bias;
-};
-void add_decoding_options(CLI::App* cmd, DecodingArgs& a);
-void finish_decoding_options(DecodingArgs& a);
 
 namespace {
 

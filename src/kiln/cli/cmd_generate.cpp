@@ -1,13 +1,16 @@
-// kiln generate --model DIR --prompt "..." [decoding options]
+// kiln generate --model DIR --prompt "..." [decoding options] [--device cuda]
 // kiln eval --model DIR --text FILE
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 
 #include "kiln/cli/command.h"
+#include "kiln/cli/decoding.h"
 #include "kiln/cli/load.h"
 #include "kiln/core/error.h"
+#include "kiln/infer/cuda_decoder.h"
 #include "kiln/infer/engine.h"
+#include "kiln/infer/evaluate.h"
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
 #include "kiln/model/model_io.h"
@@ -17,62 +20,6 @@
 #include "kiln/train/checkpoint.h"
 
 namespace kiln::cli {
-
-// Decoding options shared by `generate` and `chat` (cmd_chat.cpp declares these two).
-struct DecodingArgs {
-  SamplingParams sp;
-  StopConditions stop;
-  std::vector<std::string> bias;  // "ID:BIAS"
-};
-
-void add_decoding_options(CLI::App* cmd, DecodingArgs& a) {
-  cmd->add_option("--max-new-tokens", a.stop.max_tokens, "Tokens to generate")
-      ->capture_default_str();
-  cmd->add_option("--temperature", a.sp.temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", a.sp.top_k, "Keep the k most likely tokens (0 = off)")
-      ->capture_default_str();
-  cmd->add_option("--top-p", a.sp.top_p, "Nucleus sampling mass (1 = off)")->capture_default_str();
-  cmd->add_option("--min-p", a.sp.min_p, "Drop tokens below min_p x the top probability (0 = off)")
-      ->capture_default_str();
-  cmd->add_option("--repetition-penalty", a.sp.repetition_penalty,
-                  "Divide logits of tokens already seen (1 = off)")
-      ->capture_default_str();
-  cmd->add_option("--presence-penalty", a.sp.presence_penalty,
-                  "Subtract from logits of generated tokens, once [-2, 2]")
-      ->capture_default_str();
-  cmd->add_option("--frequency-penalty", a.sp.frequency_penalty,
-                  "Subtract per occurrence in the output [-2, 2]")
-      ->capture_default_str();
-  cmd->add_option("--logit-bias", a.bias, "ID:BIAS added to a token's logit (repeatable)");
-  cmd->add_option("--seed", a.sp.seed, "Random seed")->capture_default_str();
-  cmd->add_option("--stop", a.stop.stop_strings, "Stop before this text (repeatable)");
-  cmd->add_option("--stop-id", a.stop.stop_ids, "Stop at this token id (repeatable)");
-  cmd->add_flag("--ignore-eos", a.stop.ignore_eos, "Keep generating past the eos token");
-  cmd->add_option("--n", a.sp.n, "Independent samples (share the prompt's cache)")
-      ->capture_default_str();
-  cmd->add_option("--beams", a.sp.beams, "Beam search width (1 = off)")->capture_default_str();
-  cmd->add_option("--length-penalty", a.sp.length_penalty, "Beam score = log p / length^penalty")
-      ->capture_default_str();
-}
-
-// Parses the --logit-bias strings into sp.logit_bias.
-void finish_decoding_options(DecodingArgs& a) {
-  for (const std::string& b : a.bias) {
-    const size_t colon = b.find(':');
-    KILN_CHECK(colon != std::string::npos, "generate", "--logit-bias '", b,
-               "' is not ID:BIAS (for example 50256:-100)");
-    try {
-      size_t used = 0;
-      const int id = std::stoi(b.substr(0, colon), &used);
-      KILN_CHECK(used == colon, "generate", "--logit-bias '", b, "': bad token id");
-      const float bias = std::stof(b.substr(colon + 1), &used);
-      KILN_CHECK(used == b.size() - colon - 1, "generate", "--logit-bias '", b, "': bad bias");
-      a.sp.logit_bias.push_back({id, bias});
-    } catch (const std::logic_error&) {
-      fail("generate", "--logit-bias '", b, "' is not ID:BIAS (for example 50256:-100)");
-    }
-  }
-}
 
 Tokenizer load_model_tokenizer(const std::string& dir) {
   KILN_CHECK(file_exists(dir + "/tokenizer.json"), "model", "no tokenizer.json in '", dir,
@@ -103,6 +50,7 @@ struct GenArgs {
   std::string model, prompt;
   DecodingArgs dec;
   bool stats = false;
+  std::string device = "cpu", precision = "bf16";
 };
 
 void print_out(const std::string& s) {
@@ -118,64 +66,37 @@ Command gen([](CLI::App& app) {
   cmd->add_option("--prompt", a->prompt, "Prompt text")->required();
   add_decoding_options(cmd, a->dec);
   cmd->add_flag("--stats", a->stats, "Print timing to stderr");
+  cmd->add_option("--device", a->device, "cpu | cuda (the engine's forward pass on the GPU)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--precision", a->precision, "With --device cuda: bf16 | fp32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd->callback([a] {
     finish_decoding_options(a->dec);
     validate(a->dec.sp);
     LoadedModel lm = load_for_inference(a->model);
-    const std::unique_ptr<Model>& model = lm.model;
-    const Tokenizer& tok = lm.tok;
-    if (model->config().arch == Arch::gpt2) {
-      // GPT-2 runs on the single-sequence decoder, which has the basic samplers only.
-      const SamplingParams& sp = a->dec.sp;
-      const StopConditions& st = a->dec.stop;
-      KILN_CHECK(sp.min_p == 0 && sp.repetition_penalty == 1 && sp.presence_penalty == 0 &&
-                     sp.frequency_penalty == 0 && sp.logit_bias.empty() && sp.n == 1 &&
-                     sp.beams == 1 && st.stop_strings.empty() && st.stop_ids.empty() &&
-                     !st.ignore_eos,
-                 "generate",
-                 "GPT-2 models support --temperature, --top-k, --top-p and --seed only; the "
-                 "batched engine with the other options runs Llama-family models");
-      print_out(a->prompt);
-      auto r = generate(*model, tok, a->prompt, st.max_tokens, sp, print_out);
-      std::fputs("\n", stdout);
-      if (a->stats)
-        std::fprintf(stderr, "prompt %d tokens in %.3fs, generated %d tokens at %.1f tok/s\n",
-                     r.prompt_tokens, r.prefill_s, r.generated_tokens,
-                     r.generated_tokens / std::max(r.decode_s, 1e-9));
-      return;
+    const ModelConfig& cfg = lm.model->config();
+    const int n = int(prompt_ids(lm.tok, a->prompt).size());
+    const EngineOptions opts = single_request_options(cfg, n, a->dec.sp, a->dec.stop);
+    std::unique_ptr<ForwardPass> pass;
+    if (a->device == "cuda") {
+      KILN_CHECK(lm.qweights.empty(), "generate", "--device cuda runs bf16/fp32 weights; give a ",
+                 "model directory or an f32/f16 GGUF, or drop --device cuda for q8_0/q4_0");
+      pass = make_cuda_forward_pass(*lm.model, context_length(cfg, opts), a->precision == "bf16");
+    } else {
+      pass = make_cpu_forward_pass(cfg, quantized_weights(*lm.model, lm.qweights),
+                                   context_length(cfg, opts));
     }
-    std::vector<int32_t> ids = tok.encode(a->prompt);
-    if (ids.empty() && tok.eos_id()) ids.push_back(*tok.eos_id());  // starts a document
-    KILN_CHECK(!ids.empty(), "generate",
-               "the prompt is empty and the tokenizer has no eos token to start from");
-    EngineOptions opts;
-    opts.max_running = std::max(a->dec.sp.n, a->dec.sp.beams);
-    opts.max_context =
-        std::min<int>(model->config().max_positions, int(ids.size()) + a->dec.stop.max_tokens);
-    Engine eng(model->config(), quantized_weights(*model, lm.qweights), opts, &tok);
-    const auto t0 = std::chrono::steady_clock::now();
-    eng.add_request(ids, a->dec.sp, a->dec.stop);
+    Engine eng(cfg, std::move(pass), opts, &lm.tok);
     const bool stream = a->dec.sp.n == 1 && a->dec.sp.beams == 1;
     if (stream) print_out(a->prompt);
-    int generated = 0;
-    double first_s = 0;
-    RequestResult res;
-    while (!eng.idle()) {
-      for (const TokenEvent& e : eng.step()) {
-        generated += int(e.tokens.size());
-        if (stream) print_out(e.text);
-      }
-      if (first_s == 0)
-        first_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    }
-    const double total =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    res = eng.run_all().at(0);
+    GenerateResult r = generate(eng, lm.tok, a->prompt, a->dec.sp, a->dec.stop, print_out);
     if (stream) {
       std::fputs("\n", stdout);
     } else {
-      for (size_t i = 0; i < res.samples.size(); ++i) {
-        const SampleResult& s = res.samples[i];
+      for (size_t i = 0; i < r.samples.size(); ++i) {
+        const SampleResult& s = r.samples[i];
         if (a->dec.sp.beams > 1) {
           std::printf("[beam %zu score %.4f logprob %.4f]\n", i, s.score, s.logprob);
         } else {
@@ -186,8 +107,8 @@ Command gen([](CLI::App& app) {
     }
     if (a->stats)
       std::fprintf(stderr, "prompt %d tokens in %.3fs, generated %d tokens at %.1f tok/s\n",
-                   res.prompt_tokens, first_s, generated,
-                   generated / std::max(total - first_s, 1e-9));
+                   r.prompt_tokens, r.prefill_s, r.generated_tokens,
+                   r.generated_tokens / std::max(r.decode_s, 1e-9));
   });
 });
 
@@ -208,49 +129,12 @@ Command eval([](CLI::App& app) {
     auto model = load_model(dir);
     Tokenizer tok = load_model_tokenizer(dir);
     KILN_CHECK(file_exists(a->text), "eval", "cannot read '", a->text, "': no such file");
-    const std::string text = read_file(a->text);
-    const size_t file_size_bytes = text.size();
-    std::vector<int32_t> ids = tok.encode(text);
-    KILN_CHECK(ids.size() >= 2, "eval", "'", a->text, "' has fewer than 2 tokens");
-    int T = a->seq_len > 0 ? a->seq_len : model->config().max_positions;
-    T = std::min<int>(T, int(ids.size()) - 1);
-    // Non-overlapping windows; the last partial window is padded with ignored targets.
-    const int64_t windows = (int64_t(ids.size()) - 1 + T - 1) / T;
-    const int B = int(std::min<int64_t>(a->batch, windows));
-    TrainState ts(*model, B, T);
-    std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
-    double sum = 0;
-    int64_t count = 0;
-    for (int64_t w0 = 0; w0 < windows; w0 += B) {
-      for (int b = 0; b < B; ++b) {
-        for (int t = 0; t < T; ++t) {
-          int64_t i = (w0 + b) * T + t;
-          bool ok = w0 + b < windows && i + 1 < int64_t(ids.size());
-          x[size_t(b) * T + t] = ok ? ids[i] : 0;
-          y[size_t(b) * T + t] = ok ? ids[i + 1] : -1;
-        }
-      }
-      double mean = ts.step(*model, x.data(), y.data(), nullptr);
-      sum += mean * double(ts.counted_tokens());
-      count += ts.counted_tokens();
-    }
-    double loss = sum / double(count);
-    // Baseline: the entropy of the text's own token frequencies, i.e. the loss of the best
-    // model that ignores context. A model that learned anything beats it.
-    std::vector<int64_t> freq(model->config().vocab_size, 0);
-    for (size_t i = 1; i < ids.size(); ++i) ++freq[ids[i]];
-    double unigram = 0;
-    for (int64_t f : freq)
-      if (f > 0)
-        unigram -=
-            double(f) / double(ids.size() - 1) * std::log(double(f) / double(ids.size() - 1));
-    // Bits per byte make models with different tokenizers comparable.
-    const double bytes = double(file_size_bytes);
+    const EvalResult r = evaluate_text(*model, tok, read_file(a->text), a->seq_len, a->batch);
     std::printf(
-        "{\"loss\":%.6f,\"perplexity\":%.4f,\"tokens\":%lld,\"bytes\":%.0f,"
+        "{\"loss\":%.6f,\"perplexity\":%.4f,\"tokens\":%lld,\"bytes\":%lld,"
         "\"bits_per_byte\":%.5f,\"unigram_entropy\":%.6f,\"unigram_bits_per_byte\":%.5f}\n",
-        loss, std::exp(loss), (long long)count, bytes, loss * double(count) / bytes / std::log(2.0),
-        unigram, unigram * double(ids.size() - 1) / bytes / std::log(2.0));
+        r.loss, r.perplexity(), (long long)r.tokens, (long long)r.bytes, r.bits_per_byte(),
+        r.unigram_entropy, r.unigram_bits_per_byte());
   });
 });
 

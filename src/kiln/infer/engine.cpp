@@ -2,20 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "kiln/core/error.h"
-#include "kiln/infer/paged_attention.h"
-#include "kiln/ops/activation.h"
-#include "kiln/ops/attention.h"
-#include "kiln/ops/elementwise.h"
-#include "kiln/ops/embedding.h"
-#include "kiln/ops/rms_norm.h"
-#include "kiln/ops/rope.h"
 
 namespace kiln {
-
-namespace cpu = ops::cpu;
 
 struct Engine::Seq {
   Request* req = nullptr;
@@ -55,87 +45,23 @@ const char* finish_reason_name(FinishReason r) {
   return r == FinishReason::stop ? "stop" : r == FinishReason::length ? "length" : "none";
 }
 
-EngineWeights fp32_weights(const Model& model) {
-  const ModelConfig& c = model.config();
-  KILN_CHECK(c.arch == Arch::llama, "engine",
-             "the batched engine runs Llama-family models; this one is GPT-2 (use the "
-             "single-sequence generate() path for it)");
-  ModelParams p = model.bind(const_cast<float*>(model.weights().f32()));
-  const int C = c.hidden, D = c.head_dim, H = c.heads, K = c.kv_heads, F = c.intermediate;
-  EngineWeights w;
-  w.embed = p.wte;
-  w.norm_f = p.lnf_w;
-  w.lm_head = {p.lm_head, nullptr, c.vocab_size, C};
-  for (const LayerParams& l : p.layers) {
-    EngineLayerWeights e;
-    e.ln1 = l.ln1_w;
-    e.ln2 = l.ln2_w;
-    e.qkv = {l.qkv_w, nullptr, (H + 2 * K) * D, C};
-    e.o = {l.o_w, nullptr, C, H * D};
-    e.up = {l.up_w, nullptr, 2 * F, C};
-    e.down = {l.down_w, nullptr, C, F};
-    w.layers.push_back(e);
-  }
-  return w;
-}
-
-EngineWeights quantized_weights(const Model& model,
-                                const std::map<std::string, quant::QTensor>& qweights) {
-  EngineWeights w = fp32_weights(model);
-  // Rows of blocks concatenated: one QTensor for the fused projection, or null if a part is
-  // missing or the types differ (then the projection stays fp32).
-  auto fuse = [&](const std::vector<std::string>& names) -> std::shared_ptr<const quant::QTensor> {
-    std::vector<const quant::QTensor*> parts;
-    for (const auto& n : names) {
-      auto it = qweights.find(n);
-      if (it == qweights.end()) return nullptr;
-      parts.push_back(&it->second);
-    }
-    auto q = std::make_shared<quant::QTensor>();
-    q->type = parts[0]->type;
-    q->cols = parts[0]->cols;
-    for (const quant::QTensor* t : parts) {
-      if (t->type != q->type || t->cols != q->cols) return nullptr;
-      q->rows += t->rows;
-      q->data.insert(q->data.end(), t->data.begin(), t->data.end());
-    }
-    return q;
-  };
-  auto use = [&](LinearWeight& lw, const std::vector<std::string>& names) {
-    auto q = fuse(names);
-    if (!q) return;
-    KILN_CHECK(q->rows == lw.out && q->cols == lw.in, "engine", "quantized ", names[0], " is (",
-               q->rows, ", ", q->cols, ") but the model expects (", lw.out, ", ", lw.in, ")");
-    lw.q = q.get();
-    lw.f32 = nullptr;
-    w.owned.push_back(std::move(q));
-  };
-  for (int l = 0; l < int(w.layers.size()); ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    EngineLayerWeights& e = w.layers[l];
-    use(e.qkv, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
-                p + "self_attn.v_proj.weight"});
-    use(e.o, {p + "self_attn.o_proj.weight"});
-    use(e.up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
-    use(e.down, {p + "mlp.down_proj.weight"});
-  }
-  use(w.lm_head, {"lm_head.weight"});
-  return w;
+int context_length(const ModelConfig& cfg, const EngineOptions& opts) {
+  KILN_CHECK(opts.max_context >= 0, "engine", "max_context must be >= 0, got ", opts.max_context);
+  return opts.max_context > 0 ? std::min(opts.max_context, cfg.max_positions) : cfg.max_positions;
 }
 
 Engine::Engine(const Model& model, const EngineOptions& opts, const Tokenizer* tok)
     : Engine(model.config(), fp32_weights(model), opts, tok) {}
 
-Engine::Engine(const ModelConfig& cfg, EngineWeights weights, const EngineOptions& opts,
+Engine::Engine(const ModelConfig& cfg, ForwardWeights weights, const EngineOptions& opts,
                const Tokenizer* tok)
-    : cfg_(cfg), w_(std::move(weights)), opts_(opts), tok_(tok) {
-  KILN_CHECK(cfg.arch == Arch::llama, "engine",
-             "the batched engine runs Llama-family models; GPT-2 is not supported yet");
-  KILN_CHECK(int(w_.layers.size()) == cfg.layers, "engine", "weights have ", w_.layers.size(),
-             " layers but the config says ", cfg.layers);
-  KILN_CHECK(opts.max_context >= 0, "engine", "max_context must be >= 0, got ", opts.max_context);
-  max_ctx_ =
-      opts.max_context > 0 ? std::min(opts.max_context, cfg.max_positions) : cfg.max_positions;
+    : Engine(cfg, make_cpu_forward_pass(cfg, std::move(weights), context_length(cfg, opts)), opts,
+             tok) {}
+
+Engine::Engine(const ModelConfig& cfg, std::unique_ptr<ForwardPass> pass, const EngineOptions& opts,
+               const Tokenizer* tok)
+    : cfg_(cfg), pass_(std::move(pass)), opts_(opts), tok_(tok) {
+  max_ctx_ = context_length(cfg, opts);
   KILN_CHECK(opts.max_running >= 1, "engine", "max_running must be >= 1, got ", opts.max_running);
   KILN_CHECK(opts.token_budget >= opts.max_running, "engine", "token_budget (", opts.token_budget,
              ") must be >= max_running (", opts.max_running,
@@ -150,13 +76,9 @@ Engine::Engine(const ModelConfig& cfg, EngineWeights weights, const EngineOption
     const int64_t cap = (int64_t(1) << 30) / block_bytes;
     blocks = int(std::max<int64_t>(std::min(want, cap), ctx_blocks + 2));
   }
-  cache_ = std::make_unique<KvCache>(KvCacheShape{cfg.layers, KD, blocks});
-  const int D = cfg.head_dim;
-  std::vector<float> inv(D / 2);
-  ops::rope_inv_freq(inv.data(), D, cfg.rope_theta, cfg.rope_scaling, max_ctx_);
-  rope_cos_.resize(size_t(max_ctx_) * D / 2);
-  rope_sin_.resize(size_t(max_ctx_) * D / 2);
-  ops::rope_table(rope_cos_.data(), rope_sin_.data(), inv.data(), max_ctx_, D);
+  cache_ = std::make_unique<KvCache>(KvCacheShape{cfg.layers, KD, blocks, pass_->uses_host_pool()});
+  if (!pass_->uses_host_pool())
+    cache_->set_copy_hook([p = pass_.get()](int src, int dst) { p->copy_block(src, dst); });
 }
 
 Engine::~Engine() = default;
@@ -274,13 +196,14 @@ std::vector<TokenEvent> Engine::step() {
 
   std::vector<int32_t> ids;
   std::vector<int> pos, logit_rows;
-  std::vector<Seq*> row_seq, logit_seq;
+  std::vector<KvCache::SeqId> row_seq;
+  std::vector<Seq*> logit_seq;
   for (const Chunk& c : chunks) cache_->prepare_append(c.s->kv, c.count);
   for (const Chunk& c : chunks) {
     for (int j = 0; j < c.count; ++j) {
       ids.push_back(c.s->tokens[c.start + j]);
       pos.push_back(c.start + j);
-      row_seq.push_back(c.s);
+      row_seq.push_back(c.s->kv);
     }
     if (c.start + c.count == int(c.s->tokens.size())) {
       logit_rows.push_back(int(ids.size()) - 1);
@@ -288,7 +211,7 @@ std::vector<TokenEvent> Engine::step() {
     }
   }
   std::vector<float> logits;
-  forward(ids, pos, row_seq, logit_rows, logits);
+  pass_->forward({ids, pos, row_seq, logit_rows}, *cache_, logits);
   for (const Chunk& c : chunks) {
     cache_->commit(c.s->kv, &c.s->tokens[c.start], c.count);
     c.s->computed += c.count;
@@ -325,97 +248,6 @@ std::vector<TokenEvent> Engine::step() {
       std::remove_if(running_.begin(), running_.end(), [](const auto& r) { return r->done; }),
       running_.end());
   return ev;
-}
-
-void Engine::forward(const std::vector<int32_t>& ids, const std::vector<int>& pos,
-                     const std::vector<Seq*>& row_seq, const std::vector<int>& logit_rows,
-                     std::vector<float>& logits) {
-  const ModelConfig& c = cfg_;
-  const int N = int(ids.size()), M = int(logit_rows.size());
-  const int C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads, K = c.kv_heads;
-  const int HD = H * D, KD = K * D, QKV = HD + 2 * KD;
-  auto grow = [](std::vector<float>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-  };
-  grow(x_, size_t(N) * C);
-  grow(ln_, size_t(N) * C);
-  grow(mid_, size_t(N) * C);
-  grow(rstd_, N);
-  grow(qkv_, size_t(N) * QKV);
-  grow(att_, size_t(N) * HD);
-  grow(up_, size_t(N) * 2 * F);
-  grow(act_, size_t(N) * F);
-  std::vector<PagedRow> rows(N);
-  for (int i = 0; i < N; ++i) rows[i] = {cache_->block_table(row_seq[i]->kv).data(), pos[i]};
-  // Attention runs in segments of rows: a prompt chunk that starts a sequence (positions 0..n-1,
-  // nothing cached before it) is plain causal self-attention over its own rows, which the
-  // tiled flash kernel does with query tiles (ops/attention.h); every other row reads the paged
-  // cache, one query row at a time (paged_attention.h).
-  struct Segment {
-    int begin, end;
-    bool fresh;
-  };
-  std::vector<Segment> segs;
-  constexpr int kMinFresh = 16;  // below this the paged path is as fast
-  for (int i = 0; i < N;) {
-    int j = i + 1;
-    if (pos[i] == 0) {
-      while (j < N && row_seq[j] == row_seq[i] && pos[j] == pos[j - 1] + 1) ++j;
-      if (j - i >= kMinFresh) {
-        segs.push_back({i, j, true});
-        i = j;
-        continue;
-      }
-      j = i + 1;
-    }
-    if (!segs.empty() && !segs.back().fresh && segs.back().end == i) {
-      segs.back().end = j;
-    } else {
-      segs.push_back({i, j, false});
-    }
-    i = j;
-  }
-
-  cpu::embedding_forward(x_.data(), ids.data(), w_.embed, N, C, false);
-  for (int l = 0; l < c.layers; ++l) {
-    const EngineLayerWeights& p = w_.layers[l];
-    cpu::rms_norm_forward(ln_.data(), rstd_.data(), x_.data(), p.ln1, N, C, c.norm_eps);
-    linear(qkv_.data(), ln_.data(), p.qkv, N);
-    cpu::rope_forward(qkv_.data(), N, H + K, D, QKV, pos.data(), rope_cos_.data(),
-                      rope_sin_.data());
-    for (int i = 0; i < N; ++i) {
-      const auto [blk, off] = cache_->slot(row_seq[i]->kv, pos[i]);
-      std::memcpy(cache_->k(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD],
-                  KD * sizeof(float));
-      std::memcpy(cache_->v(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD + KD],
-                  KD * sizeof(float));
-    }
-    for (const Segment& sg : segs) {
-      const int n = sg.end - sg.begin;
-      if (sg.fresh) {
-        grow(lse_, size_t(H) * n);
-        cpu::attention_forward(&att_[size_t(sg.begin) * HD], lse_.data(),
-                               &qkv_[size_t(sg.begin) * QKV], 1, n, H, K, D);
-      } else {
-        paged_attention(&att_[size_t(sg.begin) * HD], &qkv_[size_t(sg.begin) * QKV], QKV, *cache_,
-                        l, rows.data() + sg.begin, n, H, K, D);
-      }
-    }
-    linear(mid_.data(), att_.data(), p.o, N);
-    cpu::add(mid_.data(), mid_.data(), x_.data(), int64_t(N) * C);
-    cpu::rms_norm_forward(ln_.data(), rstd_.data(), mid_.data(), p.ln2, N, C, c.norm_eps);
-    linear(up_.data(), ln_.data(), p.up, N);
-    cpu::swiglu_forward(act_.data(), up_.data(), N, F);
-    linear(x_.data(), act_.data(), p.down, N);
-    cpu::add(x_.data(), x_.data(), mid_.data(), int64_t(N) * C);
-  }
-  // Only the rows that sample need the final norm and the LM head.
-  grow(hid_, size_t(M) * C);
-  for (int i = 0; i < M; ++i)
-    std::memcpy(&hid_[size_t(i) * C], &x_[size_t(logit_rows[i]) * C], C * sizeof(float));
-  cpu::rms_norm_forward(ln_.data(), rstd_.data(), hid_.data(), w_.norm_f, M, C, c.norm_eps);
-  logits.resize(size_t(M) * c.vocab_size);
-  linear(logits.data(), ln_.data(), w_.lm_head, M);
 }
 
 namespace {

@@ -1,8 +1,10 @@
-// The batched inference engine (Llama family): requests come in with add_request(); each step()
-// runs ONE forward over every running sequence: the decode tokens first, then prompt chunks
-// (vLLM's chunked prefill) up to a token budget. All rows go through each projection as one
-// GEMM; attention reads each sequence's blocks of the paged KV cache directly. A sequence's
+// The batched inference engine (both families): requests come in with add_request(); each step()
+// runs ONE forward pass (forward_pass.h) over every running sequence: the decode tokens first, then
+// prompt chunks (vLLM's chunked prefill) up to a token budget. All rows go through each projection
+// as one GEMM; attention reads each sequence's blocks of the paged KV cache directly. A sequence's
 // greedy output does not depend on what else is in the batch. model/decoder.h is the oracle.
+// Sampling, penalties, n samples, beams and stop strings live here, above the forward pass, so
+// every family and backend gets all of them.
 //
 //   Engine eng(model, opts, &tok);
 //   auto id = eng.add_request(ids, sampling, stop);
@@ -11,44 +13,19 @@
 
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "kiln/infer/forward_pass.h"
 #include "kiln/infer/kv_cache.h"
-#include "kiln/infer/linear_weight.h"
 #include "kiln/infer/sampler.h"
 #include "kiln/infer/stop_strings.h"
 #include "kiln/model/transformer.h"
 #include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln {
-
-// The weights the engine runs: norms and embeddings fp32; projections fp32 or quantized.
-struct EngineLayerWeights {
-  const float* ln1 = nullptr;  // (C)
-  const float* ln2 = nullptr;  // (C)
-  LinearWeight qkv;            // ((H+2K)*D, C): q|k|v rows
-  LinearWeight o;              // (C, H*D)
-  LinearWeight up;             // (2F, C): gate|up rows
-  LinearWeight down;           // (C, F)
-};
-struct EngineWeights {
-  const float* embed = nullptr;   // (V, C)
-  const float* norm_f = nullptr;  // (C)
-  LinearWeight lm_head;           // (V, C)
-  std::vector<EngineLayerWeights> layers;
-  std::vector<std::shared_ptr<const quant::QTensor>> owned;  // fused quantized projections
-};
-// fp32 weights pointing into model.weights() (the model must outlive the engine).
-EngineWeights fp32_weights(const Model& model);
-// The same, with each projection whose parts are all in `qweights` (by HF name, e.g. a GGUF's
-// q8_0/q4_0 tensors from quant::load_gguf_model) quantized: q|k|v and gate|up rows are fused
-// into one QTensor each (rows are independent, so fusing is concatenation).
-EngineWeights quantized_weights(const Model& model,
-                                const std::map<std::string, quant::QTensor>& qweights);
 
 struct StopConditions {
   int max_tokens = 128;                   // generated tokens at most
@@ -97,7 +74,10 @@ struct RequestResult {
 class Engine {
  public:
   Engine(const Model& model, const EngineOptions& opts = {}, const Tokenizer* tok = nullptr);
-  Engine(const ModelConfig& cfg, EngineWeights weights, const EngineOptions& opts = {},
+  Engine(const ModelConfig& cfg, ForwardWeights weights, const EngineOptions& opts = {},
+         const Tokenizer* tok = nullptr);
+  // With a given forward pass (e.g. the GPU's), built for up to context_length(cfg, opts).
+  Engine(const ModelConfig& cfg, std::unique_ptr<ForwardPass> pass, const EngineOptions& opts = {},
          const Tokenizer* tok = nullptr);
   ~Engine();
 
@@ -127,9 +107,6 @@ class Engine {
  private:
   struct Seq;
   struct Request;
-  void forward(const std::vector<int32_t>& ids, const std::vector<int>& pos,
-               const std::vector<Seq*>& row_seq, const std::vector<int>& logit_rows,
-               std::vector<float>& logits);
   void admit();  // moves waiting requests in while slots and KV blocks allow
   void finish_seq(Seq& s, FinishReason r, std::vector<TokenEvent>& ev);
   void sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev);
@@ -140,19 +117,20 @@ class Engine {
   Seq* fork_seq(Seq& parent, int sample);
 
   ModelConfig cfg_;
-  EngineWeights w_;
+  std::unique_ptr<ForwardPass> pass_;
   EngineOptions opts_;
   const Tokenizer* tok_;
   int max_ctx_;
   std::unique_ptr<KvCache> cache_;
-  std::vector<float> rope_cos_, rope_sin_;  // (max_ctx, D/2)
   int64_t next_id_ = 0;
   int reserved_blocks_ = 0;
   std::deque<std::unique_ptr<Request>> waiting_;
   std::vector<std::unique_ptr<Request>> running_;
   std::vector<RequestResult> done_;
-  // Scratch, grown to the largest step.
-  std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, rstd_, hid_, lse_;
 };
+
+// Positions per sequence an engine with these options holds: opts.max_context, at most (and by
+// default) the model's max_position_embeddings.
+int context_length(const ModelConfig& cfg, const EngineOptions& opts);
 
 }  // namespace kiln

@@ -27,8 +27,9 @@ KvCache::KvCache(const KvCacheShape& shape) : shape_(shape) {
   KILN_CHECK(shape.layers > 0 && shape.kv_dim > 0 && shape.num_blocks > 0, "kv_cache",
              "layers, kv_dim and num_blocks must be positive, got ", shape.layers, ", ",
              shape.kv_dim, ", ", shape.num_blocks);
-  pool_ = Tensor::empty(
-      {int64_t(shape.num_blocks) * shape.layers * 2 * kBlockTokens * int64_t(shape.kv_dim)});
+  if (shape.host_pool)
+    pool_ = Tensor::empty(
+        {int64_t(shape.num_blocks) * shape.layers * 2 * kBlockTokens * int64_t(shape.kv_dim)});
   blocks_.resize(shape.num_blocks);
   for (int b = shape.num_blocks - 1; b >= 0; --b) {
     free_plain_.push_back(b);
@@ -161,7 +162,8 @@ void KvCache::prepare_append(SeqId s, int n) {
     if (blocks_[last].refs > 1) {
       int fresh = allocate();
       const size_t bytes = size_t(shape_.layers) * 2 * kBlockTokens * shape_.kv_dim * sizeof(float);
-      std::memcpy(base(fresh, 0), base(last, 0), bytes);
+      if (shape_.host_pool) std::memcpy(base(fresh, 0), base(last, 0), bytes);
+      if (copy_hook_) copy_hook_(last, fresh);
       unref(last);
       last = fresh;
       ++cow_copies_;

@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <unordered_map>
 #include <vector>
 
+#include "kiln/core/error.h"
 #include "kiln/core/tensor.h"
 
 namespace kiln {
@@ -18,9 +20,10 @@ namespace kiln {
 constexpr int kBlockTokens = 16;
 
 struct KvCacheShape {
-  int layers = 0;      // L
-  int kv_dim = 0;      // K*D floats per position per layer, for K and for V
-  int num_blocks = 0;  // physical blocks in the pool
+  int layers = 0;         // L
+  int kv_dim = 0;         // K*D floats per position per layer, for K and for V
+  int num_blocks = 0;     // physical blocks in the pool
+  bool host_pool = true;  // false: K/V live elsewhere (a GPU forward pass); only bookkeeping here
 };
 
 class KvCache {
@@ -39,7 +42,8 @@ class KvCache {
   void release(SeqId s);
 
   // Makes positions len..len+n-1 writable: allocates blocks and copies a shared last block
-  // (copy-on-write). Throws Error when the pool is exhausted.
+  // (copy-on-write: in the host pool, and through the copy hook). Throws Error when the pool is
+  // exhausted.
   void prepare_append(SeqId s, int n);
   // Records that `tokens` now fill positions len.. (their K/V written); hashes blocks that became
   // full so later prompts can share them.
@@ -56,6 +60,10 @@ class KvCache {
   std::pair<int, int> slot(SeqId s, int pos) const {
     return {seqs_[s].blocks[pos / kBlockTokens], pos % kBlockTokens};
   }
+
+  // Called with (src, dst) physical blocks on every copy-on-write, for K/V kept outside the host
+  // pool (the GPU's copy of its layout).
+  void set_copy_hook(std::function<void(int src, int dst)> hook) { copy_hook_ = std::move(hook); }
 
   int num_blocks() const { return shape_.num_blocks; }
   // Blocks not referenced by any sequence (some may still hold reusable cached prefixes).
@@ -82,6 +90,7 @@ class KvCache {
     uint64_t hash = 0;          // hash of the full blocks so far
   };
   float* base(int block, int layer) {
+    KILN_DCHECK(shape_.host_pool);
     return pool_.f32() +
            (int64_t(block) * shape_.layers + layer) * 2 * kBlockTokens * shape_.kv_dim;
   }
@@ -97,6 +106,7 @@ class KvCache {
   std::vector<int> free_plain_;  // never hashed: reused first
   std::deque<int> free_cached_;  // hashed, oldest first; stale entries skipped lazily
   std::unordered_multimap<uint64_t, int> by_hash_;
+  std::function<void(int, int)> copy_hook_;
   int free_count_ = 0;
   int64_t prefix_hits_ = 0, cow_copies_ = 0;
 };

@@ -1,5 +1,7 @@
 #include "kiln/infer/linear_weight.h"
 
+#include <algorithm>
+
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
 #include "kiln/ops/cpu/vec16.h"
@@ -83,20 +85,54 @@ void linear_small_n(float* y, const float* x, const float* w, int N, int IN, int
   });
 }
 
+// The same for W stored (IN, OUT): each output is summed over IN in order, 16 columns at a time
+// for up to 32 rows, so again a row's result does not depend on N.
+void linear_small_n_in_out(float* y, const float* x, const float* w, int N, int IN, int OUT) {
+  constexpr int kCols = 64;
+  const int64_t blocks = (OUT + kCols - 1) / kCols;
+  parallel_ranges(blocks, 1, [&](int64_t b0, int64_t b1) {
+    float acc[kSmallN][kCols];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int o0 = int(b) * kCols, width = std::min(kCols, OUT - o0);
+      for (int n = 0; n < N; ++n) std::fill(acc[n], acc[n] + width, 0.0f);
+      for (int i = 0; i < IN; ++i) {
+        const float* wr = w + size_t(i) * OUT + o0;
+        for (int n = 0; n < N; ++n) {
+          const float xi = x[size_t(n) * IN + i];
+          for (int j = 0; j < width; ++j) acc[n][j] += xi * wr[j];
+        }
+      }
+      for (int n = 0; n < N; ++n) std::copy(acc[n], acc[n] + width, y + size_t(n) * OUT + o0);
+    }
+  });
+}
+
+void add_bias(float* y, const float* bias, int N, int OUT) {
+  if (!bias) return;
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < OUT; ++o) y[size_t(n) * OUT + o] += bias[o];
+}
+
 }  // namespace
 
 void linear(float* y, const float* x, const LinearWeight& w, int N) {
   if (w.q) {
     KILN_DCHECK(w.q->rows == w.out && w.q->cols == w.in);
     quant::cpu::matmul(y, x, *w.q, N);
+    add_bias(y, w.bias, N, w.out);
     return;
   }
   KILN_CHECK(w.f32, "linear", "weight has neither fp32 data nor a quantized tensor");
   if (N <= kSmallN) {
-    linear_small_n(y, x, w.f32, N, w.in, w.out);
+    if (w.layout == ops::WeightLayout::out_in) {
+      linear_small_n(y, x, w.f32, N, w.in, w.out);
+    } else {
+      linear_small_n_in_out(y, x, w.f32, N, w.in, w.out);
+    }
+    add_bias(y, w.bias, N, w.out);
     return;
   }
-  ops::cpu::linear_forward(y, x, w.f32, nullptr, N, w.in, w.out, ops::WeightLayout::out_in);
+  ops::cpu::linear_forward(y, x, w.f32, w.bias, N, w.in, w.out, w.layout);
 }
 
 }  // namespace kiln

@@ -30,10 +30,4 @@ struct TrainResult {
 // rank 0 writes the run directory and gathered checkpoints.
 TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm = nullptr);
 
-// Mean cross-entropy of `model` over a token stream, in windows of T (B at a time).
-struct EvalResult {
-  double loss = 0;
-  int64_t tokens = 0;
-};
-
 }  // namespace kiln

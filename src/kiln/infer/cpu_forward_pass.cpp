@@ -1,0 +1,182 @@
+// The engine's forward pass on the CPU, both families: every row through each projection as one
+// GEMM; attention reads each sequence's blocks of the paged KV cache in place.
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/infer/forward_pass.h"
+#include "kiln/infer/paged_attention.h"
+#include "kiln/model/block_spec.h"
+#include "kiln/ops/attention.h"
+#include "kiln/ops/elementwise.h"
+#include "kiln/ops/embedding.h"
+#include "kiln/ops/rope.h"
+
+namespace kiln {
+
+namespace {
+
+namespace cpu = ops::cpu;
+
+// Rows [begin, end) of a batch that attend the same way.
+struct Segment {
+  int begin, end;
+  bool fresh;  // a sequence's first rows, positions 0..n-1: causal self-attention over them
+};
+
+// A prompt chunk that starts a sequence (nothing cached before it) is plain causal
+// self-attention over its own rows, which the tiled flash kernel does with query tiles
+// (ops/attention.h); every other row reads the paged cache, one query row at a time
+// (paged_attention.h).
+std::vector<Segment> attention_segments(const ForwardBatch& b) {
+  const int N = int(b.ids.size());
+  std::vector<Segment> segs;
+  constexpr int kMinFresh = 16;  // below this the paged path is as fast
+  for (int i = 0; i < N;) {
+    int j = i + 1;
+    if (b.pos[i] == 0) {
+      while (j < N && b.seq[j] == b.seq[i] && b.pos[j] == b.pos[j - 1] + 1) ++j;
+      if (j - i >= kMinFresh) {
+        segs.push_back({i, j, true});
+        i = j;
+        continue;
+      }
+      j = i + 1;
+    }
+    if (!segs.empty() && !segs.back().fresh && segs.back().end == i) {
+      segs.back().end = j;
+    } else {
+      segs.push_back({i, j, false});
+    }
+    i = j;
+  }
+  return segs;
+}
+
+class CpuForwardPass final : public ForwardPass {
+ public:
+  CpuForwardPass(const ModelConfig& cfg, ForwardWeights w, int max_ctx)
+      : c_(cfg), spec_(block_spec(cfg)), w_(std::move(w)) {
+    KILN_CHECK(int(w_.layers.size()) == cfg.layers, "engine", "weights have ", w_.layers.size(),
+               " layers but the config says ", cfg.layers);
+    if (spec_.positions == PositionKind::rope) {
+      const int D = cfg.head_dim;
+      std::vector<float> inv(D / 2);
+      ops::rope_inv_freq(inv.data(), D, cfg.rope_theta, cfg.rope_scaling, max_ctx);
+      rope_cos_.resize(size_t(max_ctx) * D / 2);
+      rope_sin_.resize(size_t(max_ctx) * D / 2);
+      ops::rope_table(rope_cos_.data(), rope_sin_.data(), inv.data(), max_ctx, D);
+    }
+  }
+
+  void forward(const ForwardBatch& b, KvCache& cache, std::vector<float>& logits) override;
+
+ private:
+  // Every projection goes through here: where a LoRA adapter will add its x @ A @ B (scaled) to
+  // the base projection, once for every family and weight type.
+  void project(float* y, const float* x, const LinearWeight& w, int N) { linear(y, x, w, N); }
+  // Attention of layer l: q|k|v (N, QKV) -> K/V into the cache, att (N, H*D).
+  void attention(int l, const ForwardBatch& b, const std::vector<Segment>& segs,
+                 const std::vector<PagedRow>& rows, KvCache& cache);
+  // The block's MLP, ln_ (N, C) -> x_ (N, C): the single place an MoE layer will replace the
+  // dense MLP (a router picking experts per row, each expert this same up/act/down).
+  void mlp(const LayerWeights& p, int N);
+
+  ModelConfig c_;
+  BlockSpec spec_;
+  ForwardWeights w_;
+  std::vector<float> rope_cos_, rope_sin_;  // (max_ctx, D/2), RoPE only
+  // Scratch, grown to the largest batch.
+  std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, mean_, rstd_, hid_, lse_;
+};
+
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+void CpuForwardPass::attention(int l, const ForwardBatch& b, const std::vector<Segment>& segs,
+                               const std::vector<PagedRow>& rows, KvCache& cache) {
+  const int N = int(b.ids.size()), D = c_.head_dim, H = c_.heads, K = c_.kv_heads;
+  const int HD = H * D, KD = K * D, QKV = HD + 2 * KD;
+  if (spec_.positions == PositionKind::rope)
+    cpu::rope_forward(qkv_.data(), N, H + K, D, QKV, b.pos.data(), rope_cos_.data(),
+                      rope_sin_.data());
+  for (int i = 0; i < N; ++i) {
+    const auto [blk, off] = cache.slot(b.seq[i], b.pos[i]);
+    std::memcpy(cache.k(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD],
+                KD * sizeof(float));
+    std::memcpy(cache.v(blk, l) + size_t(off) * KD, &qkv_[size_t(i) * QKV + HD + KD],
+                KD * sizeof(float));
+  }
+  for (const Segment& sg : segs) {
+    const int n = sg.end - sg.begin;
+    if (sg.fresh) {
+      grow(lse_, size_t(H) * n);
+      cpu::attention_forward(&att_[size_t(sg.begin) * HD], lse_.data(),
+                             &qkv_[size_t(sg.begin) * QKV], 1, n, H, K, D);
+    } else {
+      paged_attention(&att_[size_t(sg.begin) * HD], &qkv_[size_t(sg.begin) * QKV], QKV, cache, l,
+                      rows.data() + sg.begin, n, H, K, D);
+    }
+  }
+}
+
+void CpuForwardPass::mlp(const LayerWeights& p, int N) {
+  project(up_.data(), ln_.data(), p.up, N);
+  cpu_block_activation(spec_, act_.data(), up_.data(), N, c_.intermediate);
+  project(x_.data(), act_.data(), p.down, N);
+}
+
+void CpuForwardPass::forward(const ForwardBatch& b, KvCache& cache, std::vector<float>& logits) {
+  const int N = int(b.ids.size()), M = int(b.logit_rows.size());
+  KILN_DCHECK(int(b.pos.size()) == N && int(b.seq.size()) == N);
+  const int C = c_.hidden, F = c_.intermediate, D = c_.head_dim, H = c_.heads, K = c_.kv_heads;
+  const int HD = H * D, QKV = HD + 2 * K * D;
+  const float eps = c_.norm_eps;
+  grow(x_, size_t(N) * C);
+  grow(ln_, size_t(N) * C);
+  grow(mid_, size_t(N) * C);
+  grow(mean_, size_t(std::max(N, M)));
+  grow(rstd_, size_t(std::max(N, M)));
+  grow(qkv_, size_t(N) * QKV);
+  grow(att_, size_t(N) * HD);
+  grow(up_, size_t(N) * spec_.up_width);
+  grow(act_, size_t(N) * F);
+  std::vector<PagedRow> rows(N);
+  for (int i = 0; i < N; ++i) rows[i] = {cache.block_table(b.seq[i]).data(), b.pos[i]};
+  const std::vector<Segment> segs = attention_segments(b);
+
+  cpu::embedding_forward(x_.data(), b.ids.data(), w_.embed, N, C, false);
+  if (spec_.positions == PositionKind::learned)
+    cpu::embedding_forward(x_.data(), b.pos.data(), w_.pos_embed, N, C, true);
+  for (int l = 0; l < c_.layers; ++l) {
+    const LayerWeights& p = w_.layers[l];
+    cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1, p.ln1_b, N, C,
+                   eps);
+    project(qkv_.data(), ln_.data(), p.qkv, N);
+    attention(l, b, segs, rows, cache);
+    project(mid_.data(), att_.data(), p.o, N);
+    cpu::add(mid_.data(), mid_.data(), x_.data(), int64_t(N) * C);
+    cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), mid_.data(), p.ln2, p.ln2_b, N, C,
+                   eps);
+    mlp(p, N);
+    cpu::add(x_.data(), x_.data(), mid_.data(), int64_t(N) * C);
+  }
+  // Only the rows that sample need the final norm and the LM head.
+  grow(hid_, size_t(M) * C);
+  for (int i = 0; i < M; ++i)
+    std::memcpy(&hid_[size_t(i) * C], &x_[size_t(b.logit_rows[i]) * C], C * sizeof(float));
+  cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), hid_.data(), w_.norm_f, w_.norm_f_b,
+                 M, C, eps);
+  logits.resize(size_t(M) * c_.vocab_size);
+  project(logits.data(), ln_.data(), w_.lm_head, M);
+}
+
+}  // namespace
+
+std::unique_ptr<ForwardPass> make_cpu_forward_pass(const ModelConfig& cfg, ForwardWeights w,
+                                                   int max_ctx) {
+  return std::make_unique<CpuForwardPass>(cfg, std::move(w), max_ctx);
+}
+
+}  // namespace kiln
