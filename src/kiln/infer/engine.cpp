@@ -427,6 +427,25 @@ double log_prob(const float* logits, int V, int32_t t) {
   return double(logits[t] - mx) - std::log(sum);
 }
 
+// Token t's log p and the k most likely tokens' (ties: lower id first), in O(V log k).
+TokenLogprob token_logprob(const float* logits, int V, int32_t t, int k) {
+  const float mx = *std::max_element(logits, logits + V);
+  double sum = 0;
+  for (int i = 0; i < V; ++i) sum += std::exp(double(logits[i] - mx));
+  const double lse = mx + std::log(sum);
+  TokenLogprob lp;
+  lp.token = t;
+  lp.logprob = float(double(logits[t]) - lse);
+  std::vector<int32_t> idx(V);
+  for (int i = 0; i < V; ++i) idx[i] = i;
+  k = std::min(k, V);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int i = 0; i < k; ++i) lp.top.push_back({idx[i], float(double(logits[idx[i]]) - lse)});
+  return lp;
+}
+
 bool is_stop_id(const StopConditions& st, std::optional<int32_t> eos, int32_t t) {
   if (!st.ignore_eos && eos && t == *eos) return true;
   return std::find(st.stop_ids.begin(), st.stop_ids.end(), t) != st.stop_ids.end();
@@ -487,6 +506,7 @@ void Engine::sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev
   s.out.tokens.push_back(t);
   s.out.logprob += log_prob(logits, V, t);
   out.tokens = {t};
+  if (r.sp.logprobs >= 0) out.logprobs.push_back(token_logprob(logits, V, t, r.sp.logprobs));
   if (s.detok) {
     std::string text = s.stops.push(s.detok->push(t));
     s.out.text += text;
