@@ -197,6 +197,25 @@ void parse_sampling(const json& b, ApiRequest& r, const ApiLimits& lim) {
   }
 }
 
+// Chat: logprobs (boolean) + top_logprobs (0..20, needs logprobs); completions: logprobs
+// (0..20 alternatives). Both land in SamplingParams::logprobs (-1 = off).
+void parse_logprobs(const json& b, ApiRequest& r) {
+  constexpr int kMaxTop = 20;
+  const json* lp = field(b, "logprobs");
+  if (r.endpoint == Endpoint::completions) {
+    if (lp) r.sp.logprobs = int(integer(*lp, "logprobs", 0, kMaxTop));
+    return;
+  }
+  const bool on = lp && boolean(*lp, "logprobs");
+  if (const json* v = field(b, "top_logprobs")) {
+    const int k = int(integer(*v, "top_logprobs", 0, kMaxTop));
+    if (!on) bad_request("top_logprobs", "needs \"logprobs\": true");
+    r.sp.logprobs = k;
+  } else if (on) {
+    r.sp.logprobs = 0;
+  }
+}
+
 }  // namespace
 
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimits& lim) {
@@ -244,12 +263,8 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimi
   }
   if (const json* v = field(b, "user"))
     if (!v->is_string()) bad_request("user", std::string("must be a string, got ") + type_name(*v));
+  parse_logprobs(b, r);
   // Refused clearly rather than ignored: options whose output the client would rely on.
-  if (const json* v = field(b, "logprobs"))
-    if (!(v->is_boolean() && !v->get<bool>()) && !(v->is_number_integer() && *v == 0))
-      bad_request("logprobs", "is not supported yet");
-  if (const json* v = field(b, "top_logprobs"))
-    if (!(v->is_number_integer() && *v == 0)) bad_request("top_logprobs", "is not supported yet");
   if (const json* v = field(b, "best_of"))
     if (integer(*v, "best_of", 1, lim.max_n) != r.sp.n)
       bad_request("best_of", "must equal n: best-of sampling is not supported");
