@@ -221,6 +221,53 @@ TEST(Engine, LogprobsAreTheRawLogSoftmax) {
   EXPECT_THROW(eng.add_request({1, 2}, sp), Error);
 }
 
+// A constraint decides what may be drawn: here tokens 5 and 7 alternate, and after four the
+// output is complete (finish reason stop, no fifth step); one that allows nothing stops at once.
+struct Alternate : LogitsConstraint {
+  int n = 0, limit = 4;
+  bool mask(float* l, int V) override {
+    if (limit == 0) return false;
+    for (int i = 0; i < V; ++i)
+      if (i != (n % 2 ? 7 : 5)) l[i] = -INFINITY;
+    return true;
+  }
+  void accept(int32_t t) override {
+    EXPECT_EQ(t, n % 2 ? 7 : 5);
+    ++n;
+  }
+  bool complete() const override { return n == limit; }
+};
+
+TEST(Engine, ConstraintMasksAndCompletes) {
+  ModelConfig c = tiny_llama();
+  auto m = make_model(c);
+  Engine eng(*m);
+  SamplingParams sp;
+  sp.n = 2;
+  sp.seed = 3;
+  sp.constraint = [] { return std::make_unique<Alternate>(); };
+  const int64_t a = eng.add_request({1, 2, 3}, sp, test::stop_after(20));
+  sp.n = 1;
+  sp.constraint = [] {
+    auto x = std::make_unique<Alternate>();
+    x->limit = 0;
+    return x;
+  };
+  const int64_t b = eng.add_request({1, 2, 3}, sp, test::stop_after(20));
+  auto res = eng.run_all();
+  ASSERT_EQ(res.size(), 2u);
+  ASSERT_EQ(res[0].id, a);
+  for (const SampleResult& s : res[0].samples) {
+    EXPECT_EQ(s.tokens, (std::vector<int32_t>{5, 7, 5, 7}));
+    EXPECT_EQ(s.reason, FinishReason::stop);
+  }
+  ASSERT_EQ(res[1].id, b);
+  EXPECT_TRUE(res[1].samples[0].tokens.empty());
+  EXPECT_EQ(res[1].samples[0].reason, FinishReason::stop);
+  sp.beams = 2;
+  EXPECT_THROW(eng.add_request({1}, sp), Error);
+}
+
 TEST(Engine, NSamplesShareThePromptBlocks) {
   ModelConfig c = tiny_llama();
   auto m = make_model(c);
