@@ -71,6 +71,23 @@ TEST(OpenAIRequest, LogprobsReachTheEngine) {
   EXPECT_THROW(comp(R"(, "logprobs": -1)"), ApiError);
 }
 
+TEST(OpenAIRequest, ResponseFormatCompilesTheGrammar) {
+  auto rf = [&](const std::string& v) {
+    return parse_request(Endpoint::completions, R"({"prompt": "a", "response_format": )" + v + "}",
+                         limits())
+        .json_schema;
+  };
+  EXPECT_EQ(rf(R"({"type": "text"})"), nullptr);
+  EXPECT_NE(rf(R"({"type": "json_object"})"), nullptr);
+  EXPECT_NE(rf(R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+               "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}}})"),
+            nullptr);
+  EXPECT_THROW(rf(R"({"type": "xml"})"), ApiError);
+  EXPECT_THROW(rf(R"({"type": "json_schema"})"), ApiError);
+  EXPECT_THROW(rf(R"({"type": "json_schema", "json_schema": {"schema": {"$ref": "#/x"}}})"),
+               ApiError);
+}
+
 TEST(OpenAIRequest, MaxTokensDefaultsAndContextRoom) {
   Tokenizer tok = Tokenizer::byte_level({});
   ApiRequest c = parse_request(Endpoint::completions, R"({"prompt": "hello"})", limits());

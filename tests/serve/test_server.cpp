@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "serve_test_util.h"
 
@@ -276,6 +277,108 @@ TEST_F(Serve, CompletionLogprobs) {
   }
   EXPECT_EQ(tokens, lp["tokens"]);
   EXPECT_EQ(offsets, lp["text_offset"]);
+}
+
+// The schema of the response_format oracle, and its validator, written apart from the grammar.
+const char* kAnswerSchema = R"({"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 8},
+    "kind": {"enum": ["cat", "dog", 7, null]},
+    "age": {"type": "integer"},
+    "score": {"type": "number"},
+    "ok": {"type": "boolean"},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3},
+    "pos": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+            "required": ["x", "y"]}},
+  "required": ["name", "kind", "tags", "pos"]})";
+
+std::string check_answer(const json& v) {
+  auto short_string = [](const json& x, size_t most) {
+    if (!x.is_string()) return false;
+    size_t chars = 0;
+    for (unsigned char ch : x.get<std::string>()) chars += (ch & 0xC0) != 0x80;
+    return chars <= most;
+  };
+  if (!v.is_object()) return "not an object";
+  const std::set<std::string> known = {"name", "kind", "age", "score", "ok", "tags", "pos"};
+  for (auto it = v.begin(); it != v.end(); ++it)
+    if (!known.count(it.key())) return "unknown key " + it.key();
+  for (const char* k : {"name", "kind", "tags", "pos"})
+    if (!v.contains(k)) return std::string("missing required ") + k;
+  if (!short_string(v["name"], 8)) return "name";
+  const json& kind = v["kind"];
+  if (!(kind == "cat" || kind == "dog" || kind == 7 || kind.is_null())) return "kind";
+  if (v.contains("age") && !v["age"].is_number_integer()) return "age";
+  if (v.contains("score") && !v["score"].is_number()) return "score";
+  if (v.contains("ok") && !v["ok"].is_boolean()) return "ok";
+  if (!v["tags"].is_array() || v["tags"].size() > 3) return "tags";
+  for (const json& t : v["tags"])
+    if (!short_string(t, 4)) return "tags[]";
+  const json& pos = v["pos"];
+  if (!pos.is_object() || pos.size() != 2 || !pos.contains("x") || !pos.contains("y") ||
+      !pos["x"].is_number() || !pos["y"].is_number())
+    return "pos";
+  return "";
+}
+
+// response_format json_schema: 50 answers sampled at temperature 1 from the random-weight model
+// all parse and validate; each ends by itself (stop) once the value closes. A max_tokens that
+// comes first ends it with length (a prefix, as OpenAI does). json_object: an object.
+TEST_F(Serve, ResponseFormatJsonSchemaAlwaysValidates) {
+  json rf = {{"type", "json_schema"},
+             {"json_schema", {{"name", "answer"}, {"schema", json::parse(kAnswerSchema)}}}};
+  int answers = 0;
+  for (int r = 0; r < 10; ++r) {
+    json j = post(
+        "/v1/chat/completions",
+        {{"messages", {{{"role", "user"}, {"content", "describe a pet " + std::to_string(r)}}}},
+         {"response_format", rf},
+         {"temperature", 1},
+         {"seed", r},
+         {"n", 5},
+         {"max_tokens", 400}});
+    ASSERT_EQ(j["choices"].size(), 5u) << j.dump();
+    for (const json& c : j["choices"]) {
+      const std::string text = c["message"]["content"];
+      SCOPED_TRACE(text);
+      EXPECT_EQ(c["finish_reason"], "stop");
+      json v = json::parse(text, nullptr, false);
+      ASSERT_FALSE(v.is_discarded()) << "does not parse";
+      EXPECT_EQ(check_answer(v), "");
+      ++answers;
+    }
+  }
+  EXPECT_EQ(answers, 50);
+  // Cut short: length, a prefix.
+  json cut = post("/v1/completions", {{"prompt", "x"}, {"response_format", rf}, {"max_tokens", 6}});
+  EXPECT_EQ(cut["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(cut["choices"][0]["text"].get<std::string>().size(), 6u);
+  EXPECT_EQ(cut["choices"][0]["text"].get<std::string>()[0], '{');
+  // json_object: any object, streamed.
+  json req = {{"prompt", "y"},     {"response_format", {{"type", "json_object"}}},
+              {"max_tokens", 300}, {"temperature", 0.7},
+              {"seed", 5},         {"stream", true}};
+  HttpReply st = http(port(), "POST", "/v1/completions", req.dump());
+  ASSERT_EQ(st.status, 200);
+  std::string text, finish;
+  for (const std::string& d : sse_data(st.body)) {
+    if (d == "[DONE]") break;
+    const json c = json::parse(d)["choices"][0];
+    text += c["text"].get<std::string>();
+    if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
+  }
+  if (finish == "stop") {
+    json v = json::parse(text, nullptr, false);
+    EXPECT_TRUE(v.is_object()) << text;
+  } else {
+    EXPECT_EQ(finish, "length");
+  }
+  // Outside the subset: a 400 naming the field.
+  json bad = rf;
+  bad["json_schema"]["schema"] = {{"type", "string"}, {"pattern", "a+"}};
+  json e =
+      post("/v1/chat/completions",
+           {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"response_format", bad}}, 400);
+  EXPECT_EQ(e["error"]["param"], "response_format.json_schema.schema");
 }
 
 // The official OpenAI client (npm openai@6), unchanged, against the server.

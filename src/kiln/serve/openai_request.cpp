@@ -4,6 +4,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "kiln/core/error.h"
 #include "kiln/serve/api_error.h"
 
 namespace kiln::serve {
@@ -216,6 +217,33 @@ void parse_logprobs(const json& b, ApiRequest& r) {
   }
 }
 
+// {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}.
+// The schema is read again from the body in its own key order (properties come out in it).
+void parse_response_format(const json& v, std::string_view body, ApiRequest& r) {
+  const json* t = v.is_object() ? field(v, "type") : nullptr;
+  if (!t || !t->is_string())
+    bad_request("response_format.type", "must be one of text, json_object, json_schema");
+  const std::string type = t->get<std::string>();
+  if (type == "text") return;
+  if (type == "json_object") {
+    r.json_schema = JsonSchema::any_object();
+    return;
+  }
+  if (type != "json_schema")
+    bad_request("response_format.type",
+                "must be one of text, json_object, json_schema, got '" + type + "'");
+  const json* js = field(v, "json_schema");
+  const json* schema = js && js->is_object() ? field(*js, "schema") : nullptr;
+  if (!schema || !schema->is_object())
+    bad_request("response_format.json_schema.schema", "must be a JSON schema object");
+  try {
+    const auto ordered = nlohmann::ordered_json::parse(body);
+    r.json_schema = JsonSchema::compile(ordered["response_format"]["json_schema"]["schema"].dump());
+  } catch (const Error& e) {
+    bad_request("response_format.json_schema.schema", e.what());
+  }
+}
+
 }  // namespace
 
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimits& lim) {
@@ -273,11 +301,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimi
   if (const json* v = field(b, "echo"))
     if (boolean(*v, "echo")) bad_request("echo", "is not supported");
   if (field(b, "suffix")) bad_request("suffix", "is not supported");
-  if (const json* v = field(b, "response_format")) {
-    const json* t = v->is_object() ? field(*v, "type") : nullptr;
-    if (!t || *t != "text")
-      bad_request("response_format", "only {\"type\": \"text\"} is supported yet");
-  }
+  if (const json* v = field(b, "response_format")) parse_response_format(*v, body, r);
   if (const json* v = field(b, "tools"))
     if (!v->is_array() || !v->empty()) bad_request("tools", "tool calling is not supported");
   return r;

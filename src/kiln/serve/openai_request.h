@@ -11,6 +11,7 @@
 
 #include "kiln/infer/engine.h"
 #include "kiln/serve/chat_render.h"
+#include "kiln/serve/json_grammar.h"
 #include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln::serve {
@@ -32,6 +33,8 @@ struct ApiRequest {
   StopConditions stop;
   bool max_tokens_given = false;
   bool stream = false, include_usage = false;
+  // response_format json_object / json_schema: the grammar every sample follows; null = text.
+  std::shared_ptr<const JsonSchema> json_schema;
 };
 
 // What the served model allows.

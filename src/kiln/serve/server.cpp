@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -9,6 +10,7 @@
 #include "kiln/core/log.h"
 #include "kiln/serve/api_error.h"
 #include "kiln/serve/chat_page.h"
+#include "kiln/serve/json_grammar.h"
 #include "kiln/serve/openai_request.h"
 #include "kiln/serve/openai_response.h"
 
@@ -316,6 +318,7 @@ class Server {
       Job job;
       job.prompt = std::move(prompts[i]);
       job.sp = ar.sp;
+      if (ar.json_schema) job.sp.constraint = json_constraint_factory(ar.json_schema, vocab_trie());
       job.stop = ar.stop;
       const int prompt = int(i);
       std::shared_ptr<Exchange> ex = p->ex;
@@ -351,6 +354,15 @@ class Server {
     }
   }
 
+  // The vocabulary's trie for response_format masks, built by the first request that needs it.
+  std::shared_ptr<const VocabTrie> vocab_trie() {
+    std::call_once(trie_once_, [this] {
+      trie_ = std::make_shared<const VocabTrie>(loop_.tokenizer(),
+                                                loop_.engine_info().config().vocab_size);
+    });
+    return trie_;
+  }
+
   std::string new_id(const char* prefix) {
     const uint64_t x = (id_salt_ + 0x9E3779B97F4A7C15ull * ++id_counter_) * 0xBF58476D1CE4E5B9ull;
     char buf[40];
@@ -367,6 +379,8 @@ class Server {
   bool aborted_ = false;
   Clock::time_point drain_deadline_;
   uint64_t id_salt_ = 0;
+  std::once_flag trie_once_;
+  std::shared_ptr<const VocabTrie> trie_;
   std::atomic<uint64_t> id_counter_{0};
   int64_t created_ = std::chrono::duration_cast<std::chrono::seconds>(
                          std::chrono::system_clock::now().time_since_epoch())
