@@ -177,6 +177,97 @@ TEST(Engine, SeedsReproduceRegardlessOfBatch) {
   EXPECT_NE(other[0].tokens, alone[0].tokens);
 }
 
+// Logprobs are the raw distribution's: log-softmax of the logits the step produced, untouched by
+// temperature, penalties and bias (which do change what is sampled); the top k in order.
+TEST(Engine, LogprobsAreTheRawLogSoftmax) {
+  ModelConfig c = tiny_llama();
+  auto m = make_model(c);
+  Rng rng(5);
+  SamplingParams sp;
+  sp.temperature = 1.7f;
+  sp.presence_penalty = 1.5f;
+  sp.logit_bias = {{3, 5.0f}};
+  sp.seed = 7;
+  sp.logprobs = 4;
+  EngineOptions opts;
+  opts.return_logits = true;
+  Engine eng(*m, opts);
+  eng.add_request(random_prompt(rng, 9, c.vocab_size), sp, test::stop_after(10));
+  int checked = 0;
+  while (!eng.idle())
+    for (const TokenEvent& e : eng.step()) {
+      ASSERT_EQ(e.logprobs.size(), e.tokens.size());
+      if (e.tokens.empty()) continue;
+      const std::vector<float>& l = e.logits;
+      double mx = *std::max_element(l.begin(), l.end()), sum = 0;
+      for (float v : l) sum += std::exp(double(v) - mx);
+      const double lse = mx + std::log(sum);
+      const TokenLogprob& lp = e.logprobs[0];
+      EXPECT_EQ(lp.token, e.tokens[0]);
+      EXPECT_NEAR(lp.logprob, l[e.tokens[0]] - lse, 1e-5);
+      ASSERT_EQ(lp.top.size(), 4u);
+      std::vector<int32_t> order(l.size());
+      for (size_t i = 0; i < l.size(); ++i) order[i] = int32_t(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return l[a] > l[b]; });
+      for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ(lp.top[i].first, order[i]);
+        EXPECT_NEAR(lp.top[i].second, l[order[i]] - lse, 1e-5);
+      }
+      ++checked;
+    }
+  EXPECT_EQ(checked, 10);
+  sp.logprobs = 21;
+  EXPECT_THROW(eng.add_request({1, 2}, sp), Error);
+}
+
+// A constraint decides what may be drawn: here tokens 5 and 7 alternate, and after four the
+// output is complete (finish reason stop, no fifth step); one that allows nothing stops at once.
+struct Alternate : LogitsConstraint {
+  int n = 0, limit = 4;
+  bool mask(float* l, int V) override {
+    if (limit == 0) return false;
+    for (int i = 0; i < V; ++i)
+      if (i != (n % 2 ? 7 : 5)) l[i] = -INFINITY;
+    return true;
+  }
+  void accept(int32_t t) override {
+    EXPECT_EQ(t, n % 2 ? 7 : 5);
+    ++n;
+  }
+  bool complete() const override { return n == limit; }
+};
+
+TEST(Engine, ConstraintMasksAndCompletes) {
+  ModelConfig c = tiny_llama();
+  auto m = make_model(c);
+  Engine eng(*m);
+  SamplingParams sp;
+  sp.n = 2;
+  sp.seed = 3;
+  sp.constraint = [] { return std::make_unique<Alternate>(); };
+  const int64_t a = eng.add_request({1, 2, 3}, sp, test::stop_after(20));
+  sp.n = 1;
+  sp.constraint = [] {
+    auto x = std::make_unique<Alternate>();
+    x->limit = 0;
+    return x;
+  };
+  const int64_t b = eng.add_request({1, 2, 3}, sp, test::stop_after(20));
+  auto res = eng.run_all();
+  ASSERT_EQ(res.size(), 2u);
+  ASSERT_EQ(res[0].id, a);
+  for (const SampleResult& s : res[0].samples) {
+    EXPECT_EQ(s.tokens, (std::vector<int32_t>{5, 7, 5, 7}));
+    EXPECT_EQ(s.reason, FinishReason::stop);
+  }
+  ASSERT_EQ(res[1].id, b);
+  EXPECT_TRUE(res[1].samples[0].tokens.empty());
+  EXPECT_EQ(res[1].samples[0].reason, FinishReason::stop);
+  sp.beams = 2;
+  EXPECT_THROW(eng.add_request({1}, sp), Error);
+}
+
 TEST(Engine, NSamplesShareThePromptBlocks) {
   ModelConfig c = tiny_llama();
   auto m = make_model(c);

@@ -105,6 +105,27 @@ for await (const chunk of cs) {
 assert.equal(ctext, full);
 assert.equal(cfinish, "length");
 
+// Logprobs: chat (content entries, top_logprobs) and completions (the legacy arrays).
+const lchat = await client.chat.completions.create({
+  model, messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2, ignore_eos: true,
+});
+const lc = lchat.choices[0].logprobs.content;
+assert.equal(lc.length, 6);
+assert.equal(lc.map((e) => e.token).join(""), lchat.choices[0].message.content);
+for (const e of lc) {
+  assert.equal(typeof e.logprob, "number");
+  assert.ok(e.logprob <= 0);
+  assert.deepEqual(e.bytes, [...Buffer.from(e.token, "utf8")]);
+  assert.equal(e.top_logprobs.length, 2);
+  assert.equal(e.top_logprobs[0].token, e.token);
+}
+const lcomp = await client.completions.create({ model, prompt: "the river", max_tokens: 5, temperature: 0, logprobs: 3 });
+const ll = lcomp.choices[0].logprobs;
+assert.equal(ll.tokens.join(""), lcomp.choices[0].text);
+assert.equal(ll.token_logprobs.length, 5);
+assert.deepEqual(ll.text_offset, [0, 1, 2, 3, 4]);
+for (let i = 0; i < 5; ++i) assert.equal(ll.top_logprobs[i][ll.tokens[i]], ll.token_logprobs[i]);
+
 // Errors arrive as the client's typed errors with OpenAI's fields.
 await assert.rejects(
   client.completions.create({ model, prompt: "x", max_tokens: -1 }),

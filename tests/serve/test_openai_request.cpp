@@ -54,6 +54,45 @@ TEST(OpenAIRequest, FieldsReachTheEngineParameters) {
   EXPECT_TRUE(r.include_usage);
 }
 
+TEST(OpenAIRequest, LogprobsReachTheEngine) {
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  auto chat = [&](const std::string& rest) {
+    return parse_request(Endpoint::chat, "{" + msgs + rest + "}", limits()).sp.logprobs;
+  };
+  EXPECT_EQ(chat(""), -1);
+  EXPECT_EQ(chat(R"(, "logprobs": false)"), -1);
+  EXPECT_EQ(chat(R"(, "logprobs": true)"), 0);
+  EXPECT_EQ(chat(R"(, "logprobs": true, "top_logprobs": 5)"), 5);
+  EXPECT_THROW(chat(R"(, "top_logprobs": 5)"), ApiError);
+  EXPECT_THROW(chat(R"(, "logprobs": true, "top_logprobs": 21)"), ApiError);
+  EXPECT_THROW(chat(R"(, "logprobs": 2)"), ApiError);
+  auto comp = [&](const std::string& rest) {
+    return parse_request(Endpoint::completions, R"({"prompt": "a")" + rest + "}", limits())
+        .sp.logprobs;
+  };
+  EXPECT_EQ(comp(""), -1);
+  EXPECT_EQ(comp(R"(, "logprobs": 0)"), 0);
+  EXPECT_EQ(comp(R"(, "logprobs": 3)"), 3);
+  EXPECT_THROW(comp(R"(, "logprobs": -1)"), ApiError);
+}
+
+TEST(OpenAIRequest, ResponseFormatCompilesTheGrammar) {
+  auto rf = [&](const std::string& v) {
+    return parse_request(Endpoint::completions, R"({"prompt": "a", "response_format": )" + v + "}",
+                         limits())
+        .json_schema;
+  };
+  EXPECT_EQ(rf(R"({"type": "text"})"), nullptr);
+  EXPECT_NE(rf(R"({"type": "json_object"})"), nullptr);
+  EXPECT_NE(rf(R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+               "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}}})"),
+            nullptr);
+  EXPECT_THROW(rf(R"({"type": "xml"})"), ApiError);
+  EXPECT_THROW(rf(R"({"type": "json_schema"})"), ApiError);
+  EXPECT_THROW(rf(R"({"type": "json_schema", "json_schema": {"schema": {"$ref": "#/x"}}})"),
+               ApiError);
+}
+
 TEST(OpenAIRequest, MaxTokensDefaultsAndContextRoom) {
   Tokenizer tok = Tokenizer::byte_level({});
   ApiRequest c = parse_request(Endpoint::completions, R"({"prompt": "hello"})", limits());

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "serve_test_util.h"
 
@@ -178,6 +179,208 @@ TEST_F(Serve, StreamedChatEqualsWhole) {
   EXPECT_EQ(usage["prompt_tokens_details"]["cached_tokens"], 32);
 }
 
+// Chat logprobs in OpenAI's shape, whole and streamed alike: one entry per generated token,
+// whose tokens spell the content, the greedy pick the most likely, top_logprobs k sorted.
+TEST_F(Serve, ChatLogprobs) {
+  json req = {{"messages", {{{"role", "user"}, {"content", "a river"}}}},
+              {"max_tokens", 10},
+              {"temperature", 0},
+              {"logprobs", true},
+              {"top_logprobs", 3},
+              {"ignore_eos", true}};
+  json whole = post("/v1/chat/completions", req);
+  const json& ch = whole["choices"][0];
+  const json& content = ch["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 10u) << whole.dump();
+  EXPECT_TRUE(ch["logprobs"]["refusal"].is_null());
+  std::string text;
+  for (const json& e : content) {
+    const std::string tok = e["token"];
+    text += tok;
+    std::string from_bytes;
+    for (int b : e["bytes"]) from_bytes += char(b);
+    EXPECT_EQ(from_bytes, tok);
+    EXPECT_LE(e["logprob"].get<double>(), 0.0);
+    ASSERT_EQ(e["top_logprobs"].size(), 3u);
+    EXPECT_EQ(e["top_logprobs"][0]["token"], tok) << "greedy picks the most likely";
+    EXPECT_DOUBLE_EQ(e["top_logprobs"][0]["logprob"].get<double>(), e["logprob"].get<double>());
+    for (int k = 0; k + 1 < 3; ++k)
+      EXPECT_GE(e["top_logprobs"][k]["logprob"].get<double>(),
+                e["top_logprobs"][k + 1]["logprob"].get<double>());
+  }
+  EXPECT_EQ(text, ch["message"]["content"]);
+  // Without top_logprobs: the sampled token's only.
+  req.erase("top_logprobs");
+  json bare = post("/v1/chat/completions", req);
+  EXPECT_TRUE(bare["choices"][0]["logprobs"]["content"][0]["top_logprobs"].empty());
+  // Streamed: the same entries spread over the chunks, each with the text it came with.
+  req["top_logprobs"] = 3;
+  req["stream"] = true;
+  HttpReply r = http(port(), "POST", "/v1/chat/completions", req.dump());
+  ASSERT_EQ(r.status, 200);
+  json streamed = json::array();
+  for (const std::string& d : sse_data(r.body)) {
+    if (d == "[DONE]") break;
+    const json c = json::parse(d)["choices"][0];
+    if (c["logprobs"].is_null()) continue;
+    for (const json& e : c["logprobs"]["content"]) streamed.push_back(e);
+  }
+  // The second request reuses the first's prompt blocks (prefix cache): the logits may differ
+  // in the last bits (another GEMM blocking), so log probs compare to 1e-4.
+  ASSERT_EQ(streamed.size(), content.size());
+  for (size_t i = 0; i < content.size(); ++i) {
+    EXPECT_EQ(streamed[i]["token"], content[i]["token"]);
+    EXPECT_EQ(streamed[i]["bytes"], content[i]["bytes"]);
+    EXPECT_NEAR(streamed[i]["logprob"].get<double>(), content[i]["logprob"].get<double>(), 1e-4);
+    ASSERT_EQ(streamed[i]["top_logprobs"].size(), 3u);
+  }
+  // Off: null.
+  req.erase("stream");
+  req["logprobs"] = false;
+  req.erase("top_logprobs");
+  EXPECT_TRUE(post("/v1/chat/completions", req)["choices"][0]["logprobs"].is_null());
+}
+
+// Completions logprobs in the legacy shape: tokens, token_logprobs, top_logprobs (k most likely
+// plus the sampled token), text_offset; streamed chunks continue the offsets.
+TEST_F(Serve, CompletionLogprobs) {
+  json req = {
+      {"prompt", "the cat"}, {"max_tokens", 8}, {"temperature", 1}, {"seed", 3}, {"logprobs", 2}};
+  json whole = post("/v1/completions", req);
+  const json& lp = whole["choices"][0]["logprobs"];
+  const std::string text = whole["choices"][0]["text"];
+  ASSERT_EQ(lp["tokens"].size(), 8u) << whole.dump();
+  ASSERT_EQ(lp["token_logprobs"].size(), 8u);
+  ASSERT_EQ(lp["top_logprobs"].size(), 8u);
+  ASSERT_EQ(lp["text_offset"].size(), 8u);
+  std::string joined;
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(lp["text_offset"][i], joined.size());
+    const std::string tok = lp["tokens"][i];
+    joined += tok;
+    const json& top = lp["top_logprobs"][i];
+    EXPECT_GE(top.size(), 2u);
+    EXPECT_LE(top.size(), 3u);
+    EXPECT_EQ(top[tok], lp["token_logprobs"][i]);
+  }
+  EXPECT_EQ(joined, text);
+  req["stream"] = true;
+  HttpReply r = http(port(), "POST", "/v1/completions", req.dump());
+  ASSERT_EQ(r.status, 200);
+  json tokens = json::array(), offsets = json::array();
+  for (const std::string& d : sse_data(r.body)) {
+    if (d == "[DONE]") break;
+    const json c = json::parse(d)["choices"][0];
+    if (c["logprobs"].is_null()) continue;
+    for (const json& t : c["logprobs"]["tokens"]) tokens.push_back(t);
+    for (const json& o : c["logprobs"]["text_offset"]) offsets.push_back(o);
+  }
+  EXPECT_EQ(tokens, lp["tokens"]);
+  EXPECT_EQ(offsets, lp["text_offset"]);
+}
+
+// The schema of the response_format oracle, and its validator, written apart from the grammar.
+const char* kAnswerSchema = R"({"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 8},
+    "kind": {"enum": ["cat", "dog", 7, null]},
+    "age": {"type": "integer"},
+    "score": {"type": "number"},
+    "ok": {"type": "boolean"},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3},
+    "pos": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+            "required": ["x", "y"]}},
+  "required": ["name", "kind", "tags", "pos"]})";
+
+std::string check_answer(const json& v) {
+  auto short_string = [](const json& x, size_t most) {
+    if (!x.is_string()) return false;
+    size_t chars = 0;
+    for (unsigned char ch : x.get<std::string>()) chars += (ch & 0xC0) != 0x80;
+    return chars <= most;
+  };
+  if (!v.is_object()) return "not an object";
+  const std::set<std::string> known = {"name", "kind", "age", "score", "ok", "tags", "pos"};
+  for (auto it = v.begin(); it != v.end(); ++it)
+    if (!known.count(it.key())) return "unknown key " + it.key();
+  for (const char* k : {"name", "kind", "tags", "pos"})
+    if (!v.contains(k)) return std::string("missing required ") + k;
+  if (!short_string(v["name"], 8)) return "name";
+  const json& kind = v["kind"];
+  if (!(kind == "cat" || kind == "dog" || kind == 7 || kind.is_null())) return "kind";
+  if (v.contains("age") && !v["age"].is_number_integer()) return "age";
+  if (v.contains("score") && !v["score"].is_number()) return "score";
+  if (v.contains("ok") && !v["ok"].is_boolean()) return "ok";
+  if (!v["tags"].is_array() || v["tags"].size() > 3) return "tags";
+  for (const json& t : v["tags"])
+    if (!short_string(t, 4)) return "tags[]";
+  const json& pos = v["pos"];
+  if (!pos.is_object() || pos.size() != 2 || !pos.contains("x") || !pos.contains("y") ||
+      !pos["x"].is_number() || !pos["y"].is_number())
+    return "pos";
+  return "";
+}
+
+// response_format json_schema: 50 answers sampled at temperature 1 from the random-weight model
+// all parse and validate; each ends by itself (stop) once the value closes. A max_tokens that
+// comes first ends it with length (a prefix, as OpenAI does). json_object: an object.
+TEST_F(Serve, ResponseFormatJsonSchemaAlwaysValidates) {
+  json rf = {{"type", "json_schema"},
+             {"json_schema", {{"name", "answer"}, {"schema", json::parse(kAnswerSchema)}}}};
+  int answers = 0;
+  for (int r = 0; r < 10; ++r) {
+    json j = post(
+        "/v1/chat/completions",
+        {{"messages", {{{"role", "user"}, {"content", "describe a pet " + std::to_string(r)}}}},
+         {"response_format", rf},
+         {"temperature", 1},
+         {"seed", r},
+         {"n", 5},
+         {"max_tokens", 400}});
+    ASSERT_EQ(j["choices"].size(), 5u) << j.dump();
+    for (const json& c : j["choices"]) {
+      const std::string text = c["message"]["content"];
+      SCOPED_TRACE(text);
+      EXPECT_EQ(c["finish_reason"], "stop");
+      json v = json::parse(text, nullptr, false);
+      ASSERT_FALSE(v.is_discarded()) << "does not parse";
+      EXPECT_EQ(check_answer(v), "");
+      ++answers;
+    }
+  }
+  EXPECT_EQ(answers, 50);
+  // Cut short: length, a prefix.
+  json cut = post("/v1/completions", {{"prompt", "x"}, {"response_format", rf}, {"max_tokens", 6}});
+  EXPECT_EQ(cut["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(cut["choices"][0]["text"].get<std::string>().size(), 6u);
+  EXPECT_EQ(cut["choices"][0]["text"].get<std::string>()[0], '{');
+  // json_object: any object, streamed.
+  json req = {{"prompt", "y"},     {"response_format", {{"type", "json_object"}}},
+              {"max_tokens", 300}, {"temperature", 0.7},
+              {"seed", 5},         {"stream", true}};
+  HttpReply st = http(port(), "POST", "/v1/completions", req.dump());
+  ASSERT_EQ(st.status, 200);
+  std::string text, finish;
+  for (const std::string& d : sse_data(st.body)) {
+    if (d == "[DONE]") break;
+    const json c = json::parse(d)["choices"][0];
+    text += c["text"].get<std::string>();
+    if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
+  }
+  if (finish == "stop") {
+    json v = json::parse(text, nullptr, false);
+    EXPECT_TRUE(v.is_object()) << text;
+  } else {
+    EXPECT_EQ(finish, "length");
+  }
+  // Outside the subset: a 400 naming the field.
+  json bad = rf;
+  bad["json_schema"]["schema"] = {{"type", "string"}, {"pattern", "a+"}};
+  json e =
+      post("/v1/chat/completions",
+           {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"response_format", bad}}, 400);
+  EXPECT_EQ(e["error"]["param"], "response_format.json_schema.schema");
+}
+
 // The official OpenAI client (npm openai@6), unchanged, against the server.
 TEST_F(Serve, OfficialOpenAIClient) {
   const std::string root = test::source_dir();
@@ -243,7 +446,10 @@ TEST_F(Serve, ErrorsAreOpenAIStyle) {
       {c, "{\"prompt\": \"a\", \"logit_bias\": {\"abc\": 1}}", 400, "logit_bias.abc"},
       {c, "{\"prompt\": \"a\", \"logit_bias\": {\"5\": 1000}}", 400, "logit_bias.5"},
       {c, "{\"prompt\": \"a\", \"stream\": \"yes\"}", 400, "stream"},
-      {c, "{\"prompt\": \"a\", \"logprobs\": 3}", 400, "logprobs"},
+      {c, "{\"prompt\": \"a\", \"logprobs\": 21}", 400, "logprobs"},
+      {c, "{\"prompt\": \"a\", \"logprobs\": true}", 400, "logprobs"},
+      {ch, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}", 400,
+       "top_logprobs"},
       {c, "{\"prompt\": \"a\", \"model\": \"gpt-9\"}", 404, "model"},
       {c, "{\"prompt\": \"" + std::string(600, 'x') + "\"}", 400, "prompt"},
       {ch, "{\"messages\": \"hi\"}", 400, "messages"},

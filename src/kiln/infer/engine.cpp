@@ -14,6 +14,7 @@ struct Engine::Seq {
   std::vector<int32_t> tokens;  // prompt + generated
   int computed = 0;             // tokens whose K/V are in the cache
   std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<LogitsConstraint> constraint;  // from sp.constraint; null = unconstrained
   PenaltyState pen;
   std::unique_ptr<IncrementalDecoder> detok;
   StopStrings stops;
@@ -94,6 +95,8 @@ int64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& s
   KILN_CHECK(int(prompt.size()) < max_ctx_, "engine", "the prompt has ", prompt.size(),
              " tokens but the context holds ", max_ctx_, "; shorten the prompt");
   KILN_CHECK(stop.max_tokens >= 1, "engine", "max_tokens must be >= 1, got ", stop.max_tokens);
+  KILN_CHECK(!sp.constraint || sp.beams == 1, "engine",
+             "a logits constraint (grammar) and beam search together are not supported");
   KILN_CHECK(stop.stop_strings.empty() || tok_, "engine",
              "stop strings need a tokenizer; this engine has none");
   for (int32_t t : stop.stop_ids)
@@ -126,6 +129,7 @@ Engine::Seq* Engine::new_seq(Request& r, int sample) {
   s->tokens = r.prompt;
   s->pen.prompt = r.prompt;
   if (r.sp.beams == 1) s->sampler = std::make_unique<Sampler>(r.sp, uint64_t(sample));
+  if (r.sp.constraint) s->constraint = r.sp.constraint();
   if (tok_) s->detok = std::make_unique<IncrementalDecoder>(*tok_);
   s->stops = StopStrings(r.stop.stop_strings);
   r.seqs.push_back(std::move(s));
@@ -142,6 +146,8 @@ Engine::Seq* Engine::fork_seq(Seq& p, int sample) {
   s->computed = p.computed;
   s->pen = p.pen;
   if (r.sp.beams == 1) s->sampler = std::make_unique<Sampler>(r.sp, uint64_t(sample));
+  // Only n > 1 samples fork with a constraint, before their first token: a fresh one fits.
+  if (r.sp.constraint) s->constraint = r.sp.constraint();
   if (tok_) s->detok = std::make_unique<IncrementalDecoder>(*tok_);
   s->stops = StopStrings(r.stop.stop_strings);
   s->out = p.out;
@@ -259,6 +265,25 @@ double log_prob(const float* logits, int V, int32_t t) {
   return double(logits[t] - mx) - std::log(sum);
 }
 
+// Token t's log p and the k most likely tokens' (ties: lower id first), in O(V log k).
+TokenLogprob token_logprob(const float* logits, int V, int32_t t, int k) {
+  const float mx = *std::max_element(logits, logits + V);
+  double sum = 0;
+  for (int i = 0; i < V; ++i) sum += std::exp(double(logits[i] - mx));
+  const double lse = mx + std::log(sum);
+  TokenLogprob lp;
+  lp.token = t;
+  lp.logprob = float(double(logits[t]) - lse);
+  std::vector<int32_t> idx(V);
+  for (int i = 0; i < V; ++i) idx[i] = i;
+  k = std::min(k, V);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int i = 0; i < k; ++i) lp.top.push_back({idx[i], float(double(logits[idx[i]]) - lse)});
+  return lp;
+}
+
 bool is_stop_id(const StopConditions& st, std::optional<int32_t> eos, int32_t t) {
   if (!st.ignore_eos && eos && t == *eos) return true;
   return std::find(st.stop_ids.begin(), st.stop_ids.end(), t) != st.stop_ids.end();
@@ -303,13 +328,14 @@ void Engine::sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev
   const int V = cfg_.vocab_size;
   std::vector<float> l(logits, logits + V);
   apply_penalties(l.data(), V, r.sp, s.pen);
-  const int32_t t = s.sampler->sample(l.data(), V);
+  const bool none_allowed = s.constraint && !s.constraint->mask(l.data(), V);
+  const int32_t t = none_allowed ? -1 : s.sampler->sample(l.data(), V);
   TokenEvent e;
   e.request = r.id;
   e.sample = s.sample;
   if (opts_.return_logits) e.logits.assign(logits, logits + V);
   ev.push_back(std::move(e));
-  if (is_stop_id(r.stop, engine_eos(tok_, cfg_), t)) {
+  if (none_allowed || is_stop_id(r.stop, engine_eos(tok_, cfg_), t)) {
     finish_seq(s, FinishReason::stop, ev);
     return;
   }
@@ -319,6 +345,8 @@ void Engine::sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev
   s.out.tokens.push_back(t);
   s.out.logprob += log_prob(logits, V, t);
   out.tokens = {t};
+  if (r.sp.logprobs >= 0) out.logprobs.push_back(token_logprob(logits, V, t, r.sp.logprobs));
+  if (s.constraint) s.constraint->accept(t);
   if (s.detok) {
     std::string text = s.stops.push(s.detok->push(t));
     s.out.text += text;
@@ -327,6 +355,10 @@ void Engine::sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev
       finish_seq(s, FinishReason::stop, ev);
       return;
     }
+  }
+  if (s.constraint && s.constraint->complete()) {  // e.g. the JSON value closed
+    finish_seq(s, FinishReason::stop, ev);
+    return;
   }
   if (s.generated() >= r.stop.max_tokens || int(s.tokens.size()) >= max_ctx_)
     finish_seq(s, FinishReason::length, ev);

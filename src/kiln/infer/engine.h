@@ -46,6 +46,15 @@ struct EngineOptions {
   bool return_logits = false;  // fill TokenEvent::logits (tests, debugging)
 };
 
+// A sampled token's log probability and the most likely alternatives' (SamplingParams::logprobs),
+// under the model's raw distribution: log-softmax of the logits before logit bias, penalties,
+// temperature and filters (vLLM's default, "raw_logprobs"; OpenAI's shape).
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // (token, logprob), most likely first
+};
+
 // What one step produced for one sample of a request.
 struct TokenEvent {
   int64_t request = 0;
@@ -54,7 +63,8 @@ struct TokenEvent {
   std::string text;             // new text, safe to show (held back while it may be a stop)
   bool finished = false;
   FinishReason reason = FinishReason::none;
-  std::vector<float> logits;  // (V) that chose the token, when return_logits
+  std::vector<float> logits;           // (V) that chose the token, when return_logits
+  std::vector<TokenLogprob> logprobs;  // one per token in `tokens`, when sp.logprobs >= 0
 };
 
 struct SampleResult {

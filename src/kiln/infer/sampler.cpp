@@ -28,6 +28,8 @@ void validate(const SamplingParams& p, int V) {
              "beams best first");
   KILN_CHECK(std::isfinite(p.length_penalty), "sampling", "length_penalty must be finite, got ",
              p.length_penalty);
+  KILN_CHECK(p.logprobs >= -1 && p.logprobs <= 20, "sampling",
+             "logprobs must be in [0, 20] (or -1 = off), got ", p.logprobs);
   for (const auto& [id, bias] : p.logit_bias) {
     KILN_CHECK(id >= 0 && (V <= 0 || id < V), "sampling", "logit_bias token id ", id,
                " is outside the vocabulary", V > 0 ? str(" of ", V) : std::string());

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kiln/core/rng.h"
+#include "kiln/infer/logits_constraint.h"
 
 namespace kiln {
 
@@ -27,6 +28,10 @@ struct SamplingParams {
   int n = 1;                    // independent samples sharing the prompt's cache blocks
   int beams = 1;                // > 1: beam search (ignores temperature and filters)
   float length_penalty = 1.0f;  // beam score = sum log p / generated_len ^ length_penalty
+  // >= 0: each sampled token's TokenEvent carries its log p and the `logprobs` most likely
+  // tokens' (at most 20), from the raw model distribution (engine.h: TokenLogprob). -1 = off.
+  int logprobs = -1;
+  ConstraintFactory constraint;  // per-sequence token mask (grammar); empty = off; not with beams
 };
 
 // Throws Error naming the parameter if it is out of range. vocab_size > 0 also checks bias ids.

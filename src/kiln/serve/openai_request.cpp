@@ -4,6 +4,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "kiln/core/error.h"
 #include "kiln/serve/api_error.h"
 
 namespace kiln::serve {
@@ -197,6 +198,52 @@ void parse_sampling(const json& b, ApiRequest& r, const ApiLimits& lim) {
   }
 }
 
+// Chat: logprobs (boolean) + top_logprobs (0..20, needs logprobs); completions: logprobs
+// (0..20 alternatives). Both land in SamplingParams::logprobs (-1 = off).
+void parse_logprobs(const json& b, ApiRequest& r) {
+  constexpr int kMaxTop = 20;
+  const json* lp = field(b, "logprobs");
+  if (r.endpoint == Endpoint::completions) {
+    if (lp) r.sp.logprobs = int(integer(*lp, "logprobs", 0, kMaxTop));
+    return;
+  }
+  const bool on = lp && boolean(*lp, "logprobs");
+  if (const json* v = field(b, "top_logprobs")) {
+    const int k = int(integer(*v, "top_logprobs", 0, kMaxTop));
+    if (!on) bad_request("top_logprobs", "needs \"logprobs\": true");
+    r.sp.logprobs = k;
+  } else if (on) {
+    r.sp.logprobs = 0;
+  }
+}
+
+// {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}.
+// The schema is read again from the body in its own key order (properties come out in it).
+void parse_response_format(const json& v, std::string_view body, ApiRequest& r) {
+  const json* t = v.is_object() ? field(v, "type") : nullptr;
+  if (!t || !t->is_string())
+    bad_request("response_format.type", "must be one of text, json_object, json_schema");
+  const std::string type = t->get<std::string>();
+  if (type == "text") return;
+  if (type == "json_object") {
+    r.json_schema = JsonSchema::any_object();
+    return;
+  }
+  if (type != "json_schema")
+    bad_request("response_format.type",
+                "must be one of text, json_object, json_schema, got '" + type + "'");
+  const json* js = field(v, "json_schema");
+  const json* schema = js && js->is_object() ? field(*js, "schema") : nullptr;
+  if (!schema || !schema->is_object())
+    bad_request("response_format.json_schema.schema", "must be a JSON schema object");
+  try {
+    const auto ordered = nlohmann::ordered_json::parse(body);
+    r.json_schema = JsonSchema::compile(ordered["response_format"]["json_schema"]["schema"].dump());
+  } catch (const Error& e) {
+    bad_request("response_format.json_schema.schema", e.what());
+  }
+}
+
 }  // namespace
 
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimits& lim) {
@@ -244,12 +291,8 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimi
   }
   if (const json* v = field(b, "user"))
     if (!v->is_string()) bad_request("user", std::string("must be a string, got ") + type_name(*v));
+  parse_logprobs(b, r);
   // Refused clearly rather than ignored: options whose output the client would rely on.
-  if (const json* v = field(b, "logprobs"))
-    if (!(v->is_boolean() && !v->get<bool>()) && !(v->is_number_integer() && *v == 0))
-      bad_request("logprobs", "is not supported yet");
-  if (const json* v = field(b, "top_logprobs"))
-    if (!(v->is_number_integer() && *v == 0)) bad_request("top_logprobs", "is not supported yet");
   if (const json* v = field(b, "best_of"))
     if (integer(*v, "best_of", 1, lim.max_n) != r.sp.n)
       bad_request("best_of", "must equal n: best-of sampling is not supported");
@@ -258,11 +301,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimi
   if (const json* v = field(b, "echo"))
     if (boolean(*v, "echo")) bad_request("echo", "is not supported");
   if (field(b, "suffix")) bad_request("suffix", "is not supported");
-  if (const json* v = field(b, "response_format")) {
-    const json* t = v->is_object() ? field(*v, "type") : nullptr;
-    if (!t || *t != "text")
-      bad_request("response_format", "only {\"type\": \"text\"} is supported yet");
-  }
+  if (const json* v = field(b, "response_format")) parse_response_format(*v, body, r);
   if (const json* v = field(b, "tools"))
     if (!v->is_array() || !v->empty()) bad_request("tools", "tool calling is not supported");
   return r;

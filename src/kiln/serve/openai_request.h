@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kiln/infer/engine.h"
+#include "kiln/serve/json_grammar.h"
 #include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer.h"
 
@@ -32,6 +33,8 @@ struct ApiRequest {
   StopConditions stop;
   bool max_tokens_given = false;
   bool stream = false, include_usage = false;
+  // response_format json_object / json_schema: the grammar every sample follows; null = text.
+  std::shared_ptr<const JsonSchema> json_schema;
 };
 
 // What the served model allows.

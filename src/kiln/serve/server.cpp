@@ -2,12 +2,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "kiln/core/error.h"
 #include "kiln/core/log.h"
 #include "kiln/serve/api_error.h"
 #include "kiln/serve/chat_page.h"
+#include "kiln/serve/json_grammar.h"
 #include "kiln/serve/openai_request.h"
 #include "kiln/serve/openai_response.h"
 
@@ -41,6 +44,12 @@ struct Pending {
   int n = 1;
   std::vector<uint64_t> tickets;
   std::vector<Choice> choices;  // prompt i, sample k -> i * n + k
+  const Tokenizer* tok = nullptr;
+  bool logprobs = false;
+  // Streaming with logprobs: per choice, the entries not yet sent (a token whose text is held
+  // back sends its entry with the next text) and the characters of those sent (text_offset).
+  std::vector<std::vector<LogprobEntry>> unsent;
+  std::vector<int64_t> sent_chars;
   Usage usage;
   int remaining = 0;  // prompts not finished
   bool over = false;
@@ -64,15 +73,42 @@ struct Pending {
     }
   }
 
+  void add_logprobs(int idx, const std::vector<TokenLogprob>& lps) {
+    // A model's vocabulary may hold ids its tokenizer lacks (padding rows): those show as "".
+    auto bytes = [&](int32_t t) -> std::string {
+      try {
+        return tok->token_bytes(t);
+      } catch (const Error&) {
+        return "";
+      }
+    };
+    for (const TokenLogprob& lp : lps) {
+      LogprobEntry e{bytes(lp.token), lp.logprob, {}};
+      for (const auto& [t, l] : lp.top) e.top.push_back({bytes(t), l});
+      if (stream) unsent[idx].push_back(e);
+      choices[idx].logprobs.push_back(std::move(e));
+    }
+  }
+
+  // A chunk with the choice's unsent log probs (the finish chunk has none left: null).
+  void write_chunk(int idx, const std::string& text, FinishReason reason) {
+    std::vector<LogprobEntry>& lp = unsent[idx];
+    const bool with_lp = logprobs && (!lp.empty() || !text.empty());
+    ex->write(chunk_event(meta, idx, false, text, reason, include_usage, with_lp ? &lp : nullptr,
+                          sent_chars[idx]));
+    for (const LogprobEntry& e : lp) sent_chars[idx] += text_chars(e.token);
+    lp.clear();
+  }
+
   void on_update(int prompt, EngineUpdate u) {
     if (over) return;
     if (!u.error.empty()) return fail(u.error);
     for (const TokenEvent& e : u.events) {
       const int idx = prompt * n + e.sample;
+      if (logprobs) add_logprobs(idx, e.logprobs);
       if (!stream) continue;
-      if (!e.text.empty())
-        ex->write(chunk_event(meta, idx, false, e.text, FinishReason::none, include_usage));
-      if (e.finished) ex->write(chunk_event(meta, idx, false, "", e.reason, include_usage));
+      if (!e.text.empty()) write_chunk(idx, e.text, FinishReason::none);
+      if (e.finished) write_chunk(idx, "", e.reason);
     }
     if (!u.result) return;
     const RequestResult& r = *u.result;
@@ -264,6 +300,11 @@ class Server {
     p->n = ar.sp.n;
     p->choices.resize(prompts.size() * size_t(ar.sp.n));
     for (size_t i = 0; i < p->choices.size(); ++i) p->choices[i].index = int(i);
+    p->tok = &loop_.tokenizer();
+    p->logprobs = ar.sp.logprobs >= 0;
+    for (Choice& c : p->choices) c.has_logprobs = p->logprobs;
+    p->unsent.resize(p->choices.size());
+    p->sent_chars.resize(p->choices.size());
     p->remaining = int(prompts.size());
     // Submitted and answered on the connection's strand, so updates find the tickets in place.
     ex->post([this, p, ar = std::move(ar), prompts = std::move(prompts)]() mutable {
@@ -277,6 +318,7 @@ class Server {
       Job job;
       job.prompt = std::move(prompts[i]);
       job.sp = ar.sp;
+      if (ar.json_schema) job.sp.constraint = json_constraint_factory(ar.json_schema, vocab_trie());
       job.stop = ar.stop;
       const int prompt = int(i);
       std::shared_ptr<Exchange> ex = p->ex;
@@ -312,6 +354,15 @@ class Server {
     }
   }
 
+  // The vocabulary's trie for response_format masks, built by the first request that needs it.
+  std::shared_ptr<const VocabTrie> vocab_trie() {
+    std::call_once(trie_once_, [this] {
+      trie_ = std::make_shared<const VocabTrie>(loop_.tokenizer(),
+                                                loop_.engine_info().config().vocab_size);
+    });
+    return trie_;
+  }
+
   std::string new_id(const char* prefix) {
     const uint64_t x = (id_salt_ + 0x9E3779B97F4A7C15ull * ++id_counter_) * 0xBF58476D1CE4E5B9ull;
     char buf[40];
@@ -328,6 +379,8 @@ class Server {
   bool aborted_ = false;
   Clock::time_point drain_deadline_;
   uint64_t id_salt_ = 0;
+  std::once_flag trie_once_;
+  std::shared_ptr<const VocabTrie> trie_;
   std::atomic<uint64_t> id_counter_{0};
   int64_t created_ = std::chrono::duration_cast<std::chrono::seconds>(
                          std::chrono::system_clock::now().time_since_epoch())
