@@ -1,8 +1,32 @@
 # The cuda layer: device runtime, GPU kernels behind the ops contracts, cuBLASLt GEMMs and the
 # NCCL communicator. Sets KILN_HAVE_CUDA (a cache-free variable) and, when built, defines
 # KILN_HAVE_CUDA=1 on kiln_cuda for everything that links it.
+# AUTO builds it only where it can run: the toolkit is found and a GPU is present (nvidia-smi
+# lists one, or /dev/nvidia0 exists); ON builds it wherever the toolkit is, GPU or not (the test
+# build does that, scripts/test.sh, to catch compile errors in kernels).
 set(KILN_HAVE_CUDA OFF)
-if(NOT KILN_CUDA STREQUAL "OFF")
+set(kiln_cuda_wanted ${KILN_CUDA})
+if(KILN_CUDA STREQUAL "AUTO")
+  set(kiln_gpu_present OFF)
+  if(EXISTS /dev/nvidia0)
+    set(kiln_gpu_present ON)
+  else()
+    find_program(kiln_nvidia_smi nvidia-smi NO_CACHE)
+    if(kiln_nvidia_smi)
+      execute_process(COMMAND ${kiln_nvidia_smi} -L RESULT_VARIABLE kiln_smi_rc
+                      OUTPUT_QUIET ERROR_QUIET TIMEOUT 20)
+      if(kiln_smi_rc EQUAL 0)
+        set(kiln_gpu_present ON)
+      endif()
+    endif()
+  endif()
+  if(NOT kiln_gpu_present)
+    set(kiln_cuda_wanted OFF)
+    message(STATUS "No NVIDIA GPU here (nvidia-smi, /dev/nvidia0): building without the CUDA "
+                   "backend (KILN_CUDA=AUTO); -DKILN_CUDA=ON builds it anyway")
+  endif()
+endif()
+if(NOT kiln_cuda_wanted STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
     set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
   endif()

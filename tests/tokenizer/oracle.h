@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -120,6 +121,43 @@ inline std::vector<std::string> adversarial() {
   for (int i = 0; i < 200; ++i) zwj += "👨‍💻";
   v.push_back(zwj);
   return v;
+}
+
+// Pathological texts of about `n` bytes (whole characters; the same for a given kind and size):
+// long runs without the breaks the split patterns cut at, which make naive BPE quadratic.
+inline std::string pathological(const std::string& kind, size_t n) {
+  std::mt19937 rng(7);
+  auto pick = [&](const std::vector<std::string>& from) {
+    std::string s;
+    while (s.size() < n) s += from[rng() % from.size()];
+    return s;
+  };
+  if (kind == "digits") {
+    std::string s;
+    while (s.size() < n) s += "0123456789";
+    return s.substr(0, n);
+  }
+  if (kind == "one char") return std::string(n, 'a');
+  if (kind == "spaces") return std::string(n, ' ');
+  if (kind == "whitespace") return pick({" ", " ", "\t", "\n", "\r\n"});
+  if (kind == "letters") {
+    std::vector<std::string> letters;
+    for (char c : std::string("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+      letters.push_back(std::string(1, c));
+    return pick(letters);
+  }
+  if (kind == "punct") {
+    std::vector<std::string> punct;
+    for (char c : std::string("!@#$%^&*()[]{};:,./<>?-_=+")) punct.push_back(std::string(1, c));
+    return pick(punct);
+  }
+  // Mixed scripts without spaces: Latin, Cyrillic, Greek, CJK, Hangul, Arabic, Thai, marks.
+  return pick({"a", "Z", "\xC3\xA9", "\xD0\xB6", "\xD0\x96", "\xCE\xB1", "\xCE\xA9", "\xE4\xB8\xAD",
+               "\xE6\x96\x87", "\xED\x95\x9C", "\xD8\xA8", "\xE0\xB8\x81", "\xCC\x81", "\xCA\xB0"});
+}
+
+inline std::vector<std::string> pathological_kinds() {
+  return {"digits", "one char", "spaces", "whitespace", "letters", "punct", "mixed scripts"};
 }
 
 // gpt-tokenizer 4.0.0 reads its rank files through TextDecoder, which drops a leading U+FEFF: the

@@ -49,6 +49,16 @@ TEST_P(Oracle, SavedAsTokenizerJsonStillMatches) {
   std::filesystem::remove(path);
 }
 
+TEST_P(Oracle, PathologicalInputsMatchReference) {
+  // 20 kB of each kind (digit runs, one character, spaces, letters without a break, ...): the
+  // long-piece BPE path and the splitter's long runs give the reference's ids.
+  KILN_REQUIRE_REFS();
+  std::string enc = GetParam();
+  std::vector<std::string> texts;
+  for (const std::string& kind : pathological_kinds()) texts.push_back(pathological(kind, 20000));
+  expect_same_ids(Tokenizer::load(gpt_file(enc)), enc, texts, /*special=*/false);
+}
+
 INSTANTIATE_TEST_SUITE_P(Gpt, Oracle, ::testing::Values("r50k", "p50k", "cl100k", "o200k"));
 
 TEST(OracleLlama3, TokenizerJsonMatchesReference) {
@@ -64,6 +74,13 @@ TEST(OracleLlama3, TiktokenMatchesReference) {
   Tokenizer tok = Tokenizer::load(ref_file("llama3.tiktoken"));
   EXPECT_EQ(tok.eos_id(), 128001);
   expect_same_ids(tok, "llama3", sample(), /*special=*/true);
+}
+
+TEST(OracleLlama3, PathologicalInputsMatchReference) {
+  KILN_REQUIRE_REFS();
+  std::vector<std::string> texts;
+  for (const std::string& kind : pathological_kinds()) texts.push_back(pathological(kind, 20000));
+  expect_same_ids(Tokenizer::load(ref_file("llama3/tokenizer.json")), "llama3", texts, true);
 }
 
 TEST(OracleLlama2, SentencePieceMatchesReference) {

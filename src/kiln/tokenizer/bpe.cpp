@@ -2,17 +2,23 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstring>
 #include <memory>
-#include <queue>
 
 #include "kiln/core/error.h"
+#include "kiln/tokenizer/work.h"
 
 namespace kiln::tok {
 
 namespace {
 std::atomic<uint32_t> g_next_owner{1};  // see Bpe::cache_owner_
 }  // namespace
+
+EncodeWork& encode_work() {
+  thread_local EncodeWork work;
+  return work;
+}
 
 uint64_t hash_bytes(std::string_view s) {
   uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
@@ -187,6 +193,7 @@ void Bpe::encode_piece(std::string_view piece, std::vector<int32_t>& out) const 
   CacheEntry& e = cache[hash_bytes(piece) & (kCacheEntries - 1)];
   if (e.owner == cache_owner_ && e.len == piece.size() &&
       std::memcmp(e.key, piece.data(), piece.size()) == 0) {
+    ++encode_work().bpe;
     if (e.n == 1) {
       out.push_back(e.ids[0]);
     } else {
@@ -210,6 +217,7 @@ void Bpe::encode_uncached(std::string_view piece, std::vector<int32_t>& out) con
   if (piece.empty()) return;
   if (piece.size() == 1 || ignore_merges_) {
     int32_t id = piece.size() == 1 ? byte_id_[uint8_t(piece[0])] : find(piece);
+    ++encode_work().bpe;
     if (id >= 0) {
       out.push_back(id);
       return;
@@ -219,10 +227,10 @@ void Bpe::encode_uncached(std::string_view piece, std::vector<int32_t>& out) con
 }
 
 void Bpe::encode_merges(std::string_view piece, std::vector<int32_t>& out) const {
-  if (piece.size() <= kHeapThreshold) {
+  if (piece.size() <= kLongPiece) {
     encode_small(piece, out);
   } else {
-    encode_heap(piece, out);
+    encode_long(piece, out);
   }
 }
 
@@ -236,11 +244,12 @@ static int32_t checked_byte(const std::array<int32_t, 256>& byte_id, char c) {
 
 void Bpe::encode_small(std::string_view piece, std::vector<int32_t>& out) const {
   // tiktoken's loop: parts and the rank of each adjacent pair; merge the minimum, update the two
-  // neighbouring ranks. n <= kHeapThreshold, so the O(n) scans are cheap.
-  int32_t parts[kHeapThreshold];
-  int32_t ranks[kHeapThreshold];
-  int32_t merged[kHeapThreshold];
+  // neighbouring ranks. n <= kLongPiece, so the O(n) scans are cheap.
+  int32_t parts[kLongPiece];
+  int32_t ranks[kLongPiece];
+  int32_t merged[kLongPiece];
   int n = int(piece.size());
+  uint64_t work = uint64_t(n);
   for (int i = 0; i < n; ++i) parts[i] = checked_byte(byte_id_, piece[i]);
   for (int i = 0; i + 1 < n; ++i) {
     Merge m = lookup(parts[i], parts[i + 1]);
@@ -248,6 +257,7 @@ void Bpe::encode_small(std::string_view piece, std::vector<int32_t>& out) const 
     merged[i] = m.merged;
   }
   while (n > 1) {
+    work += uint64_t(n) + 2;  // the scan and the two lookups after a merge
     int best = 0;
     for (int i = 1; i + 1 < n; ++i)
       if (ranks[i] < ranks[best]) best = i;
@@ -271,50 +281,143 @@ void Bpe::encode_small(std::string_view piece, std::vector<int32_t>& out) const 
     }
   }
   out.insert(out.end(), parts, parts + n);
+  encode_work().bpe += work;
 }
 
-void Bpe::encode_heap(std::string_view piece, std::vector<int32_t>& out) const {
-  // A doubly linked list of symbols and a min-heap of candidate merges keyed by (rank, position).
-  // A popped candidate is stale if either symbol changed since it was pushed; symbols only grow,
-  // so equal ids mean the pair is unchanged.
+namespace {
+// Scratch for Bpe::encode_long, one per thread, so long pieces reuse their buffers.
+struct LongScratch {
   struct Node {
-    int32_t id, prev, next;
+    int32_t id, prev, next;  // the symbol and its neighbours in the list (-1: none)
+    int32_t rank, merged;    // the pair (this, next): its merge, or kNoRank
   };
-  struct Cand {
-    int32_t rank, pos, left, right, merged;
-    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  // The candidate positions of one rank; [cursor, end) are not taken yet.
+  struct Group {
+    int32_t rank = 0;
+    std::vector<int32_t> pos;
+    size_t cursor = 0;
+    bool sorted = true;  // [cursor, end) ascending
+    bool in_heap = false;
   };
-  int n = int(piece.size());
-  std::vector<Node> nodes(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i)
-    nodes[size_t(i)] = Node{checked_byte(byte_id_, piece[i]), i - 1, i + 1};
-  nodes[size_t(n - 1)].next = -1;
-  std::vector<Cand> store;
-  store.reserve(size_t(n));
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(std::greater<Cand>(),
-                                                                        std::move(store));
-  auto push = [&](int pos) {
-    int nx = nodes[size_t(pos)].next;
-    if (nx < 0) return;
-    Merge m = lookup(nodes[size_t(pos)].id, nodes[size_t(nx)].id);
-    if (m.rank != kNoRank)
-      heap.push(Cand{m.rank, pos, nodes[size_t(pos)].id, nodes[size_t(nx)].id, m.merged});
-  };
-  for (int i = 0; i + 1 < n; ++i) push(i);
-  while (!heap.empty()) {
-    Cand c = heap.top();
-    heap.pop();
-    Node& a = nodes[size_t(c.pos)];
-    if (a.id != c.left || a.next < 0 || nodes[size_t(a.next)].id != c.right) continue;
-    int b = a.next;
-    a.id = c.merged;
-    a.next = nodes[size_t(b)].next;
-    if (a.next >= 0) nodes[size_t(a.next)].prev = c.pos;
-    nodes[size_t(b)].id = -1;
-    if (a.prev >= 0) push(a.prev);
-    push(c.pos);
+  static constexpr int32_t kFree = INT32_MIN;
+
+  std::vector<Node> nodes;
+  std::vector<Group> groups;  // [0, used) belong to this call
+  size_t used = 0;
+  std::vector<std::pair<int32_t, int32_t>> table;  // rank -> group, open addressing
+  std::vector<uint64_t> heap;                      // (rank, group) with candidates left, min first
+
+  static uint64_t key(int32_t rank, size_t g) {
+    return uint64_t(uint32_t(rank) ^ 0x80000000u) << 32 | g;  // signed rank order
   }
-  for (int i = 0; i >= 0; i = nodes[size_t(i)].next) out.push_back(nodes[size_t(i)].id);
+  void reset() {
+    for (size_t g = 0; g < used; ++g) {
+      groups[g].pos.clear();
+      groups[g].cursor = 0;
+      groups[g].sorted = true;
+      groups[g].in_heap = false;
+    }
+    used = 0;
+    heap.clear();
+    table.assign(64, {kFree, 0});
+  }
+  size_t group_of(int32_t rank) {
+    if ((used + 1) * 2 > table.size()) {
+      table.assign(table.size() * 2, {kFree, 0});
+      for (size_t g = 0; g < used; ++g) slot(groups[g].rank) = {groups[g].rank, int32_t(g)};
+    }
+    auto& s = slot(rank);
+    if (s.first == rank) return size_t(s.second);
+    if (groups.size() == used) groups.emplace_back();
+    groups[used].rank = rank;
+    s = {rank, int32_t(used)};
+    return used++;
+  }
+  std::pair<int32_t, int32_t>& slot(int32_t rank) {
+    size_t mask = table.size() - 1;
+    for (size_t i = hash_pair(uint32_t(rank)) & mask;; i = (i + 1) & mask)
+      if (table[i].first == rank || table[i].first == kFree) return table[i];
+  }
+  void push(int32_t rank, int32_t p) {
+    size_t gi = group_of(rank);
+    Group& g = groups[gi];
+    if (g.pos.size() > g.cursor && p < g.pos.back()) g.sorted = false;
+    g.pos.push_back(p);
+    if (!g.in_heap) {
+      g.in_heap = true;
+      heap.push_back(key(rank, gi));
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    }
+  }
+  void pop_group() {
+    Group& g = groups[heap.front() & 0xFFFFFFFF];
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    heap.pop_back();
+    g.pos.clear();
+    g.cursor = 0;
+    g.sorted = true;
+    g.in_heap = false;
+  }
+};
+}  // namespace
+
+void Bpe::encode_long(std::string_view piece, std::vector<int32_t>& out) const {
+  // The same merge order as encode_small (lowest rank, then leftmost), from a linked list of
+  // symbols and the candidate pairs grouped by rank: a group's positions are taken in ascending
+  // order (sorted only when they arrived out of order, which is rare: merging left to right
+  // queues new pairs left to right), and a min-heap holds one entry per rank, not per pair. A
+  // taken candidate is stale unless its position still holds a pair of that rank.
+  thread_local LongScratch s;
+  using Node = LongScratch::Node;
+  const int32_t n = int32_t(piece.size());
+  uint64_t work = 0;
+  std::vector<Node>& nodes = s.nodes;
+  nodes.resize(size_t(n));
+  for (int32_t i = 0; i < n; ++i)
+    nodes[size_t(i)] = Node{checked_byte(byte_id_, piece[size_t(i)]), i - 1, i + 1, kNoRank, -1};
+  nodes[size_t(n - 1)].next = -1;
+  s.reset();
+  auto set_pair = [&](int32_t i) {
+    Node& a = nodes[size_t(i)];
+    a.rank = kNoRank;
+    if (a.next < 0) return;
+    Merge m = lookup(a.id, nodes[size_t(a.next)].id);
+    ++work;
+    a.rank = m.rank;
+    a.merged = m.merged;
+    if (m.rank != kNoRank) {
+      s.push(m.rank, i);
+      ++work;
+    }
+  };
+  for (int32_t i = 0; i + 1 < n; ++i) set_pair(i);
+  while (!s.heap.empty()) {
+    LongScratch::Group& g = s.groups[s.heap.front() & 0xFFFFFFFF];
+    if (g.cursor == g.pos.size()) {
+      s.pop_group();
+      continue;
+    }
+    if (!g.sorted) {
+      size_t m = g.pos.size() - g.cursor;
+      std::sort(g.pos.begin() + std::ptrdiff_t(g.cursor), g.pos.end());
+      work += m * std::bit_width(m);
+      g.sorted = true;
+    }
+    int32_t p = g.pos[g.cursor++];
+    ++work;
+    Node& a = nodes[size_t(p)];
+    if (a.rank != g.rank) continue;  // stale: merged away or its neighbour changed
+    Node& b = nodes[size_t(a.next)];
+    a.id = a.merged;
+    a.next = b.next;
+    if (a.next >= 0) nodes[size_t(a.next)].prev = p;
+    b.id = -1;
+    b.rank = kNoRank;
+    if (a.prev >= 0) set_pair(a.prev);  // may grow s.groups: g is not used below
+    set_pair(p);
+  }
+  for (int32_t i = 0; i >= 0; i = nodes[size_t(i)].next) out.push_back(nodes[size_t(i)].id);
+  encode_work().bpe += work;
 }
 
 }  // namespace kiln::tok

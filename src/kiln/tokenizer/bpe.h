@@ -1,8 +1,10 @@
 // The BPE merge core over byte strings. A vocabulary maps byte strings to ids; each merge gives an
 // adjacent pair (left id, right id) a rank and the id it becomes. Encoding a piece merges the
 // lowest-ranked adjacent pair, leftmost first, until none is left (tiktoken's and Hugging Face's
-// rule). Cost: O(n^2) with tiny constants on pieces up to kHeapThreshold bytes, O(n log n) with
-// a heap and a linked list beyond, so pathological pieces (1 MB without a space) stay linear-ish.
+// rule). Cost: O(n^2) with tiny constants on pieces up to kLongPiece bytes; beyond, a linked list
+// with the candidate pairs grouped by rank, O(n) steps plus a heap over the distinct ranks, so a
+// pathological piece (1 MB without a space) costs a bounded number of steps per byte (counted in
+// work.h's EncodeWork).
 #pragma once
 
 #include <array>
@@ -37,7 +39,7 @@ class BytesMap {
 
 class Bpe {
  public:
-  static constexpr size_t kHeapThreshold = 128;
+  static constexpr size_t kLongPiece = 128;
   static constexpr int32_t kNoRank = INT32_MAX;
 
   Bpe() = default;
@@ -77,7 +79,7 @@ class Bpe {
   void encode_uncached(std::string_view piece, std::vector<int32_t>& out) const;
   void encode_merges(std::string_view piece, std::vector<int32_t>& out) const;
   void encode_small(std::string_view piece, std::vector<int32_t>& out) const;
-  void encode_heap(std::string_view piece, std::vector<int32_t>& out) const;
+  void encode_long(std::string_view piece, std::vector<int32_t>& out) const;
 
   struct PairSlot {
     uint64_t key;  // left << 32 | right; kEmpty when free

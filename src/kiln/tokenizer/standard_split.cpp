@@ -4,6 +4,8 @@
 #include <array>
 #include <memory>
 
+#include "kiln/tokenizer/work.h"
+
 namespace kiln::tok {
 
 namespace {
@@ -113,10 +115,22 @@ bool is_lower(CharClass c) {
 struct Splitter {
   const Chars& c;
   size_t n;
+  mutable uint64_t work = 0;  // characters examined (EncodeWork::split)
 
   template <typename F>
   size_t run(size_t k, F pred) const {
+    size_t start = k;
     while (k < n && pred(c.cls[k])) ++k;
+    work += k - start + 1;
+    return k;
+  }
+  // The end of the run from k, but at most `most` characters (\p{N}{1,3}): a long run costs
+  // what the piece takes, not the whole run each time.
+  template <typename F>
+  size_t run_upto(size_t k, F pred, size_t most) const {
+    size_t end = std::min(n, k + most), start = k;
+    while (k < end && pred(c.cls[k])) ++k;
+    work += k - start + 1;
     return k;
   }
   bool cp_is(size_t k, uint32_t v) const { return k < n && c.cp[k] == v; }
@@ -153,8 +167,10 @@ struct Splitter {
   }
   // \s*[\r\n] (and \s*[\r\n]+): through the last newline of the space run; 0 if none.
   size_t through_last_newline(size_t k, size_t e) const {
-    for (size_t q = e; q > k; --q)
+    for (size_t q = e; q > k; --q) {
+      ++work;
       if (newline(q - 1)) return q;
+    }
     return 0;
   }
 
@@ -181,7 +197,7 @@ struct Splitter {
     CharClass x = c.cls[k];
     if (is_letter(x)) return run(k, is_letter);
     if (prefix_ok(k) && k + 1 < n && is_letter(c.cls[k + 1])) return run(k + 1, is_letter);
-    if (is_number(x)) return std::min(run(k, is_number), k + 3);
+    if (is_number(x)) return run_upto(k, is_number, 3);
     size_t j = k + (cp_is(k, ' ') ? 1 : 0);
     if (j < n && is_other(c.cls[j])) {
       size_t e = run(j, is_other);
@@ -202,6 +218,7 @@ struct Splitter {
     } else {  // backtrack U* to the last character that W+ can take
       start = u;
       while (start > s && !is_lower(c.cls[start - 1])) --start;
+      work += u - start;
       if (start == s) return 0;
       --start;
     }
@@ -227,7 +244,7 @@ struct Splitter {
       if (size_t e = o200k_upper(k + 1)) return e;
     if (size_t e = o200k_upper(k)) return e;
     CharClass x = c.cls[k];
-    if (is_number(x)) return std::min(run(k, is_number), k + 3);
+    if (is_number(x)) return run_upto(k, is_number, 3);
     size_t j = k + (cp_is(k, ' ') ? 1 : 0);
     if (j < n && is_other(c.cls[j])) {
       size_t e = run(j, is_other);
@@ -275,6 +292,7 @@ void split_standard(Pattern p, std::string_view text, std::vector<std::string_vi
     pieces.push_back(text.substr(off[k], off[e] - off[k]));
     k = e;
   }
+  encode_work().split += s.work + chars.n;
 }
 
 }  // namespace kiln::tok
