@@ -113,7 +113,6 @@ class EngineLoop {
   std::unordered_map<int64_t, std::unique_ptr<Active>> active_;  // engine id -> job
   std::unordered_map<uint64_t, int64_t> by_ticket_;
   std::deque<int64_t> unadmitted_;  // engine ids not yet admitted, in order
-  int64_t last_id_ = -1;
   std::thread thread_;
 };
 
