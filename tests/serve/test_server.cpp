@@ -2,14 +2,18 @@
 // the routes, greedy output equal to `kiln generate`'s, streaming in OpenAI's chunk format,
 // every error path answered with its status and an OpenAI-style error object (never a crash),
 // disconnects (one by one, and a seeded storm of 200 over a cache small enough to preempt)
-// freeing the engine, and SIGTERM draining to exit 0.
+// freeing the engine, 1,000 concurrent streams completing on a bounded number of server threads,
+// and SIGTERM draining to exit 0.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 #include <set>
+
+#include <sys/resource.h>
 
 #include "serve_test_util.h"
 
@@ -652,6 +656,60 @@ TEST_F(ServeStorm, DisconnectStormLeavesNothingBehind) {
       http(port(), "POST", "/v1/completions", json{{"prompt", "a"}, {"max_tokens", 3}}.dump());
   ASSERT_EQ(after.status, 200) << after.body;
   EXPECT_EQ(json::parse(after.body)["usage"]["completion_tokens"], 3);
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Threads of a running process, from /proc/PID/status ("Threads:\tN"); -1 when unreadable.
+int thread_count(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
+  return -1;
+}
+
+// Up to 1,000 streams open at once (as many as the file-descriptor limit allows, raised to its
+// hard limit first; the server inherits it) all complete, and the server's thread count stays
+// bounded: the HTTP layer is event-driven, not a thread per connection.
+TEST(ServeMany, ThousandStreamsCompleteOnBoundedThreads) {
+  rlimit lim{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
+  lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, 4096);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
+  const int N = int(std::min<rlim_t>(1000, lim.rlim_cur - 64));
+  ASSERT_GE(N, 300) << "RLIMIT_NOFILE hard limit " << lim.rlim_max << " is too low";
+  test::TempDir dir("kiln-serve-many");
+  test::make_model_dir(dir / "tiny");
+  test::ServerProcess server(dir / "tiny", "--max-running 64 --max-queue 1000", dir / "server.log");
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::string raw = test::request_text(
+      "POST", "/v1/completions",
+      json{{"prompt", "the cat"}, {"max_tokens", 4}, {"ignore_eos", true}, {"stream", true}}
+          .dump());
+  std::vector<std::unique_ptr<test::OpenRequest>> streams;
+  for (int i = 0; i < N; ++i)
+    streams.push_back(std::make_unique<test::OpenRequest>(server.port(), raw));
+  // Every response has started: all N connections are accepted and held by the server at once.
+  for (auto& s : streams) ASSERT_TRUE(s->read_until("\r\n\r\n")) << s->received();
+  const int threads = thread_count(server.pid());
+  EXPECT_GT(threads, 0);
+  EXPECT_LE(threads, 32) << "with " << N << " connections open";
+  for (int i = 0; i < N; ++i) {
+    streams[i]->read_all();
+    ASSERT_NE(streams[i]->received().find("data: [DONE]"), std::string::npos)
+        << "stream " << i << ": " << streams[i]->received();
+    EXPECT_NE(streams[i]->received().find("\"finish_reason\":\"length\""), std::string::npos);
+  }
+  streams.clear();
+  EXPECT_LE(thread_count(server.pid()), 32);
+  const std::string m = http(server.port(), "GET", "/metrics").body;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_running{"), 0) << m;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_waiting{"), 0) << m;
 }
 
 }  // namespace
