@@ -611,6 +611,34 @@ class ServeStorm : public ::testing::Test {
   std::unique_ptr<test::ServerProcess> server_;
 };
 
+// 16 greedy requests at once, each growing to 14 of the cache's 24 blocks: the server preempts
+// (kiln:num_preemptions_total > 0) and still answers each exactly as it does alone.
+TEST_F(ServeStorm, PreemptedGreedyAnswersEqualSoloOnes) {
+  auto body = [](int i) {
+    std::string prompt = "the cat";
+    for (int k = 0; k < i % 4; ++k) prompt += " sat";
+    return json{{"prompt", prompt}, {"max_tokens", 200}, {"ignore_eos", true}, {"temperature", 0}}
+        .dump();
+  };
+  const int N = 16;
+  std::vector<std::unique_ptr<test::OpenRequest>> reqs;
+  for (int i = 0; i < N; ++i)
+    reqs.push_back(std::make_unique<test::OpenRequest>(
+        port(), test::request_text("POST", "/v1/completions", body(i))));
+  for (int i = 0; i < N; ++i) {
+    reqs[i]->read_all();
+    HttpReply got = test::parse_reply(reqs[i]->received());
+    ASSERT_EQ(got.status, 200) << got.body;
+    HttpReply alone = http(port(), "POST", "/v1/completions", body(i));
+    ASSERT_EQ(alone.status, 200) << alone.body;
+    EXPECT_EQ(json::parse(got.body)["choices"][0]["text"],
+              json::parse(alone.body)["choices"][0]["text"])
+        << "request " << i;
+    EXPECT_EQ(json::parse(got.body)["usage"]["completion_tokens"], 200);
+  }
+  EXPECT_GT(test::metric(metrics(), "kiln:num_preemptions_total{"), 0);
+}
+
 // 200 streams opened at once and dropped at seeded random points (half-sent request, before a
 // byte is read, after the headers, after 1..9 events), in a random order. Afterwards nothing runs
 // or waits, every KV block is free, and the server still answers.
