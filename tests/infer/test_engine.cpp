@@ -385,7 +385,9 @@ TEST(Engine, PreemptedRequestsEndAsTheyWouldAlone) {
     while (!eng.idle()) {
       eng.step();
       max_running = std::max(max_running, eng.num_running());
+      ASSERT_LE(eng.num_preempted_waiting(), eng.num_waiting());
     }
+    EXPECT_EQ(eng.num_preempted_waiting(), 0);
     for (size_t i = 0; i < reqs.size(); ++i) got.push_back(*eng.take_result(int64_t(i)));
     EXPECT_GT(eng.num_preemptions(), 0);
     EXPECT_GT(max_running, 3);  // whole-context reservations (5-10 blocks) would allow 2

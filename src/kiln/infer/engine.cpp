@@ -32,6 +32,7 @@ struct Engine::Request {
   int worst = 0;  // KV blocks it may hold at once, at most (checked against the cache)
   int cached = 0;
   bool forked = false;                     // n > 1: the samples were forked off the prompt
+  bool preempted = false;                  // waiting again, to be recomputed
   std::vector<std::unique_ptr<Seq>> seqs;  // live
   std::vector<std::pair<int, SampleResult>> finished;  // (sample, result)
   std::vector<SampleResult> hyps;                      // beam search: best first, at most `width`
@@ -170,6 +171,8 @@ void Engine::admit() {
     for (const auto& s : r.seqs) need += blocks(s->tokens.size()) + 1;
     if (!running_.empty() && need > cache_->free_blocks()) break;
     slots += r.width;
+    if (r.preempted) --preempted_waiting_;
+    r.preempted = false;
     // At least the last token is computed here: its logits continue the generation.
     if (r.seqs.empty()) {
       Seq* s = new_seq(r, 0);
@@ -211,6 +214,8 @@ void Engine::preempt_newest(std::vector<Chunk>& chunks, int& budget) {
     r.finished.clear();
   }
   ++preemptions_;
+  ++preempted_waiting_;
+  r.preempted = true;
   waiting_.push_front(std::move(victim));
 }
 
@@ -546,6 +551,7 @@ std::optional<RequestResult> Engine::take_result(int64_t id) {
 bool Engine::cancel(int64_t id) {
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
     if ((*it)->id == id) {
+      if ((*it)->preempted) --preempted_waiting_;
       waiting_.erase(it);  // holds no blocks (a preempted one released them)
       return true;
     }

@@ -117,7 +117,8 @@ class Engine {
   // Every request with a lower id has been admitted at least once (new requests are admitted
   // in id order; preempted ones wait ahead of them).
   int64_t admitted_below() const { return admitted_below_; }
-  int64_t num_preemptions() const { return preemptions_; }  // since construction
+  int64_t num_preemptions() const { return preemptions_; }          // since construction
+  int num_preempted_waiting() const { return preempted_waiting_; }  // of num_waiting()
 
   const KvCache& cache() const { return *cache_; }
   const ModelConfig& config() const { return cfg_; }
@@ -151,6 +152,7 @@ class Engine {
   std::unique_ptr<KvCache> cache_;
   int64_t next_id_ = 0;
   int64_t admitted_below_ = 0, preemptions_ = 0;
+  int preempted_waiting_ = 0;
   std::deque<std::unique_ptr<Request>> waiting_;
   std::vector<std::unique_ptr<Request>> running_;
   std::vector<RequestResult> done_;

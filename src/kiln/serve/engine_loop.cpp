@@ -253,6 +253,7 @@ void EngineLoop::run() {
     }
     const KvCache& kv = eng.cache();
     metrics_.set_preemptions(eng.num_preemptions());
+    preempted_ = eng.num_preempted_waiting();
     metrics_.set_kv_usage(1.0 - double(kv.free_blocks()) / double(std::max(1, kv.num_blocks())));
   }
 }
