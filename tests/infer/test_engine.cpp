@@ -346,6 +346,67 @@ TEST(Engine, CancelFreesBlocksAndLeavesOthersUnchanged) {
   EXPECT_EQ(alone.run_all().at(0).samples.at(0).tokens, res->samples.at(0).tokens);
 }
 
+// A cache far smaller than the load: requests are admitted on their prompts' blocks and the newest
+// is preempted (blocks freed, recomputed later) when a running one needs a block. Every request,
+// greedy, seeded sampling (RNG kept across preemption), n = 2 and beams, ends exactly as alone.
+TEST(Engine, PreemptedRequestsEndAsTheyWouldAlone) {
+  ModelConfig c = tiny_llama();
+  auto m = make_model(c);
+  Rng rng(31);
+  struct Req {
+    std::vector<int32_t> prompt;
+    SamplingParams sp;
+  };
+  std::vector<Req> reqs;
+  for (int i = 0; i < 14; ++i) {
+    Req q;
+    q.prompt = random_prompt(rng, 5 + 3 * i, c.vocab_size);
+    q.sp.temperature = 0;
+    if (i % 4 == 1) {
+      q.sp.temperature = 1.0f;
+      q.sp.seed = 100 + i;
+    }
+    if (i == 6) q.sp.n = 2;
+    if (i == 9) q.sp.beams = 2;
+    reqs.push_back(q);
+  }
+  const int max_tokens = 40;
+  for (bool prefix : {true, false}) {
+    SCOPED_TRACE(prefix ? "prefix caching" : "no prefix caching");
+    EngineOptions opts;
+    opts.max_running = 16;
+    opts.token_budget = 48;
+    opts.cache_blocks = 14;  // a request alone needs at most 10; all 14 at once about 70
+    opts.prefix_caching = prefix;
+    Engine eng(*m, opts);
+    for (const Req& q : reqs) eng.add_request(q.prompt, q.sp, test::stop_after(max_tokens));
+    int max_running = 0;
+    std::vector<RequestResult> got;
+    while (!eng.idle()) {
+      eng.step();
+      max_running = std::max(max_running, eng.num_running());
+      ASSERT_LE(eng.num_preempted_waiting(), eng.num_waiting());
+    }
+    EXPECT_EQ(eng.num_preempted_waiting(), 0);
+    for (size_t i = 0; i < reqs.size(); ++i) got.push_back(*eng.take_result(int64_t(i)));
+    EXPECT_GT(eng.num_preemptions(), 0);
+    EXPECT_GT(max_running, 3);  // whole-context reservations (5-10 blocks) would allow 2
+    EXPECT_EQ(eng.cache().free_blocks(), eng.cache().num_blocks());
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      SCOPED_TRACE("request " + std::to_string(i));
+      Engine alone(*m, EngineOptions{});
+      alone.add_request(reqs[i].prompt, reqs[i].sp, test::stop_after(max_tokens));
+      RequestResult want = alone.run_all().at(0);
+      ASSERT_EQ(got[i].samples.size(), want.samples.size());
+      for (size_t k = 0; k < want.samples.size(); ++k) {
+        EXPECT_EQ(got[i].samples[k].tokens, want.samples[k].tokens) << "sample " << k;
+        EXPECT_EQ(got[i].samples[k].reason, want.samples[k].reason);
+      }
+      EXPECT_EQ(got[i].prompt_tokens, int(reqs[i].prompt.size()));
+    }
+  }
+}
+
 TEST(Engine, StopStringsAndIdsCutExactly) {
   Tokenizer tok = Tokenizer::byte_level({});
   ModelConfig c = tiny_llama(tok.vocab_size());

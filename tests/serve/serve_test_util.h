@@ -217,6 +217,7 @@ class ServerProcess {
   ~ServerProcess() { stop(); }
   bool ready() const { return ready_; }
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }  // the kiln process (sh execs it)
   std::string log() const { return file_exists(log_) ? read_file(log_) : ""; }
   bool alive() {
     if (exited_) return false;

@@ -28,10 +28,11 @@ struct Engine::Request {
   std::vector<int32_t> prompt;
   SamplingParams sp;
   StopConditions stop;
-  int width = 1;    // sequences it may hold at once: n, or beams
-  int reserve = 0;  // KV blocks reserved at admission
+  int width = 1;  // sequences it may hold at once: n, or beams
+  int worst = 0;  // KV blocks it may hold at once, at most (checked against the cache)
   int cached = 0;
   bool forked = false;                     // n > 1: the samples were forked off the prompt
+  bool preempted = false;                  // waiting again, to be recomputed
   std::vector<std::unique_ptr<Seq>> seqs;  // live
   std::vector<std::pair<int, SampleResult>> finished;  // (sample, result)
   std::vector<SampleResult> hyps;                      // beam search: best first, at most `width`
@@ -110,9 +111,10 @@ int64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& s
   KILN_CHECK(r->width <= opts_.max_running, "engine", "n or beams = ", r->width,
              " exceeds max_running = ", opts_.max_running);
   auto blocks = [](int tokens) { return (tokens + kBlockTokens - 1) / kBlockTokens; };
-  r->reserve = blocks(int(prompt.size()) + r->stop.max_tokens) +
-               (r->width - 1) * (blocks(r->stop.max_tokens) + 1) + 1;
-  KILN_CHECK(r->reserve <= cache_->num_blocks(), "engine", "the request needs up to ", r->reserve,
+  // Alone in the cache it must fit, or preemption could never make room for it.
+  r->worst = blocks(int(prompt.size()) + r->stop.max_tokens) +
+             (r->width - 1) * (blocks(r->stop.max_tokens) + 1) + 1;
+  KILN_CHECK(r->worst <= cache_->num_blocks(), "engine", "the request needs up to ", r->worst,
              " KV blocks but the cache has ", cache_->num_blocks(),
              "; lower max_tokens / n / beams or raise cache_blocks");
   r->prompt = std::move(prompt);
@@ -156,55 +158,107 @@ Engine::Seq* Engine::fork_seq(Seq& p, int sample) {
 }
 
 void Engine::admit() {
+  auto blocks = [](size_t tokens) { return int((tokens + kBlockTokens - 1) / kBlockTokens); };
   int slots = 0;
   for (const auto& r : running_) slots += r->width;
   while (!waiting_.empty()) {
     Request& r = *waiting_.front();
     if (slots + r.width > opts_.max_running) break;
-    if (reserved_blocks_ + r.reserve > cache_->num_blocks()) break;
-    reserved_blocks_ += r.reserve;
+    // What it computes now plus one block per sequence to decode into (cached prefixes are not
+    // subtracted: a conservative, O(1) test). Alone it always fits (add_request checked).
+    int need = 0;
+    if (r.seqs.empty()) need = blocks(r.prompt.size()) + r.width;
+    for (const auto& s : r.seqs) need += blocks(s->tokens.size()) + 1;
+    if (!running_.empty() && need > cache_->free_blocks()) break;
     slots += r.width;
-    Seq* s = new_seq(r, 0);
-    // At least the last prompt token is computed: its logits start the generation.
-    if (opts_.prefix_caching)
-      s->computed = cache_->attach_prefix(s->kv, r.prompt, int(r.prompt.size()) - 1);
-    r.cached = s->computed;
+    if (r.preempted) --preempted_waiting_;
+    r.preempted = false;
+    // At least the last token is computed here: its logits continue the generation.
+    if (r.seqs.empty()) {
+      Seq* s = new_seq(r, 0);
+      if (opts_.prefix_caching)
+        s->computed = cache_->attach_prefix(s->kv, r.prompt, int(r.prompt.size()) - 1);
+      r.cached = s->computed;
+      admitted_below_ = std::max(admitted_below_, r.id + 1);
+    } else {  // preempted: recompute prompt + generated tokens, sampler and stop state kept
+      for (auto& s : r.seqs) {
+        s->kv = cache_->create();
+        if (opts_.prefix_caching)
+          s->computed = cache_->attach_prefix(s->kv, s->tokens, int(s->tokens.size()) - 1);
+      }
+    }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
+}
+
+void Engine::preempt_newest(std::vector<Chunk>& chunks, int& budget) {
+  std::unique_ptr<Request> victim = std::move(running_.back());
+  running_.pop_back();
+  Request& r = *victim;
+  for (const Chunk& c : chunks)
+    if (c.s->req == &r) budget += c.count;
+  chunks.erase(
+      std::remove_if(chunks.begin(), chunks.end(), [&](const Chunk& c) { return c.s->req == &r; }),
+      chunks.end());
+  for (auto& s : r.seqs) {
+    cache_->release(s->kv);
+    s->kv = -1;
+    s->computed = 0;
+  }
+  // Beams share blocks and must step together; beam search has no randomness and streams
+  // nothing before it ends, so it restarts from its prompt and finds the same beams.
+  if (r.sp.beams > 1) {
+    r.seqs.clear();
+    r.hyps.clear();
+    r.finished.clear();
+  }
+  ++preemptions_;
+  ++preempted_waiting_;
+  r.preempted = true;
+  waiting_.push_front(std::move(victim));
+}
+
+bool Engine::make_room(Seq& s, int n, std::vector<Chunk>& chunks, int& budget) {
+  while (cache_->blocks_to_append(s.kv, n) > cache_->free_blocks()) {
+    const bool self = running_.back().get() == s.req;
+    KILN_CHECK(!self || running_.size() > 1, "engine", "request ", s.req->id,
+               " alone needs more KV blocks than the cache has (an internal accounting bug)");
+    preempt_newest(chunks, budget);
+    if (self) return false;
+  }
+  cache_->prepare_append(s.kv, n);
+  return true;
 }
 
 std::vector<TokenEvent> Engine::step() {
   std::vector<TokenEvent> ev;
   admit();
   int budget = opts_.token_budget;
-  // Schedule: every decoding sequence one row, then prompt chunks in arrival order.
-  struct Chunk {
-    Seq* s;
-    int start, count;
-  };
+  // Schedule: every decoding sequence one row, then prompt (or recompute) chunks in arrival
+  // order. Making room may preempt the newest requests (the back of running_), so index loops.
   std::vector<Chunk> chunks;
-  for (auto& r : running_)
-    for (auto& s : r->seqs)
-      if (s->computed >= int(r->prompt.size()) && budget > 0) {
-        KILN_DCHECK(int(s->tokens.size()) - s->computed == 1);
-        chunks.push_back({s.get(), s->computed, 1});
-        --budget;
-      }
-  for (auto& r : running_)
-    for (auto& s : r->seqs)
-      if (s->computed < int(r->prompt.size()) && budget > 0) {
-        const int n = std::min<int>(budget, int(s->tokens.size()) - s->computed);
-        chunks.push_back({s.get(), s->computed, n});
+  auto decoding = [](const Seq& s) {
+    return s.computed >= int(s.req->prompt.size()) && int(s.tokens.size()) - s.computed == 1;
+  };
+  for (int pass = 0; pass < 2; ++pass)
+    for (size_t i = 0; i < running_.size(); ++i) {
+      Request& r = *running_[i];
+      for (size_t j = 0; j < r.seqs.size() && budget > 0; ++j) {
+        Seq& s = *r.seqs[j];
+        if (decoding(s) != (pass == 0)) continue;
+        const int n = std::min<int>(budget, int(s.tokens.size()) - s.computed);
+        if (!make_room(s, n, chunks, budget)) break;
+        chunks.push_back({&s, s.computed, n});
         budget -= n;
       }
+    }
   if (chunks.empty()) return ev;
 
   std::vector<int32_t> ids;
   std::vector<int> pos, logit_rows;
   std::vector<KvCache::SeqId> row_seq;
   std::vector<Seq*> logit_seq;
-  for (const Chunk& c : chunks) cache_->prepare_append(c.s->kv, c.count);
   for (const Chunk& c : chunks) {
     for (int j = 0; j < c.count; ++j) {
       ids.push_back(c.s->tokens[c.start + j]);
@@ -474,7 +528,6 @@ void Engine::beam_step(Request& r, const std::vector<std::pair<Seq*, const float
 
 void Engine::finish_request(Request& r) {
   r.done = true;
-  reserved_blocks_ -= r.reserve;
   RequestResult res;
   res.id = r.id;
   res.prompt_tokens = int(r.prompt.size());
@@ -498,14 +551,14 @@ std::optional<RequestResult> Engine::take_result(int64_t id) {
 bool Engine::cancel(int64_t id) {
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
     if ((*it)->id == id) {
-      waiting_.erase(it);  // nothing allocated or reserved yet
+      if ((*it)->preempted) --preempted_waiting_;
+      waiting_.erase(it);  // holds no blocks (a preempted one released them)
       return true;
     }
   for (auto it = running_.begin(); it != running_.end(); ++it)
     if ((*it)->id == id) {
       // Between steps every sequence left in seqs is live (finished ones were dropped).
       for (auto& s : (*it)->seqs) cache_->release(s->kv);
-      reserved_blocks_ -= (*it)->reserve;
       running_.erase(it);
       return true;
     }

@@ -3,6 +3,11 @@
 // prompt chunks (vLLM's chunked prefill) up to a token budget. All rows go through each projection
 // as one GEMM; attention reads each sequence's blocks of the paged KV cache directly. A sequence's
 // greedy output does not depend on what else is in the batch. model/decoder.h is the oracle.
+// A request is admitted when its prompt's blocks (plus a block per sequence) are free; when a
+// running sequence needs a block and none is free, the newest running request is preempted
+// (vLLM's RECOMPUTE): its blocks are freed and it waits at the front of the queue with its
+// generated tokens kept, to be recomputed (prefix caching makes that cheap) and continued with
+// its sampler, penalties and stop state untouched, so its output is what it would have been.
 // Sampling, penalties, n samples, beams and stop strings live here, above the forward pass, so
 // every family and backend gets all of them.
 //
@@ -104,11 +109,16 @@ class Engine {
   // Steps until idle; returns every finished request's results in id order.
   std::vector<RequestResult> run_all();
   // Drops a waiting, running or finished-but-untaken request: its sequences' KV blocks are
-  // released and its reservation returned at once; it produces no more events or result.
+  // released at once; it produces no more events or result.
   // Returns false for an unknown id. O(requests).
   bool cancel(int64_t id);
   int num_waiting() const { return int(waiting_.size()); }  // requests queued, in id order
   int num_running() const { return int(running_.size()); }  // requests admitted
+  // Every request with a lower id has been admitted at least once (new requests are admitted
+  // in id order; preempted ones wait ahead of them).
+  int64_t admitted_below() const { return admitted_below_; }
+  int64_t num_preemptions() const { return preemptions_; }          // since construction
+  int num_preempted_waiting() const { return preempted_waiting_; }  // of num_waiting()
 
   const KvCache& cache() const { return *cache_; }
   const ModelConfig& config() const { return cfg_; }
@@ -117,7 +127,15 @@ class Engine {
  private:
   struct Seq;
   struct Request;
+  struct Chunk {  // rows start..start+count-1 of s's tokens in this step's forward pass
+    Seq* s;
+    int start, count;
+  };
   void admit();  // moves waiting requests in while slots and KV blocks allow
+  // Makes n rows of s writable, preempting the newest running requests while blocks are short.
+  // Returns false when s's own request was preempted.
+  bool make_room(Seq& s, int n, std::vector<Chunk>& chunks, int& budget);
+  void preempt_newest(std::vector<Chunk>& chunks, int& budget);
   void finish_seq(Seq& s, FinishReason r, std::vector<TokenEvent>& ev);
   void sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev);
   void beam_step(Request& r, const std::vector<std::pair<Seq*, const float*>>& beams,
@@ -133,7 +151,8 @@ class Engine {
   int max_ctx_;
   std::unique_ptr<KvCache> cache_;
   int64_t next_id_ = 0;
-  int reserved_blocks_ = 0;
+  int64_t admitted_below_ = 0, preemptions_ = 0;
+  int preempted_waiting_ = 0;
   std::deque<std::unique_ptr<Request>> waiting_;
   std::vector<std::unique_ptr<Request>> running_;
   std::vector<RequestResult> done_;

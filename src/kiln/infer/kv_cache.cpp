@@ -173,6 +173,13 @@ void KvCache::prepare_append(SeqId s, int n) {
   while (int(q.blocks.size()) < need) q.blocks.push_back(allocate());
 }
 
+int KvCache::blocks_to_append(SeqId s, int n) const {
+  const Seq& q = seqs_[s];
+  const bool cow = q.len % kBlockTokens != 0 && blocks_[q.blocks.back()].refs > 1;
+  const int need = (q.len + n + kBlockTokens - 1) / kBlockTokens;
+  return int(cow) + std::max(0, need - int(q.blocks.size()));
+}
+
 void KvCache::commit(SeqId s, const int32_t* tokens, int n) {
   Seq& q = seqs_[s];
   for (int i = 0; i < n; ++i) {

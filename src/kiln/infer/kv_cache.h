@@ -45,6 +45,8 @@ class KvCache {
   // (copy-on-write: in the host pool, and through the copy hook). Throws Error when the pool is
   // exhausted.
   void prepare_append(SeqId s, int n);
+  // Blocks prepare_append(s, n) would take from the pool now (new blocks + a copy-on-write).
+  int blocks_to_append(SeqId s, int n) const;
   // Records that `tokens` now fill positions len.. (their K/V written); hashes blocks that became
   // full so later prompts can share them.
   void commit(SeqId s, const int32_t* tokens, int n);

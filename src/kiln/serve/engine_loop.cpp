@@ -114,7 +114,6 @@ void EngineLoop::admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs) {
       by_ticket_[ticket] = id;
       active_[id] = std::move(a);
       unadmitted_.push_back(id);
-      last_id_ = id;
     } catch (const std::exception& e) {  // checked before; a last line of defence
       EngineUpdate u;
       u.error = e.what();
@@ -129,8 +128,8 @@ void EngineLoop::step_engine() {
   Engine& eng = *model_.engine;
   std::vector<TokenEvent> events = eng.step();
   const Clock::time_point now = Clock::now();
-  // Requests admitted by this step: FIFO, so every id below the first still waiting.
-  const int64_t first_waiting = last_id_ + 1 - eng.num_waiting();
+  // Requests admitted for the first time by this step (new ones are admitted in id order).
+  const int64_t first_waiting = eng.admitted_below();
   while (!unadmitted_.empty() && unadmitted_.front() < first_waiting) {
     auto it = active_.find(unadmitted_.front());
     if (it != active_.end()) {
@@ -253,6 +252,8 @@ void EngineLoop::run() {
       }
     }
     const KvCache& kv = eng.cache();
+    metrics_.set_preemptions(eng.num_preemptions());
+    preempted_ = eng.num_preempted_waiting();
     metrics_.set_kv_usage(1.0 - double(kv.free_blocks()) / double(std::max(1, kv.num_blocks())));
   }
 }

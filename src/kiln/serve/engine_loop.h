@@ -81,9 +81,10 @@ class EngineLoop {
   // Every job still queued or running gets `why` as an error and leaves the engine.
   void abort_all(const std::string& why);
   int in_flight() const { return in_flight_.load(); }  // submitted, not yet finished
-  // Requests submitted and not yet admitted / admitted and not yet finished, exact at any time.
-  int waiting() const { return waiting_.load(); }
-  int running() const { return running_.load(); }
+  // Requests submitted and not yet admitted (or preempted, waiting to be recomputed) / running
+  // in the engine; the preempted count is refreshed each loop iteration.
+  int waiting() const { return waiting_.load() + preempted_.load(); }
+  int running() const { return running_.load() - preempted_.load(); }
 
  private:
   struct Active;
@@ -109,11 +110,11 @@ class EngineLoop {
   uint64_t next_ticket_ = 1;
 
   std::atomic<int> in_flight_{0}, waiting_{0}, running_{0}, busy_slots_{0};
+  std::atomic<int> preempted_{0};  // of running_: the engine's preempted requests now waiting
   // Engine thread only.
   std::unordered_map<int64_t, std::unique_ptr<Active>> active_;  // engine id -> job
   std::unordered_map<uint64_t, int64_t> by_ticket_;
   std::deque<int64_t> unadmitted_;  // engine ids not yet admitted, in order
-  int64_t last_id_ = -1;
   std::thread thread_;
 };
 

@@ -73,6 +73,10 @@ void Metrics::set_request_gauges(std::function<int()> running, std::function<int
   running_ = std::move(running);
   waiting_ = std::move(waiting);
 }
+void Metrics::set_preemptions(int64_t total) {
+  std::lock_guard<std::mutex> l(mu_);
+  preemptions_ = total;
+}
 void Metrics::set_kv_usage(double fraction) {
   std::lock_guard<std::mutex> l(mu_);
   kv_usage_ = fraction;
@@ -122,6 +126,8 @@ std::string Metrics::render() const {
        waiting_ ? waiting_() : 0);
   line(o, "kiln:kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use (1 = full).", L,
        kv_usage_);
+  line(o, "kiln:num_preemptions_total", "counter",
+       "Requests preempted (KV blocks freed; recomputed later).", L, double(preemptions_));
   line(o, "kiln:prompt_tokens_total", "counter", "Prompt tokens of finished requests.", L,
        double(prompt_tokens_));
   line(o, "kiln:generation_tokens_total", "counter", "Generated tokens.", L,

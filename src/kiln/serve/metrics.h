@@ -32,7 +32,8 @@ class Metrics {
   explicit Metrics(std::string model_name);
   // Where the request gauges are read at render time (the engine loop's exact counts).
   void set_request_gauges(std::function<int()> running, std::function<int()> waiting);
-  void set_kv_usage(double fraction);  // KV blocks referenced, 0..1, after each engine step
+  void set_kv_usage(double fraction);   // KV blocks referenced, 0..1, after each engine step
+  void set_preemptions(int64_t total);  // the engine's count, after each engine step
   void request_finished(int prompt_tokens, int cached_tokens, const std::string& reason);
   void generated(int tokens);
   void time_to_first_token(double s);
@@ -48,6 +49,7 @@ class Metrics {
   std::string labels_;
   std::function<int()> running_, waiting_;
   double kv_usage_ = 0;
+  int64_t preemptions_ = 0;
   uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, cached_tokens_ = 0;
   uint64_t finished_stop_ = 0, finished_length_ = 0, finished_abort_ = 0;
   uint64_t http_2xx_ = 0, http_4xx_ = 0, http_5xx_ = 0;
