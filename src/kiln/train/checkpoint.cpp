@@ -20,21 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> checkpoints(const std::string& run_dir) {
-  std::vector<std::string> out;
-  fs::path dir = fs::path(run_dir) / "checkpoints";
-  if (!fs::is_directory(dir)) return out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    std::string name = e.path().filename().string();
-    // Complete checkpoints only: temporary directories end in ".tmp".
-    if (name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos &&
-        fs::exists(e.path() / "trainer_state.json"))
-      out.push_back(e.path().string());
-  }
-  std::sort(out.begin(), out.end());  // zero-padded step numbers sort by step
-  return out;
-}
-
 void fsync_dir(const std::string& path) {
   if (FILE* f = std::fopen(path.c_str(), "r")) {
     fsync(fileno(f));
@@ -85,13 +70,8 @@ void write_trainer_state(const std::string& dir, int64_t optimizer_steps,
 
 void prune_checkpoints(const std::string& run_dir, int keep) {
   if (keep <= 0) return;
-  auto all = checkpoints(run_dir);
+  auto all = checkpoint_dirs(run_dir);
   for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
-}
-
-std::string latest_checkpoint(const std::string& run_dir) {
-  auto all = checkpoints(run_dir);
-  return all.empty() ? "" : all.back();
 }
 
 void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state) {
@@ -135,14 +115,6 @@ static void read_trainer_state(const std::string& dir, AdamW& opt, TrainerState&
     fail("checkpoint", dir, "/trainer_state.json is malformed (", e.what(),
          "); resume from an earlier checkpoint");
   }
-}
-
-std::string resolve_model_dir(const std::string& path) {
-  if (file_exists(path + "/config.json")) return path;
-  std::string latest = latest_checkpoint(path);
-  KILN_CHECK(!latest.empty(), "model", "'", path,
-             "' is neither a model directory (config.json) nor a run directory with checkpoints");
-  return latest;
 }
 
 }  // namespace kiln
