@@ -12,7 +12,6 @@
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/model/model_io.h"
-#include "kiln/train/sharded_checkpoint.h"
 
 namespace kiln {
 
@@ -74,9 +73,18 @@ void prune_checkpoints(const std::string& run_dir, int keep) {
   for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
 }
 
+bool is_sharded_checkpoint(const std::string& dir) {
+  return file_exists(dir + "/manifest.json");
+}
+
 void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state) {
   if (is_sharded_checkpoint(dir)) {
-    load_sharded_state(dir, model, opt);
+    // The whole weights and moments reassembled from the shards' runs (model_io.h); throws naming
+    // a missing or foreign shard file, and any part of the model no shard holds.
+    load_sharded_buffers(dir, model,
+                         {{"weights", "weight_runs", model.weights().f32()},
+                          {"exp_avg", "moment_runs", opt.m().f32()},
+                          {"exp_avg_sq", "moment_runs", opt.v().f32()}});
     read_trainer_state(dir, opt, state);
     return;
   }

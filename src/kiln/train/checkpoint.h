@@ -37,6 +37,8 @@ void write_trainer_state(const std::string& dir, int64_t optimizer_steps,
                          const TrainerState& state);
 // Removes the oldest complete checkpoints of run_dir beyond `keep` (0 keeps all).
 void prune_checkpoints(const std::string& run_dir, int keep);
+// Whether dir is a sharded checkpoint (has manifest.json, written by train/sharded_checkpoint.h).
+bool is_sharded_checkpoint(const std::string& dir);
 // Restores weights, optimizer moments and trainer state from a checkpoint directory, gathered or
 // sharded (sharded_checkpoint.h), into the whole model.
 void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state);
