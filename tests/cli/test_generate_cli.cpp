@@ -11,7 +11,6 @@
 #include "kiln/model/decoder.h"
 #include "kiln/model/model_io.h"
 #include "kiln/tokenizer/tokenizer.h"
-#include "kiln/train/checkpoint.h"
 #include "train_test_util.h"
 
 namespace kiln {

@@ -16,7 +16,6 @@
 #include "kiln/infer/engine.h"
 #include "kiln/model/model_io.h"
 #include "kiln/quant/gguf_model.h"
-#include "kiln/train/checkpoint.h"
 #include "kiln/train/cuda_train_state.h"
 
 namespace kiln::cli {

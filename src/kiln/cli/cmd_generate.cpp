@@ -17,7 +17,6 @@
 #include "kiln/model/transformer.h"
 #include "kiln/quant/gguf_model.h"
 #include "kiln/tokenizer/tokenizer.h"
-#include "kiln/train/checkpoint.h"
 
 namespace kiln::cli {
 

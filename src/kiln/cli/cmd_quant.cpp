@@ -10,7 +10,6 @@
 #include "kiln/quant/gguf_model.h"
 #include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer.h"
-#include "kiln/train/checkpoint.h"
 
 namespace kiln::cli {
 namespace {

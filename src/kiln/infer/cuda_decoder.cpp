@@ -12,7 +12,7 @@
 #include "kiln/cuda/kernels.h"
 #include "kiln/cuda/runtime.h"
 #include "kiln/cuda/sampling.h"
-#include "kiln/infer/cuda_model.h"
+#include "kiln/model/cuda_model.h"
 #include "kiln/infer/kv_cache.h"
 #include "kiln/model/block_spec.h"
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <map>
 
 #include "kiln/core/error.h"
@@ -155,6 +156,35 @@ void save_model(const Model& model, const std::string& dir, DType dtype) {
     tensors.emplace_back(p.name, t);
   }
   save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+}
+
+std::vector<std::string> checkpoint_dirs(const std::string& run_dir) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> out;
+  fs::path dir = fs::path(run_dir) / "checkpoints";
+  if (!fs::is_directory(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::string name = e.path().filename().string();
+    // Complete checkpoints only: temporary directories end in ".tmp".
+    if (name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos &&
+        fs::exists(e.path() / "trainer_state.json"))
+      out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());  // zero-padded step numbers sort by step
+  return out;
+}
+
+std::string latest_checkpoint(const std::string& run_dir) {
+  auto all = checkpoint_dirs(run_dir);
+  return all.empty() ? "" : all.back();
+}
+
+std::string resolve_model_dir(const std::string& path) {
+  if (file_exists(path + "/config.json")) return path;
+  std::string latest = latest_checkpoint(path);
+  KILN_CHECK(!latest.empty(), "model", "'", path,
+             "' is neither a model directory (config.json) nor a run directory with checkpoints");
+  return latest;
 }
 
 }  // namespace kiln

@@ -32,4 +32,13 @@ void load_sharded_buffers(const std::string& dir, const Model& model,
 // or (rounded to nearest even) BF16.
 void save_model(const Model& model, const std::string& dir, DType dtype = DType::f32);
 
+// A run directory's complete training checkpoints (RUN_DIR/checkpoints/step_NNNNNNNN/ with a
+// trainer_state.json, train/checkpoint.h), oldest first; those being written (".tmp") are not.
+std::vector<std::string> checkpoint_dirs(const std::string& run_dir);
+// The newest complete checkpoint directory in run_dir, or "" if there is none.
+std::string latest_checkpoint(const std::string& run_dir);
+// A model directory from a path that is a model directory, a checkpoint, or a run directory
+// (its newest checkpoint). Throws naming the path when none is found.
+std::string resolve_model_dir(const std::string& path);
+
 }  // namespace kiln

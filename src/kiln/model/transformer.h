@@ -18,6 +18,10 @@
 
 namespace kiln {
 
+namespace dist {
+class Comm;
+}
+
 struct ParamInfo {
   std::string name;  // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
   Shape shape;
@@ -123,6 +127,20 @@ class StepHooks {
   virtual ~StepHooks() = default;
   virtual void bind(int unit, bool backward, ModelParams& w, ModelParams& g) = 0;
   virtual void done(int unit, bool backward) = 0;
+};
+
+// How a TrainState computes: precision, recomputation, tensor and sequence parallelism.
+struct TrainOptions {
+  Precision precision = Precision::fp32;
+  Recompute recompute = Recompute::none;
+  int recompute_layers = -1;  // how many layers (from the first) recompute; -1 = all
+  // Tensor parallelism (model/tensor_parallel.h): the model is this rank's shard and `tp` its
+  // group (null or size 1: none). With sequence_parallel, the norms and the residual stream hold
+  // this rank's 1/tp of the B*T rows. The shard's vocabulary starts at row vocab_begin of
+  // vocab_total (0: the model's own vocabulary).
+  dist::Comm* tp = nullptr;
+  bool sequence_parallel = false;
+  int vocab_begin = 0, vocab_total = 0;
 };
 
 // Activations and scratch for training on (B, T). Sized once; reused every step. With

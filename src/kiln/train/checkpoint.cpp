@@ -12,28 +12,12 @@
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/model/model_io.h"
-#include "kiln/train/sharded_checkpoint.h"
 
 namespace kiln {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-std::vector<std::string> checkpoints(const std::string& run_dir) {
-  std::vector<std::string> out;
-  fs::path dir = fs::path(run_dir) / "checkpoints";
-  if (!fs::is_directory(dir)) return out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    std::string name = e.path().filename().string();
-    // Complete checkpoints only: temporary directories end in ".tmp".
-    if (name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos &&
-        fs::exists(e.path() / "trainer_state.json"))
-      out.push_back(e.path().string());
-  }
-  std::sort(out.begin(), out.end());  // zero-padded step numbers sort by step
-  return out;
-}
 
 void fsync_dir(const std::string& path) {
   if (FILE* f = std::fopen(path.c_str(), "r")) {
@@ -85,18 +69,22 @@ void write_trainer_state(const std::string& dir, int64_t optimizer_steps,
 
 void prune_checkpoints(const std::string& run_dir, int keep) {
   if (keep <= 0) return;
-  auto all = checkpoints(run_dir);
+  auto all = checkpoint_dirs(run_dir);
   for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
 }
 
-std::string latest_checkpoint(const std::string& run_dir) {
-  auto all = checkpoints(run_dir);
-  return all.empty() ? "" : all.back();
+bool is_sharded_checkpoint(const std::string& dir) {
+  return file_exists(dir + "/manifest.json");
 }
 
 void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state) {
   if (is_sharded_checkpoint(dir)) {
-    load_sharded_state(dir, model, opt);
+    // The whole weights and moments reassembled from the shards' runs (model_io.h); throws naming
+    // a missing or foreign shard file, and any part of the model no shard holds.
+    load_sharded_buffers(dir, model,
+                         {{"weights", "weight_runs", model.weights().f32()},
+                          {"exp_avg", "moment_runs", opt.m().f32()},
+                          {"exp_avg_sq", "moment_runs", opt.v().f32()}});
     read_trainer_state(dir, opt, state);
     return;
   }
@@ -135,14 +123,6 @@ static void read_trainer_state(const std::string& dir, AdamW& opt, TrainerState&
     fail("checkpoint", dir, "/trainer_state.json is malformed (", e.what(),
          "); resume from an earlier checkpoint");
   }
-}
-
-std::string resolve_model_dir(const std::string& path) {
-  if (file_exists(path + "/config.json")) return path;
-  std::string latest = latest_checkpoint(path);
-  KILN_CHECK(!latest.empty(), "model", "'", path,
-             "' is neither a model directory (config.json) nor a run directory with checkpoints");
-  return latest;
 }
 
 }  // namespace kiln

@@ -37,13 +37,10 @@ void write_trainer_state(const std::string& dir, int64_t optimizer_steps,
                          const TrainerState& state);
 // Removes the oldest complete checkpoints of run_dir beyond `keep` (0 keeps all).
 void prune_checkpoints(const std::string& run_dir, int keep);
-// The newest complete checkpoint directory in run_dir, or "" if there is none.
-std::string latest_checkpoint(const std::string& run_dir);
+// Whether dir is a sharded checkpoint (has manifest.json, written by train/sharded_checkpoint.h).
+bool is_sharded_checkpoint(const std::string& dir);
 // Restores weights, optimizer moments and trainer state from a checkpoint directory, gathered or
 // sharded (sharded_checkpoint.h), into the whole model.
 void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state);
-// A model directory from a path that is a model directory, a checkpoint, or a run directory
-// (its newest checkpoint). Throws naming the path when none is found.
-std::string resolve_model_dir(const std::string& path);
 
 }  // namespace kiln

@@ -13,7 +13,7 @@
 #include "kiln/cuda/gemm.h"
 #include "kiln/cuda/kernels.h"
 #include "kiln/cuda/runtime.h"
-#include "kiln/infer/cuda_model.h"
+#include "kiln/model/cuda_model.h"
 
 namespace kiln {
 

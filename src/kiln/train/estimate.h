@@ -13,6 +13,7 @@
 
 #include "kiln/model/config.h"
 #include "kiln/model/precision.h"
+#include "kiln/model/transformer.h"  // TrainOptions
 
 namespace kiln {
 

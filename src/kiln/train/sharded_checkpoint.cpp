@@ -143,15 +143,4 @@ std::string save_sharded_checkpoint(const std::string& run_dir, const StatePiece
   return final_dir;
 }
 
-bool is_sharded_checkpoint(const std::string& dir) {
-  return file_exists(dir + "/manifest.json");
-}
-
-void load_sharded_state(const std::string& dir, Model& model, AdamW& opt) {
-  load_sharded_buffers(dir, model,
-                       {{"weights", "weight_runs", model.weights().f32()},
-                        {"exp_avg", "moment_runs", opt.m().f32()},
-                        {"exp_avg_sq", "moment_runs", opt.v().f32()}});
-}
-
 }  // namespace kiln

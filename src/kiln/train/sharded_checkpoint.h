@@ -6,6 +6,7 @@
 // moments), each at its offset in the unsharded layout, so any layout reassembles them:
 // load_checkpoint (checkpoint.h) reads a sharded directory like a gathered one and the trainer
 // cuts it again for its own layout (save at tp 2 x pp 2, resume at dp 4).
+// This file builds on checkpoint.h (trainer_state.json, pruning); checkpoint.cpp never calls it.
 #pragma once
 
 #include <cstdint>
@@ -49,11 +50,5 @@ std::string save_sharded_checkpoint(const std::string& run_dir, const StatePiece
                                     const Tokenizer& tok, int64_t optimizer_steps,
                                     const TrainerState& state, const nlohmann::json& layout,
                                     int keep);
-
-// Whether dir is a sharded checkpoint (has manifest.json).
-bool is_sharded_checkpoint(const std::string& dir);
-// Reassembles a sharded checkpoint's whole weights and moments into model and opt (the whole
-// model). Throws naming a missing or foreign shard file, and any part of the model no shard holds.
-void load_sharded_state(const std::string& dir, Model& model, AdamW& opt);
 
 }  // namespace kiln

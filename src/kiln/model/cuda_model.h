@@ -1,4 +1,4 @@
-// What the GPU decoder (cuda_decoder.h) and the GPU trainer (train/cuda_train_state.h) share: the
+// What the GPU decoder (infer/cuda_decoder.h) and the GPU trainer (train/cuda_train_state.h) share: the
 // model's weights on the device with their bf16 GEMM copy, the RoPE tables, and the norm of the
 // architecture. Only with the CUDA backend (KILN_HAVE_CUDA).
 #pragma once
