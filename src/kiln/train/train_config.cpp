@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <utility>
 
 #include "kiln/core/error.h"
 #include "kiln/io/config_section.h"
@@ -91,12 +92,24 @@ void read_data(const YAML::Node& node, const std::string& path, TrainConfig::Dat
   }
   data.get("split", d.split);
   data.get("mock", d.mock);
+  if (const YAML::Node sft = data.take("sft")) {
+    d.sft = sft.IsSequence() ? sft.as<std::vector<std::string>>()
+                             : std::vector<std::string>{sft.as<std::string>()};
+  }
+  data.get("max_seq_length", d.max_seq_length);
+  data.get("loss", d.loss);
+  data.get("chat_template", d.chat_template);
   data.finish();
-  KILN_CHECK(!d.train.empty() || !d.blend.empty() || d.mock, "config", path,
-             ": no training data: set data.train (text files), data.blend (indexed datasets) or ",
-             "data.mock: true (random tokens)");
-  KILN_CHECK(!d.mock || (d.train.empty() && d.blend.empty()), "config", path,
-             ": data.mock replaces the training data; drop data.train and data.blend, or mock");
+  const int sources = !d.train.empty() + !d.blend.empty() + d.mock + !d.sft.empty();
+  KILN_CHECK(sources > 0, "config", path,
+             ": no training data: set data.train (text files), data.blend (indexed datasets), ",
+             "data.sft (chat records, JSONL) or data.mock: true (random tokens)");
+  KILN_CHECK(sources == 1, "config", path,
+             ": give one kind of training data: data.train, data.blend, data.sft or data.mock");
+  KILN_CHECK(d.loss == "assistant" || d.loss == "all", "config", path, ": data.loss '", d.loss,
+             "' is unknown; use assistant (replies and completions only) or all");
+  KILN_CHECK(d.max_seq_length == 0 || d.max_seq_length >= 2, "config", path,
+             ": data.max_seq_length must be at least 2 (or 0: train.seq_len + 1)");
   KILN_CHECK(d.val_fraction >= 0 && d.val_fraction < 1, "config", path,
              ": data.val_fraction must be in [0, 1), got ", d.val_fraction);
 }
@@ -241,10 +254,23 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   top.get("device", device);
   c.device = device_from_name(device, path);
   top.get("init_from", c.init_from);
-  const YAML::Node model = top.take("model");
+  top.get("method", c.method);
+  YAML::Node model = top.take("model");
+  if (model && model.IsMap() &&
+      std::as_const(model)["base"]) {  // model: {base: DIR}: the weights to start from
+    KILN_CHECK(model.size() == 1 && c.init_from.empty(), "config", path,
+               ": model.base takes the whole model from the base (its config.json); drop the "
+               "other model keys and init_from");
+    c.init_from = std::as_const(model)["base"].as<std::string>();
+    model = YAML::Node(YAML::NodeType::Undefined);
+  }
+  KILN_CHECK(c.method == "full" || c.method == "lora" || c.method == "qlora", "config", path,
+             ": method '", c.method, "' is unknown; use full, lora or qlora");
+  KILN_CHECK(c.method == "full", "config", path, ": method ", c.method,
+             " is not built yet; use method: full (every weight trains)");
   KILN_CHECK(model || !c.init_from.empty(), "config", path,
              ": no 'model' section; give the model's Hugging Face config keys under model:, or "
-             "init_from: a checkpoint directory");
+             "the model to start from as model: {base: DIR} (or init_from: DIR)");
   if (model) {
     nlohmann::json mj = to_json(model);
     c.vocab_from_tokenizer = !mj.contains("vocab_size");
