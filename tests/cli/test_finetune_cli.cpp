@@ -120,6 +120,16 @@ TEST_F(FinetuneCli, EachShapeLearnsTheReplies) {
       if (shape == "text")
         EXPECT_NE(greedy(dir_->path() + "/base", p).substr(0, want.size()), want);
     }
+    // kiln eval --sft scores the same: every record's reply exact, the base's none.
+    auto ev = kiln("eval --model " + run + " --sft " + data + " --limit 40");
+    ASSERT_EQ(ev.status, 0) << ev.output;
+    EXPECT_NE(ev.output.find("\"examples\":40,\"exact_match\":1.0000,\"word_error_rate\":0.0000"),
+              std::string::npos)
+        << ev.output;
+    if (shape == "text") {
+      ev = kiln("eval --model " + dir_->path() + "/base --sft " + data + " --limit 40");
+      EXPECT_NE(ev.output.find("\"exact_match\":0.0000"), std::string::npos) << ev.output;
+    }
   }
 }
 

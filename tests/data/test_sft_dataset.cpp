@@ -132,6 +132,26 @@ TEST(SftDataset, BadRecordsNameTheLineAndTheProblem) {
   }
 }
 
+TEST(SftDataset, LastTurnIsThePromptAsAtInferenceAndTheReply) {
+  const ChatTemplate chat = ChatTemplate::guanaco();
+  auto turn = [&](const char* json) {
+    return sft_last_turn(nlohmann::json::parse(json), chat, "t.jsonl:1");
+  };
+  SftTurn t = turn(R"({"text": "### Human: a### Assistant: b### Human: c### Assistant: d"})");
+  EXPECT_EQ(t.prompt, "### Human: a### Assistant: b### Human: c### Assistant:");
+  EXPECT_EQ(t.reply, " d");
+  t = turn(
+      R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+              {"role": "user", "content": "bye"}]})");
+  EXPECT_EQ(t.prompt, "### Human: hi ### Assistant:");  // turns after the last reply are dropped
+  EXPECT_EQ(t.reply, "yo");
+  t = turn(R"({"prompt": "Q:", "completion": " A"})");
+  EXPECT_EQ(t.prompt, "Q:");
+  EXPECT_EQ(t.reply, " A");
+  EXPECT_TRUE(has(error_of([&] { turn(R"({"messages": [{"role": "user", "content": "x"}]})"); }),
+                  "no assistant message"));
+}
+
 // Writes n prompt/completion records; record i's completion is "<i>".
 std::string write_records(TempDir& dir, int n, const std::string& name = "d.jsonl") {
   std::string text;

@@ -1,5 +1,5 @@
 // kiln generate --model DIR --prompt "..." [decoding options] [--device cuda]
-// kiln eval --model DIR --text FILE
+// kiln eval --model DIR --text FILE | --sft FILE
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +8,7 @@
 #include "kiln/cli/decoding.h"
 #include "kiln/cli/load.h"
 #include "kiln/core/error.h"
+#include "kiln/data/sft_dataset.h"
 #include "kiln/infer/cuda_decoder.h"
 #include "kiln/infer/engine.h"
 #include "kiln/infer/evaluate.h"
@@ -16,6 +17,7 @@
 #include "kiln/model/model_io.h"
 #include "kiln/model/transformer.h"
 #include "kiln/quant/gguf_model.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln::cli {
@@ -112,18 +114,55 @@ Command gen([](CLI::App& app) {
 });
 
 struct EvalArgs {
-  std::string model, text;
-  int seq_len = 0, batch = 4;
+  std::string model, text, sft;
+  int seq_len = 0, batch = 4, max_new_tokens = 64;
+  int64_t limit = 0;
 };
+
+// --sft: greedy replies to held-out chat records, scored against their references.
+void eval_replies(const EvalArgs& a) {
+  LoadedModel lm = load_for_inference(a.model);
+  const ModelConfig& cfg = lm.model->config();
+  const ChatTemplate chat = find_chat_template(a.model, &lm.tok);
+  const std::vector<SftTurn> turns = load_sft_turns(a.sft, chat, a.limit);
+  std::vector<std::pair<std::string, std::string>> items;
+  for (const SftTurn& t : turns) items.emplace_back(t.prompt, t.reply);
+  EngineOptions opts;
+  opts.max_running = 64;
+  Engine eng(cfg,
+             make_cpu_forward_pass(cfg, quantized_weights(*lm.model, lm.qweights),
+                                   context_length(cfg, opts)),
+             opts, &lm.tok);
+  StopConditions stop;
+  stop.max_tokens = a.max_new_tokens;
+  stop.stop_strings = chat.stop_strings();
+  const ReplyEval r = evaluate_replies(eng, lm.tok, items, stop);
+  for (const auto& [want, got] : r.misses)
+    std::fprintf(stderr, "expected %s\n     got %s\n", want.c_str(), got.c_str());
+  std::printf("{\"examples\":%lld,\"exact_match\":%.4f,\"word_error_rate\":%.4f}\n",
+              (long long)r.examples, r.exact_match(), r.word_error_rate());
+}
 
 Command eval([](CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
-  auto* cmd = app.add_subcommand("eval", "Mean cross-entropy and perplexity on a text file");
-  cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
-  cmd->add_option("--text", a->text, "Text file")->required();
+  auto* cmd = app.add_subcommand(
+      "eval",
+      "Mean cross-entropy and perplexity on a text file, or reply accuracy on chat records");
+  cmd->add_option("--model", a->model, "Model, checkpoint or run directory (--sft: or GGUF)")
+      ->required();
+  auto* text = cmd->add_option("--text", a->text, "Text file");
+  auto* sft = cmd->add_option("--sft", a->sft,
+                              "Chat records (JSONL, as kiln finetune reads): greedy replies to "
+                              "each record's last turn, exact match and word error rate");
+  text->excludes(sft);
   cmd->add_option("--seq-len", a->seq_len, "Window length (default: the model's context)");
   cmd->add_option("--batch", a->batch, "Windows per batch")->capture_default_str();
+  cmd->add_option("--max-new-tokens", a->max_new_tokens, "--sft: tokens per reply at most")
+      ->capture_default_str();
+  cmd->add_option("--limit", a->limit, "--sft: the first N records only (0: all)");
   cmd->callback([a] {
+    KILN_CHECK(!a->text.empty() || !a->sft.empty(), "eval", "give --text FILE or --sft FILE");
+    if (!a->sft.empty()) return eval_replies(*a);
     std::string dir = resolve_model_dir(a->model);
     auto model = load_model(dir);
     Tokenizer tok = load_model_tokenizer(dir);

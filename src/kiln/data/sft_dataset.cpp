@@ -77,8 +77,8 @@ SftExample format_text(const std::string& text, Pieces& p, const std::string& wh
 
 // Rendered turn by turn: the text up to an assistant turn (with the generation prompt) is
 // prompt, what the turn adds after it is the assistant's.
-SftExample format_messages(const nlohmann::json& msgs, const ChatTemplate& chat, Pieces& p,
-                           const std::string& where) {
+// The checked messages of a record: known roles, string contents, at least one assistant's.
+std::vector<ChatMessage> parse_messages(const nlohmann::json& msgs, const std::string& where) {
   KILN_CHECK(msgs.is_array() && !msgs.empty(), "sft", where,
              ": 'messages' must be a non-empty list of {role, content}");
   std::vector<ChatMessage> turns;
@@ -94,6 +94,12 @@ SftExample format_messages(const nlohmann::json& msgs, const ChatTemplate& chat,
   }
   KILN_CHECK(any_assistant, "sft", where,
              ": no assistant message, so nothing to learn; add the reply as role 'assistant'");
+  return turns;
+}
+
+SftExample format_messages(const nlohmann::json& msgs, const ChatTemplate& chat, Pieces& p,
+                           const std::string& where) {
+  const std::vector<ChatMessage> turns = parse_messages(msgs, where);
   ChatRenderOptions with_prompt, without_prompt;
   without_prompt.add_generation_prompt = false;
   std::string done;  // rendered so far
@@ -147,6 +153,30 @@ SftExample format_sft_record(const nlohmann::json& record, const Tokenizer& tok,
       "{\"prompt\": ..., \"completion\": ...}");
 }
 
+namespace {
+
+// Calls fn(record, "file:line") for every non-blank line of the JSONL file, in order.
+template <typename Fn>
+void for_each_record(const std::string& path, Fn&& fn) {
+  LineReader reader(path);
+  JsonlLine line;
+  while (reader.next(line)) {
+    const std::string where = str(path, ":", line.number);
+    KILN_CHECK(!line.too_long, "sft", where, ": the line is ", line.bytes,
+               " bytes, over the reader's limit");
+    if (line.text.find_first_not_of(" \t") == std::string_view::npos) continue;
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line.text);
+    } catch (const nlohmann::json::exception& e) {
+      fail("sft", where, ": not valid JSON (", e.what(), ")");
+    }
+    if (!fn(record, where)) return;
+  }
+}
+
+}  // namespace
+
 std::vector<SftExample> load_sft_jsonl(const std::vector<std::string>& paths, const Tokenizer& tok,
                                        const ChatTemplate& chat, const SftOptions& opts,
                                        SftStats* stats) {
@@ -155,30 +185,52 @@ std::vector<SftExample> load_sft_jsonl(const std::vector<std::string>& paths, co
   std::vector<SftExample> out;
   SftStats s;
   for (const std::string& path : paths) {
-    LineReader reader(path);
-    JsonlLine line;
-    while (reader.next(line)) {
-      const std::string where = str(path, ":", line.number);
-      KILN_CHECK(!line.too_long, "sft", where, ": the line is ", line.bytes,
-                 " bytes, over the reader's limit");
-      if (line.text.find_first_not_of(" \t") == std::string_view::npos) continue;
-      nlohmann::json record;
-      try {
-        record = nlohmann::json::parse(line.text);
-      } catch (const nlohmann::json::exception& e) {
-        fail("sft", where, ": not valid JSON (", e.what(), ")");
-      }
+    for_each_record(path, [&](const nlohmann::json& record, const std::string& where) {
       out.push_back(format_sft_record(record, tok, chat, opts, where));
       const SftExample& ex = out.back();
       s.truncated += ex.truncated;
       s.tokens += int64_t(ex.ids.size());
       s.loss_tokens += std::count(ex.loss.begin(), ex.loss.end(), uint8_t(1));
-    }
+      return true;
+    });
   }
   s.examples = int64_t(out.size());
   KILN_CHECK(!out.empty(), "sft", "no records in ", paths.empty() ? "(no files)" : paths[0],
              paths.size() > 1 ? " and the other files" : "");
   if (stats) *stats = s;
+  return out;
+}
+
+SftTurn sft_last_turn(const nlohmann::json& record, const ChatTemplate& chat,
+                      const std::string& where) {
+  KILN_CHECK(record.is_object(), "sft", where, ": a record must be a JSON object");
+  if (record.contains("messages")) {
+    std::vector<ChatMessage> turns = parse_messages(record["messages"], where);
+    while (turns.back().role != "assistant") turns.pop_back();
+    SftTurn t{"", turns.back().content};
+    turns.pop_back();
+    t.prompt = chat.render(turns);
+    return t;
+  }
+  if (record.contains("text")) {
+    const std::string& text = string_field(record, "text", where);
+    const size_t at = text.rfind(kAssistant);
+    KILN_CHECK(at != std::string::npos, "sft", where, ": 'text' has no '", kAssistant, "' turn");
+    const size_t reply = at + std::char_traits<char>::length(kAssistant);
+    const size_t end = std::min(text.find(kHuman, reply), text.size());
+    return {text.substr(0, reply), text.substr(reply, end - reply)};
+  }
+  return {string_field(record, "prompt", where), string_field(record, "completion", where)};
+}
+
+std::vector<SftTurn> load_sft_turns(const std::string& path, const ChatTemplate& chat,
+                                    int64_t limit) {
+  std::vector<SftTurn> out;
+  for_each_record(path, [&](const nlohmann::json& record, const std::string& where) {
+    out.push_back(sft_last_turn(record, chat, where));
+    return limit <= 0 || int64_t(out.size()) < limit;
+  });
+  KILN_CHECK(!out.empty(), "sft", "no records in ", path);
   return out;
 }
 

@@ -53,6 +53,18 @@ SftExample format_sft_record(const nlohmann::json& record, const Tokenizer& tok,
 // Every record of the JSONL files, in order. Blank lines are skipped; anything else that is not a
 // valid record is an error naming the file and line (invalid JSON, an unknown shape, a message
 // with an unknown role or a non-string content, no assistant turn, an empty completion).
+// A record's last assistant reply and everything before it as the model sees it at inference (the
+// chat rendered up to the generation prompt; the text up to its last "### Assistant:"; the
+// prompt), for scoring replies (kiln eval --sft). Errors as format_sft_record's.
+struct SftTurn {
+  std::string prompt, reply;
+};
+SftTurn sft_last_turn(const nlohmann::json& record, const ChatTemplate& chat,
+                      const std::string& where);
+// sft_last_turn of every record of a JSONL file (at most `limit` when > 0), with file:line errors.
+std::vector<SftTurn> load_sft_turns(const std::string& path, const ChatTemplate& chat,
+                                    int64_t limit = 0);
+
 std::vector<SftExample> load_sft_jsonl(const std::vector<std::string>& paths, const Tokenizer& tok,
                                        const ChatTemplate& chat, const SftOptions& opts,
                                        SftStats* stats = nullptr);
