@@ -20,6 +20,7 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libpcre2-dev
       libzstd-dev libutf8proc-dev  # data curate: .zst input, Unicode NFC
       libboost-dev                 # serve/: Boost.Beast/Asio (header-only) for kiln serve
+      zlib1g-dev                   # io/checksums.h: CRC-32 of checkpoint files
       python3)                     # scripts/strip_brown.py, make_jsonl.py
 if [ "$mode" = all ]; then
   PKGS+=(git libgtest-dev

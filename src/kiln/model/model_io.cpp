@@ -7,6 +7,7 @@
 #include <map>
 
 #include "kiln/core/error.h"
+#include "kiln/io/checksums.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
@@ -17,6 +18,7 @@ namespace kiln {
 std::unique_ptr<Model> load_model(const std::string& dir) {
   KILN_CHECK(file_exists(dir + "/config.json"), "model", "no config.json in '", dir,
              "': pass a checkpoint directory (config.json + model.safetensors)");
+  verify_checksums(dir, {"config.json"});
   auto model = std::make_unique<Model>(load_model_config(dir + "/config.json"));
   load_weights(*model, dir);
   return model;
@@ -78,9 +80,11 @@ void load_sharded_buffers(const std::string& dir, const Model& model,
 
 void load_weights(Model& model, const std::string& dir) {
   if (file_exists(dir + "/manifest.json")) {  // a sharded training checkpoint
+    verify_checksums(dir);
     load_sharded_buffers(dir, model, {{"weights", "weight_runs", model.weights().f32()}});
     return;
   }
+  verify_checksums(dir, {"config.json", "model.safetensors", "model.safetensors.index.json"});
   // One file, or shards named by an index's weight_map.
   std::vector<std::string> files;
   if (file_exists(dir + "/model.safetensors")) {

@@ -100,12 +100,14 @@ void read_data(const YAML::Node& node, const std::string& path, TrainConfig::Dat
   data.get("loss", d.loss);
   data.get("chat_template", d.chat_template);
   data.finish();
-  const int sources = !d.train.empty() + !d.blend.empty() + d.mock + !d.sft.empty();
-  KILN_CHECK(sources > 0, "config", path,
+  KILN_CHECK(!d.train.empty() || !d.blend.empty() || d.mock || !d.sft.empty(), "config", path,
              ": no training data: set data.train (text files), data.blend (indexed datasets), ",
              "data.sft (chat records, JSONL) or data.mock: true (random tokens)");
-  KILN_CHECK(sources == 1, "config", path,
-             ": give one kind of training data: data.train, data.blend, data.sft or data.mock");
+  KILN_CHECK(!d.mock || (d.train.empty() && d.blend.empty() && d.sft.empty()), "config", path,
+             ": data.mock replaces the training data; drop data.train, data.blend and data.sft, "
+             "or mock");
+  KILN_CHECK(d.sft.empty() || (d.train.empty() && d.blend.empty()), "config", path,
+             ": data.sft (chat records) replaces data.train and data.blend; drop them, or sft");
   KILN_CHECK(d.loss == "assistant" || d.loss == "all", "config", path, ": data.loss '", d.loss,
              "' is unknown; use assistant (replies and completions only) or all");
   KILN_CHECK(d.max_seq_length == 0 || d.max_seq_length >= 2, "config", path,
