@@ -402,27 +402,6 @@ TEST_F(Serve, OfficialOpenAIClient) {
   EXPECT_NE(r.output.find("ALL OK"), std::string::npos) << r.output;
 }
 
-// The chat page: one self-contained file (no external resource) whose script parses; it streams
-// the chat endpoint and has the controls and the stop button. (A headless-browser run needs
-// Chromium, which this machine lacks.)
-TEST_F(Serve, ChatPage) {
-  HttpReply r = http(port(), "GET", "/");
-  ASSERT_EQ(r.status, 200);
-  EXPECT_EQ(r.headers["content-type"], "text/html; charset=utf-8");
-  EXPECT_EQ(r.body.find("http://"), std::string::npos) << "the page must not load anything";
-  EXPECT_EQ(r.body.find("https://"), std::string::npos) << "the page must not load anything";
-  for (const char* want :
-       {"id=\"system\"", "id=\"temperature\"", "id=\"top_p\"", "id=\"max_tokens\"", "id=\"stop\"",
-        "/v1/chat/completions", "stream: true", "controller.abort()"})
-    EXPECT_NE(r.body.find(want), std::string::npos) << want;
-  const size_t a = r.body.find("<script>"), b = r.body.find("</script>");
-  ASSERT_TRUE(a != std::string::npos && b != std::string::npos);
-  test::TempDir tmp("kiln-page");
-  write_file_atomic(tmp / "page.js", r.body.substr(a + 8, b - a - 8));
-  auto check = test::run_command("node --check " + (tmp / "page.js"));
-  EXPECT_EQ(check.status, 0) << check.output;
-}
-
 // Every malformed request gets its status and an OpenAI error object naming the field.
 TEST_F(Serve, ErrorsAreOpenAIStyle) {
   struct Case {
