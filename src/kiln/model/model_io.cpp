@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 
+#include "kiln/core/checked_math.h"
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
@@ -13,6 +14,25 @@
 #include "kiln/ops/matmul_bf16.h"
 
 namespace kiln {
+
+namespace {
+
+// A shard's runs metadata: JSON [[offset into the full buffer, length], ...], values unchecked.
+std::vector<std::pair<int64_t, int64_t>> shard_runs(const std::string& path, const std::string& key,
+                                                    const std::string& text) {
+  check_json_depth("checkpoint", path, text);
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  try {
+    for (const auto& run : nlohmann::json::parse(text))
+      runs.emplace_back(run.at(0).get<int64_t>(), run.at(1).get<int64_t>());
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint", path, ": metadata '", key, "' is not a list of [offset, length] runs (",
+         json_error_reason(e), "); the checkpoint is damaged");
+  }
+  return runs;
+}
+
+}  // namespace
 
 std::unique_ptr<Model> load_model(const std::string& dir) {
   KILN_CHECK(file_exists(dir + "/config.json"), "model", "no config.json in '", dir,
@@ -52,14 +72,16 @@ void load_sharded_buffers(const std::string& dir, const Model& model,
       KILN_CHECK(it != st.metadata.end() && t.dtype() == DType::f32, "checkpoint", path,
                  ": not a kiln shard (no '", buf.runs_key, "'); the checkpoint is damaged");
       int64_t at = 0;
-      for (const auto& run : nlohmann::json::parse(it->second)) {
-        const int64_t full = run.at(0).get<int64_t>(), n = run.at(1).get<int64_t>();
-        KILN_CHECK(full >= 0 && n >= 0 && full + n <= P && at + n <= t.numel(), "checkpoint", path,
-                   ": a run [", full, ", ", full + n, ") falls outside the model's ", P,
-                   " parameters; the checkpoint is damaged");
+      for (const auto& [full, n] : shard_runs(path, buf.runs_key, it->second)) {
+        // Overflow-safe: the file chooses full and n, and full + n must not wrap past the check.
+        const auto end = checked_add(full, n), at_end = checked_add(at, n);
+        KILN_CHECK(full >= 0 && n >= 0 && end && *end <= P && at_end && *at_end <= t.numel(),
+                   "checkpoint", path, ": ", buf.runs_key, " has a run of ", n,
+                   " parameters from ", full, " (shard offset ", at, "), outside the model's ", P,
+                   " parameters or the shard's ", t.numel(), " values; the checkpoint is damaged");
         std::memcpy(buf.flat + full, t.f32() + at, size_t(n) * sizeof(float));
-        for (int64_t i = full; i < full + n; ++i) ++seen[b][size_t(i)];
-        at += n;
+        for (int64_t i = full; i < *end; ++i) ++seen[b][size_t(i)];
+        at = *at_end;
       }
     }
   }
