@@ -151,6 +151,21 @@ TEST(ModelIo, CraftedShardRunsAndConfigValues) {
   e = shard_error("[[0, \"x\"]]");
   EXPECT_NE(e.find("weight_runs' is not a list of [offset, length] runs"), std::string::npos) << e;
 
+  // A config.json within the limits that its small weights do not back fails on the shapes
+  // before the model (here 2 x 2^40 floats) is allocated.
+  test::TempDir small;
+  save_model(m, small.path());
+  nlohmann::json big = c.to_json();
+  big["vocab_size"] = 1 << 24;
+  big["hidden_size"] = 1 << 16;
+  big["head_dim"] = 4;
+  write_json_file_atomic(small / "config.json", big);
+  e = error_of([&] { load_model(small.path()); });
+  EXPECT_NE(e.find("tensor 'model.embed_tokens.weight' in " + (small / "model.safetensors") +
+                   " has shape (50, 16) but config.json implies (16777216, 65536)"),
+            std::string::npos)
+      << e;
+
   nlohmann::json j = c.to_json();
   j["num_hidden_layers"] = 2147483000;
   e = error_of([&] { ModelConfig::from_json(j, "cfg.json", false); });
