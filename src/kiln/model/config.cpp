@@ -51,13 +51,10 @@ void take(const json& j, const char* key, T& out, std::set<std::string>& seen,
   seen.insert(key);
   try {
     if constexpr (std::is_same_v<T, int>) {
-      // get<int> would wrap a huge number into range silently; read it wide and check.
+      // get<int> would wrap a huge number into range silently (4294967297 -> 1).
       const json& v = j[key];
-      KILN_CHECK(v.is_null() || (v.is_number_integer() &&
-                                 (v.is_number_unsigned() ? v.get<uint64_t>() <= INT_MAX
-                                                         : v.get<int64_t>() >= INT_MIN &&
-                                                               v.get<int64_t>() <= INT_MAX)),
-                 "config", src, ": key '", key, "' = ", v.dump(), " is not a 32-bit integer");
+      KILN_CHECK(!v.is_number() || (v.get<double>() >= INT_MIN && v.get<double>() <= INT_MAX),
+                 "config", src, ": key '", key, "' = ", v.dump(), " does not fit a 32-bit integer");
     }
     if (!j[key].is_null()) out = j[key].get<T>();
   } catch (const json::exception&) {
