@@ -193,7 +193,7 @@ TEST(IndexedDataset, CraftedPointersAndCountsNameFieldValueAndLimit) {
   };
   std::string bad = idx;
   const int64_t wraps = std::numeric_limits<int64_t>::max() - 7;  // even, so 2-byte aligned
-  std::memcpy(bad.data() + 34 + 4 * 20 + 8 * 3, &wraps, 8);    // pointer of sequence 3
+  std::memcpy(bad.data() + 34 + 4 * 20 + 8 * 3, &wraps, 8);       // pointer of sequence 3
   std::string e = idx_error(bad);
   EXPECT_NE(e.find(dir / "bad.idx"), std::string::npos) << e;
   EXPECT_NE(e.find("sequence 3 has pointer 9223372036854775800 and length"), std::string::npos)

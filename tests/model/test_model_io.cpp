@@ -175,7 +175,8 @@ TEST(ModelIo, CraftedShardRunsAndConfigValues) {
   j = c.to_json();
   j["vocab_size"] = 4294967297;  // get<int> would wrap this to 1
   e = error_of([&] { ModelConfig::from_json(j, "cfg.json", false); });
-  EXPECT_NE(e.find("key 'vocab_size' = 4294967297 does not fit a 32-bit integer"), std::string::npos)
+  EXPECT_NE(e.find("key 'vocab_size' = 4294967297 does not fit a 32-bit integer"),
+            std::string::npos)
       << e;
   j = c.to_json();
   j["max_position_embeddings"] = 1 << 30;

@@ -7,11 +7,11 @@
 #include <filesystem>
 #include <random>
 
+#include "io/io_test_util.h"
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/tokenizer/byte_unicode.h"
-#include "io/io_test_util.h"
 
 namespace kiln {
 namespace {

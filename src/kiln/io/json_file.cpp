@@ -25,8 +25,11 @@ int json_nesting_depth(std::string_view text) {
   for (size_t i = 0; i < text.size() && deepest <= limits::kMaxJsonDepth; ++i) {
     const char c = text[i];
     if (in_string) {
-      if (c == '\\') ++i;  // skip the escaped character, which may be a quote
-      else if (c == '"') in_string = false;
+      if (c == '\\') {
+        ++i;  // skip the escaped character, which may be a quote
+      } else if (c == '"') {
+        in_string = false;
+      }
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {

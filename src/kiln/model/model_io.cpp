@@ -68,8 +68,8 @@ void load_sharded_buffers(const std::string& dir, const Model& model,
         // Overflow-safe: the file chooses full and n, and full + n must not wrap past the check.
         const auto end = checked_add(full, n), at_end = checked_add(at, n);
         KILN_CHECK(full >= 0 && n >= 0 && end && *end <= P && at_end && *at_end <= t.numel(),
-                   "checkpoint", path, ": ", buf.runs_key, " has a run of ", n,
-                   " parameters from ", full, " (shard offset ", at, "), outside the model's ", P,
+                   "checkpoint", path, ": ", buf.runs_key, " has a run of ", n, " parameters from ",
+                   full, " (shard offset ", at, "), outside the model's ", P,
                    " parameters or the shard's ", t.numel(), " values; the checkpoint is damaged");
         std::memcpy(buf.flat + full, t.f32() + at, size_t(n) * sizeof(float));
         for (int64_t i = full; i < *end; ++i) ++seen[b][size_t(i)];
@@ -139,8 +139,8 @@ void check_weight_shapes(const std::vector<ParamInfo>& layout, const WeightFiles
                ": the weights do not match config.json (wrong architecture or layer count?)");
     const Tensor& t = it->second;
     KILN_CHECK(t.shape() == p.shape, "model", "tensor '", p.name, "' in ", wf.origin.at(p.name),
-               " has shape ", shape_str(t.shape()), " but config.json implies ",
-               shape_str(p.shape), ": the config and the weights disagree");
+               " has shape ", shape_str(t.shape()), " but config.json implies ", shape_str(p.shape),
+               ": the config and the weights disagree");
   }
 }
 

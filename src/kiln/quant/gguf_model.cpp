@@ -436,14 +436,17 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
                " but token_embd.weight has ", c.vocab_size, " rows");
   c.layers = get_dim(f, "llama.block_count", limits::kMaxLayers);
   c.heads = get_dim(f, "llama.attention.head_count", limits::kMaxHeads);
-  c.kv_heads = f.has("llama.attention.head_count_kv") ? get_dim(f, "llama.attention.head_count_kv", limits::kMaxHeads)
-                                                      : c.heads;
-  c.head_dim = f.has("llama.attention.key_length") ? get_dim(f, "llama.attention.key_length", limits::kMaxHidden)
-                                                   : c.hidden / c.heads;
+  c.kv_heads = f.has("llama.attention.head_count_kv")
+                   ? get_dim(f, "llama.attention.head_count_kv", limits::kMaxHeads)
+                   : c.heads;
+  c.head_dim = f.has("llama.attention.key_length")
+                   ? get_dim(f, "llama.attention.key_length", limits::kMaxHidden)
+                   : c.hidden / c.heads;
   if (f.has("llama.rope.dimension_count"))
-    KILN_CHECK(get_dim(f, "llama.rope.dimension_count", limits::kMaxHidden) == c.head_dim, "gguf", "'", src,
-               "': llama.rope.dimension_count is ", f.get_int("llama.rope.dimension_count"),
-               " but heads have ", c.head_dim, " dims; partial RoPE is not supported");
+    KILN_CHECK(get_dim(f, "llama.rope.dimension_count", limits::kMaxHidden) == c.head_dim, "gguf",
+               "'", src, "': llama.rope.dimension_count is ",
+               f.get_int("llama.rope.dimension_count"), " but heads have ", c.head_dim,
+               " dims; partial RoPE is not supported");
   c.intermediate = get_dim(f, "llama.feed_forward_length", limits::kMaxFfn);
   c.max_positions = get_dim(f, "llama.context_length", limits::kMaxContext);
   c.norm_eps = float(f.get_float("llama.attention.layer_norm_rms_epsilon"));
