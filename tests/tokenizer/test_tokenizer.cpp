@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <random>
 
+#include "io/io_test_util.h"
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
@@ -199,6 +200,44 @@ TEST(Load, TruncatedSentencePieceModelIsAnError) {
   std::string err = error_of(path);
   EXPECT_NE(err.find(path), std::string::npos) << err;
   EXPECT_NE(err.find("runs past the end"), std::string::npos) << err;
+}
+
+// Crafted files (issue 17): ids that would index out of bounds or size a huge table are rejected
+// before anything is allocated from them, naming the file, the field, the value and the limit.
+TEST(Load, CraftedIdsNameFieldValueAndLimit) {
+  kiln::testing::TempDir dir;
+  using kiln::testing::has;
+  auto load_error = [&](const std::string& name, const std::string& content) {
+    const std::string path = dir.file(name);
+    write_file_atomic(path, content);
+    std::string e = kiln::testing::error_of([&] { Tokenizer::load(path); });
+    EXPECT_TRUE(has(e, path));
+    return e;
+  };
+  // The SentencePiece-style branch (Metaspace, no ByteLevel) wrote pieces[id] unchecked.
+  auto sp_json = [](const std::string& vocab) {
+    return R"({"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"},
+               "model": {"type": "BPE", "vocab": {"<unk>": 0, )" +
+           vocab + R"(}, "merges": []}})";
+  };
+  std::string e = load_error("neg.json", sp_json(R"("a": -5)"));
+  EXPECT_TRUE(has(e, "model.vocab['a'] = -5 is negative"));
+  e = load_error("huge.json", sp_json(R"("a": 2147483000)"));
+  EXPECT_TRUE(has(e, "model.vocab['a'] = 2147483000 is over kiln's limit of 16777215"));
+  e = load_error("dup.json", sp_json(R"("a": 0)"));
+  EXPECT_TRUE(has(e, "gives id 0 to '<unk>' and 'a'"));
+  // An added token's id sized the id table (2^31 strings) before any check.
+  e = load_error("added.json", R"({"added_tokens": [{"id": 2147483000, "content": "<x>"}],
+      "pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"},
+      "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
+  EXPECT_TRUE(has(e, "added_tokens[0].id = 2147483000 is over kiln's limit of 16777215"));
+  // One tiktoken line resized the token table to a billion entries.
+  e = load_error("one.tiktoken", "YQ== 999999999\n");
+  EXPECT_TRUE(has(e, ":1: rank = 999999999 is over kiln's limit of 16777215"));
+  // Nesting past the limit is rejected before parsing: the walkers here recurse once per level.
+  e = load_error("deep.json", R"({"model": {}, "pre_tokenizer": )" + std::string(100000, '[') +
+                                  std::string(100000, ']') + "}");
+  EXPECT_TRUE(has(e, "JSON nesting depth is over kiln's limit of 128"));
 }
 
 TEST(IncrementalDecoder, EmitsOnlyCompleteUtf8) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/core/parallel.h"
 #include "kiln/io/file.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
@@ -16,6 +17,8 @@ void Tokenizer::Impl::finalize() {
   for (const Added& a : added) {
     KILN_CHECK(a.id >= 0 && !a.text.empty(), "tokenizer", "added token '", a.text, "' with id ",
                a.id, " is invalid: ids are >= 0 and tokens non-empty");
+    limits::check_limit("tokenizer", str("added token '", a.text, "'"), "id", a.id,
+                        limits::kMaxVocab - 1);
     n = std::max(n, size_t(a.id) + 1);
   }
   id_bytes.assign(n, "");
