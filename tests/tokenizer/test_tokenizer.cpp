@@ -12,6 +12,7 @@
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/tokenizer/byte_unicode.h"
+#include "oracle.h"
 
 namespace kiln {
 namespace {
@@ -270,6 +271,35 @@ TEST(IncrementalDecoder, EmitsOnlyCompleteUtf8) {
   // An incomplete character is returned by flush.
   EXPECT_EQ(d2.push(0xF0), "");
   EXPECT_EQ(d2.flush(), "\xF0");
+}
+
+// encode_at_most: under the limit it is encode(); over it, it stops after a prefix of encode()'s
+// ids just past the limit, having encoded a prefix of the text (the bytes it reports), on the
+// byte path, pre-tokenized BPE (cl100k) and SentencePiece (Llama 2), with special tokens.
+TEST(EncodeAtMost, StopsJustPastTheLimitWithAPrefixOfTheIds) {
+  KILN_REQUIRE_REFS();
+  std::vector<std::pair<std::string, Tokenizer>> toks;
+  toks.emplace_back("byte", Tokenizer::byte_level({"<|endoftext|>"}));
+  toks.emplace_back("cl100k", Tokenizer::load(oracle::gpt_file("cl100k")));
+  toks.emplace_back("llama2", Tokenizer::load(oracle::ref_file("llama2.model")));
+  std::string text = read_file(oracle::source_dir() + "/data/brown.txt").substr(0, 20000);
+  text.insert(5000, "<|endoftext|>");
+  for (const auto& [name, tok] : toks) {
+    for (bool special : {false, true}) {
+      const std::vector<int32_t> all = tok.encode(text, special);
+      Tokenizer::Encoded whole = tok.encode_at_most(text, all.size(), special);
+      EXPECT_EQ(whole.ids, all) << name;
+      EXPECT_EQ(whole.bytes, text.size()) << name;
+      for (size_t limit : {size_t(0), size_t(1), size_t(100), all.size() / 2, all.size() - 1}) {
+        Tokenizer::Encoded e = tok.encode_at_most(text, limit, special);
+        ASSERT_GT(e.ids.size(), limit) << name << " limit " << limit;
+        EXPECT_LT(e.ids.size(), limit + 64) << name << " limit " << limit;
+        EXPECT_TRUE(std::equal(e.ids.begin(), e.ids.end(), all.begin())) << name;
+        if (limit <= all.size() / 2) EXPECT_LT(e.bytes, text.size()) << name << " " << limit;
+        EXPECT_GE(e.bytes, e.ids.size() / 2) << name << " limit " << limit;
+      }
+    }
+  }
 }
 
 }  // namespace
