@@ -6,8 +6,8 @@
 #include "kiln/cli/command.h"
 #include "kiln/cli/load.h"
 #include "kiln/core/error.h"
-#include "kiln/infer/engine.h"
 #include "kiln/core/log.h"
+#include "kiln/infer/engine.h"
 #include "kiln/io/file.h"
 #include "kiln/serve/server.h"
 #include "kiln/tokenizer/chat_template.h"
@@ -16,7 +16,7 @@ namespace kiln::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, api_key, api_key_file, name;
+  std::string model, adapter, api_key, api_key_file, name;
   serve::ServeOptions opts;
   EngineOptions engine;
   int kv_blocks = 0;
@@ -34,6 +34,8 @@ Command serve_cmd([](CLI::App& app) {
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server over the batched engine");
   cmd->add_option("--model", a->model, "Model, checkpoint or run directory, or a GGUF file")
       ->required();
+  cmd->add_option("--adapter", a->adapter,
+                  "A PEFT LoRA adapter directory, merged into --model's weights at load");
   cmd->add_option("--host", a->opts.http.host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", a->opts.http.port, "Port (0 = any free port)")->capture_default_str();
   cmd->add_option("--http-threads", a->opts.http.threads, "Threads serving HTTP connections")
@@ -81,13 +83,14 @@ Command serve_cmd([](CLI::App& app) {
     EngineOptions eo = a->engine;
     eo.cache_blocks = a->kv_blocks;
     eo.detokenize = false;  // the server's detokenize stage does it, after the engine
-    const std::string path = a->model;
-    serve::ModelLoader load = [path, eo]() {
-      auto lm = std::make_shared<LoadedModel>(load_for_inference(path));
+    const std::string path = a->model, adapter = a->adapter;
+    serve::ModelLoader load = [path, adapter, eo]() {
+      auto lm = std::make_shared<LoadedModel>(load_for_inference(path, adapter));
       serve::ServedModel m;
       m.tok = &lm->tok;
       m.chat = std::make_shared<const ChatTemplate>(find_chat_template(path, &lm->tok));
-      log_info("chat template: ", m.chat->is_default() ? "kiln's default (guanaco)" : m.chat->origin());
+      log_info("chat template: ",
+               m.chat->is_default() ? "kiln's default (guanaco)" : m.chat->origin());
       m.engine = std::make_unique<Engine>(
           lm->model->config(), quantized_weights(*lm->model, lm->qweights), eo, &lm->tok);
       m.max_running = eo.max_running;

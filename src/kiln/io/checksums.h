@@ -19,7 +19,8 @@ void write_checksums(const std::string& dir);
 
 // Checks `files` (names in `dir`; empty: every file listed) against DIR/checksums.json when it
 // exists; throws Error naming the file, its recorded and actual size or CRC, and the fix.
-// A listed file that is not in checksums.json is not checked.
+// A listed file that is not in checksums.json is not checked; one that is missing from the
+// directory is left to the loader that needs it, which names it.
 void verify_checksums(const std::string& dir, const std::vector<std::string>& files = {});
 
 }  // namespace kiln
