@@ -13,7 +13,8 @@
 #     [--servers "kiln llama-server"] [--waves 4] [--min-prompts 32] [--rate-prompts 64]
 #     [--prompt-len 64:512] [--output-len 32:256] [--seed 0] [--slot-ctx 1024]
 #     [--streams 1000] [--streams-prompt-len 16:64] [--streams-output-len 16:16]
-#     [--streams-max-running 1000] [--kv-gib 4] [--port 18100] [--out FILE] [--fresh]
+#     [--streams-max-running 1000] [--kv-gib 4] [--port 18100] [--omp-wait-policy PASSIVE]
+#     [--out FILE] [--fresh]
 #
 # The model: configs/models/llama-100m.json (124.7M parameters) after one training step, with a
 # 32,000-token byte-level BPE trained on Brown (so every id the model can emit is a token both
@@ -25,13 +26,15 @@
 # KV capacity, equal for both: slot-ctx positions per concurrent request (llama-server
 # -c concurrency x slot-ctx, one slot each; kiln --kv-blocks concurrency x slot-ctx / 16, capped
 # at --kv-gib since kiln keeps K/V in fp32: 384 KiB per 16-position block for this model).
-# llama-server: LLAMA_SERVER=path, else bench/build_llama_server.sh builds it.
+# OMP_WAIT_POLICY (both servers use OpenMP; PASSIVE by default, as bench/infer_bench.sh: idle
+# workers sleep instead of spinning against the HTTP threads and the load generator; "" leaves
+# it unset). llama-server: LLAMA_SERVER=path, else bench/build_llama_server.sh builds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=2 concs="1 16 64 256" rates="1 2 4 8" servers="kiln llama-server"
 waves=4 min_prompts=32 rate_prompts=64 plen=64:512 olen=32:256 seed=0 slot_ctx=1024
 bpt=4.73 streams=1000 s_plen=16:64 s_olen=16:16 s_running=1000 kv_gib=4 port=18100
-out=bench/out/serve_bench.jsonl fresh=0
+omp_wait=PASSIVE out=bench/out/serve_bench.jsonl fresh=0
 while [ $# -gt 0 ]; do
   case $1 in
     --threads) threads=$2 ;; --concurrency) concs=$2 ;; --rates) rates=$2 ;;
@@ -40,13 +43,14 @@ while [ $# -gt 0 ]; do
     --seed) seed=$2 ;; --slot-ctx) slot_ctx=$2 ;; --bytes-per-token) bpt=$2 ;;
     --streams) streams=$2 ;; --streams-prompt-len) s_plen=$2 ;; --streams-output-len) s_olen=$2 ;;
     --streams-max-running) s_running=$2 ;; --kv-gib) kv_gib=$2 ;; --port) port=$2 ;;
-    --out) out=$2 ;; --fresh) fresh=1; shift; continue ;;
+    --omp-wait-policy) omp_wait=$2 ;; --out) out=$2 ;; --fresh) fresh=1; shift; continue ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
 done
 [ -x build/kiln ] || { echo "[serve_bench] build kiln first (build/kiln)" >&2; exit 1; }
 [ -f data/brown.txt ] || { echo "[serve_bench] data/brown.txt missing" >&2; exit 1; }
+if [ -n "$omp_wait" ]; then export OMP_WAIT_POLICY=$omp_wait; else unset OMP_WAIT_POLICY; fi
 mkdir -p bench/out/serve_logs
 [ "$fresh" = 1 ] && : > "$out"
 touch "$out"
@@ -142,7 +146,7 @@ run_point() {
   cpu1=$(cpu_seconds "$srv_pid")
   curl -s "$url/metrics" > bench/out/serve_logs/$server-$point.metrics1 || true
   stop_server
-  python3 bench/serve_metrics.py --row "$server" "$point" "$loadargs" "$sargs" "$threads" \
+  python3 bench/serve_metrics.py --row "$server" "$point" "$loadargs" "OMP_WAIT_POLICY=${omp_wait} $sargs" "$threads" \
     "$(python3 -c "print(round($cpu1 - $cpu0, 3))")" "$llama_rev" \
     bench/out/serve_logs/$server-$point.metrics0 bench/out/serve_logs/$server-$point.metrics1 \
     <<< "$load" >> "$out"
