@@ -14,7 +14,8 @@
 #     [--prompt-len 64:512] [--output-len 32:256] [--seed 0] [--slot-ctx 1024]
 #     [--streams 1000] [--streams-prompt-len 16:64] [--streams-output-len 16:16]
 #     [--streams-max-running 1000] [--kv-gib 4] [--port 18100] [--omp-wait-policy PASSIVE]
-#     [--out FILE] [--fresh]
+#     [--out FILE] [--fresh] [--dry-run]
+# --dry-run lists the points (and whether each is done already) without running anything.
 #
 # The model: configs/models/llama-100m.json (124.7M parameters) after one training step, with a
 # 32,000-token byte-level BPE trained on Brown (so every id the model can emit is a token both
@@ -34,7 +35,7 @@ cd "$(dirname "$0")/.."
 threads=2 concs="1 16 64 256" rates="1 2 4 8" servers="kiln llama-server"
 waves=4 min_prompts=32 rate_prompts=64 plen=64:512 olen=32:256 seed=0 slot_ctx=1024
 bpt=4.73 streams=1000 s_plen=16:64 s_olen=16:16 s_running=1000 kv_gib=4 port=18100
-omp_wait=PASSIVE out=bench/out/serve_bench.jsonl fresh=0
+omp_wait=PASSIVE out=bench/out/serve_bench.jsonl fresh=0 dry=0
 while [ $# -gt 0 ]; do
   case $1 in
     --threads) threads=$2 ;; --concurrency) concs=$2 ;; --rates) rates=$2 ;;
@@ -44,6 +45,7 @@ while [ $# -gt 0 ]; do
     --streams) streams=$2 ;; --streams-prompt-len) s_plen=$2 ;; --streams-output-len) s_olen=$2 ;;
     --streams-max-running) s_running=$2 ;; --kv-gib) kv_gib=$2 ;; --port) port=$2 ;;
     --omp-wait-policy) omp_wait=$2 ;; --out) out=$2 ;; --fresh) fresh=1; shift; continue ;;
+    --dry-run) dry=1; shift; continue ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -52,23 +54,25 @@ done
 [ -f data/brown.txt ] || { echo "[serve_bench] data/brown.txt missing" >&2; exit 1; }
 if [ -n "$omp_wait" ]; then export OMP_WAIT_POLICY=$omp_wait; else unset OMP_WAIT_POLICY; fi
 mkdir -p bench/out/serve_logs
-[ "$fresh" = 1 ] && : > "$out"
+[ "$fresh" = 1 ] && [ "$dry" = 0 ] && : > "$out"
 touch "$out"
 
 # --- the model -------------------------------------------------------------------------------
 tok=bench/out/brown-bpe32000.json run=bench/out/llama100m-bpe G=bench/out/llama100m-bpe-q8_0.gguf
-[ -s "$tok" ] || ./build/kiln tokenizer train --input data/brown_train.txt --vocab-size 32000 \
-  --pattern gpt2 --special '<|endoftext|>' --output "$tok" >&2
-if [ ! -d "$run/checkpoints" ]; then
-  { echo "run_dir: $run"; echo "model: $(tr -d '\n' < configs/models/llama-100m.json)"
-    echo "data: {train: [data/brown_train.txt], val_fraction: 0.01, tokenizer: $tok}"
-    echo "train: {steps: 1, batch_size: 1, seq_len: 32, eval_every: 0, samples: 0}"; } > bench/out/llama100m-bpe.yaml
-  ./build/kiln train bench/out/llama100m-bpe.yaml >/dev/null
+if [ "$dry" = 0 ]; then
+  [ -s "$tok" ] || ./build/kiln tokenizer train --input data/brown_train.txt --vocab-size 32000 \
+    --pattern gpt2 --special '<|endoftext|>' --output "$tok" >&2
+  if [ ! -d "$run/checkpoints" ]; then
+    { echo "run_dir: $run"; echo "model: $(tr -d '\n' < configs/models/llama-100m.json)"
+      echo "data: {train: [data/brown_train.txt], val_fraction: 0.01, tokenizer: $tok}"
+      echo "train: {steps: 1, batch_size: 1, seq_len: 32, eval_every: 0, samples: 0}"; } > bench/out/llama100m-bpe.yaml
+    ./build/kiln train bench/out/llama100m-bpe.yaml >/dev/null
+  fi
+  [ -s "$G" ] || ./build/kiln export --model "$run" --format gguf --type q8_0 --output "$G" >/dev/null
 fi
-[ -s "$G" ] || ./build/kiln export --model "$run" --format gguf --type q8_0 --output "$G" >/dev/null
 
 llama_bin=${LLAMA_SERVER:-}
-if [[ " $servers " == *" llama-server "* ]] && [ -z "$llama_bin" ]; then
+if [[ " $servers " == *" llama-server "* ]] && [ -z "$llama_bin" ] && [ "$dry" = 0 ]; then
   llama_bin=$(bench/build_llama_server.sh | tail -1)
 fi
 llama_rev=""
@@ -102,7 +106,8 @@ stop_server() {
   wait "$srv_pid" 2>/dev/null || true
   srv_pid=""
 }
-trap stop_server EXIT INT TERM
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
 
 # server point n_concurrent(for sizing) max_running loadargs...
 run_point() {
@@ -111,6 +116,7 @@ run_point() {
   if have_row "$server" "$point" "$loadargs"; then
     echo "[serve_bench] $server $point: done already (in $out)" >&2; return 0
   fi
+  [ "$dry" = 1 ] && { echo "[serve_bench] would run $server $point: $loadargs" >&2; return 0; }
   local log=bench/out/serve_logs/$server-$point.log ctx=$slot_ctx
   [ "$point" = streams$streams ] && ctx=$(( (${s_plen#*:} * 13 / 10) + ${s_olen#*:} + 16 ))
   local sargs
@@ -167,4 +173,4 @@ if [ "$streams" -gt 0 ] && [[ " $servers " == *" kiln "* ]]; then
   run_point kiln "streams$streams" "$streams" "$s_running" --concurrency "$streams" \
     --num-prompts "$streams" --prompt-len "$s_plen" --output-len "$s_olen" --timeout 3600
 fi
-python3 bench/serve_table.py "$out"
+[ "$dry" = 1 ] || [ ! -s "$out" ] || python3 bench/serve_table.py "$out"
