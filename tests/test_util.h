@@ -17,6 +17,13 @@ inline std::string source_dir() {
   return s ? s : std::filesystem::current_path().string();
 }
 
+// The build directory (set by ctest as KILN_BUILD_DIR; falls back to the working directory):
+// where tests leave artifacts worth a look, such as screenshots.
+inline std::string build_dir() {
+  const char* s = std::getenv("KILN_BUILD_DIR");
+  return s ? s : std::filesystem::current_path().string();
+}
+
 // The kiln binary (set by ctest as KILN_BINARY).
 inline std::string kiln_binary() {
   const char* s = std::getenv("KILN_BINARY");

@@ -105,6 +105,33 @@ TEST_F(TrainCli, ResumeAfterLostCheckpointsIsBitExact) {
   EXPECT_EQ(losses(dir / "b"), full);
 }
 
+// A checkpoint file whose bytes changed on disk is named at load (checksums.json, written at
+// save), by --resume and by inference alike, and a clean earlier checkpoint still resumes.
+TEST_F(TrainCli, FlippedBytesInACheckpointAreDetectedAndNamed) {
+  ASSERT_EQ(kiln(train_args(dir / "a") + " train.steps=20").status, 0);
+  const std::string last = dir / "a" + "/checkpoints/step_00000020";
+  ASSERT_TRUE(file_exists(last + "/checksums.json"));
+  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
+    const std::string path = last + "/" + name;
+    std::string bytes = read_file(path);
+    bytes[bytes.size() / 2] ^= 0x04;  // one bit, in the tensor data
+    write_file_atomic(path, bytes);
+    auto r = kiln(train_args(dir / "a") + " train.steps=20 --resume");
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.output.find(path + " does not match its checksum"), std::string::npos) << r.output;
+    if (std::string(name) == "model.safetensors") {
+      r = kiln("generate --model " + last + " --prompt the --max-new-tokens 2");
+      EXPECT_NE(r.status, 0);
+      EXPECT_NE(r.output.find("does not match its checksum"), std::string::npos) << r.output;
+    }
+    bytes[bytes.size() / 2] ^= 0x04;
+    write_file_atomic(path, bytes);
+  }
+  fs::remove_all(last);  // a damaged last checkpoint removed: the run resumes from step 10
+  auto r = kiln(train_args(dir / "a") + " train.steps=20 --resume");
+  EXPECT_EQ(r.status, 0) << r.output;
+}
+
 TEST_F(TrainCli, Bf16TrainingWithBf16CheckpointsResumesBitExactly) {
   const std::string extra = " train.steps=20 train.precision=bf16 train.checkpoint_dtype=bf16";
   ASSERT_EQ(kiln(train_args(dir / "a") + extra).status, 0);

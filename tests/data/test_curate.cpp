@@ -269,6 +269,24 @@ TEST(Curate, BadInputIsCountedWithFileAndLine) {
   EXPECT_FALSE(file_exists(opts.output + ".spool.tmp"));
 }
 
+// A line nesting a field 100,000 deep would overflow the stack in dump() when the document is
+// written out; it is a bad line (invalid_json, naming the limit) before it is parsed. Depth 128,
+// the limit, is still accepted.
+TEST(Curate, NestingPastTheLimitIsABadLine) {
+  auto nested = [](int depth) {
+    return R"({"text": "t", "meta": )" + std::string(size_t(depth), '[') +
+           std::string(size_t(depth), ']') + "}";
+  };
+  nlohmann::ordered_json obj;
+  JsonlIssue issue{};
+  std::string detail;
+  EXPECT_FALSE(parse_jsonl_object(nested(100000), "text", obj, issue, detail));
+  EXPECT_EQ(issue, JsonlIssue::invalid_json);
+  EXPECT_NE(detail.find("nesting depth is over kiln's limit of 128"), std::string::npos) << detail;
+  EXPECT_TRUE(parse_jsonl_object(nested(127), "text", obj, issue, detail)) << detail;
+  EXPECT_FALSE(parse_jsonl_object(nested(128), "text", obj, issue, detail));  // + the outer {}
+}
+
 // The fast writer of kept documents is nlohmann's dump() byte for byte: every control character,
 // quotes, backslashes, multi-byte UTF-8, and the other fields in their order and types.
 TEST(Curate, TextWriterMatchesNlohmannDump) {

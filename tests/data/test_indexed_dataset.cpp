@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "kiln/core/error.h"
@@ -177,6 +178,35 @@ TEST(IndexedDataset, CorruptFilesGiveClearErrors) {
   std::memcpy(bad.data() + 34 + 4 * 20 + 8 * 20 + 8 * 20, &wrong, 8);  // last document index
   EXPECT_TRUE(has(variant("docidx", bad, bin), "document indices must run from 0 to 20"));
   EXPECT_TRUE(has(error_of(dir / "missing"), "expected"));
+}
+
+// A pointer near INT64_MAX made ptr + len * w wrap negative, pass the bounds check, and read()
+// then read far outside the .bin (issue 17). Counts over core/limits.h are named with the limit.
+TEST(IndexedDataset, CraftedPointersAndCountsNameFieldValueAndLimit) {
+  TempDir dir("idx");
+  write(dir / "good", TokenDtype::uint16, random_docs(20, 50, 1000, 3));
+  const std::string idx = read_file(dir / "good.idx"), bin = read_file(dir / "good.bin");
+  write_file_atomic(dir / "bad.bin", bin);
+  auto idx_error = [&](std::string bad) {
+    write_file_atomic(dir / "bad.idx", bad);
+    return error_of(dir / "bad");
+  };
+  std::string bad = idx;
+  const int64_t wraps = std::numeric_limits<int64_t>::max() - 7;  // even, so 2-byte aligned
+  std::memcpy(bad.data() + 34 + 4 * 20 + 8 * 3, &wraps, 8);       // pointer of sequence 3
+  std::string e = idx_error(bad);
+  EXPECT_NE(e.find(dir / "bad.idx"), std::string::npos) << e;
+  EXPECT_NE(e.find("sequence 3 has pointer 9223372036854775800 and length"), std::string::npos)
+      << e;
+  EXPECT_NE(e.find(str("(", bin.size(), " bytes)")), std::string::npos) << e;
+  bad = idx;
+  const uint64_t huge = uint64_t(1) << 50;
+  std::memcpy(bad.data() + 18, &huge, 8);  // S
+  e = idx_error(bad);
+  EXPECT_NE(e.find("the sequence count S = 1125899906842624 is over kiln's limit of "
+                   "1099511627776"),
+            std::string::npos)
+      << e;
 }
 
 // ---- data tokenize ----

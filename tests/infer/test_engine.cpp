@@ -440,6 +440,47 @@ TEST(Engine, StopStringsAndIdsCutExactly) {
   EXPECT_EQ(byid.reason, FinishReason::stop);
 }
 
+// detokenize = false: ids only (no text, stop strings refused). finish_now ends a decoding n = 2
+// request with the tokens each sample has (a prefix of its full output), reason stop, every
+// KV block freed, and a request beside it unchanged.
+TEST(Engine, FinishNowEndsWithTheTokensSoFar) {
+  Tokenizer tok = Tokenizer::byte_level({});
+  ModelConfig c = tiny_llama(tok.vocab_size());
+  auto m = make_model(c);
+  EngineOptions opts;
+  opts.detokenize = false;
+  Engine eng(*m, opts, &tok);
+  SamplingParams two;
+  two.temperature = 0;
+  two.n = 2;
+  const std::vector<int32_t> prompt = tok.encode("hello world");
+  EXPECT_THROW(eng.add_request(prompt, two, test::stop_after(30, {"x"})), Error);
+  eng.add_request(prompt, two, test::stop_after(30));
+  const RequestResult full = eng.run_all().at(0);
+  const int64_t id = eng.add_request(prompt, two, test::stop_after(30));
+  const int64_t other = eng.add_request(tok.encode("other"), two, test::stop_after(8));
+  for (int i = 0; i < 5; ++i)
+    for (const TokenEvent& e : eng.step()) EXPECT_EQ(e.text, "");
+  EXPECT_TRUE(eng.finish_now(id));
+  EXPECT_FALSE(eng.finish_now(id));
+  const std::optional<RequestResult> cut = eng.take_result(id);
+  ASSERT_TRUE(cut);
+  ASSERT_EQ(cut->samples.size(), 2u);
+  EXPECT_EQ(cut->prompt_tokens, int(prompt.size()));
+  for (int k = 0; k < 2; ++k) {
+    const std::vector<int32_t>& t = cut->samples[k].tokens;
+    EXPECT_EQ(cut->samples[k].reason, FinishReason::stop);
+    ASSERT_GT(t.size(), 0u);
+    ASSERT_LT(t.size(), full.samples[k].tokens.size());
+    EXPECT_TRUE(std::equal(t.begin(), t.end(), full.samples[k].tokens.begin()));
+  }
+  const std::vector<RequestResult> rest = eng.run_all();
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].id, other);
+  EXPECT_EQ(rest[0].samples.at(0).tokens.size(), 8u);
+  EXPECT_EQ(eng.cache().free_blocks(), eng.cache().num_blocks());
+}
+
 TEST(Engine, BadInputIsAClearError) {
   ModelConfig c = tiny_llama(64, 32);
   auto m = make_model(c);

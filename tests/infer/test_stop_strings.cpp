@@ -44,5 +44,28 @@ TEST(StopStrings, EmptyStopIsAnError) {
   EXPECT_THROW(StopStrings({""}), Error);
 }
 
+// TextStream: ids in, whole characters out, cut before a stop string; finish() gives the held
+// text, or nothing after a stop.
+TEST(TextStream, WholeCharactersCutBeforeTheStop) {
+  Tokenizer tok = Tokenizer::byte_level({});
+  auto run_ids = [&](const std::string& text, std::vector<std::string> stops, bool* hit) {
+    TextStream ts(tok, std::move(stops));
+    std::string out;
+    for (int32_t id : tok.encode(text)) {
+      const std::string piece = ts.push(id);
+      EXPECT_NE(piece, "\xE2") << "half a character";
+      out += piece;
+    }
+    *hit = ts.hit();
+    return out + ts.finish();
+  };
+  bool hit = false;
+  EXPECT_EQ(run_ids("a \xE2\x82\xAC b", {"x"}, &hit), "a \xE2\x82\xAC b");
+  EXPECT_FALSE(hit);
+  EXPECT_EQ(run_ids("a \xE2\x82\xAC b\nc", {" b\n"}, &hit), "a \xE2\x82\xAC");
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(run_ids("ab\xE2\x82", {"zz"}, &hit), "ab\xE2\x82");  // the incomplete end, at finish
+}
+
 }  // namespace
 }  // namespace kiln

@@ -73,6 +73,23 @@ TEST(JsonFile, InvalidUtf8IsRejectedAndNothingWritten) {
   EXPECT_TRUE(dir.list().empty());
 }
 
+// Depth counts arrays and objects, not brackets inside strings (escaped quotes included), and
+// stops counting past the limit; read_json_file rejects a file nested deeper, naming the limit.
+TEST(JsonFile, NestingDepthIsCountedAndLimited) {
+  EXPECT_EQ(json_nesting_depth("1"), 0);
+  EXPECT_EQ(json_nesting_depth(R"({"a": [1, {"b": []}], "c": {}})"), 4);
+  EXPECT_EQ(json_nesting_depth(R"({"a": "[[[{{\"[[", "b": [1]})"), 2);
+  EXPECT_EQ(json_nesting_depth(std::string(1000000, '[')), 129);
+  TempDir dir;
+  std::string path = dir.file("deep.json");
+  write_file_atomic(path, std::string(129, '[') + std::string(129, ']'));
+  std::string msg = error_of([&] { read_json_file(path); });
+  EXPECT_TRUE(has(msg, path));
+  EXPECT_TRUE(has(msg, "JSON nesting depth is over kiln's limit of 128"));
+  write_file_atomic(path, std::string(128, '[') + std::string(128, ']'));
+  EXPECT_NO_THROW(read_json_file(path));
+}
+
 TEST(TextPosition, CountsLinesAndColumnsFromOne) {
   EXPECT_EQ(text_position("abc", 0), "line 1, column 1");
   EXPECT_EQ(text_position("abc", 2), "line 1, column 3");

@@ -309,6 +309,15 @@ TEST(SafeTensorsCorrupt, HeaderNotAnObject) {
       has(load_error(dir, raw_file("[1,2]   ")), "the header is a JSON array, not an object"));
 }
 
+// A shape nested 100,000 deep would be dump()ed (recursively) into the error message.
+TEST(SafeTensorsCorrupt, NestingPastTheLimit) {
+  TempDir dir;
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  std::string msg = load_error(
+      dir, raw_file("{\"w\":{\"dtype\":\"F32\",\"shape\":" + deep + ",\"data_offsets\":[0,4]}}"));
+  EXPECT_TRUE(has(msg, "bad.safetensors: JSON nesting depth is over kiln's limit of 128"));
+}
+
 TEST(SafeTensorsCorrupt, MetadataMustMapStringsToStrings) {
   TempDir dir;
   std::string msg = load_error(dir, raw_file("{\"__metadata__\":{\"epochs\":3}}"));

@@ -125,5 +125,66 @@ TEST(ModelIo, BadConfigValues) {
             std::string::npos);
 }
 
+// Crafted files (issue 17). A shard's run [offset, length] whose sum wraps around int64 passed the
+// bounds check and memcpy'd outside the weights; config values over core/limits.h (or over int)
+// are rejected before a model is sized from them.
+TEST(ModelIo, CraftedShardRunsAndConfigValues) {
+  test::TempDir dir;
+  const ModelConfig c = tiny(Arch::llama);
+  Model m(c);
+  write_json_file_atomic(dir / "config.json", c.to_json());
+  write_json_file_atomic(dir / "manifest.json",
+                         {{"params", m.num_params()}, {"files", {"shard0.safetensors"}}});
+  Tensor w = Tensor::zeros({16}, DType::f32);
+  auto shard_error = [&](const std::string& runs) {
+    save_safetensors(dir / "shard0.safetensors", {{"weights", w}}, {{"weight_runs", runs}});
+    return error_of([&] { load_weights(m, dir.path()); });
+  };
+  std::string e = shard_error("[[9223372036854775800, 16]]");  // + 16 wraps to negative
+  EXPECT_NE(e.find("shard0.safetensors: weight_runs has a run of 16 parameters from "
+                   "9223372036854775800"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find(std::to_string(m.num_params()) + " parameters"), std::string::npos) << e;
+  e = shard_error("[[0, 9223372036854775807]]");
+  EXPECT_NE(e.find("outside the model's"), std::string::npos) << e;
+  e = shard_error("[[0, \"x\"]]");
+  EXPECT_NE(e.find("weight_runs' is not a list of [offset, length] runs"), std::string::npos) << e;
+
+  // A config.json within the limits that its small weights do not back fails on the shapes
+  // before the model (here 2 x 2^40 floats) is allocated.
+  test::TempDir small;
+  save_model(m, small.path());
+  nlohmann::json big = c.to_json();
+  big["vocab_size"] = 1 << 24;
+  big["hidden_size"] = 1 << 16;
+  big["head_dim"] = 4;
+  write_json_file_atomic(small / "config.json", big);
+  e = error_of([&] { load_model(small.path()); });
+  EXPECT_NE(e.find("tensor 'model.embed_tokens.weight' in " + (small / "model.safetensors") +
+                   " has shape (50, 16) but config.json implies (16777216, 65536)"),
+            std::string::npos)
+      << e;
+
+  nlohmann::json j = c.to_json();
+  j["num_hidden_layers"] = 2147483000;
+  e = error_of([&] { ModelConfig::from_json(j, "cfg.json", false); });
+  EXPECT_NE(e.find("cfg.json: num_hidden_layers = 2147483000 is over kiln's limit of 1024"),
+            std::string::npos)
+      << e;
+  j = c.to_json();
+  j["vocab_size"] = 4294967297;  // get<int> would wrap this to 1
+  e = error_of([&] { ModelConfig::from_json(j, "cfg.json", false); });
+  EXPECT_NE(e.find("key 'vocab_size' = 4294967297 does not fit a 32-bit integer"),
+            std::string::npos)
+      << e;
+  j = c.to_json();
+  j["max_position_embeddings"] = 1 << 30;
+  e = error_of([&] { ModelConfig::from_json(j, "cfg.json", false); });
+  EXPECT_NE(e.find("max_position_embeddings = 1073741824 is over kiln's limit of 16777216"),
+            std::string::npos)
+      << e;
+}
+
 }  // namespace
 }  // namespace kiln

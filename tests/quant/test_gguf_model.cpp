@@ -190,6 +190,36 @@ TEST_F(GgufModelTest, MetadataDisagreeingWithTensors) {
   EXPECT_NE(e.find("token_type has 260 entries but there are 100 tokens"), std::string::npos) << e;
 }
 
+// Crafted metadata (issue 17): dimensions over core/limits.h are named with the limit, and a
+// config within the limits that the tensors do not back is caught by comparing the declared
+// shapes before the model is allocated: block_count 1000 x feed_forward_length 262144 would be a
+// ~200 GB model for a file of a few hundred KB.
+TEST_F(GgufModelTest, CraftedDimensionsFailBeforeAllocating) {
+  const std::string good = dir / "good.gguf", bad = dir / "bad.gguf";
+  export_gguf(*model, tok, good, GgufType::q8_0);
+  rewrite(good, bad, "llama.block_count", gguf::Value::u32(2147483000));
+  std::string e = error_of([&] { load_gguf_model(bad); });
+  EXPECT_NE(e.find(bad), std::string::npos) << e;
+  EXPECT_NE(e.find("llama.block_count = 2147483000 is over kiln's limit of 1024"),
+            std::string::npos)
+      << e;
+  rewrite(good, bad, "llama.feed_forward_length", gguf::Value::u32(2147483000));
+  e = error_of([&] { load_gguf_model(bad); });
+  EXPECT_NE(e.find("llama.feed_forward_length = 2147483000 is over kiln's limit of 262144"),
+            std::string::npos)
+      << e;
+  rewrite(good, bad, "llama.feed_forward_length", gguf::Value::u32(262144));
+  rewrite(bad, dir / "bad2.gguf", "llama.block_count", gguf::Value::u32(1000));
+  e = error_of([&] { load_gguf_model(dir / "bad2.gguf"); });
+  EXPECT_NE(e.find("tensor 'blk.0.ffn_gate.weight' has shape [64, 96]"), std::string::npos) << e;
+  EXPECT_NE(e.find("implies [64, 262144]"), std::string::npos) << e;
+  rewrite(good, bad, "tokenizer.ggml.eos_token_id", gguf::Value::u32(4000000000u));
+  e = error_of([&] { load_gguf_model(bad); });
+  EXPECT_NE(e.find("tokenizer.ggml.eos_token_id = 4000000000 is over kiln's limit of 16777215"),
+            std::string::npos)
+      << e;
+}
+
 TEST_F(GgufModelTest, UnsupportedModelsLeaveNoFile) {
   ModelConfig c = tiny();
   c.arch = Arch::gpt2;

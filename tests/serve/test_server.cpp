@@ -402,27 +402,6 @@ TEST_F(Serve, OfficialOpenAIClient) {
   EXPECT_NE(r.output.find("ALL OK"), std::string::npos) << r.output;
 }
 
-// The chat page: one self-contained file (no external resource) whose script parses; it streams
-// the chat endpoint and has the controls and the stop button. (A headless-browser run needs
-// Chromium, which this machine lacks.)
-TEST_F(Serve, ChatPage) {
-  HttpReply r = http(port(), "GET", "/");
-  ASSERT_EQ(r.status, 200);
-  EXPECT_EQ(r.headers["content-type"], "text/html; charset=utf-8");
-  EXPECT_EQ(r.body.find("http://"), std::string::npos) << "the page must not load anything";
-  EXPECT_EQ(r.body.find("https://"), std::string::npos) << "the page must not load anything";
-  for (const char* want :
-       {"id=\"system\"", "id=\"temperature\"", "id=\"top_p\"", "id=\"max_tokens\"", "id=\"stop\"",
-        "/v1/chat/completions", "stream: true", "controller.abort()"})
-    EXPECT_NE(r.body.find(want), std::string::npos) << want;
-  const size_t a = r.body.find("<script>"), b = r.body.find("</script>");
-  ASSERT_TRUE(a != std::string::npos && b != std::string::npos);
-  test::TempDir tmp("kiln-page");
-  write_file_atomic(tmp / "page.js", r.body.substr(a + 8, b - a - 8));
-  auto check = test::run_command("node --check " + (tmp / "page.js"));
-  EXPECT_EQ(check.status, 0) << check.output;
-}
-
 // Every malformed request gets its status and an OpenAI error object naming the field.
 TEST_F(Serve, ErrorsAreOpenAIStyle) {
   struct Case {
@@ -699,6 +678,134 @@ int thread_count(pid_t pid) {
   while (std::getline(in, line))
     if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
   return -1;
+}
+
+// A server of its own (no other test's requests in flight), so the stage counters move by
+// exactly this test's requests; its body limit lets a 20 MB prompt through.
+class ServeStages : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test::make_model_dir(dir_ / "tiny");
+    server_ = std::make_unique<test::ServerProcess>(
+        dir_ / "tiny", "--max-running 4 --max-body-bytes 33554432", dir_ / "server.log");
+    ASSERT_TRUE(server_->ready()) << server_->log();
+  }
+  int port() const { return server_->port(); }
+  std::string metrics() { return http(port(), "GET", "/metrics").body; }
+  json post(const std::string& path, const json& body) {
+    HttpReply r = http(port(), "POST", path, body.dump());
+    EXPECT_EQ(r.status, 200) << r.body;
+    return json::parse(r.body);
+  }
+
+  test::TempDir dir_{"kiln-serve-stages"};
+  std::unique_ptr<test::ServerProcess> server_;
+};
+
+double stage(const std::string& m, const std::string& name, const std::string& stage) {
+  return test::metric(m, name + "{model_name=\"tiny\",stage=\"" + stage + "\"}");
+}
+
+// Every request passes the four stages, each counted once per request (http also counts the
+// /metrics request before), with time spent in each; the engine stepped.
+TEST_F(ServeStages, EachStageCountsEveryRequest) {
+  const std::string m0 = metrics();
+  post("/v1/completions", {{"prompt", "the cat"}, {"max_tokens", 5}});
+  post("/v1/completions", {{"prompt", "a dog"}, {"max_tokens", 3}, {"stop", {"zz"}}});
+  HttpReply r = http(port(), "POST", "/v1/chat/completions",
+                     json{{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                          {"max_tokens", 4},
+                          {"stream", true}}
+                         .dump());
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos);
+  const std::string m1 = metrics();
+  for (const char* st : {"http", "tokenize", "engine", "detokenize"}) {
+    const double n0 = stage(m0, "kiln:stage_requests_total", st);
+    const double n1 = stage(m1, "kiln:stage_requests_total", st);
+    ASSERT_GE(n0, 0) << st << "\n" << m0;
+    EXPECT_EQ(n1 - n0, std::string(st) == "http" ? 4 : 3) << st << "\n" << m1;
+    EXPECT_GT(stage(m1, "kiln:stage_seconds_total", st), 0) << st << "\n" << m1;
+  }
+  EXPECT_GE(test::metric(m1, "kiln:engine_steps_total{"), 5) << m1;
+  EXPECT_EQ(test::metric(m1, "kiln:tokenized_bytes_total{") -
+                test::metric(m0, "kiln:tokenized_bytes_total{"),
+            7 + 5 + 28)  // byte-level: the prompts, and the chat rendered with guanaco
+      << m1;
+}
+
+// A stop string applied after the engine: the text cut exactly before it, finish_reason stop,
+// completion tokens counted up to the one that completed it, streamed alike, for each of n = 2
+// samples; the request leaves the engine (every KV block free). One that never occurs changes
+// nothing.
+TEST_F(ServeStages, StopStringsCutAfterTheEngine) {
+  json req = {{"prompt", "the cat sees"}, {"max_tokens", 40}, {"temperature", 0}, {"n", 2}};
+  json full = post("/v1/completions", req);
+  const std::string text = full["choices"][0]["text"];
+  ASSERT_EQ(text.size(), 40u);  // byte-level, ASCII: a token a byte
+  const std::string stop = text.substr(12, 3);
+  const size_t at = text.find(stop);
+  req["stop"] = {stop, "\x01never"};
+  req["logprobs"] = 1;
+  json cut = post("/v1/completions", req);
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_EQ(cut["choices"][k]["text"], text.substr(0, at));
+    EXPECT_EQ(cut["choices"][k]["finish_reason"], "stop");
+    EXPECT_EQ(cut["choices"][k]["logprobs"]["tokens"].size(), at + 3);
+  }
+  EXPECT_EQ(cut["usage"]["completion_tokens"], 2 * int(at + 3));
+  req["stream"] = true;
+  HttpReply r = http(port(), "POST", "/v1/completions", req.dump());
+  ASSERT_EQ(r.status, 200);
+  std::string streamed[2];
+  int stops = 0;
+  for (const std::string& e : sse_data(r.body)) {
+    if (e == "[DONE]") continue;
+    const json chunk = json::parse(e);
+    const json& ch = chunk["choices"][0];
+    streamed[ch["index"].get<int>()] += ch["text"].get<std::string>();
+    stops += ch["finish_reason"] == "stop";
+  }
+  EXPECT_EQ(stops, 2);
+  for (int k = 0; k < 2; ++k) EXPECT_EQ(streamed[k], text.substr(0, at));
+  req.erase("stream");
+  req.erase("logprobs");
+  req["stop"] = {"\x01never"};
+  json same = post("/v1/completions", req);
+  EXPECT_EQ(same["choices"][1]["text"], text);
+  EXPECT_EQ(same["choices"][1]["finish_reason"], "length");
+  std::string m;
+  for (int i = 0; i < 1000; ++i) {  // the finish reaches the engine loop after the answer
+    m = metrics();
+    if (test::metric(m, "kiln:kv_cache_usage_perc{") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(test::metric(m, "kiln:kv_cache_usage_perc{"), 0) << m;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_running{"), 0) << m;
+}
+
+// A 20 MB prompt, completions and chat, is refused with 400 context_length_exceeded naming the
+// field, after tokenizing about a context's worth of it (counted in bytes), not all of it.
+TEST_F(ServeStages, PromptOverTheContextIsRefusedBeforeItIsTokenized) {
+  const std::string huge(20 << 20, 'a');
+  const double b0 = test::metric(metrics(), "kiln:tokenized_bytes_total{");
+  const std::pair<std::string, json> cases[] = {
+      {"/v1/completions", {{"prompt", huge}}},
+      {"/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", huge}}}}}}};
+  for (const auto& [path, body] : cases) {
+    HttpReply r = http(port(), "POST", path, body.dump());
+    ASSERT_EQ(r.status, 400) << r.body.substr(0, 300);
+    const json e = json::parse(r.body)["error"];
+    EXPECT_EQ(e["param"], path == "/v1/completions" ? "prompt" : "messages");
+    EXPECT_EQ(e["code"], "context_length_exceeded");
+    EXPECT_NE(e["message"].get<std::string>().find("more than 512 tokens"), std::string::npos)
+        << e["message"];
+  }
+  const double tokenized = test::metric(metrics(), "kiln:tokenized_bytes_total{") - b0;
+  EXPECT_GT(tokenized, 2 * 512);
+  EXPECT_LT(tokenized, 2 * 2048) << "bytes tokenized for two 20 MB prompts";
+  // The server still answers.
+  post("/v1/completions", {{"prompt", "a"}, {"max_tokens", 2}});
 }
 
 // Up to 1,000 streams open at once (as many as the file-descriptor limit allows, raised to its

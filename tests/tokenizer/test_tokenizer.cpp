@@ -7,10 +7,12 @@
 #include <filesystem>
 #include <random>
 
+#include "io/io_test_util.h"
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/tokenizer/byte_unicode.h"
+#include "oracle.h"
 
 namespace kiln {
 namespace {
@@ -201,6 +203,44 @@ TEST(Load, TruncatedSentencePieceModelIsAnError) {
   EXPECT_NE(err.find("runs past the end"), std::string::npos) << err;
 }
 
+// Crafted files (issue 17): ids that would index out of bounds or size a huge table are rejected
+// before anything is allocated from them, naming the file, the field, the value and the limit.
+TEST(Load, CraftedIdsNameFieldValueAndLimit) {
+  kiln::testing::TempDir dir;
+  using kiln::testing::has;
+  auto load_error = [&](const std::string& name, const std::string& content) {
+    const std::string path = dir.file(name);
+    write_file_atomic(path, content);
+    std::string e = kiln::testing::error_of([&] { Tokenizer::load(path); });
+    EXPECT_TRUE(has(e, path));
+    return e;
+  };
+  // The SentencePiece-style branch (Metaspace, no ByteLevel) wrote pieces[id] unchecked.
+  auto sp_json = [](const std::string& vocab) {
+    return R"({"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"},
+               "model": {"type": "BPE", "vocab": {"<unk>": 0, )" +
+           vocab + R"(}, "merges": []}})";
+  };
+  std::string e = load_error("neg.json", sp_json(R"("a": -5)"));
+  EXPECT_TRUE(has(e, "model.vocab['a'] = -5 is negative"));
+  e = load_error("huge.json", sp_json(R"("a": 2147483000)"));
+  EXPECT_TRUE(has(e, "model.vocab['a'] = 2147483000 is over kiln's limit of 16777215"));
+  e = load_error("dup.json", sp_json(R"("a": 0)"));
+  EXPECT_TRUE(has(e, "gives id 0 to '<unk>' and 'a'"));
+  // An added token's id sized the id table (2^31 strings) before any check.
+  e = load_error("added.json", R"({"added_tokens": [{"id": 2147483000, "content": "<x>"}],
+      "pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"},
+      "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
+  EXPECT_TRUE(has(e, "added_tokens[0].id = 2147483000 is over kiln's limit of 16777215"));
+  // One tiktoken line resized the token table to a billion entries.
+  e = load_error("one.tiktoken", "YQ== 999999999\n");
+  EXPECT_TRUE(has(e, ":1: rank = 999999999 is over kiln's limit of 16777215"));
+  // Nesting past the limit is rejected before parsing: the walkers here recurse once per level.
+  e = load_error("deep.json", R"({"model": {}, "pre_tokenizer": )" + std::string(100000, '[') +
+                                  std::string(100000, ']') + "}");
+  EXPECT_TRUE(has(e, "JSON nesting depth is over kiln's limit of 128"));
+}
+
 TEST(IncrementalDecoder, EmitsOnlyCompleteUtf8) {
   Tokenizer t = Tokenizer::byte_level({"<|endoftext|>"});
   std::string text = "h\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80!";  // "hé € 😀!"
@@ -231,6 +271,35 @@ TEST(IncrementalDecoder, EmitsOnlyCompleteUtf8) {
   // An incomplete character is returned by flush.
   EXPECT_EQ(d2.push(0xF0), "");
   EXPECT_EQ(d2.flush(), "\xF0");
+}
+
+// encode_at_most: under the limit it is encode(); over it, it stops after a prefix of encode()'s
+// ids just past the limit, having encoded a prefix of the text (the bytes it reports), on the
+// byte path, pre-tokenized BPE (cl100k) and SentencePiece (Llama 2), with special tokens.
+TEST(EncodeAtMost, StopsJustPastTheLimitWithAPrefixOfTheIds) {
+  KILN_REQUIRE_REFS();
+  std::vector<std::pair<std::string, Tokenizer>> toks;
+  toks.emplace_back("byte", Tokenizer::byte_level({"<|endoftext|>"}));
+  toks.emplace_back("cl100k", Tokenizer::load(oracle::gpt_file("cl100k")));
+  toks.emplace_back("llama2", Tokenizer::load(oracle::ref_file("llama2.model")));
+  std::string text = read_file(oracle::source_dir() + "/data/brown.txt").substr(0, 20000);
+  text.insert(5000, "<|endoftext|>");
+  for (const auto& [name, tok] : toks) {
+    for (bool special : {false, true}) {
+      const std::vector<int32_t> all = tok.encode(text, special);
+      Tokenizer::Encoded whole = tok.encode_at_most(text, all.size(), special);
+      EXPECT_EQ(whole.ids, all) << name;
+      EXPECT_EQ(whole.bytes, text.size()) << name;
+      for (size_t limit : {size_t(0), size_t(1), size_t(100), all.size() / 2, all.size() - 1}) {
+        Tokenizer::Encoded e = tok.encode_at_most(text, limit, special);
+        ASSERT_GT(e.ids.size(), limit) << name << " limit " << limit;
+        EXPECT_LT(e.ids.size(), limit + 64) << name << " limit " << limit;
+        EXPECT_TRUE(std::equal(e.ids.begin(), e.ids.end(), all.begin())) << name;
+        if (limit <= all.size() / 2) EXPECT_LT(e.bytes, text.size()) << name << " " << limit;
+        EXPECT_GE(e.bytes, e.ids.size() / 2) << name << " limit " << limit;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -25,7 +25,7 @@ namespace kiln::cli {
 namespace {
 
 struct ChatArgs {
-  std::string model, system;
+  std::string model, adapter, system;
   DecodingArgs dec;
   bool show_prompt = false;
 };
@@ -36,6 +36,7 @@ Command chat([](CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "Interactive chat: one user turn per stdin line");
   cmd->add_option("--model", a->model, "Model, checkpoint or run directory, or a GGUF file")
       ->required();
+  cmd->add_option("--adapter", a->adapter, "A PEFT LoRA adapter directory, applied to --model");
   cmd->add_option("--system", a->system, "System prompt (the first message of the conversation)");
   cmd->add_flag("--show-prompt", a->show_prompt,
                 "Print each rendered prompt to stderr (and which chat template rendered it)");
@@ -44,7 +45,7 @@ Command chat([](CLI::App& app) {
     finish_decoding_options(a->dec);
     KILN_CHECK(a->dec.sp.n == 1 && a->dec.sp.beams == 1, "chat",
                "chat streams one reply: --n and --beams must be 1");
-    LoadedModel lm = load_for_inference(a->model);
+    LoadedModel lm = load_for_inference(a->model, a->adapter);
     const Tokenizer& tok = lm.tok;
     const ChatTemplate tmpl = find_chat_template(
         quant::is_gguf_path(a->model) ? a->model : resolve_model_dir(a->model), &tok);

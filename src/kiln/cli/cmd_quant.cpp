@@ -1,11 +1,14 @@
 // kiln quantize --model DIR --type q8_0|q4_0 --output DIR2
 // kiln export --model DIR --format gguf --type f32|f16|q8_0|q4_0 --output FILE.gguf
 // kiln import --model FILE.gguf --output DIR
+// kiln merge --model BASE --adapter LORA_DIR --output DIR
 #include <cstdio>
+#include <filesystem>
 
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
+#include "kiln/model/lora.h"
 #include "kiln/model/model_io.h"
 #include "kiln/quant/gguf_model.h"
 #include "kiln/tokenizer/chat_template.h"
@@ -67,6 +70,37 @@ Command import_cmd([](CLI::App& app) {
     save_model(*g.model, a->output);
     g.tokenizer.save(a->output + "/tokenizer.json");
     std::printf("wrote %s\n", a->output.c_str());
+  });
+});
+
+struct MergeArgs {
+  std::string model, adapter, output;
+};
+
+Command merge_cmd([](CLI::App& app) {
+  auto a = std::make_shared<MergeArgs>();
+  auto* cmd = app.add_subcommand(
+      "merge", "Merge a PEFT LoRA adapter into its base: writes a Hugging Face model directory");
+  cmd->add_option("--model", a->model, "Base model, checkpoint or run directory")->required();
+  cmd->add_option("--adapter", a->adapter, "PEFT LoRA adapter directory")->required();
+  cmd->add_option("--output", a->output, "Output directory (must not exist)")->required();
+  cmd->callback([a] {
+    KILN_CHECK(!file_exists(a->output), "merge", "'", a->output,
+               "' exists; give a new directory (nothing is overwritten)");
+    const std::string dir = resolve_model_dir(a->model);
+    auto model = load_model(dir);
+    const LoraAdapter lora = load_lora_adapter(a->adapter, *model);
+    merge_lora(*model, lora);
+    // Written beside the output, then renamed: a failed merge leaves no half directory.
+    const std::string tmp = a->output + ".tmp";
+    std::filesystem::remove_all(tmp);
+    save_model(*model, tmp);
+    Tokenizer::load(dir + "/tokenizer.json").save(tmp + "/tokenizer.json");
+    if (file_exists(dir + "/tokenizer_config.json"))
+      std::filesystem::copy_file(dir + "/tokenizer_config.json", tmp + "/tokenizer_config.json");
+    std::filesystem::rename(tmp, a->output);
+    std::printf("wrote %s (%zu layers merged, r %d, scaling %g)\n", a->output.c_str(),
+                lora.layers.size(), lora.config.r, double(lora.config.scaling()));
   });
 });
 

@@ -1,4 +1,5 @@
 // kiln serve --model M [--host H --port P --api-key KEY | --api-key-file F --max-running S
+//                       --http-threads N --tokenize-threads N
 //                       --token-budget T --kv-blocks B --max-queue Q --served-model-name NAME]
 #include <filesystem>
 
@@ -37,6 +38,9 @@ Command serve_cmd([](CLI::App& app) {
   cmd->add_option("--port", a->opts.http.port, "Port (0 = any free port)")->capture_default_str();
   cmd->add_option("--http-threads", a->opts.http.threads, "Threads serving HTTP connections")
       ->capture_default_str();
+  cmd->add_option("--tokenize-threads", a->opts.tokenize_threads,
+                  "Threads rendering chat templates and tokenizing prompts")
+      ->capture_default_str();
   auto* key = cmd->add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY'");
   cmd->add_option("--api-key-file", a->api_key_file, "Read the API key from this file")
       ->excludes(key);
@@ -72,8 +76,11 @@ Command serve_cmd([](CLI::App& app) {
     }
     KILN_CHECK(o.max_queue >= 0, "serve", "--max-queue must be >= 0, got ", o.max_queue);
     KILN_CHECK(a->engine.max_running >= 1, "serve", "--max-running must be >= 1");
+    KILN_CHECK(o.tokenize_threads >= 1, "serve", "--tokenize-threads must be >= 1, got ",
+               o.tokenize_threads);
     EngineOptions eo = a->engine;
     eo.cache_blocks = a->kv_blocks;
+    eo.detokenize = false;  // the server's detokenize stage does it, after the engine
     const std::string path = a->model;
     serve::ModelLoader load = [path, eo]() {
       auto lm = std::make_shared<LoadedModel>(load_for_inference(path));

@@ -19,7 +19,9 @@ struct LoadedModel {
 
 // The tokenizer.json of a model directory; an error names the directory if it is missing.
 Tokenizer load_model_tokenizer(const std::string& dir);
-// A model, checkpoint or run directory, or a GGUF file (quantized matrices kept quantized).
-LoadedModel load_for_inference(const std::string& path);
+// A model, checkpoint or run directory, or a GGUF file (quantized matrices kept quantized). With
+// `adapter` (a PEFT LoRA directory, model/lora.h) the adapter is merged into the weights in
+// memory (a quantized GGUF's are dequantized first); nothing is written.
+LoadedModel load_for_inference(const std::string& path, const std::string& adapter = "");
 
 }  // namespace kiln::cli

@@ -2,9 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include <set>
-
 #include "kiln/core/error.h"
+#include "kiln/io/config_section.h"
 #include "kiln/io/file.h"
 
 namespace kiln::curate {
@@ -14,60 +13,22 @@ constexpr StepKind kAllKinds[] = {
     StepKind::normalize, StepKind::gopher_quality, StepKind::gopher_repetition, StepKind::c4,
     StepKind::fineweb,   StepKind::exact_dedup,    StepKind::fuzzy_dedup,       StepKind::pii};
 
-// Reads the keys of one YAML map into settings; finish() rejects any key not read.
-class Fields {
- public:
-  Fields(const YAML::Node& node, std::string where) : node_(node), where_(std::move(where)) {
-    KILN_CHECK(!node || node.IsNull() || node.IsMap(), "curate config", where_,
-               " must be a map of settings");
+// {n: fraction, ...}, e.g. top_n_grams: {2: 0.2, 3: 0.18}
+void read_ngrams(ConfigSection& f, const char* key, std::vector<NgramThreshold>& value) {
+  const YAML::Node m = f.take(key);
+  if (!m || m.IsNull()) return;
+  if (!m.IsMap()) f.bad_value(key, "must be a map from n to a fraction, e.g. {2: 0.2, 3: 0.18}");
+  value.clear();
+  try {
+    for (auto it = m.begin(); it != m.end(); ++it)
+      value.push_back({it->first.as<int>(), it->second.as<double>()});
+  } catch (const YAML::Exception&) {
+    f.bad_value(key, "must map integers to fractions");
   }
-  template <typename T>
-  void get(const char* key, T& value) {
-    known_.insert(key);
-    if (!node_ || node_.IsNull() || !node_[key]) return;
-    try {
-      value = node_[key].template as<T>();
-    } catch (const YAML::Exception&) {
-      fail("curate config", where_, ": '", key, "' has the wrong type (line ",
-           node_[key].Mark().line + 1, "); see configs/curate.yaml for the expected form");
-    }
-  }
-  void allow(const char* key) { known_.insert(key); }
-  // {n: fraction, ...}, e.g. top_n_grams: {2: 0.2, 3: 0.18}
-  void ngrams(const char* key, std::vector<NgramThreshold>& value) {
-    known_.insert(key);
-    if (!node_ || node_.IsNull() || !node_[key]) return;
-    const YAML::Node& m = node_[key];
-    KILN_CHECK(m.IsMap() || m.IsNull(), "curate config", where_, ": '", key,
-               "' must be a map from n to a fraction, e.g. {2: 0.2, 3: 0.18}");
-    value.clear();
-    try {
-      for (auto it = m.begin(); it != m.end(); ++it)
-        value.push_back({it->first.as<int>(), it->second.as<double>()});
-    } catch (const YAML::Exception&) {
-      fail("curate config", where_, ": '", key, "' must map integers to fractions");
-    }
-  }
-  void finish() {
-    if (!node_ || node_.IsNull()) return;
-    for (auto it = node_.begin(); it != node_.end(); ++it) {
-      std::string k = it->first.as<std::string>();
-      if (known_.count(k)) continue;
-      std::string list;
-      for (auto& name : known_) list += (list.empty() ? "" : ", ") + name;
-      fail("curate config", where_, ": unknown key '", k, "' (line ", it->first.Mark().line + 1,
-           "); known keys: ", list.empty() ? "none" : list);
-    }
-  }
-
- private:
-  const YAML::Node& node_;
-  std::string where_;
-  std::set<std::string> known_;
-};
+}
 
 void read_step(Step& s, const YAML::Node& node, const std::string& where) {
-  Fields f(node, where);
+  ConfigSection f(node, "curate config", where);
   switch (s.kind) {
     case StepKind::normalize:
       f.get("nfc", s.normalize.nfc);
@@ -95,8 +56,8 @@ void read_step(Step& s, const YAML::Node& node, const std::string& where) {
       f.get("dup_para_frac", c.dup_para_frac);
       f.get("dup_line_char_frac", c.dup_line_char_frac);
       f.get("dup_para_char_frac", c.dup_para_char_frac);
-      f.ngrams("top_n_grams", c.top_n_grams);
-      f.ngrams("dup_n_grams", c.dup_n_grams);
+      read_ngrams(f, "top_n_grams", c.top_n_grams);
+      read_ngrams(f, "dup_n_grams", c.dup_n_grams);
       break;
     }
     case StepKind::c4: {
@@ -191,15 +152,14 @@ CurateConfig default_curate_config() {
 
 CurateConfig parse_curate_config(const YAML::Node& root, const std::string& source) {
   CurateConfig c;
-  Fields top(root, source);
+  ConfigSection top(root, "curate config", source);
   top.get("text_field", c.text_field);
   top.get("max_line_bytes", c.max_line_bytes);
   top.get("batch_docs", c.batch_docs);
-  top.allow("steps");  // read below
+  const YAML::Node steps = top.take("steps");
   top.finish();
   KILN_CHECK(c.batch_docs >= 1, "curate config", source, ": batch_docs must be >= 1, got ",
              c.batch_docs);
-  const YAML::Node steps = root["steps"];
   KILN_CHECK(steps && steps.IsSequence(), "curate config", source,
              ": 'steps' must be a list, e.g. steps: [{normalize: {}}, {exact_dedup: {}}]");
   bool fuzzy = false;

@@ -1,10 +1,13 @@
 #include "kiln/data/indexed_dataset.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <limits>
 
+#include "kiln/core/checked_math.h"
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 
 namespace kiln {
 namespace {
@@ -181,9 +184,12 @@ std::shared_ptr<const IndexedDataset> IndexedDataset::open(const std::string& pr
              ", expected an integer type (1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 8 uint16)");
   ds->dtype_ = TokenDtype(code);
   const uint64_t S = load<uint64_t>(p + 18), D = load<uint64_t>(p + 26);
-  KILN_CHECK(S < (uint64_t(1) << 40) && D >= 1 && D < (uint64_t(1) << 40), "indexed_dataset",
-             idx_path, " claims ", S, " sequences and ", D,
-             " document indices: the header is corrupt (D counts documents + 1, at least 1)");
+  limits::check_limit("indexed_dataset", idx_path, "the sequence count S",
+                      int64_t(std::min<uint64_t>(S, INT64_MAX)), limits::kMaxIndexEntries);
+  limits::check_limit("indexed_dataset", idx_path, "the document-index count D",
+                      int64_t(std::min<uint64_t>(D, INT64_MAX)), limits::kMaxIndexEntries);
+  KILN_CHECK(D >= 1, "indexed_dataset", idx_path,
+             " has D = 0 document indices: the header is corrupt (D counts documents + 1)");
   const uint64_t need = kHeaderBytes + S * 4 + S * 8 + D * 8;
   KILN_CHECK(n == need || n == need + S, "indexed_dataset", idx_path, " has ", n,
              " bytes but its header (", S, " sequences, ", D, " document indices) needs ", need,
@@ -200,10 +206,13 @@ std::shared_ptr<const IndexedDataset> IndexedDataset::open(const std::string& pr
   for (int64_t i = 0; i < ds->S_; ++i) {
     const int64_t len = ds->sequence_length(i), ptr = ds->sequence_pointer(i);
     KILN_CHECK(len >= 0, "indexed_dataset", idx_path, ": sequence ", i, " has length ", len);
-    KILN_CHECK(ptr >= 0 && ptr % w == 0 && ptr + len * w <= bin_size, "indexed_dataset",
-               "sequence ", i, " of ", idx_path, " spans bytes [", ptr, ", ", ptr + len * w,
-               ") but ", bin_path, " has ", bin_size,
-               " bytes: the .bin is truncated or belongs to another index; re-run kiln data "
+    // Overflow-safe: ptr comes from the file, and ptr + len * w must not wrap past the check
+    // (len * w cannot overflow: len is int32, w at most 8).
+    const auto end = checked_add(ptr, len * w);
+    KILN_CHECK(ptr >= 0 && ptr % w == 0 && end && *end <= bin_size, "indexed_dataset", idx_path,
+               ": sequence ", i, " has pointer ", ptr, " and length ", len, " (", w,
+               "-byte tokens), past the end of ", bin_path, " (", bin_size,
+               " bytes): the .bin is truncated or belongs to another index; re-run kiln data "
                "tokenize");
     tokens += len;
   }

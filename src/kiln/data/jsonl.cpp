@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/io/json_file.h"
 
 namespace kiln {
@@ -205,6 +206,13 @@ bool valid_utf8(std::string_view s) {
 
 bool parse_jsonl_object(std::string_view line, const std::string& field,
                         nlohmann::ordered_json& obj, JsonlIssue& issue, std::string& detail) {
+  // Before parsing: dump() recurses once per level, so a deep line would overflow the stack.
+  if (json_nesting_depth(line) > limits::kMaxJsonDepth) {
+    issue = JsonlIssue::invalid_json;
+    detail = str("nesting depth is over kiln's limit of ", limits::kMaxJsonDepth,
+                 " levels of arrays/objects (core/limits.h)");
+    return false;
+  }
   try {
     obj = nlohmann::ordered_json::parse(line);
   } catch (const nlohmann::json::parse_error& e) {

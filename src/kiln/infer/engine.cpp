@@ -16,8 +16,7 @@ struct Engine::Seq {
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<LogitsConstraint> constraint;  // from sp.constraint; null = unconstrained
   PenaltyState pen;
-  std::unique_ptr<IncrementalDecoder> detok;
-  StopStrings stops;
+  std::unique_ptr<TextStream> text;  // null when the engine does not detokenize
   SampleResult out;
   bool finished = false;
   int generated() const;
@@ -100,6 +99,9 @@ int64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& s
              "a logits constraint (grammar) and beam search together are not supported");
   KILN_CHECK(stop.stop_strings.empty() || tok_, "engine",
              "stop strings need a tokenizer; this engine has none");
+  KILN_CHECK(stop.stop_strings.empty() || opts_.detokenize, "engine",
+             "stop strings need an engine that detokenizes (EngineOptions::detokenize); apply "
+             "them after the engine instead");
   for (int32_t t : stop.stop_ids)
     KILN_CHECK(t >= 0 && t < V, "engine", "stop id ", t, " is outside the vocabulary of ", V);
   auto r = std::make_unique<Request>();
@@ -132,8 +134,7 @@ Engine::Seq* Engine::new_seq(Request& r, int sample) {
   s->pen.prompt = r.prompt;
   if (r.sp.beams == 1) s->sampler = std::make_unique<Sampler>(r.sp, uint64_t(sample));
   if (r.sp.constraint) s->constraint = r.sp.constraint();
-  if (tok_) s->detok = std::make_unique<IncrementalDecoder>(*tok_);
-  s->stops = StopStrings(r.stop.stop_strings);
+  if (tok_ && opts_.detokenize) s->text = std::make_unique<TextStream>(*tok_, r.stop.stop_strings);
   r.seqs.push_back(std::move(s));
   return r.seqs.back().get();
 }
@@ -150,8 +151,7 @@ Engine::Seq* Engine::fork_seq(Seq& p, int sample) {
   if (r.sp.beams == 1) s->sampler = std::make_unique<Sampler>(r.sp, uint64_t(sample));
   // Only n > 1 samples fork with a constraint, before their first token: a fresh one fits.
   if (r.sp.constraint) s->constraint = r.sp.constraint();
-  if (tok_) s->detok = std::make_unique<IncrementalDecoder>(*tok_);
-  s->stops = StopStrings(r.stop.stop_strings);
+  if (tok_ && opts_.detokenize) s->text = std::make_unique<TextStream>(*tok_, r.stop.stop_strings);
   s->out = p.out;
   r.seqs.push_back(std::move(s));
   return r.seqs.back().get();
@@ -362,9 +362,8 @@ void Engine::finish_seq(Seq& s, FinishReason reason, std::vector<TokenEvent>& ev
     e->request = s.req->id;
     e->sample = s.sample;
   }
-  if (s.detok && !s.stops.hit()) {
-    std::string rest = s.stops.push(s.detok->flush());
-    rest += s.stops.flush();
+  if (s.text) {
+    std::string rest = s.text->finish();
     s.out.text += rest;
     e->text += rest;
   }
@@ -401,11 +400,11 @@ void Engine::sample_seq(Seq& s, const float* logits, std::vector<TokenEvent>& ev
   out.tokens = {t};
   if (r.sp.logprobs >= 0) out.logprobs.push_back(token_logprob(logits, V, t, r.sp.logprobs));
   if (s.constraint) s.constraint->accept(t);
-  if (s.detok) {
-    std::string text = s.stops.push(s.detok->push(t));
+  if (s.text) {
+    std::string text = s.text->push(t);
     s.out.text += text;
     out.text = text;
-    if (s.stops.hit()) {
+    if (s.text->hit()) {
       finish_seq(s, FinishReason::stop, ev);
       return;
     }
@@ -513,7 +512,7 @@ void Engine::beam_step(Request& r, const std::vector<std::pair<Seq*, const float
     }
   for (int i = 0; i < int(r.hyps.size()); ++i) {
     SampleResult& h = r.hyps[i];
-    if (tok_) h.text = tok_->decode(h.tokens);
+    if (tok_ && opts_.detokenize) h.text = tok_->decode(h.tokens);
     TokenEvent e;
     e.request = r.id;
     e.sample = i;
@@ -565,6 +564,33 @@ bool Engine::cancel(int64_t id) {
   for (auto it = done_.begin(); it != done_.end(); ++it)
     if (it->id == id) {
       done_.erase(it);
+      return true;
+    }
+  return false;
+}
+
+bool Engine::finish_now(int64_t id) {
+  auto end = [&](Request& r) {
+    for (auto& s : r.seqs) {
+      if (s->kv >= 0) cache_->release(s->kv);  // a preempted request's hold none
+      s->out.reason = FinishReason::stop;
+      s->out.score = s->out.logprob;
+      r.finished.push_back({s->sample, std::move(s->out)});
+    }
+    r.seqs.clear();
+    finish_request(r);
+  };
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+    if ((*it)->id == id) {
+      if ((*it)->preempted) --preempted_waiting_;
+      end(**it);
+      waiting_.erase(it);
+      return true;
+    }
+  for (auto it = running_.begin(); it != running_.end(); ++it)
+    if ((*it)->id == id) {
+      end(**it);
+      running_.erase(it);
       return true;
     }
   return false;

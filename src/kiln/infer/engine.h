@@ -49,6 +49,9 @@ struct EngineOptions {
   int cache_blocks = 0;    // KV blocks; 0 = fit max_running full contexts within 1 GiB
   bool prefix_caching = true;
   bool return_logits = false;  // fill TokenEvent::logits (tests, debugging)
+  // Text and stop strings in the engine (TokenEvent::text, SampleResult::text). Off: ids only,
+  // for a caller that detokenizes after the engine (kiln serve's detokenize stage).
+  bool detokenize = true;
 };
 
 // A sampled token's log probability and the most likely alternatives' (SamplingParams::logprobs),
@@ -112,6 +115,11 @@ class Engine {
   // released at once; it produces no more events or result.
   // Returns false for an unknown id. O(requests).
   bool cancel(int64_t id);
+  // Ends a waiting or running request now, as a stop string found after the engine does: its
+  // live samples finish with reason stop and the tokens they have, their KV blocks are
+  // released, and its result is ready for take_result. Returns false for an unknown or
+  // finished id. O(requests).
+  bool finish_now(int64_t id);
   int num_waiting() const { return int(waiting_.size()); }  // requests queued, in id order
   int num_running() const { return int(running_.size()); }  // requests admitted
   // Every request with a lower id has been admitted at least once (new requests are admitted

@@ -1,6 +1,7 @@
 #include "kiln/infer/evaluate.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 
 #include "kiln/core/error.h"
@@ -104,6 +105,58 @@ EvalResult evaluate_text(const Model& model, const Tokenizer& tok, const std::st
   for (int64_t f : freq)
     if (f > 0)
       r.unigram_entropy -= double(f) / double(targets) * std::log(double(f) / double(targets));
+  return r;
+}
+
+std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> words;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    size_t j = i;
+    while (j < text.size() && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+    if (j > i) words.push_back(text.substr(i, j - i));
+    i = j;
+  }
+  return words;
+}
+
+int64_t word_edit_distance(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  std::vector<int64_t> row(b.size() + 1), next(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = int64_t(j);
+  for (size_t i = 1; i <= a.size(); ++i) {
+    next[0] = int64_t(i);
+    for (size_t j = 1; j <= b.size(); ++j)
+      next[j] = std::min({row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(row, next);
+  }
+  return row[b.size()];
+}
+
+ReplyEval evaluate_replies(Engine& eng, const Tokenizer& tok,
+                           const std::vector<std::pair<std::string, std::string>>& items,
+                           const StopConditions& stop) {
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  std::vector<int64_t> ids;
+  for (const auto& [prompt, reference] : items)
+    ids.push_back(eng.add_request(tok.encode(prompt, /*allow_special=*/true), greedy, stop));
+  std::vector<RequestResult> results = eng.run_all();
+  ReplyEval r;
+  for (size_t i = 0; i < items.size(); ++i) {
+    auto it = std::find_if(results.begin(), results.end(),
+                           [&](const RequestResult& x) { return x.id == ids[i]; });
+    KILN_CHECK(it != results.end() && !it->samples.empty(), "eval", "request ", i,
+               " produced no reply");
+    const std::vector<std::string> want = split_words(items[i].second),
+                                   got = split_words(it->samples[0].text);
+    ++r.examples;
+    r.exact += want == got;
+    r.errors += word_edit_distance(want, got);
+    r.reference_words += int64_t(want.size());
+    if (want != got && r.misses.size() < 5)
+      r.misses.emplace_back(items[i].second, it->samples[0].text);
+  }
   return r;
 }
 

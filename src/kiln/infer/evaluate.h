@@ -5,7 +5,10 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "kiln/infer/engine.h"
 #include "kiln/model/transformer.h"
 #include "kiln/tokenizer/tokenizer.h"
 
@@ -28,5 +31,29 @@ struct EvalResult {
 // CPU forward pass `batch` windows at a time. Throws Error for a text of fewer than 2 tokens.
 EvalResult evaluate_text(const Model& model, const Tokenizer& tok, const std::string& text,
                          int seq_len = 0, int batch = 4);
+
+// How well a model answers (kiln eval --sft): its greedy reply to each prompt against the
+// reference, both cut into whitespace-separated words. Exact match: the same words; word error
+// rate: the Levenshtein distance between the word lists over the reference's words (for
+// pronunciations, whose words are phonemes, the phoneme error rate).
+struct ReplyEval {
+  int64_t examples = 0, exact = 0;
+  int64_t errors = 0, reference_words = 0;
+  std::vector<std::pair<std::string, std::string>> misses;  // (expected, got): the first 5
+  double exact_match() const { return examples ? double(exact) / double(examples) : 0; }
+  double word_error_rate() const {
+    return reference_words ? double(errors) / double(reference_words) : 0;
+  }
+};
+
+// Levenshtein distance between two word lists (insertions, deletions, substitutions).
+int64_t word_edit_distance(const std::vector<std::string>& a, const std::vector<std::string>& b);
+std::vector<std::string> split_words(const std::string& text);
+
+// Runs every (prompt, reference) through the engine at once (greedy, up to stop.max_tokens,
+// ending at the stop conditions) and scores the replies.
+ReplyEval evaluate_replies(Engine& eng, const Tokenizer& tok,
+                           const std::vector<std::pair<std::string, std::string>>& items,
+                           const StopConditions& stop);
 
 }  // namespace kiln

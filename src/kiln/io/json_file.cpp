@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/io/file.h"
 
 namespace kiln {
@@ -16,6 +17,34 @@ std::string text_position(std::string_view text, size_t offset) {
     if (nl != std::string_view::npos) line_start = nl + 1;
   }
   return str("line ", line, ", column ", offset - line_start + 1);
+}
+
+int json_nesting_depth(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size() && deepest <= limits::kMaxJsonDepth; ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // skip the escaped character, which may be a quote
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+void check_json_depth(const char* op, std::string_view file, std::string_view text) {
+  KILN_CHECK(json_nesting_depth(text) <= limits::kMaxJsonDepth, op, file,
+             ": JSON nesting depth is over kiln's limit of ", limits::kMaxJsonDepth,
+             " levels of arrays/objects (core/limits.h): the file is corrupt or crafted");
 }
 
 std::string json_error_reason(const std::exception& e) {
@@ -33,6 +62,7 @@ std::string json_error_reason(const std::exception& e) {
 
 nlohmann::json read_json_file(const std::string& path) {
   std::string text = read_file(path);
+  check_json_depth("json", str("'", path, "'"), text);
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {

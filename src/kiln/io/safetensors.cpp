@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kiln/core/checked_math.h"
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
@@ -104,14 +105,14 @@ Entry parse_entry(const std::string& path, const std::string& name, const ojson&
     uint64_t n;
     if (!as_size(d, n))
       bad("has shape ", sh->dump(), ", whose entries must be non-negative integers");
-    if (__builtin_mul_overflow(numel, n, &numel))
-      bad("has shape ", sh->dump(), ", too large to address");
+    const auto next = checked_mul(numel, n);
+    if (!next) bad("has shape ", sh->dump(), ", too large to address");
+    numel = *next;
     e.shape.push_back(int64_t(n));
   }
-  uint64_t nbytes;
-  if (__builtin_mul_overflow(numel, uint64_t(dtype_size(e.dtype)), &nbytes)) {
-    bad("has shape ", sh->dump(), ", too large to address");
-  }
+  const auto bytes = checked_mul(numel, uint64_t(dtype_size(e.dtype)));
+  if (!bytes) bad("has shape ", sh->dump(), ", too large to address");
+  const uint64_t nbytes = *bytes;
 
   auto off = v.find("data_offsets");
   if (off == v.end()) bad("has no \"data_offsets\"");
@@ -198,6 +199,7 @@ SafeTensorsFile load_safetensors(const std::string& path) {
   // Parse with a callback that catches duplicate top-level keys, which JSON parsers silently merge.
   std::set<std::string> keys;
   std::string duplicate;
+  check_json_depth("safetensors", path, header);  // error messages dump() parts of it
   ojson::parser_callback_t on_event = [&](int depth, ojson::parse_event_t ev, ojson& parsed) {
     if (ev == ojson::parse_event_t::key && depth == 1 && duplicate.empty() &&
         !keys.insert(parsed.get<std::string>()).second) {

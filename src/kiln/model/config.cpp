@@ -1,8 +1,11 @@
 #include "kiln/model/config.h"
 
+#include <climits>
 #include <set>
+#include <type_traits>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/core/log.h"
 #include "kiln/io/json_file.h"
 
@@ -47,6 +50,12 @@ void take(const json& j, const char* key, T& out, std::set<std::string>& seen,
   if (!j.contains(key)) return;
   seen.insert(key);
   try {
+    if constexpr (std::is_same_v<T, int>) {
+      // get<int> would wrap a huge number into range silently (4294967297 -> 1).
+      const json& v = j[key];
+      KILN_CHECK(!v.is_number() || (v.get<double>() >= INT_MIN && v.get<double>() <= INT_MAX),
+                 "config", src, ": key '", key, "' = ", v.dump(), " does not fit a 32-bit integer");
+    }
     if (!j[key].is_null()) out = j[key].get<T>();
   } catch (const json::exception&) {
     fail("config", src, ": key '", key, "' has the wrong type (", j[key].dump(), ")");
@@ -152,17 +161,20 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src, bool s
 }
 
 void ModelConfig::validate(const std::string& src) const {
-  auto positive = [&](int v, const char* key) {
+  // Positive and within core/limits.h, so num_params() and every buffer size fit int64.
+  auto positive = [&](int v, const char* key, int64_t max) {
     KILN_CHECK(v > 0, "config", src, ": '", key, "' must be a positive integer, got ", v);
+    limits::check_limit("config", src, key, v, max);
   };
   bool llama = arch == Arch::llama;
-  positive(vocab_size, "vocab_size");
-  positive(hidden, llama ? "hidden_size" : "n_embd");
-  positive(layers, llama ? "num_hidden_layers" : "n_layer");
-  positive(heads, llama ? "num_attention_heads" : "n_head");
-  positive(kv_heads, "num_key_value_heads");
-  positive(intermediate, llama ? "intermediate_size" : "n_inner");
-  positive(max_positions, llama ? "max_position_embeddings" : "n_positions");
+  positive(vocab_size, "vocab_size", limits::kMaxVocab);
+  positive(hidden, llama ? "hidden_size" : "n_embd", limits::kMaxHidden);
+  positive(layers, llama ? "num_hidden_layers" : "n_layer", limits::kMaxLayers);
+  positive(heads, llama ? "num_attention_heads" : "n_head", limits::kMaxHeads);
+  positive(kv_heads, "num_key_value_heads", limits::kMaxHeads);
+  positive(intermediate, llama ? "intermediate_size" : "n_inner", limits::kMaxFfn);
+  positive(max_positions, llama ? "max_position_embeddings" : "n_positions", limits::kMaxContext);
+  limits::check_limit("config", src, "head_dim", head_dim, limits::kMaxHidden);
   KILN_CHECK(heads % kv_heads == 0, "config", src, ": num_attention_heads (", heads,
              ") must be a multiple of num_key_value_heads (", kv_heads, ")");
   KILN_CHECK(head_dim > 0 && head_dim % 2 == 0, "config", src, ": head dimension ", head_dim,

@@ -6,7 +6,9 @@
 #include <filesystem>
 #include <map>
 
+#include "kiln/core/checked_math.h"
 #include "kiln/core/error.h"
+#include "kiln/io/checksums.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
@@ -14,13 +16,24 @@
 
 namespace kiln {
 
-std::unique_ptr<Model> load_model(const std::string& dir) {
-  KILN_CHECK(file_exists(dir + "/config.json"), "model", "no config.json in '", dir,
-             "': pass a checkpoint directory (config.json + model.safetensors)");
-  auto model = std::make_unique<Model>(load_model_config(dir + "/config.json"));
-  load_weights(*model, dir);
-  return model;
+namespace {
+
+// A shard's runs metadata: JSON [[offset into the full buffer, length], ...], values unchecked.
+std::vector<std::pair<int64_t, int64_t>> shard_runs(const std::string& path, const std::string& key,
+                                                    const std::string& text) {
+  check_json_depth("checkpoint", path, text);
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  try {
+    for (const auto& run : nlohmann::json::parse(text))
+      runs.emplace_back(run.at(0).get<int64_t>(), run.at(1).get<int64_t>());
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint", path, ": metadata '", key, "' is not a list of [offset, length] runs (",
+         json_error_reason(e), "); the checkpoint is damaged");
+  }
+  return runs;
 }
+
+}  // namespace
 
 void load_sharded_buffers(const std::string& dir, const Model& model,
                           const std::vector<ShardedBuffer>& buffers) {
@@ -52,14 +65,16 @@ void load_sharded_buffers(const std::string& dir, const Model& model,
       KILN_CHECK(it != st.metadata.end() && t.dtype() == DType::f32, "checkpoint", path,
                  ": not a kiln shard (no '", buf.runs_key, "'); the checkpoint is damaged");
       int64_t at = 0;
-      for (const auto& run : nlohmann::json::parse(it->second)) {
-        const int64_t full = run.at(0).get<int64_t>(), n = run.at(1).get<int64_t>();
-        KILN_CHECK(full >= 0 && n >= 0 && full + n <= P && at + n <= t.numel(), "checkpoint", path,
-                   ": a run [", full, ", ", full + n, ") falls outside the model's ", P,
-                   " parameters; the checkpoint is damaged");
+      for (const auto& [full, n] : shard_runs(path, buf.runs_key, it->second)) {
+        // Overflow-safe: the file chooses full and n, and full + n must not wrap past the check.
+        const auto end = checked_add(full, n), at_end = checked_add(at, n);
+        KILN_CHECK(full >= 0 && n >= 0 && end && *end <= P && at_end && *at_end <= t.numel(),
+                   "checkpoint", path, ": ", buf.runs_key, " has a run of ", n, " parameters from ",
+                   full, " (shard offset ", at, "), outside the model's ", P,
+                   " parameters or the shard's ", t.numel(), " values; the checkpoint is damaged");
         std::memcpy(buf.flat + full, t.f32() + at, size_t(n) * sizeof(float));
-        for (int64_t i = full; i < full + n; ++i) ++seen[b][size_t(i)];
-        at += n;
+        for (int64_t i = full; i < *end; ++i) ++seen[b][size_t(i)];
+        at = *at_end;
       }
     }
   }
@@ -76,15 +91,22 @@ void load_sharded_buffers(const std::string& dir, const Model& model,
   }
 }
 
-void load_weights(Model& model, const std::string& dir) {
-  if (file_exists(dir + "/manifest.json")) {  // a sharded training checkpoint
-    load_sharded_buffers(dir, model, {{"weights", "weight_runs", model.weights().f32()}});
-    return;
-  }
-  // One file, or shards named by an index's weight_map.
+namespace {
+
+// The tensors of a model directory's safetensors file(s), memory-mapped: nothing is copied yet.
+struct WeightFiles {
   std::vector<std::string> files;
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::string> origin;  // tensor name -> its file
+  std::vector<SafeTensorsFile> keep;          // holds the mappings open
+};
+
+// One file, or shards named by an index's weight_map.
+WeightFiles open_weight_files(const std::string& dir) {
+  verify_checksums(dir, {"model.safetensors", "model.safetensors.index.json"});
+  WeightFiles wf;
   if (file_exists(dir + "/model.safetensors")) {
-    files.push_back(dir + "/model.safetensors");
+    wf.files.push_back(dir + "/model.safetensors");
   } else if (file_exists(dir + "/model.safetensors.index.json")) {
     auto index = read_json_file(dir + "/model.safetensors.index.json");
     KILN_CHECK(index.contains("weight_map") && index["weight_map"].is_object(), "model", dir,
@@ -92,50 +114,91 @@ void load_weights(Model& model, const std::string& dir) {
     std::map<std::string, bool> seen;
     for (auto& [name, file] : index["weight_map"].items()) {
       std::string f = file.get<std::string>();
-      if (!seen[f]) files.push_back(dir + "/" + f);
+      if (!seen[f]) wf.files.push_back(dir + "/" + f);
       seen[f] = true;
     }
   } else {
     fail("model", "no model.safetensors in '", dir, "': the checkpoint is incomplete; re-save it");
   }
-  std::map<std::string, Tensor> tensors;
-  std::map<std::string, std::string> origin;
-  std::vector<SafeTensorsFile> keep;
-  for (const auto& f : files) {
-    keep.push_back(load_safetensors(f));
-    for (auto& [name, t] : keep.back().tensors) {
-      tensors[name] = t;
-      origin[name] = f;
+  for (const auto& f : wf.files) {
+    wf.keep.push_back(load_safetensors(f));
+    for (auto& [name, t] : wf.keep.back().tensors) {
+      wf.tensors[name] = t;
+      wf.origin[name] = f;
     }
   }
-  float* w = model.weights().f32();
-  for (const ParamInfo& p : model.params()) {
-    auto it = tensors.find(p.name);
-    KILN_CHECK(it != tensors.end(), "model", "tensor '", p.name, "' is missing from ", files[0],
+  return wf;
+}
+
+// Every parameter of `layout` is in the files with its shape. load_model runs this before the
+// model is allocated: the tensors' sizes were checked against the files' on open, so a small
+// checkpoint whose config.json claims a huge model fails here instead of allocating it.
+void check_weight_shapes(const std::vector<ParamInfo>& layout, const WeightFiles& wf) {
+  for (const ParamInfo& p : layout) {
+    auto it = wf.tensors.find(p.name);
+    KILN_CHECK(it != wf.tensors.end(), "model", "tensor '", p.name, "' is missing from ",
+               wf.files[0],
                ": the weights do not match config.json (wrong architecture or layer count?)");
     const Tensor& t = it->second;
-    KILN_CHECK(t.shape() == p.shape, "model", "tensor '", p.name, "' in ", origin[p.name],
+    KILN_CHECK(t.shape() == p.shape, "model", "tensor '", p.name, "' in ", wf.origin.at(p.name),
                " has shape ", shape_str(t.shape()), " but config.json implies ", shape_str(p.shape),
                ": the config and the weights disagree");
+  }
+}
+
+void copy_weights(Model& model, WeightFiles& wf) {
+  check_weight_shapes(model.params(), wf);
+  float* w = model.weights().f32();
+  for (const ParamInfo& p : model.params()) {
+    const Tensor& t = wf.tensors.at(p.name);
     if (t.dtype() == DType::f32) {
       std::memcpy(w + p.offset, t.raw(), p.numel() * sizeof(float));
     } else {
       Tensor f = t.to_f32();
       std::memcpy(w + p.offset, f.raw(), p.numel() * sizeof(float));
     }
-    tensors.erase(it);
+    wf.tensors.erase(p.name);
   }
   // A tied model's file may still carry lm_head.weight (some exporters write it); anything
   // else left over means the file is not this model.
-  tensors.erase("lm_head.weight");
-  for (auto& [name, t] : tensors) {
+  wf.tensors.erase("lm_head.weight");
+  for (auto& [name, t] : wf.tensors) {
     if (name.find("rotary_emb.inv_freq") != std::string::npos ||
         name.find(".attn.bias") != std::string::npos ||
         name.find(".attn.masked_bias") != std::string::npos)
       continue;  // buffers older HF versions saved
-    fail("model", "unexpected tensor '", name, "' in ", origin[name],
+    fail("model", "unexpected tensor '", name, "' in ", wf.origin[name],
          ": the weights do not match config.json");
   }
+}
+
+}  // namespace
+
+void load_weights(Model& model, const std::string& dir) {
+  if (file_exists(dir + "/manifest.json")) {  // a sharded training checkpoint
+    verify_checksums(dir);
+    load_sharded_buffers(dir, model, {{"weights", "weight_runs", model.weights().f32()}});
+    return;
+  }
+  WeightFiles wf = open_weight_files(dir);
+  copy_weights(model, wf);
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir) {
+  KILN_CHECK(file_exists(dir + "/config.json"), "model", "no config.json in '", dir,
+             "': pass a checkpoint directory (config.json + model.safetensors)");
+  verify_checksums(dir, {"config.json"});
+  const ModelConfig cfg = load_model_config(dir + "/config.json");
+  if (file_exists(dir + "/manifest.json")) {  // a sharded training checkpoint
+    auto model = std::make_unique<Model>(cfg);
+    load_weights(*model, dir);
+    return model;
+  }
+  WeightFiles wf = open_weight_files(dir);
+  check_weight_shapes(param_layout(cfg), wf);  // before allocating the model
+  auto model = std::make_unique<Model>(cfg);
+  copy_weights(*model, wf);
+  return model;
 }
 
 void save_model(const Model& model, const std::string& dir, DType dtype) {

@@ -9,11 +9,13 @@
 
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/core/log.h"
 #include "kiln/core/parallel.h"
 #include "kiln/io/file.h"
 #include "kiln/io/gguf.h"
 #include "kiln/model/model_io.h"
+#include "kiln/model/transformer.h"
 #include "kiln/tokenizer/chat_template.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
 
@@ -306,11 +308,32 @@ void decode_tensor(const gguf::TensorInfo& t, float* out) {
   }
 }
 
-int get_dim(const gguf::File& f, const std::string& key) {
+// A positive dimension from the metadata, within its limit from core/limits.h.
+int get_dim(const gguf::File& f, const std::string& key, int64_t max) {
   const int64_t v = f.get_int(key);
-  KILN_CHECK(v > 0 && v < (int64_t(1) << 31), "gguf", "'", f.path(), "': ", key, " = ", v,
-             " is out of range");
+  KILN_CHECK(v > 0, "gguf", "'", f.path(), "': ", key, " = ", v, " must be positive");
+  limits::check_limit("gguf", str("'", f.path(), "'"), key, v, max);
   return int(v);
+}
+
+std::string dims_str(const std::vector<int64_t>& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+// Every tensor the config implies is in the file with the implied shape. Runs before the model is
+// allocated: the tensors' sizes were checked against the file's on open, so a tiny file whose
+// metadata claims a huge model fails here instead of allocating it.
+void check_tensor_shapes(const gguf::File& f, const ModelConfig& c) {
+  for (const ParamInfo& p : param_layout(c)) {
+    const std::string name = gguf_name(p.name);
+    const gguf::TensorInfo& t = f.tensor(name);
+    const std::vector<int64_t> want(p.shape.rbegin(), p.shape.rend());  // ggml order
+    KILN_CHECK(t.dims == want, "gguf", "'", f.path(), "': tensor '", name, "' has shape ",
+               dims_str(t.dims), " (ggml order) but the metadata implies ", dims_str(want),
+               ": the metadata disagrees with the tensors");
+  }
 }
 
 }  // namespace
@@ -400,27 +423,32 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
   const gguf::TensorInfo& emb = f.tensor("token_embd.weight");
   KILN_CHECK(emb.dims.size() == 2, "gguf", "'", src, "': token_embd.weight has ", emb.dims.size(),
              " dimensions, expected 2");
-  c.hidden = get_dim(f, "llama.embedding_length");
+  c.hidden = get_dim(f, "llama.embedding_length", limits::kMaxHidden);
   KILN_CHECK(emb.dims[0] == c.hidden, "gguf", "'", src, "': llama.embedding_length is ", c.hidden,
              " but token_embd.weight has rows of ", emb.dims[0],
              ": the metadata disagrees with the tensors");
+  limits::check_limit("gguf", str("'", src, "'"), "token_embd.weight's row count", emb.dims[1],
+                      limits::kMaxVocab);
   c.vocab_size = int(emb.dims[1]);
   if (f.has("llama.vocab_size"))
     KILN_CHECK(f.get_int("llama.vocab_size") == c.vocab_size, "gguf", "'", src,
                "': llama.vocab_size is ", f.get_int("llama.vocab_size"),
                " but token_embd.weight has ", c.vocab_size, " rows");
-  c.layers = get_dim(f, "llama.block_count");
-  c.heads = get_dim(f, "llama.attention.head_count");
-  c.kv_heads = f.has("llama.attention.head_count_kv") ? get_dim(f, "llama.attention.head_count_kv")
-                                                      : c.heads;
-  c.head_dim = f.has("llama.attention.key_length") ? get_dim(f, "llama.attention.key_length")
-                                                   : c.hidden / c.heads;
+  c.layers = get_dim(f, "llama.block_count", limits::kMaxLayers);
+  c.heads = get_dim(f, "llama.attention.head_count", limits::kMaxHeads);
+  c.kv_heads = f.has("llama.attention.head_count_kv")
+                   ? get_dim(f, "llama.attention.head_count_kv", limits::kMaxHeads)
+                   : c.heads;
+  c.head_dim = f.has("llama.attention.key_length")
+                   ? get_dim(f, "llama.attention.key_length", limits::kMaxHidden)
+                   : c.hidden / c.heads;
   if (f.has("llama.rope.dimension_count"))
-    KILN_CHECK(get_dim(f, "llama.rope.dimension_count") == c.head_dim, "gguf", "'", src,
-               "': llama.rope.dimension_count is ", f.get_int("llama.rope.dimension_count"),
-               " but heads have ", c.head_dim, " dims; partial RoPE is not supported");
-  c.intermediate = get_dim(f, "llama.feed_forward_length");
-  c.max_positions = get_dim(f, "llama.context_length");
+    KILN_CHECK(get_dim(f, "llama.rope.dimension_count", limits::kMaxHidden) == c.head_dim, "gguf",
+               "'", src, "': llama.rope.dimension_count is ",
+               f.get_int("llama.rope.dimension_count"), " but heads have ", c.head_dim,
+               " dims; partial RoPE is not supported");
+  c.intermediate = get_dim(f, "llama.feed_forward_length", limits::kMaxFfn);
+  c.max_positions = get_dim(f, "llama.context_length", limits::kMaxContext);
   c.norm_eps = float(f.get_float("llama.attention.layer_norm_rms_epsilon"));
   c.rope_theta = f.has("llama.rope.freq_base") ? float(f.get_float("llama.rope.freq_base")) : 1e4f;
   if (f.has("llama.rope.scaling.type")) {
@@ -434,11 +462,14 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
     }
   }
   c.tie_embeddings = f.find_tensor("output.weight") == nullptr;
-  if (f.has("tokenizer.ggml.bos_token_id"))
-    c.bos_token_id = int(f.get_int("tokenizer.ggml.bos_token_id"));
-  if (f.has("tokenizer.ggml.eos_token_id"))
-    c.eos_token_id = int(f.get_int("tokenizer.ggml.eos_token_id"));
+  for (auto [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", &c.bos_token_id},
+                         std::pair{"tokenizer.ggml.eos_token_id", &c.eos_token_id}}) {
+    if (!f.has(key)) continue;
+    limits::check_limit("gguf", str("'", src, "'"), key, f.get_int(key), limits::kMaxVocab - 1);
+    *id = int(f.get_int(key));
+  }
   c.validate(src);
+  check_tensor_shapes(f, c);
 
   GgufModel out;
   const int64_t ftype = f.has("general.file_type") ? f.get_int("general.file_type") : 0;
@@ -452,15 +483,6 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
   for (const ParamInfo& p : out.model->params()) {
     const std::string name = gguf_name(p.name);
     const gguf::TensorInfo& t = f.tensor(name);
-    std::vector<int64_t> want(p.shape.rbegin(), p.shape.rend());  // ggml order
-    auto dims_str = [](const std::vector<int64_t>& d) {
-      std::string s = "[";
-      for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-      return s + "]";
-    };
-    KILN_CHECK(t.dims == want, "gguf", "'", src, "': tensor '", name, "' has shape ",
-               dims_str(t.dims), " (ggml order) but the metadata implies ", dims_str(want),
-               ": the metadata disagrees with the tensors");
     used.insert(name);
     float* dst = flat + p.offset;
     const int heads = permuted_heads(p.name, c);

@@ -19,6 +19,7 @@ const std::string& chat_page_html() {
   #log { flex: 1; overflow-y: auto; padding: 12px; }
   .msg { white-space: pre-wrap; margin: 8px 0; padding: 8px 10px; border-radius: 6px; }
   .user { background: #dfe9f7; } .assistant { background: #eee; } .error { background: #f7dcdc; }
+  .assistant[data-done="stopped"]::after { content: " [stopped]"; color: #888; font-style: italic; }
   #bar { display: flex; gap: 8px; padding: 12px; border-top: 1px solid #ccc; }
   #input { flex: 1; min-height: 40px; }
 </style></head>
@@ -81,7 +82,7 @@ async function send() {
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   controller = new AbortController();
   $("send").disabled = true; $("stop").disabled = false;
-  let answer = "";
+  let answer = "", shown = 0;
   try {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
@@ -102,7 +103,13 @@ async function send() {
         const chunk = JSON.parse(data);
         if (chunk.error) throw new Error(chunk.error.message);
         const c = chunk.choices[0];
-        if (c && c.delta.content) { answer += c.delta.content; out.textContent = answer; }
+        if (c && c.delta.content) answer += c.delta.content;
+      }
+      // Once per read, not per token: reading scrollHeight lays the page out, and a fast server
+      // sends more tokens than a per-token layout keeps up with (a slower page reads more a time).
+      if (answer.length !== shown) {
+        out.textContent = answer;
+        shown = answer.length;
         $("log").scrollTop = $("log").scrollHeight;
       }
     }

@@ -69,6 +69,14 @@ void EngineLoop::cancel(uint64_t ticket) {
   cv_.notify_all();
 }
 
+void EngineLoop::finish(uint64_t ticket) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    finishes_.push_back(ticket);
+  }
+  cv_.notify_all();
+}
+
 void EngineLoop::abort_all(const std::string& why) {
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -94,8 +102,10 @@ void EngineLoop::drop(int64_t id, const std::string& error) {
   model_.engine->cancel(id);
   leave(*it->second);
   metrics_.request_finished(0, 0, "abort");
+  metrics_.stage(Stage::engine, 0, 1);
   if (!error.empty()) {
     EngineUpdate u;
+    u.ticket = it->second->ticket;
     u.error = error;
     it->second->job.sink(std::move(u));
   }
@@ -116,6 +126,7 @@ void EngineLoop::admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs) {
       unadmitted_.push_back(id);
     } catch (const std::exception& e) {  // checked before; a last line of defence
       EngineUpdate u;
+      u.ticket = ticket;
       u.error = e.what();
       job.sink(std::move(u));
       --in_flight_;
@@ -126,8 +137,10 @@ void EngineLoop::admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs) {
 
 void EngineLoop::step_engine() {
   Engine& eng = *model_.engine;
+  const Clock::time_point t0 = Clock::now();
   std::vector<TokenEvent> events = eng.step();
   const Clock::time_point now = Clock::now();
+  metrics_.engine_step(seconds(now - t0));
   // Requests admitted for the first time by this step (new ones are admitted in id order).
   const int64_t first_waiting = eng.admitted_below();
   while (!unadmitted_.empty() && unadmitted_.front() < first_waiting) {
@@ -150,45 +163,44 @@ void EngineLoop::step_engine() {
     v.push_back(std::move(e));
   }
   for (int64_t id : order) {
-    auto it = active_.find(id);
-    if (it == active_.end()) continue;
-    Active& a = *it->second;
     EngineUpdate u;
     u.events = std::move(by[id]);
-    int tokens = 0;
-    bool finished = false;
-    for (const TokenEvent& e : u.events) {
-      tokens += int(e.tokens.size());
-      finished |= e.finished;
-    }
-    if (tokens > 0) {
-      metrics_.generated(tokens);
-      if (!a.any_token) {
-        metrics_.time_to_first_token(seconds(now - a.job.arrival));
-      } else {
-        metrics_.inter_token_latency(seconds(now - a.last_token));
-      }
-      a.any_token = true;
-      a.last_token = now;
-    }
+    const bool finished = std::any_of(u.events.begin(), u.events.end(),
+                                      [](const TokenEvent& e) { return e.finished; });
     if (finished) u.result = eng.take_result(id);
-    if (u.result) {
-      const RequestResult& r = *u.result;
-      metrics_.e2e_latency(seconds(now - a.job.arrival));
-      const bool any_stop = std::any_of(r.samples.begin(), r.samples.end(), [](const auto& s) {
-        return s.reason == FinishReason::stop;
-      });
-      metrics_.request_finished(r.prompt_tokens, r.cached_prompt_tokens,
-                                any_stop ? "stop" : "length");
-      Sink sink = std::move(a.job.sink);
-      leave(a);
-      by_ticket_.erase(a.ticket);
-      active_.erase(it);
-      sink(std::move(u));
-    } else {
-      a.job.sink(std::move(u));
-    }
+    deliver(id, std::move(u), now);
   }
+}
+
+void EngineLoop::deliver(int64_t id, EngineUpdate u, Clock::time_point now) {
+  auto it = active_.find(id);
+  if (it == active_.end()) return;
+  Active& a = *it->second;
+  u.ticket = a.ticket;
+  int tokens = 0;
+  for (const TokenEvent& e : u.events) tokens += int(e.tokens.size());
+  if (tokens > 0) {
+    metrics_.generated(tokens);
+    if (!a.any_token) {
+      metrics_.time_to_first_token(seconds(now - a.job.arrival));
+    } else {
+      metrics_.inter_token_latency(seconds(now - a.last_token));
+    }
+    a.any_token = true;
+    a.last_token = now;
+  }
+  if (!u.result) return a.job.sink(std::move(u));
+  const RequestResult& r = *u.result;
+  metrics_.e2e_latency(seconds(now - a.job.arrival));
+  const bool any_stop = std::any_of(r.samples.begin(), r.samples.end(),
+                                    [](const auto& s) { return s.reason == FinishReason::stop; });
+  metrics_.request_finished(r.prompt_tokens, r.cached_prompt_tokens, any_stop ? "stop" : "length");
+  metrics_.stage(Stage::engine, 0, 1);
+  Sink sink = std::move(a.job.sink);
+  leave(a);
+  by_ticket_.erase(a.ticket);
+  active_.erase(it);
+  sink(std::move(u));
 }
 
 void EngineLoop::run() {
@@ -207,13 +219,14 @@ void EngineLoop::run() {
   Engine& eng = *model_.engine;
   while (true) {
     std::vector<std::pair<uint64_t, Job>> jobs;
-    std::vector<uint64_t> cancels;
+    std::vector<uint64_t> cancels, finishes;
     std::string abort_why;
     bool abort = false;
     {
       std::unique_lock<std::mutex> l(mu_);
       cv_.wait(l, [&] {
-        return stop_ || abort_ || !pending_.empty() || !cancels_.empty() || !eng.idle();
+        return stop_ || abort_ || !pending_.empty() || !cancels_.empty() || !finishes_.empty() ||
+               !eng.idle();
       });
       if (stop_) {
         abort = true;
@@ -221,6 +234,7 @@ void EngineLoop::run() {
       }
       jobs.swap(pending_);
       cancels.swap(cancels_);
+      finishes.swap(finishes_);
       if (abort_) {
         abort = true;
         abort_why = abort_why_;
@@ -231,6 +245,13 @@ void EngineLoop::run() {
     for (uint64_t t : cancels) {
       auto it = by_ticket_.find(t);
       if (it != by_ticket_.end()) drop(it->second, "");
+    }
+    for (uint64_t t : finishes) {
+      auto it = by_ticket_.find(t);
+      if (it == by_ticket_.end() || !eng.finish_now(it->second)) continue;
+      EngineUpdate u;
+      u.result = eng.take_result(it->second);
+      deliver(it->second, std::move(u), Clock::now());
     }
     if (abort) {
       std::vector<int64_t> ids;

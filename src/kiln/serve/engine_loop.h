@@ -1,7 +1,9 @@
 // The one thread that owns the Engine: it loads the model, then admits submitted jobs, applies
 // cancellations and steps the engine while there is work, handing each request's events to its
-// sink. Nothing else touches the engine; HTTP threads only queue jobs and cancellations (a
-// mutex held for a push, never across a step), so a slow client never stalls the batch.
+// sink. Nothing else touches the engine; other threads only queue jobs, cancellations and
+// finishes (a mutex held for a push, never across a step), so a slow client never stalls the
+// batch. The served engine only runs the model: prompts come tokenized (the tokenize stage) and
+// ids go out (the detokenize stage turns them into text and applies stop strings).
 #pragma once
 
 #include <atomic>
@@ -37,6 +39,7 @@ using ModelLoader = std::function<ServedModel()>;
 
 // What one engine step produced for one request.
 struct EngineUpdate {
+  uint64_t ticket = 0;  // the job's (EngineLoop::submit)
   std::vector<TokenEvent> events;
   std::optional<RequestResult> result;  // set once, when the request finished
   std::string error;                    // refused by the engine or aborted ("" = none)
@@ -78,6 +81,9 @@ class EngineLoop {
   // The job's request leaves the engine (KV blocks freed) before the next step; its sink gets
   // nothing more. Unknown or finished tickets are ignored.
   void cancel(uint64_t ticket);
+  // The job's request ends now with what it generated (Engine::finish_now: a stop string found
+  // after the engine); its sink gets the result. Unknown or finished tickets are ignored.
+  void finish(uint64_t ticket);
   // Every job still queued or running gets `why` as an error and leaves the engine.
   void abort_all(const std::string& why);
   int in_flight() const { return in_flight_.load(); }  // submitted, not yet finished
@@ -91,6 +97,8 @@ class EngineLoop {
   void run();
   void admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs);
   void step_engine();
+  // Hands a request's update to its sink; with its result, the request leaves the loop.
+  void deliver(int64_t id, EngineUpdate u, Clock::time_point now);
   void drop(int64_t id, const std::string& error);
   void leave(const Active& a);  // the request no longer waits or runs
 
@@ -104,7 +112,7 @@ class EngineLoop {
   mutable std::mutex mu_;  // guards the fields up to cv_
   mutable std::condition_variable cv_;
   std::vector<std::pair<uint64_t, Job>> pending_;
-  std::vector<uint64_t> cancels_;
+  std::vector<uint64_t> cancels_, finishes_;
   std::string abort_why_;
   bool abort_ = false, stop_ = false;
   uint64_t next_ticket_ = 1;

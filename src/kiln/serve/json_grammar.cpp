@@ -309,208 +309,230 @@ void JsonGrammar::child_done(Frame& p, const Frame& child) {
   }
 }
 
+// Whitespace between tokens, at most kMaxWs in a row (so the states stay finite).
+bool JsonGrammar::take_ws(Frame& f, uint8_t c) {
+  if ((c == ' ' || c == '\n') && f.ws < kMaxWs) {
+    ++f.ws;
+    return true;
+  }
+  return false;
+}
+
 JsonGrammar::Step JsonGrammar::consume(Frame& f, uint8_t c) {
-  const JsonSchema::Node& n = s_->node(f.node);
-  auto ws = [&] {
-    if ((c == ' ' || c == '\n') && f.ws < kMaxWs) {
-      ++f.ws;
-      return true;
-    }
-    return false;
-  };
   switch (f.kind) {
-    case kObj: {
-      // Properties come in the schema's order; a key may skip optional ones, never a required.
-      const int nkeys = int(n.keys.size());
-      const bool close_ok = n.free || n.next_required[size_t(f.a + 1)] == nkeys;
-      const bool more_ok = n.free || f.a + 1 < nkeys;
-      switch (f.st) {
-        case oFresh:
-          if (c != '{') return Step::reject;
-          f.st = oOpen;
-          f.a = -1;
-          return Step::consumed;
-        case oOpen:
-        case oComma:
-          if (ws()) return Step::consumed;
-          if (c == '}' && f.st == oOpen && close_ok) return Step::done;
-          if (c != '"' || !more_ok || depth_ == kMaxDepth) return Step::reject;
-          f.st = oKey;
-          if (n.free) {
-            push_value(s_->str(), c);
-          } else {
-            Frame k;
-            k.node = f.node;
-            k.kind = kLit;
-            k.pad = 1;  // matches the node's keys
-            k.a = f.a + 1;
-            k.c = f.a + 1;
-            k.d = std::min(n.next_required[size_t(f.a + 1)], nkeys - 1);
-            stack_[depth_++] = k;
-          }
-          return Step::pass;  // feed c to the key
-        case oColon:
-          if (ws()) return Step::consumed;
-          if (c != ':') return Step::reject;
-          f.st = oAfterColon;
-          f.ws = 0;
-          return Step::consumed;
-        case oAfterColon:
-          if (ws()) return Step::consumed;
-          if (!push_value(n.free ? s_->any() : n.values[size_t(f.a)], c)) return Step::reject;
-          f.st = oValue;
-          return Step::pass;
-        case oNext:
-          if (ws()) return Step::consumed;
-          if (c == ',' && more_ok) {
-            f.st = oComma;
-            f.ws = 0;
-            return Step::consumed;
-          }
-          if (c == '}' && close_ok) return Step::done;
-          return Step::reject;
-      }
-      return Step::reject;
-    }
+    case kObj:
+      return consume_object(f, c);
     case kArr:
-      switch (f.st) {
-        case aFresh:
-          if (c != '[') return Step::reject;
-          f.st = aOpen;
-          return Step::consumed;
-        case aOpen:
-        case aComma:
-          if (ws()) return Step::consumed;
-          if (c == ']' && f.st == aOpen && n.min_items == 0) return Step::done;
-          if (f.a >= n.max_items || !push_value(n.items, c)) return Step::reject;
-          f.st = aValue;
-          return Step::pass;
-        case aNext:
-          if (ws()) return Step::consumed;
-          if (c == ',' && f.a < n.max_items) {
-            f.st = aComma;
-            f.ws = 0;
-            return Step::consumed;
-          }
-          if (c == ']' && f.a >= n.min_items) return Step::done;
-          return Step::reject;
-      }
-      return Step::reject;
+      return consume_array(f, c);
     case kStr:
-      switch (f.st) {
-        case sFresh:
-          if (c != '"') return Step::reject;
-          f.st = sNormal;
-          return Step::consumed;
-        case sNormal:
-          if (c == '"') return f.a >= n.min_len ? Step::done : Step::reject;
-          if (f.a >= n.max_len || c < 0x20) return Step::reject;
-          // Characters count at their first byte, only under a length bound: an unbounded
-          // string stays one state (one cached mask).
-          if (n.min_len > 0 || n.max_len < INT32_MAX) ++f.a;
-          if (c == '\\') {
-            f.st = sEsc;
-          } else if (c >= 0x80) {  // UTF-8: the continuation bytes and the first one's range
-            int more = 0, lo = 0x80, hi = 0xBF;
-            if (c >= 0xC2 && c <= 0xDF)
-              more = 1;
-            else if (c == 0xE0)
-              more = 2, lo = 0xA0;
-            else if (c == 0xED)
-              more = 2, hi = 0x9F;  // no surrogates
-            else if (c >= 0xE1 && c <= 0xEF)
-              more = 2;
-            else if (c == 0xF0)
-              more = 3, lo = 0x90;
-            else if (c >= 0xF1 && c <= 0xF3)
-              more = 3;
-            else if (c == 0xF4)
-              more = 3, hi = 0x8F;
-            else
-              return Step::reject;
-            f.st = sUtf8;
-            f.b = more;
-            f.c = lo;
-            f.d = hi;
-          }
-          return Step::consumed;
-        case sUtf8:
-          if (c < f.c || c > f.d) return Step::reject;
-          f.c = 0x80;
-          f.d = 0xBF;
-          if (--f.b == 0) f.st = sNormal;
-          return Step::consumed;
-        case sEsc:
-          if (c == 'u') {
-            f.st = sHex;
-            f.b = 4;
-            return Step::consumed;
-          }
-          if (!std::strchr("\"\\/bfnrt", c) || c == 0) return Step::reject;
-          f.st = sNormal;
-          return Step::consumed;
-        case sHex:
-          // \uD800-\uDFFF (surrogates) are left out: a lone one is invalid JSON text.
-          if (!is_hex(c) || (f.b == 4 && (c == 'd' || c == 'D'))) return Step::reject;
-          if (--f.b == 0) f.st = sNormal;
-          return Step::consumed;
-      }
-      return Step::reject;
-    case kNum: {
-      const bool frac_ok = n.kind == Kind::number;
-      auto start_frac = [&] {
-        if (frac_ok && c == '.') return f.st = nFrac0, f.a = 0, true;
-        if (frac_ok && (c == 'e' || c == 'E')) return f.st = nExp0, f.a = 0, true;
-        return false;
-      };
-      switch (f.st) {
-        case nFresh:
-        case nMinus:
-          if (c == '-' && f.st == nFresh) return f.st = nMinus, Step::consumed;
-          if (c == '0') return f.st = nZero, Step::consumed;
-          if (is_digit(c)) return f.st = nInt, f.a = 1, Step::consumed;
-          return Step::reject;
-        case nZero:
-          return start_frac() ? Step::consumed : Step::pass;
-        case nInt:
-        case nFrac:
-          if (is_digit(c) && f.a < kMaxDigits) return ++f.a, Step::consumed;
-          if (f.st == nInt && start_frac()) return Step::consumed;
-          if (f.st == nFrac && frac_ok && (c == 'e' || c == 'E'))
-            return f.st = nExp0, f.a = 0, Step::consumed;
-          return Step::pass;
-        case nFrac0:
-          if (is_digit(c)) return f.st = nFrac, f.a = 1, Step::consumed;
-          return Step::reject;
-        case nExp0:
-          if (c == '+' || c == '-') return f.st = nExpSign, Step::consumed;
-          [[fallthrough]];
-        case nExpSign:
-          if (is_digit(c)) return f.st = nExp, f.a = 1, Step::consumed;
-          return Step::reject;
-        case nExp:
-          if (is_digit(c) && f.a < 2) return ++f.a, Step::consumed;
-          return Step::pass;
-      }
-      return Step::reject;
-    }
-    case kLit: {
-      const auto& lits = f.pad ? n.keys : n.literals;
-      for (int i = f.c; i <= f.d; ++i) {
-        const std::string& l = lits[size_t(i)];
-        if (l.size() > size_t(f.b) && uint8_t(l[size_t(f.b)]) == c && lit_viable(f, size_t(i))) {
-          f.a = i;
-          ++f.b;
-          for (int j = f.c; j <= f.d; ++j)
-            if (lits[size_t(j)].size() > size_t(f.b) && lit_viable(f, size_t(j)))
-              return Step::consumed;
-          return Step::done;
-        }
-      }
-      return frame_can_end(f) ? Step::pass : Step::reject;
-    }
+      return consume_string(f, c);
+    case kNum:
+      return consume_number(f, c);
+    case kLit:
+      return consume_literal(f, c);
   }
   return Step::reject;
+}
+
+JsonGrammar::Step JsonGrammar::consume_object(Frame& f, uint8_t c) {
+  const JsonSchema::Node& n = s_->node(f.node);
+  // Properties come in the schema's order; a key may skip optional ones, never a required.
+  const int nkeys = int(n.keys.size());
+  const bool close_ok = n.free || n.next_required[size_t(f.a + 1)] == nkeys;
+  const bool more_ok = n.free || f.a + 1 < nkeys;
+  switch (f.st) {
+    case oFresh:
+      if (c != '{') return Step::reject;
+      f.st = oOpen;
+      f.a = -1;
+      return Step::consumed;
+    case oOpen:
+    case oComma:
+      if (take_ws(f, c)) return Step::consumed;
+      if (c == '}' && f.st == oOpen && close_ok) return Step::done;
+      if (c != '"' || !more_ok || depth_ == kMaxDepth) return Step::reject;
+      f.st = oKey;
+      if (n.free) {
+        push_value(s_->str(), c);
+      } else {
+        Frame k;
+        k.node = f.node;
+        k.kind = kLit;
+        k.pad = 1;  // matches the node's keys
+        k.a = f.a + 1;
+        k.c = f.a + 1;
+        k.d = std::min(n.next_required[size_t(f.a + 1)], nkeys - 1);
+        stack_[depth_++] = k;
+      }
+      return Step::pass;  // feed c to the key
+    case oColon:
+      if (take_ws(f, c)) return Step::consumed;
+      if (c != ':') return Step::reject;
+      f.st = oAfterColon;
+      f.ws = 0;
+      return Step::consumed;
+    case oAfterColon:
+      if (take_ws(f, c)) return Step::consumed;
+      if (!push_value(n.free ? s_->any() : n.values[size_t(f.a)], c)) return Step::reject;
+      f.st = oValue;
+      return Step::pass;
+    case oNext:
+      if (take_ws(f, c)) return Step::consumed;
+      if (c == ',' && more_ok) {
+        f.st = oComma;
+        f.ws = 0;
+        return Step::consumed;
+      }
+      if (c == '}' && close_ok) return Step::done;
+      return Step::reject;
+  }
+  return Step::reject;
+}
+
+JsonGrammar::Step JsonGrammar::consume_array(Frame& f, uint8_t c) {
+  const JsonSchema::Node& n = s_->node(f.node);
+  switch (f.st) {
+    case aFresh:
+      if (c != '[') return Step::reject;
+      f.st = aOpen;
+      return Step::consumed;
+    case aOpen:
+    case aComma:
+      if (take_ws(f, c)) return Step::consumed;
+      if (c == ']' && f.st == aOpen && n.min_items == 0) return Step::done;
+      if (f.a >= n.max_items || !push_value(n.items, c)) return Step::reject;
+      f.st = aValue;
+      return Step::pass;
+    case aNext:
+      if (take_ws(f, c)) return Step::consumed;
+      if (c == ',' && f.a < n.max_items) {
+        f.st = aComma;
+        f.ws = 0;
+        return Step::consumed;
+      }
+      if (c == ']' && f.a >= n.min_items) return Step::done;
+      return Step::reject;
+  }
+  return Step::reject;
+}
+
+JsonGrammar::Step JsonGrammar::consume_string(Frame& f, uint8_t c) {
+  const JsonSchema::Node& n = s_->node(f.node);
+  switch (f.st) {
+    case sFresh:
+      if (c != '"') return Step::reject;
+      f.st = sNormal;
+      return Step::consumed;
+    case sNormal:
+      if (c == '"') return f.a >= n.min_len ? Step::done : Step::reject;
+      if (f.a >= n.max_len || c < 0x20) return Step::reject;
+      // Characters count at their first byte, only under a length bound: an unbounded
+      // string stays one state (one cached mask).
+      if (n.min_len > 0 || n.max_len < INT32_MAX) ++f.a;
+      if (c == '\\') {
+        f.st = sEsc;
+      } else if (c >= 0x80) {  // UTF-8: the continuation bytes and the first one's range
+        int more = 0, lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF)
+          more = 1;
+        else if (c == 0xE0)
+          more = 2, lo = 0xA0;
+        else if (c == 0xED)
+          more = 2, hi = 0x9F;  // no surrogates
+        else if (c >= 0xE1 && c <= 0xEF)
+          more = 2;
+        else if (c == 0xF0)
+          more = 3, lo = 0x90;
+        else if (c >= 0xF1 && c <= 0xF3)
+          more = 3;
+        else if (c == 0xF4)
+          more = 3, hi = 0x8F;
+        else
+          return Step::reject;
+        f.st = sUtf8;
+        f.b = more;
+        f.c = lo;
+        f.d = hi;
+      }
+      return Step::consumed;
+    case sUtf8:
+      if (c < f.c || c > f.d) return Step::reject;
+      f.c = 0x80;
+      f.d = 0xBF;
+      if (--f.b == 0) f.st = sNormal;
+      return Step::consumed;
+    case sEsc:
+      if (c == 'u') {
+        f.st = sHex;
+        f.b = 4;
+        return Step::consumed;
+      }
+      if (!std::strchr("\"\\/bfnrt", c) || c == 0) return Step::reject;
+      f.st = sNormal;
+      return Step::consumed;
+    case sHex:
+      // \uD800-\uDFFF (surrogates) are left out: a lone one is invalid JSON text.
+      if (!is_hex(c) || (f.b == 4 && (c == 'd' || c == 'D'))) return Step::reject;
+      if (--f.b == 0) f.st = sNormal;
+      return Step::consumed;
+  }
+  return Step::reject;
+}
+
+JsonGrammar::Step JsonGrammar::consume_number(Frame& f, uint8_t c) {
+  const JsonSchema::Node& n = s_->node(f.node);
+  const bool frac_ok = n.kind == Kind::number;
+  auto start_frac = [&] {
+    if (frac_ok && c == '.') return f.st = nFrac0, f.a = 0, true;
+    if (frac_ok && (c == 'e' || c == 'E')) return f.st = nExp0, f.a = 0, true;
+    return false;
+  };
+  switch (f.st) {
+    case nFresh:
+    case nMinus:
+      if (c == '-' && f.st == nFresh) return f.st = nMinus, Step::consumed;
+      if (c == '0') return f.st = nZero, Step::consumed;
+      if (is_digit(c)) return f.st = nInt, f.a = 1, Step::consumed;
+      return Step::reject;
+    case nZero:
+      return start_frac() ? Step::consumed : Step::pass;
+    case nInt:
+    case nFrac:
+      if (is_digit(c) && f.a < kMaxDigits) return ++f.a, Step::consumed;
+      if (f.st == nInt && start_frac()) return Step::consumed;
+      if (f.st == nFrac && frac_ok && (c == 'e' || c == 'E'))
+        return f.st = nExp0, f.a = 0, Step::consumed;
+      return Step::pass;
+    case nFrac0:
+      if (is_digit(c)) return f.st = nFrac, f.a = 1, Step::consumed;
+      return Step::reject;
+    case nExp0:
+      if (c == '+' || c == '-') return f.st = nExpSign, Step::consumed;
+      [[fallthrough]];
+    case nExpSign:
+      if (is_digit(c)) return f.st = nExp, f.a = 1, Step::consumed;
+      return Step::reject;
+    case nExp:
+      if (is_digit(c) && f.a < 2) return ++f.a, Step::consumed;
+      return Step::pass;
+  }
+  return Step::reject;
+}
+
+JsonGrammar::Step JsonGrammar::consume_literal(Frame& f, uint8_t c) {
+  const JsonSchema::Node& n = s_->node(f.node);
+  const auto& lits = f.pad ? n.keys : n.literals;
+  for (int i = f.c; i <= f.d; ++i) {
+    const std::string& l = lits[size_t(i)];
+    if (l.size() > size_t(f.b) && uint8_t(l[size_t(f.b)]) == c && lit_viable(f, size_t(i))) {
+      f.a = i;
+      ++f.b;
+      for (int j = f.c; j <= f.d; ++j)
+        if (lits[size_t(j)].size() > size_t(f.b) && lit_viable(f, size_t(j))) return Step::consumed;
+      return Step::done;
+    }
+  }
+  return frame_can_end(f) ? Step::pass : Step::reject;
 }
 
 bool JsonGrammar::step(uint8_t c) {

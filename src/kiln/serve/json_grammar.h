@@ -90,8 +90,14 @@ class JsonGrammar {
 
  private:
   enum class Step { consumed, done, pass, reject };
-  bool step(uint8_t c);  // no rollback: callers step a copy
-  Step consume(Frame& f, uint8_t c);
+  bool step(uint8_t c);               // no rollback: callers step a copy
+  Step consume(Frame& f, uint8_t c);  // one byte into the top frame, by the frame's kind
+  Step consume_object(Frame& f, uint8_t c);
+  Step consume_array(Frame& f, uint8_t c);
+  Step consume_string(Frame& f, uint8_t c);
+  Step consume_number(Frame& f, uint8_t c);
+  Step consume_literal(Frame& f, uint8_t c);
+  bool take_ws(Frame& f, uint8_t c);
   bool push_value(int node, uint8_t c);  // opens the value that starts with c, then feeds c
   void child_done(Frame& parent, const Frame& child);
   bool frame_can_end(const Frame& f) const;

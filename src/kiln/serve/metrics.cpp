@@ -111,6 +111,20 @@ void Metrics::tokenize_time(double s) {
   std::lock_guard<std::mutex> l(mu_);
   tokenize_.observe(s);
 }
+void Metrics::stage(Stage s, double seconds, int requests) {
+  std::lock_guard<std::mutex> l(mu_);
+  stage_seconds_[int(s)] += seconds;
+  stage_requests_[int(s)] += uint64_t(requests);
+}
+void Metrics::engine_step(double seconds) {
+  std::lock_guard<std::mutex> l(mu_);
+  stage_seconds_[int(Stage::engine)] += seconds;
+  ++engine_steps_;
+}
+void Metrics::tokenized_bytes(uint64_t bytes) {
+  std::lock_guard<std::mutex> l(mu_);
+  tokenized_bytes_ += bytes;
+}
 void Metrics::http_request(int status) {
   std::lock_guard<std::mutex> l(mu_);
   (status < 400 ? http_2xx_ : status < 500 ? http_4xx_ : http_5xx_)++;
@@ -153,6 +167,22 @@ std::string Metrics::render() const {
   queue_.render("kiln:request_queue_time_seconds", "Time waiting before admission.", L, o);
   tokenize_.render("kiln:request_tokenize_time_seconds",
                    "Chat rendering and tokenization, before the engine.", L, o);
+  const char* names[kStages] = {"http", "tokenize", "engine", "detokenize"};
+  auto per_stage = [&](const char* name, const char* help, auto value) {
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n";
+    for (int i = 0; i < kStages; ++i)
+      o += std::string(name) + "{" + L + ",stage=\"" + names[i] + "\"} " + num(value(i)) + "\n";
+  };
+  per_stage("kiln:stage_seconds_total",
+            "Seconds spent in each pipeline stage: http (io threads: parse, route), tokenize "
+            "(chat template, tokenizer), engine (model steps), detokenize (text, stop strings).",
+            [&](int i) { return stage_seconds_[i]; });
+  per_stage("kiln:stage_requests_total", "Requests each pipeline stage finished.",
+            [&](int i) { return double(stage_requests_[i]); });
+  line(o, "kiln:engine_steps_total", "counter", "Engine steps (one forward pass each).", L,
+       double(engine_steps_));
+  line(o, "kiln:tokenized_bytes_total", "counter", "Prompt text bytes the tokenize stage encoded.",
+       L, double(tokenized_bytes_));
   return o;
 }
 

@@ -27,6 +27,12 @@ class Histogram {
   uint64_t count_ = 0;
 };
 
+// The serving pipeline's stages, each on its own threads: the HTTP io threads (parse, route,
+// answer), tokenize (chat template + tokenizer), the engine loop (model steps only), detokenize
+// (text and stop strings).
+enum class Stage { http, tokenize, engine, detokenize };
+constexpr int kStages = 4;
+
 class Metrics {
  public:
   explicit Metrics(std::string model_name);
@@ -41,6 +47,10 @@ class Metrics {
   void e2e_latency(double s);
   void queue_time(double s);
   void tokenize_time(double s);  // the stage before the engine (render + tokenize)
+  // Seconds spent in a stage and the requests it finished there (0 for part of one's work).
+  void stage(Stage s, double seconds, int requests);
+  void engine_step(double seconds);      // one Engine::step (also the engine stage's time)
+  void tokenized_bytes(uint64_t bytes);  // text bytes the tokenize stage encoded
   void http_request(int status);
   std::string render() const;
 
@@ -53,6 +63,9 @@ class Metrics {
   uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, cached_tokens_ = 0;
   uint64_t finished_stop_ = 0, finished_length_ = 0, finished_abort_ = 0;
   uint64_t http_2xx_ = 0, http_4xx_ = 0, http_5xx_ = 0;
+  double stage_seconds_[kStages] = {};
+  uint64_t stage_requests_[kStages] = {};
+  uint64_t engine_steps_ = 0, tokenized_bytes_ = 0;
   Histogram ttft_, itl_, e2e_, queue_, tokenize_;
 };
 

@@ -308,34 +308,48 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimi
 }
 
 std::vector<std::vector<int32_t>> prepare_prompts(ApiRequest& req, const Tokenizer& tok,
-                                                  const ChatTemplate& chat, const ApiLimits& lim) {
+                                                  const ChatTemplate& chat, const ApiLimits& lim,
+                                                  size_t* bytes_tokenized) {
   std::vector<std::vector<int32_t>> out;
   std::string field_name = "prompt";
+  size_t bytes = 0;
+  bool over = false;  // a prompt's tokenization stopped at the context: it has more tokens
+  // Stop tokenizing once a prompt cannot fit: its size is known to be over the context then.
+  auto encode = [&](const std::string& text) {
+    Tokenizer::Encoded e = tok.encode_at_most(text, size_t(lim.max_context));
+    bytes += e.bytes;
+    over |= e.ids.size() > size_t(lim.max_context);
+    return std::move(e.ids);
+  };
   if (req.endpoint == Endpoint::chat) {
     for (std::string& s : chat.stop_strings()) req.stop.stop_strings.push_back(std::move(s));
-    out.push_back(tok.encode(chat.render(req.messages)));
+    out.push_back(encode(chat.render(req.messages)));
     field_name = "messages";
   } else {
     for (const PromptInput& p : req.prompts) {
       if (p.is_ids) {
         out.push_back(p.ids);
       } else {
-        out.push_back(tok.encode(p.text));
+        out.push_back(encode(p.text));
         // An empty prompt starts a document, as in `kiln generate`.
         if (out.back().empty() && tok.eos_id()) out.back().push_back(*tok.eos_id());
         if (out.back().empty()) bad_request("prompt", "is empty and the model has no eos token");
       }
+      if (out.back().size() >= size_t(lim.max_context)) break;
     }
   }
+  if (bytes_tokenized) *bytes_tokenized = bytes;
   size_t longest = 0;
   for (const auto& ids : out) longest = std::max(longest, ids.size());
   const int room = lim.max_context - int(longest);
   if (room < 1)
-    throw ApiError(400,
-                   "[" + field_name + "] this model's maximum context length is " +
-                       std::to_string(lim.max_context) + " tokens, but the prompt has " +
-                       std::to_string(longest) + " tokens; shorten it",
-                   field_name, "invalid_request_error", "context_length_exceeded");
+    throw ApiError(
+        400,
+        "[" + field_name + "] this model's maximum context length is " +
+            std::to_string(lim.max_context) + " tokens, but the prompt has " +
+            (over ? "more than " + std::to_string(lim.max_context) : std::to_string(longest)) +
+            " tokens; shorten it",
+        field_name, "invalid_request_error", "context_length_exceeded");
   if (!req.max_tokens_given) {
     req.stop.max_tokens = req.endpoint == Endpoint::chat ? room : std::min(16, room);
   } else if (req.stop.max_tokens > room) {

@@ -51,7 +51,10 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body, const ApiLimi
 // strings, and settles max_tokens:
 // the prompt must leave room in the context; without max_tokens, completions generate 16
 // tokens (OpenAI's default) and chat fills the context. ApiError naming the field otherwise.
+// A prompt over the context is refused after tokenizing about max_context tokens of it, not all
+// of it (Tokenizer::encode_at_most); *bytes_tokenized gets the bytes of text tokenized.
 std::vector<std::vector<int32_t>> prepare_prompts(ApiRequest& req, const Tokenizer& tok,
-                                                  const ChatTemplate& chat, const ApiLimits& lim);
+                                                  const ChatTemplate& chat, const ApiLimits& lim,
+                                                  size_t* bytes_tokenized = nullptr);
 
 }  // namespace kiln::serve

@@ -4,21 +4,28 @@
 #include <chrono>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "kiln/core/error.h"
 #include "kiln/core/log.h"
 #include "kiln/serve/api_error.h"
 #include "kiln/serve/chat_page.h"
+#include "kiln/serve/detokenize_stage.h"
 #include "kiln/serve/json_grammar.h"
 #include "kiln/serve/openai_request.h"
 #include "kiln/serve/openai_response.h"
+#include "kiln/serve/worker_pool.h"
 
 namespace kiln::serve {
 
 namespace {
 
 using json = nlohmann::json;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 HttpResponse error_response(const ApiError& e) {
   HttpResponse r{e.status, "application/json", error_body(e), {}};
@@ -144,12 +151,17 @@ class Server {
             o.http, [this](HttpRequest& req, std::shared_ptr<Exchange> ex) { handle(req, ex); },
             [this](const HttpRequest& req, int status, double s, size_t bytes,
                    const std::string& note) { done(req, status, s, bytes, note); }),
-        loop_(std::move(load), o.max_queue, metrics_) {
+        detokenize_("detokenize", 1),
+        loop_(std::move(load), o.max_queue, metrics_),
+        tokenize_("tokenize", o.tokenize_threads) {
     std::random_device rd;
     id_salt_ = (uint64_t(rd()) << 32) ^ rd();
     metrics_.set_request_gauges([this] { return loop_.running(); },
                                 [this] { return loop_.waiting(); });
   }
+
+  // The engine loop, stopping, still hands updates to the detokenize stage: it drops them now.
+  ~Server() { detokenize_.stop(); }
 
   int run(const std::function<void(int)>& on_listening) {
     http_.on_signal([this](int sig) { begin_drain(sig); });
@@ -204,6 +216,7 @@ class Server {
   }
 
   void handle(HttpRequest& req, const std::shared_ptr<Exchange>& ex) {
+    const auto t0 = Clock::now();
     ++open_;
     std::string path = req.target.substr(0, req.target.find('?'));
     try {
@@ -213,6 +226,7 @@ class Server {
     } catch (const std::exception& e) {
       ex->respond(error_response(ApiError(500, e.what(), "", "internal_error")));
     }
+    metrics_.stage(Stage::http, seconds_since(t0), 1);
   }
 
   void require(const HttpRequest& req, const char* method) {
@@ -271,8 +285,8 @@ class Server {
     completions(chat ? Endpoint::chat : Endpoint::completions, req, ex);
   }
 
+  // On an io thread: parse and check the body, then hand the request to the tokenize stage.
   void completions(Endpoint endpoint, HttpRequest& req, const std::shared_ptr<Exchange>& ex) {
-    const auto t0 = Clock::now();
     ApiLimits lim;
     lim.vocab_size = loop_.engine_info().config().vocab_size;
     lim.max_context = loop_.engine_info().max_context();
@@ -283,14 +297,42 @@ class Server {
                      "the model '" + ar.model + "' does not exist; this server serves '" +
                          o_.served_model_name + "'",
                      "model", "invalid_request_error", "model_not_found");
-    std::vector<std::vector<int32_t>> prompts = prepare_prompts(ar, loop_.tokenizer(), loop_.chat_template(), lim);
-    metrics_.tokenize_time(std::chrono::duration<double>(Clock::now() - t0).count());
+    tokenize_.post([this, ex, lim, ar = std::move(ar)]() mutable { tokenize(ex, ar, lim); });
+  }
 
+  // On the tokenize stage: renders and tokenizes the prompts, then submits them to the engine
+  // loop from the connection's strand.
+  void tokenize(const std::shared_ptr<Exchange>& ex, ApiRequest& ar, const ApiLimits& lim) {
+    const auto t0 = Clock::now();
+    std::vector<std::vector<int32_t>> prompts;
+    size_t bytes = 0;
+    std::optional<ApiError> error;
+    try {
+      prompts = prepare_prompts(ar, loop_.tokenizer(), loop_.chat_template(), lim, &bytes);
+    } catch (const ApiError& e) {
+      error = e;
+    } catch (const std::exception& e) {
+      error = ApiError(500, e.what(), "", "internal_error");
+    }
+    const double s = seconds_since(t0);
+    metrics_.tokenized_bytes(bytes);
+    metrics_.tokenize_time(s);
+    metrics_.stage(Stage::tokenize, s, 1);
+    if (error) return ex->respond(error_response(*error));
+    std::shared_ptr<Pending> p = make_pending(ar, prompts.size(), ex);
+    // Submitted and answered on the connection's strand, so updates find the tickets in place.
+    ex->post([this, p, ar = std::move(ar), prompts = std::move(prompts)]() mutable {
+      submit(p, ar, prompts);
+    });
+  }
+
+  std::shared_ptr<Pending> make_pending(const ApiRequest& ar, size_t prompts,
+                                        const std::shared_ptr<Exchange>& ex) {
     auto p = std::make_shared<Pending>();
     p->ex = ex;
     p->loop = &loop_;
-    p->meta.endpoint = endpoint;
-    p->meta.id = new_id(endpoint == Endpoint::chat ? "chatcmpl-" : "cmpl-");
+    p->meta.endpoint = ar.endpoint;
+    p->meta.id = new_id(ar.endpoint == Endpoint::chat ? "chatcmpl-" : "cmpl-");
     p->meta.model = o_.served_model_name;
     p->meta.created = std::chrono::duration_cast<std::chrono::seconds>(
                           std::chrono::system_clock::now().time_since_epoch())
@@ -298,18 +340,15 @@ class Server {
     p->stream = ar.stream;
     p->include_usage = ar.include_usage;
     p->n = ar.sp.n;
-    p->choices.resize(prompts.size() * size_t(ar.sp.n));
+    p->choices.resize(prompts * size_t(ar.sp.n));
     for (size_t i = 0; i < p->choices.size(); ++i) p->choices[i].index = int(i);
     p->tok = &loop_.tokenizer();
     p->logprobs = ar.sp.logprobs >= 0;
     for (Choice& c : p->choices) c.has_logprobs = p->logprobs;
     p->unsent.resize(p->choices.size());
     p->sent_chars.resize(p->choices.size());
-    p->remaining = int(prompts.size());
-    // Submitted and answered on the connection's strand, so updates find the tickets in place.
-    ex->post([this, p, ar = std::move(ar), prompts = std::move(prompts)]() mutable {
-      submit(p, ar, prompts);
-    });
+    p->remaining = int(prompts);
+    return p;
   }
 
   void submit(const std::shared_ptr<Pending>& p, const ApiRequest& ar,
@@ -320,10 +359,18 @@ class Server {
       job.sp = ar.sp;
       if (ar.json_schema) job.sp.constraint = json_constraint_factory(ar.json_schema, vocab_trie());
       job.stop = ar.stop;
+      job.stop.stop_strings.clear();  // applied after the engine, by the detokenize stage
       const int prompt = int(i);
-      std::shared_ptr<Exchange> ex = p->ex;
-      job.sink = [p, ex, prompt](EngineUpdate u) {
-        ex->post([p, prompt, u = std::move(u)]() mutable { p->on_update(prompt, std::move(u)); });
+      auto detok =
+          std::make_shared<RequestDetokenizer>(loop_.tokenizer(), ar.stop.stop_strings, ar.sp.n);
+      job.sink = [this, p, prompt, detok](EngineUpdate u) {
+        detokenize_.post([this, p, prompt, detok, u = std::move(u)]() mutable {
+          const auto t0 = Clock::now();
+          if (detok->apply(u)) loop_.finish(u.ticket);
+          metrics_.stage(Stage::detokenize, seconds_since(t0), u.result ? 1 : 0);
+          p->ex->post(
+              [p, prompt, u = std::move(u)]() mutable { p->on_update(prompt, std::move(u)); });
+        });
       };
       std::optional<uint64_t> t = loop_.submit(std::move(job));
       if (!t) {
@@ -373,7 +420,9 @@ class Server {
   ServeOptions o_;
   Metrics metrics_;
   HttpServer http_;
+  WorkerPool detokenize_;  // after the engine (one thread: a request's updates stay in order)
   EngineLoop loop_;
+  WorkerPool tokenize_;  // before the engine
   std::atomic<bool> draining_{false}, failed_{false};
   std::atomic<int> open_{0};
   bool aborted_ = false;

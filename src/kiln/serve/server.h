@@ -3,6 +3,9 @@
 // Server-Sent Events), GET /metrics (Prometheus), GET / (the chat page). The model loads on the
 // engine thread while the server already answers (503 until it is ready); SIGTERM/SIGINT stop
 // accepting, let running requests finish within the grace period, then run_server returns 0.
+// A request passes through stages on their own threads: the HTTP io threads parse it, the
+// tokenize stage renders the chat template and tokenizes, the engine loop only runs the model,
+// and the detokenize stage turns ids into text and applies stop strings (kiln:stage_* metrics).
 #pragma once
 
 #include <functional>
@@ -19,6 +22,7 @@ struct ServeOptions {
   std::string api_key;          // "" = no key needed
   int max_queue = 256;          // requests allowed to wait for a slot; more get 429
   double drain_timeout_s = 30;  // after SIGTERM: how long running requests may take
+  int tokenize_threads = 1;     // the tokenize stage's (chat template + tokenizer)
 };
 
 // Serves until a signal; returns the exit status (0 after a drain, 1 if the model failed to

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/tokenizer/byte_unicode.h"
@@ -34,6 +35,27 @@ std::pair<std::string, std::string> merge_pair(const nlohmann::json& e, size_t i
 
 using nlohmann::json;
 using nlohmann::ordered_json;
+
+// A token id read from the file (`field` names where): an integer in [0, kMaxVocab), checked
+// before anything is indexed or sized by it.
+int32_t token_id(const json& v, const std::string& field, const std::string& path) {
+  KILN_CHECK(v.is_number_integer(), "tokenizer", path, ": ", field, " = ", v.dump(),
+             " is not an integer id");
+  const int64_t id = v.is_number_unsigned()
+                         ? int64_t(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(INT64_MAX)))
+                         : v.get<int64_t>();
+  limits::check_limit("tokenizer", path, field, id, limits::kMaxVocab - 1);
+  return int32_t(id);
+}
+
+// Each model.vocab entry's id, checked; the vocabulary's size is the largest id + 1.
+int32_t max_vocab_id(const json& vocab, const std::string& path) {
+  KILN_CHECK(vocab.is_object(), "tokenizer", path, ": model.vocab is not an object");
+  int32_t max_id = -1;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    max_id = std::max(max_id, token_id(it.value(), str("model.vocab['", it.key(), "']"), path));
+  return max_id;
+}
 
 bool is_type(const json& j, const char* type) {
   return j.is_object() && j.contains("type") && j["type"] == type;
@@ -119,9 +141,12 @@ std::optional<std::string> config_eos(const std::string& path) {
 // the file, if any.
 void read_added_tokens(const json& j, const std::string& path, Tokenizer::Impl& impl) {
   if (j.contains("added_tokens"))
-    for (const json& a : j["added_tokens"])
-      impl.added.push_back({a.at("content").get<std::string>(), a.at("id").get<int32_t>(),
+    for (size_t i = 0; i < j["added_tokens"].size(); ++i) {
+      const json& a = j["added_tokens"][i];
+      impl.added.push_back({a.at("content").get<std::string>(),
+                            token_id(a.at("id"), str("added_tokens[", i, "].id"), path),
                             a.value("special", false)});
+    }
   if (auto eos = config_eos(path))
     for (const auto& a : impl.added)
       if (a.text == *eos) impl.eos = a.id;
@@ -172,23 +197,22 @@ Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
              "tokenizer kiln can run");
 
   const json& vocab = m.at("vocab");
-  int32_t max_id = -1;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it)
-    max_id = std::max(max_id, it->get<int32_t>());
-  std::vector<tok::SentencePiece::Piece> pieces(size_t(max_id + 1));
+  std::vector<tok::SentencePiece::Piece> pieces(size_t(max_vocab_id(vocab, path) + 1));
   for (auto& p : pieces) p.type = tok::SentencePiece::Type::unused;
   std::string unk =
       m.value("unk_token", json()).is_string() ? m["unk_token"].get<std::string>() : "";
   std::vector<bool> is_special(pieces.size(), false);
   if (j.contains("added_tokens"))
-    for (const json& a : j["added_tokens"]) {
-      auto id = a.at("id").get<int32_t>();
-      if (id >= 0 && size_t(id) < pieces.size() && a.value("special", false))
-        is_special[size_t(id)] = true;
+    for (size_t i = 0; i < j["added_tokens"].size(); ++i) {
+      const json& a = j["added_tokens"][i];
+      auto id = size_t(token_id(a.at("id"), str("added_tokens[", i, "].id"), path));
+      if (id < pieces.size() && a.value("special", false)) is_special[id] = true;
     }
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    auto id = it->get<size_t>();
+    auto id = it->get<size_t>();  // checked by max_vocab_id
     tok::SentencePiece::Piece& p = pieces[id];
+    KILN_CHECK(p.text.empty(), "tokenizer", path, ": model.vocab gives id ", id, " to '", p.text,
+               "' and '", it.key(), "'");
     p.text = it.key();
     const std::string& t = p.text;
     bool byte = t.size() == 6 && t.starts_with("<0x") && t.back() == '>';
@@ -219,6 +243,7 @@ Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
 }  // namespace
 
 Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content) {
+  check_json_depth("tokenizer", path, content);
   json j;
   try {
     j = json::parse(content);
@@ -242,16 +267,7 @@ Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content
 
     // Vocabulary: spelled token -> id.
     const json& vocab = m.at("vocab");
-    KILN_CHECK(vocab.is_object(), "tokenizer", path, ": model.vocab is not an object");
-    int32_t max_id = -1;
-    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      KILN_CHECK(it.value().is_number_integer() && it.value().get<int64_t>() >= 0 &&
-                     it.value().get<int64_t>() < (int64_t(1) << 30),
-                 "tokenizer", path, ": model.vocab['", it.key(), "'] = ", it.value().dump(),
-                 " is not a valid id");
-      max_id = std::max(max_id, it.value().get<int32_t>());
-    }
-    std::vector<std::string> tokens(size_t(max_id + 1));
+    std::vector<std::string> tokens(size_t(max_vocab_id(vocab, path) + 1));
     std::string bytes;
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
       KILN_CHECK(tok::unicode_to_bytes(it.key(), bytes), "tokenizer", path, ": model.vocab token '",

@@ -67,7 +67,8 @@ SentencePiece::SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix,
                  "byte_fallback is on but there is no piece <0x", std::hex, b, ">");
 }
 
-void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, bool first) const {
+size_t SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, bool first,
+                             size_t max_tokens) const {
   // Normalize: optional whitespace cleanup, the dummy prefix, ' ' -> "▁".
   std::string norm;
   norm.reserve(text.size() * 2 + 3);
@@ -75,7 +76,7 @@ void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, boo
     size_t b = text.find_first_not_of(' '), e = text.find_last_not_of(' ');
     text = b == std::string_view::npos ? std::string_view() : text.substr(b, e - b + 1);
   }
-  if (text.empty()) return;
+  if (text.empty()) return 0;
   if (add_dummy_prefix_ && (first || !prefix_first_only_)) norm += kSpace;
   for (size_t i = 0; i < text.size(); ++i) {
     if (text[i] == ' ') {
@@ -88,7 +89,7 @@ void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, boo
 
   if (!split_words_) {
     encode_word(norm, out);
-    return;
+    return norm.size();
   }
   // Words: a run of "▁" then a run of other characters. No piece spans a word boundary (checked
   // at load), so words encode independently, and repeated words come from the cache.
@@ -114,7 +115,9 @@ void SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, boo
       encode_word(word, entry.ids);
     }
     out.insert(out.end(), entry.ids.begin(), entry.ids.end());
+    if (out.size() > max_tokens) return pos;
   }
+  return norm.size();
 }
 
 void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out) const {

@@ -35,7 +35,10 @@ class SentencePiece {
 
   // `first`: the text starts the input (not after an added token); with a "first only" prefix
   // scheme (Hugging Face Metaspace prepend_scheme "first") only such text gets the dummy prefix.
-  void encode(std::string_view text, std::vector<int32_t>& out, bool first = true) const;
+  // Stops after the word that takes `out` past max_tokens ids; returns the bytes of the
+  // normalized text encoded (at least those of `text` they came from).
+  size_t encode(std::string_view text, std::vector<int32_t>& out, bool first = true,
+                size_t max_tokens = SIZE_MAX) const;
   void set_prefix_first_only(bool on) { prefix_first_only_ = on; }
   // Hugging Face byte-fallback BPE (tokenizer.json): only these pairs (left id, right id) merge,
   // lowest rank first, instead of any pair whose concatenation is a piece.

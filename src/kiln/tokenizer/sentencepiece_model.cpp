@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
 
 namespace kiln {
@@ -133,6 +134,8 @@ Tokenizer::Impl load_sentencepiece(const std::string& path, const std::string& c
   }
   KILN_CHECK(!pieces.empty(), "tokenizer", path,
              ": no pieces: not a SentencePiece model (nor tokenizer.json or a .tiktoken file)");
+  limits::check_limit("tokenizer", path, "the number of pieces", int64_t(pieces.size()),
+                      limits::kMaxVocab);
   KILN_CHECK(model_type == 2, "tokenizer", path, ": trainer_spec.model_type is ", model_type,
              " (1 = Unigram, 3 = word, 4 = char): only BPE (2) SentencePiece models are supported");
   KILN_CHECK(normalizer == "identity", "tokenizer", path, ": normalizer_spec.name is '", normalizer,

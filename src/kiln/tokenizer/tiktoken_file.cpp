@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
 
 namespace kiln {
@@ -105,10 +106,13 @@ Tokenizer::Impl load_tiktoken(const std::string& path, const std::string& conten
                line.substr(0, sp), "' is not base64 of a non-empty token");
     std::string_view rank_s = line.substr(sp + 1);
     int64_t rank = 0;
-    KILN_CHECK(!rank_s.empty() && rank_s.size() < 10 &&
+    KILN_CHECK(!rank_s.empty() && rank_s.size() <= 18 &&
                    rank_s.find_first_not_of("0123456789") == std::string_view::npos,
-               "tokenizer", path, ":", line_no, ": rank '", rank_s, "' is not a number");
+               "tokenizer", path, ":", line_no, ": rank '", rank_s,
+               "' is not a number of at most 18 digits");
     for (char c : rank_s) rank = rank * 10 + (c - '0');
+    // The rank is the token's id: checked before it sizes the token table.
+    limits::check_limit("tokenizer", str(path, ":", line_no), "rank", rank, limits::kMaxVocab - 1);
     if (size_t(rank) >= tokens.size()) tokens.resize(size_t(rank) + 1);
     KILN_CHECK(tokens[size_t(rank)].empty(), "tokenizer", path, ":", line_no, ": rank ", rank,
                " is given twice");

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kiln/core/error.h"
+#include "kiln/core/limits.h"
 #include "kiln/core/parallel.h"
 #include "kiln/io/file.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
@@ -16,6 +17,8 @@ void Tokenizer::Impl::finalize() {
   for (const Added& a : added) {
     KILN_CHECK(a.id >= 0 && !a.text.empty(), "tokenizer", "added token '", a.text, "' with id ",
                a.id, " is invalid: ids are >= 0 and tokens non-empty");
+    limits::check_limit("tokenizer", str("added token '", a.text, "'"), "id", a.id,
+                        limits::kMaxVocab - 1);
     n = std::max(n, size_t(a.id) + 1);
   }
   id_bytes.assign(n, "");
@@ -57,34 +60,38 @@ void Tokenizer::Impl::finalize() {
   }
 }
 
-void Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<int32_t>& out,
-                                      bool first) const {
-  if (text.empty()) return;
-  if (sp) {
-    sp->encode(text, out, first);
-    return;
-  }
+size_t Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<int32_t>& out,
+                                        bool first, size_t max_tokens) const {
+  if (text.empty()) return 0;
+  if (sp) return std::min(text.size(), sp->encode(text, out, first, max_tokens));
   if (bpe.num_merges() == 0 && !bpe.ignore_merges() && !add_prefix_space) {
     // Bytes only (a fresh byte-level vocabulary): no need to pre-tokenize.
-    for (char c : text) {
-      int32_t id = bpe.byte_id(uint8_t(c));
-      KILN_CHECK(id >= 0, "tokenizer", "byte 0x", std::hex, int(uint8_t(c)),
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (out.size() > max_tokens) return i;
+      int32_t id = bpe.byte_id(uint8_t(text[i]));
+      KILN_CHECK(id >= 0, "tokenizer", "byte 0x", std::hex, int(uint8_t(text[i])),
                  " has no token in this vocabulary");
       out.push_back(id);
     }
-    return;
+    return text.size();
   }
   std::string prefixed;
-  if (add_prefix_space && text[0] != ' ') {
+  const size_t added = add_prefix_space && text[0] != ' ';
+  if (added) {
     prefixed.reserve(text.size() + 1);
     prefixed.push_back(' ');
     prefixed.append(text);
-    text = prefixed;
   }
+  const std::string_view all = added ? std::string_view(prefixed) : text;
   thread_local std::vector<std::string_view> pieces;
   pieces.clear();
-  pre.split(text, pieces);
-  for (std::string_view piece : pieces) bpe.encode_piece(piece, out);
+  pre.split(all, pieces);
+  for (std::string_view piece : pieces) {
+    bpe.encode_piece(piece, out);
+    const size_t done = size_t(piece.data() + piece.size() - all.data());
+    if (out.size() > max_tokens) return std::min(text.size(), done - std::min(done, added));
+  }
+  return text.size();
 }
 
 Tokenizer make_tokenizer(Tokenizer::Impl impl) {
@@ -136,12 +143,18 @@ void Tokenizer::save(const std::string& path) const {
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool allow_special) const {
+  return encode_at_most(text, SIZE_MAX, allow_special).ids;
+}
+
+Tokenizer::Encoded Tokenizer::encode_at_most(std::string_view text, size_t max_tokens,
+                                             bool allow_special) const {
   const Impl& m = *impl_;
-  std::vector<int32_t> out;
-  out.reserve(text.size() / 3 + 1);
+  Encoded r;
+  std::vector<int32_t>& out = r.ids;
+  out.reserve(std::min(text.size(), max_tokens) / 3 + 1);
   if (m.added.empty()) {
-    m.encode_ordinary(text, out);
-    return out;
+    r.bytes = m.encode_ordinary(text, out, true, max_tokens);
+    return r;
   }
   // Cut the text at added tokens (leftmost, then longest) and encode the stretches between.
   size_t start = 0;
@@ -159,13 +172,17 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool allow_special
       ++i;
       continue;
     }
-    m.encode_ordinary(text.substr(start, i - start), out, start == 0);
+    const std::string_view stretch = text.substr(start, i - start);
+    r.bytes = start + m.encode_ordinary(stretch, out, start == 0, max_tokens);
+    if (out.size() > max_tokens) return r;
     out.push_back(hit->id);
     i += hit->text.size();
     start = i;
+    r.bytes = start;
+    if (out.size() > max_tokens) return r;
   }
-  m.encode_ordinary(text.substr(start), out, start == 0);
-  return out;
+  r.bytes = start + m.encode_ordinary(text.substr(start), out, start == 0, max_tokens);
+  return r;
 }
 
 std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view>& docs,

@@ -49,6 +49,15 @@ class Tokenizer {
   // Encodes UTF-8 (or any bytes: invalid UTF-8 round-trips through byte tokens). With
   // allow_special, special-token strings in the text become their ids; otherwise plain text.
   std::vector<int32_t> encode(std::string_view text, bool allow_special = false) const;
+  // encode(), but it stops once the ids number more than max_tokens: a text far over a context
+  // is known to be after about max_tokens tokens of BPE (the pre-tokenizer and the scan for
+  // added tokens still read all of it, in linear time). `ids` then is a prefix of encode()'s.
+  struct Encoded {
+    std::vector<int32_t> ids;
+    size_t bytes = 0;  // of the text encoded into ids (all of it unless stopped early)
+  };
+  Encoded encode_at_most(std::string_view text, size_t max_tokens,
+                         bool allow_special = false) const;
   // encode() of every document, across kiln's thread pool (documents are independent).
   std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& docs,
                                                  bool allow_special = false) const;

@@ -38,8 +38,10 @@ struct Tokenizer::Impl {
 
   // Fills id_bytes, is_hole, added_by_first and eos (unless set) from bpe/sp and `added`.
   void finalize();
-  // Encodes text with no added tokens in it; `first`: it starts the input.
-  void encode_ordinary(std::string_view text, std::vector<int32_t>& out, bool first = true) const;
+  // Encodes text with no added tokens in it; `first`: it starts the input. Stops early once
+  // `out` holds more than max_tokens ids; returns the bytes of `text` encoded.
+  size_t encode_ordinary(std::string_view text, std::vector<int32_t>& out, bool first = true,
+                         size_t max_tokens = SIZE_MAX) const;
 };
 
 // Builders, one per file format; `path` is only for messages.

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "kiln/core/error.h"
+#include "kiln/io/checksums.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
@@ -46,6 +47,7 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
   save_safetensors(tmp + "/optimizer.safetensors", opt_tensors,
                    {{"step", std::to_string(opt.steps())}});
   write_trainer_state(tmp, opt.steps(), state);
+  write_checksums(tmp);
   fsync_dir(tmp);
   fs::remove_all(final_dir);  // re-saving a step after a resume
   fs::rename(tmp, final_dir);
@@ -79,6 +81,7 @@ bool is_sharded_checkpoint(const std::string& dir) {
 
 void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerState& state) {
   if (is_sharded_checkpoint(dir)) {
+    verify_checksums(dir);  // every file, before any is read
     // The whole weights and moments reassembled from the shards' runs (model_io.h); throws naming
     // a missing or foreign shard file, and any part of the model no shard holds.
     load_sharded_buffers(dir, model,
@@ -88,7 +91,8 @@ void load_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainerSt
     read_trainer_state(dir, opt, state);
     return;
   }
-  load_weights(model, dir);
+  verify_checksums(dir, {"optimizer.safetensors", "trainer_state.json"});
+  load_weights(model, dir);  // checks the model's files
   auto st = load_safetensors(dir + "/optimizer.safetensors");
   for (auto [name, dst] :
        {std::pair<const char*, Tensor*>{"exp_avg", &opt.m()}, {"exp_avg_sq", &opt.v()}}) {

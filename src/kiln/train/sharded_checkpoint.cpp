@@ -9,6 +9,7 @@
 #include <map>
 
 #include "kiln/core/error.h"
+#include "kiln/io/checksums.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
@@ -133,6 +134,7 @@ std::string save_sharded_checkpoint(const std::string& run_dir, const StatePiece
     write_json_file_atomic(tmp + "/config.json", whole.to_json());
     tok.save(tmp + "/tokenizer.json");
     write_trainer_state(tmp, optimizer_steps, state);
+    write_checksums(tmp);  // every rank's shard is on disk (barrier above)
     fsync_path(tmp);
     fs::remove_all(final_dir);  // re-saving a step after a resume
     fs::rename(tmp, final_dir);

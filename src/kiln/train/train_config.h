@@ -34,19 +34,33 @@ struct TrainConfig {
 
   ModelConfig model;
   bool vocab_from_tokenizer = false;  // model.vocab_size omitted: take the tokenizer's
-  std::string init_from;  // optional: a checkpoint directory whose weights start the run
+  // Optional: a checkpoint directory, run directory or GGUF file whose weights (and, unless
+  // data.tokenizer says otherwise, tokenizer) start the run. `model: {base: DIR}` says the same.
+  std::string init_from;
+  // Fine-tuning (`kiln finetune`): full (every weight trains). lora and qlora are not built yet.
+  std::string method = "full";
 
   struct Data {
     std::vector<std::string> train;  // text files, concatenated in order
     std::string val;                 // optional held-out text file
     double val_fraction = 0.05;      // used when `val` is empty: the tail of the training text
-    std::string tokenizer = "byte";  // "byte" or a tokenizer file (tokenizer.json, .tiktoken)
+    // "byte", a tokenizer file (tokenizer.json, .tiktoken), or empty: init_from's tokenizer when
+    // there is one, else "byte"
+    std::string tokenizer;
     // Megatron indexed datasets instead of text: [0.7, data/a, 0.3, data/b] (kiln data tokenize)
     std::vector<std::string> blend;
     std::string split = "98,2,0";  // train, validation, test shares of each dataset's documents
     // No files: uniform random token ids over model.vocab_size from the seed (Megatron's
     // --mock-data), for benchmarks and tests of the parallel layouts.
     bool mock = false;
+    // Supervised fine-tuning: JSONL chat records (data/sft_dataset.h) instead of text. Each
+    // example is one row of train.seq_len tokens; loss "assistant" (the replies and completions
+    // only) or "all"; chat_template renders `messages`: empty (the base model's, else guanaco),
+    // "guanaco", "chatml", or a file holding a Jinja template.
+    std::vector<std::string> sft;
+    int max_seq_length = 0;  // 0: train.seq_len + 1
+    std::string loss = "assistant";
+    std::string chat_template;
   } data;
 
   struct Train {

@@ -12,11 +12,15 @@
 #include "kiln/core/log.h"
 #include "kiln/core/parallel.h"
 #include "kiln/data/batch_source.h"
+#include "kiln/data/sft_dataset.h"
 #include "kiln/dist/comm.h"
 #include "kiln/dist/groups.h"
 #include "kiln/infer/generate.h"
 #include "kiln/io/file.h"
+#include "kiln/io/json_file.h"
 #include "kiln/model/model_io.h"
+#include "kiln/quant/gguf_model.h"
+#include "kiln/tokenizer/chat_template.h"
 #include "kiln/train/checkpoint.h"
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/schedule.h"
@@ -130,7 +134,9 @@ int64_t max_over_ranks(int64_t x, dist::Comm& comm) {
 std::unique_ptr<Model> build_model(TrainConfig& cfg, const Tokenizer& tok) {
   std::unique_ptr<Model> model;
   if (!cfg.init_from.empty()) {
-    model = load_model(resolve_model_dir(cfg.init_from));
+    model = quant::is_gguf_path(cfg.init_from)
+                ? quant::load_gguf_model(cfg.init_from, /*keep_quantized=*/false).model
+                : load_model(resolve_model_dir(cfg.init_from));
     cfg.model = model->config();
   } else {
     if (cfg.vocab_from_tokenizer) cfg.model.vocab_size = tok.vocab_size();
@@ -144,7 +150,48 @@ std::unique_ptr<Model> build_model(TrainConfig& cfg, const Tokenizer& tok) {
   return model;
 }
 
+// The tokenizer data.tokenizer names; by default the base model's (init_from), else byte-level.
+Tokenizer load_training_tokenizer(const TrainConfig& cfg) {
+  const std::string& name = cfg.data.tokenizer;
+  if (name == "byte" || (name.empty() && cfg.init_from.empty()))
+    return Tokenizer::byte_level({"<|endoftext|>"});
+  if (!name.empty()) return Tokenizer::load(name);
+  if (quant::is_gguf_path(cfg.init_from))
+    return quant::load_gguf_model(cfg.init_from, false).tokenizer;
+  const std::string dir = resolve_model_dir(cfg.init_from);
+  KILN_CHECK(file_exists(dir + "/tokenizer.json"), "train", "the base model '", dir,
+             "' has no tokenizer.json; name one with data.tokenizer (or byte)");
+  return Tokenizer::load(dir + "/tokenizer.json");
+}
+
+// The template that renders SFT `messages`: data.chat_template, else the base model's, else
+// kiln's default (guanaco).
+ChatTemplate sft_chat_template(const TrainConfig& cfg, const Tokenizer& tok) {
+  const std::string& name = cfg.data.chat_template;
+  if (name == "guanaco") return ChatTemplate::guanaco();
+  if (name == "chatml") return ChatTemplate::load(kChatmlTemplate, {}, "chatml");
+  if (!name.empty()) return ChatTemplate::load(read_file(name), {}, name);
+  if (!cfg.init_from.empty()) {
+    const std::string where =
+        quant::is_gguf_path(cfg.init_from) ? cfg.init_from : resolve_model_dir(cfg.init_from);
+    return find_chat_template(where, &tok);
+  }
+  return ChatTemplate::guanaco();
+}
+
 std::unique_ptr<BatchSource> open_data(const TrainConfig& cfg, const Tokenizer& tok) {
+  if (!cfg.data.sft.empty()) {
+    SftSpec spec;
+    spec.train = cfg.data.sft;
+    spec.val = cfg.data.val;
+    spec.val_fraction = cfg.data.val_fraction;
+    spec.options.max_seq_length = cfg.data.max_seq_length;
+    spec.options.assistant_only_loss = cfg.data.loss == "assistant";
+    const ChatTemplate chat = sft_chat_template(cfg, tok);
+    log_info("SFT data: messages rendered with the ",
+             chat.is_default() ? "default (guanaco)" : chat.origin(), " chat template");
+    return open_sft_source(spec, tok, chat, cfg.train.seq_len, cfg.seed);
+  }
   if (cfg.data.blend.empty() && !cfg.data.mock) {
     log_info("tokenizing ", cfg.data.train.size(), " file(s) with a ", tok.vocab_size(),
              "-token vocabulary");
@@ -240,9 +287,12 @@ nlohmann::json metrics_record(int64_t step, const StepRecord& s, float lr, int64
 
 // Collective: one checkpoint of the runner's state, gathered (written by rank 0) or sharded
 // (every rank writes what it owns). Returns its directory (gathered: on rank 0 only).
+// chat_template: the source of the template SFT data was rendered with, when it is not kiln's
+// default; saved as the checkpoint's tokenizer_config.json so chat and serve render the same way.
 std::string write_checkpoint(StepRunner& runner, const TrainConfig& cfg, dist::Comm& comm,
                              const dist::GroupPlan& plan, const ModelConfig& whole_cfg,
-                             const Tokenizer& tok, const TrainerState& state) {
+                             const Tokenizer& tok, const TrainerState& state,
+                             const std::string& chat_template) {
   std::string dir;
   if (cfg.parallel.checkpoint == "sharded") {
     const StatePieces mine = runner.sharded_pieces();
@@ -257,6 +307,8 @@ std::string write_checkpoint(StepRunner& runner, const TrainConfig& cfg, dist::C
                             cfg.train.keep_checkpoints,
                             cfg.train.checkpoint_dtype == "bf16" ? DType::bf16 : DType::f32);
   }
+  if (comm.rank() == 0 && !dir.empty() && !chat_template.empty())
+    write_json_file_atomic(dir + "/tokenizer_config.json", {{"chat_template", chat_template}});
   runner.checkpoint_done();
   return dir;
 }
@@ -306,8 +358,12 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     write_file_atomic(cfg.run_dir + "/config.yaml", cfg.yaml);
   }
 
-  const Tokenizer tok = cfg.data.tokenizer == "byte" ? Tokenizer::byte_level({"<|endoftext|>"})
-                                                     : Tokenizer::load(cfg.data.tokenizer);
+  const Tokenizer tok = load_training_tokenizer(cfg);
+  std::string chat_source;  // kept with the checkpoints when SFT data used a non-default template
+  if (!cfg.data.sft.empty()) {
+    const ChatTemplate chat = sft_chat_template(cfg, tok);
+    if (!chat.is_default()) chat_source = chat.source();
+  }
   std::unique_ptr<Model> model = build_model(cfg, tok);
   const ModelConfig whole_cfg = model->config();
   std::unique_ptr<BatchSource> data = open_data(cfg, tok);
@@ -375,7 +431,8 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       state.loss_scale = fp16 ? scaler.scale() : 0;
       state.scale_growth = scaler.growth();
       state.scale_hysteresis = scaler.hysteresis_left();
-      result.checkpoint = write_checkpoint(*runner, cfg, comm, groups.plan, whole_cfg, tok, state);
+      result.checkpoint =
+          write_checkpoint(*runner, cfg, comm, groups.plan, whole_cfg, tok, state, chat_source);
     }
     last_loss = s.loss;
   }

@@ -1,0 +1,156 @@
+#include "kiln/model/lora.h"
+
+#include <cmath>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "kiln/core/error.h"
+#include "kiln/io/file.h"
+#include "kiln/io/json_file.h"
+#include "kiln/io/safetensors.h"
+
+namespace kiln {
+
+namespace {
+
+constexpr const char* kPrefix = "base_model.model.";
+constexpr const char* kWeights = "adapter_model.safetensors";
+
+// "base_model.model.X.lora_A.weight" -> "X.weight"; "" when the name is not a LoRA tensor.
+std::string base_weight_of(const std::string& name, const char* which) {
+  const std::string suffix = std::string(".") + which + ".weight";
+  const std::string prefix = kPrefix;
+  if (name.size() <= prefix.size() + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return "";
+  return name.substr(prefix.size(), name.size() - prefix.size() - suffix.size()) + ".weight";
+}
+
+std::string peft_name(const std::string& weight, const char* which) {
+  return kPrefix + weight.substr(0, weight.size() - std::string(".weight").size()) + "." + which +
+         ".weight";
+}
+
+// The (in, out) sizes of a base weight: Llama's (out, in) like nn.Linear, GPT-2's (in, out).
+std::pair<int64_t, int64_t> in_out(const Model& base, const ParamInfo& p) {
+  return base.config().arch == Arch::gpt2 ? std::pair{p.shape[0], p.shape[1]}
+                                          : std::pair{p.shape[1], p.shape[0]};
+}
+
+LoraConfig read_config(const std::string& path) {
+  const nlohmann::json j = read_json_file(path);
+  LoraConfig c;
+  try {
+    const std::string type = j.value("peft_type", "LORA");
+    KILN_CHECK(type == "LORA", "lora", path, ": peft_type is '", type,
+               "'; only LORA adapters are supported");
+    c.r = j.at("r").get<int>();
+    c.alpha = j.value("lora_alpha", float(c.r));
+    c.rslora = j.value("use_rslora", false);
+    c.dropout = j.value("lora_dropout", 0.0f);
+    c.base_model = j.value("base_model_name_or_path", std::string());
+    if (j.contains("target_modules") && j["target_modules"].is_array())
+      c.target_modules = j["target_modules"].get<std::vector<std::string>>();
+    else if (j.contains("target_modules") && j["target_modules"].is_string())
+      c.target_modules = {j["target_modules"].get<std::string>()};
+    const std::string bias = j.value("bias", "none");
+    KILN_CHECK(bias == "none", "lora", path, ": bias '", bias,
+               "' adapters train biases too; only bias: none is supported");
+  } catch (const nlohmann::json::exception& e) {
+    fail("lora", path, ": a field has the wrong type or is missing (", e.what(), ")");
+  }
+  KILN_CHECK(c.r >= 1 && c.r <= 4096, "lora", path, ": r = ", c.r, " is out of range 1..4096");
+  KILN_CHECK(std::isfinite(c.alpha), "lora", path, ": lora_alpha is not finite");
+  return c;
+}
+
+}  // namespace
+
+float LoraConfig::scaling() const {
+  return rslora ? alpha / std::sqrt(float(r)) : alpha / float(r);
+}
+
+LoraAdapter load_lora_adapter(const std::string& dir, const Model& base) {
+  const std::string cfg_path = dir + "/adapter_config.json", st_path = dir + "/" + kWeights;
+  KILN_CHECK(file_exists(cfg_path) && file_exists(st_path), "lora", "'", dir,
+             "' is not a PEFT LoRA adapter: it needs adapter_config.json and ", kWeights);
+  LoraAdapter ad;
+  ad.config = read_config(cfg_path);
+  const SafeTensorsFile st = load_safetensors(st_path);
+  std::set<std::string> used;
+  for (const ParamInfo& p : base.params()) {
+    const std::string a_name = peft_name(p.name, "lora_A"), b_name = peft_name(p.name, "lora_B");
+    if (!st.contains(a_name) && !st.contains(b_name)) continue;
+    KILN_CHECK(st.contains(a_name) && st.contains(b_name), "lora", st_path, ": ",
+               st.contains(a_name) ? b_name : a_name,
+               " is missing (a LoRA layer needs both A and B)");
+    KILN_CHECK(p.shape.size() == 2, "lora", st_path, ": ", p.name, " is not a matrix");
+    const auto [in, out] = in_out(base, p);
+    const Tensor& a = st.get(a_name);
+    const Tensor& b = st.get(b_name);
+    const int64_t r = ad.config.r;
+    const bool fits = a.shape() == Shape{r, in} && b.shape() == Shape{out, r};
+    KILN_CHECK(fits, "lora", st_path, ": ", p.name, " needs lora_A (", r, ", ", in,
+               ") and lora_B (", out, ", ", r, ") for r = ", r, ", but the file has ",
+               shape_str(a.shape()), " and ", shape_str(b.shape()),
+               ": the adapter was made for another model or rank");
+    ad.layers.push_back({p.name, a.to_f32(), b.to_f32()});
+    used.insert(a_name);
+    used.insert(b_name);
+  }
+  for (const std::string& name : st.names) {
+    if (used.count(name)) continue;
+    const std::string w = base_weight_of(name, "lora_A").empty() ? base_weight_of(name, "lora_B")
+                                                                 : base_weight_of(name, "lora_A");
+    fail("lora", st_path, ": tensor '", name, "' ",
+         w.empty() ? "is not a LoRA A/B weight (only bias: none adapters are supported)"
+                   : "adapts '" + w + "', which the base model does not have",
+         ": the adapter was made for another model");
+  }
+  KILN_CHECK(!ad.layers.empty(), "lora", st_path, ": no LoRA tensors");
+  return ad;
+}
+
+void save_lora_adapter(const LoraAdapter& ad, const std::string& dir) {
+  make_dirs(dir);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const LoraLayer& l : ad.layers) {
+    tensors.emplace_back(peft_name(l.weight, "lora_A"), l.a);
+    tensors.emplace_back(peft_name(l.weight, "lora_B"), l.b);
+  }
+  save_safetensors(dir + "/" + kWeights, tensors, {{"format", "pt"}});
+  const LoraConfig& c = ad.config;
+  write_json_file_atomic(dir + "/adapter_config.json", {{"peft_type", "LORA"},
+                                                        {"task_type", "CAUSAL_LM"},
+                                                        {"r", c.r},
+                                                        {"lora_alpha", c.alpha},
+                                                        {"lora_dropout", c.dropout},
+                                                        {"use_rslora", c.rslora},
+                                                        {"bias", "none"},
+                                                        {"target_modules", c.target_modules},
+                                                        {"base_model_name_or_path", c.base_model}});
+}
+
+void merge_lora(Model& model, const LoraAdapter& ad) {
+  const float s = ad.config.scaling();
+  const bool conv1d = model.config().arch == Arch::gpt2;
+  for (const LoraLayer& l : ad.layers) {
+    const ParamInfo& p = model.param(l.weight);
+    const auto [in, out] = in_out(model, p);
+    const int64_t r = l.a.shape()[0];
+    const bool fits = l.a.shape() == Shape{r, in} && l.b.shape() == Shape{out, r};
+    KILN_CHECK(fits, "lora", "the adapter's ", l.weight, " does not fit this model");
+    float* w = model.weights().f32() + p.offset;
+    const float* A = l.a.f32();
+    const float* B = l.b.f32();
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i) {
+        double d = 0;
+        for (int64_t k = 0; k < r; ++k) d += double(B[o * r + k]) * double(A[k * in + i]);
+        (conv1d ? w[i * out + o] : w[o * in + i]) += float(s * d);
+      }
+  }
+}
+
+}  // namespace kiln

@@ -1,0 +1,183 @@
+// `kiln finetune` as a user runs it: a tiny Llama pretrained by `kiln train`, then fine-tuned on
+// generated chat records in each of the three SFT shapes. Checked: the loss on the replies falls
+// and the fine-tuned model answers as the data taught it (greedy, through `kiln generate`); the
+// chat template travels with the checkpoints; a stopped and resumed run is bit-identical; bad
+// records and configs are refused naming the file, line or key.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/train_test_util.h"
+#include "kiln/core/rng.h"
+#include "kiln/io/file.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using test::run_command;
+using test::run_losses;
+
+// A question about an animal is answered by its sound: a mapping the base has never seen.
+const char* kAnimals[][2] = {{"cat", "meow"}, {"dog", "woof"}, {"cow", "moo"}, {"duck", "quack"}};
+
+std::string sft_records(const std::string& shape, int n) {
+  Rng rng(5);
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    const auto& a = kAnimals[rng.below(4)];
+    const std::string q = std::string("what does the ") + a[0] + " say?";
+    const std::string reply = std::string(" ") + a[1] + ".";
+    nlohmann::json j;
+    if (shape == "text") j["text"] = "### Human: " + q + " ### Assistant:" + reply;
+    if (shape == "messages")
+      j["messages"] = {{{"role", "user"}, {"content", q}},
+                       {{"role", "assistant"}, {"content", reply}}};
+    if (shape == "prompt") j = {{"prompt", "Q: " + q + " A:"}, {"completion", reply}};
+    out += j.dump() + "\n";
+  }
+  return out;
+}
+
+class FinetuneCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir("kiln-finetune");
+    write_file_atomic(*dir_ / "corpus.txt", test::word_corpus());
+    write_file_atomic(*dir_ / "base.yaml", "run_dir: " + dir_->path() + "/base\nseed: 3\n" +
+                                               R"(model:
+  architectures: [LlamaForCausalLM]
+  hidden_size: 48
+  intermediate_size: 96
+  num_hidden_layers: 2
+  num_attention_heads: 4
+  num_key_value_heads: 2
+  max_position_embeddings: 64
+data: {train: [)" + dir_->path() + R"(/corpus.txt], tokenizer: byte}
+train: {steps: 30, batch_size: 8, seq_len: 48, eval_every: 0, samples: 0, checkpoint_every: 0}
+optim: {lr: 3.0e-3, warmup_steps: 5}
+)");
+    auto r = kiln("train " + *dir_ / "base.yaml");
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static test::CommandResult kiln(const std::string& args) {
+    return run_command("OMP_NUM_THREADS=2 " + test::kiln_binary() + " " + args);
+  }
+  // A fine-tuning config over SFT data `data` (a file) into run `run`.
+  static std::string config(const std::string& run, const std::string& data, int steps,
+                            const std::string& extra = "") {
+    const std::string path = *dir_ / (run + ".yaml");
+    write_file_atomic(path, "run_dir: " + dir_->path() + "/" + run +
+                                "\nseed: 4\nmodel: {base: " + dir_->path() +
+                                "/base}\ndata: {sft: [" + data + "], val_fraction: 0.1}\n" +
+                                "train: {steps: " + std::to_string(steps) +
+                                ", batch_size: 8, seq_len: 64, eval_every: 0, samples: 0, "
+                                "checkpoint_every: 20}\noptim: {lr: 5.0e-3, warmup_steps: 5}\n" +
+                                extra);
+    return path;
+  }
+  static test::TempDir* dir_;
+};
+test::TempDir* FinetuneCli::dir_ = nullptr;
+
+// The model's greedy continuation of `prompt` (what `kiln generate` prints after it).
+std::string greedy(const std::string& model, const std::string& prompt, int tokens = 8) {
+  auto r = run_command("OMP_NUM_THREADS=2 " + test::kiln_binary() + " generate --model " + model +
+                       " --prompt '" + prompt + "' --max-new-tokens " + std::to_string(tokens) +
+                       " --temperature 0");
+  EXPECT_EQ(r.status, 0) << r.output;
+  const size_t at = r.output.find(prompt);
+  return at == std::string::npos ? r.output : r.output.substr(at + prompt.size());
+}
+
+TEST_F(FinetuneCli, EachShapeLearnsTheReplies) {
+  const std::string prompts[] = {
+      "### Human: what does the {} say? ### Assistant:",
+      "### Human: what does the {} say? ### Assistant:", "Q: what does the {} say? A:"};
+  int i = 0;
+  for (const std::string shape : {"text", "messages", "prompt"}) {
+    const std::string data = *dir_ / (shape + ".jsonl");
+    write_file_atomic(data, sft_records(shape, 400));
+    const std::string run = dir_->path() + "/ft-" + shape;
+    auto r = kiln("finetune " + config("ft-" + shape, data, 200));
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("assistant/completion only"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(" 0 cut to data.max_seq_length"), std::string::npos) << r.output;
+    const std::vector<double> loss = run_losses(run);
+    ASSERT_EQ(loss.size(), 200u);
+    EXPECT_LT(loss.back(), 0.05 * loss.front()) << shape;
+    // Every animal's question gets its sound (greedy), where the base says something else.
+    std::string prompt = prompts[i++];
+    for (const auto& [animal, sound] : kAnimals) {
+      std::string p = prompt;
+      p.replace(p.find("{}"), 2, animal);
+      const std::string want = std::string(" ") + sound + ".";
+      EXPECT_EQ(greedy(run, p).substr(0, want.size()), want) << shape << ": " << p;
+      if (shape == "text")
+        EXPECT_NE(greedy(dir_->path() + "/base", p).substr(0, want.size()), want);
+    }
+    // kiln eval --sft scores the same: every record's reply exact, the base's none.
+    auto ev = kiln("eval --model " + run + " --sft " + data + " --limit 40");
+    ASSERT_EQ(ev.status, 0) << ev.output;
+    EXPECT_NE(ev.output.find("\"examples\":40,\"exact_match\":1.0000,\"word_error_rate\":0.0000"),
+              std::string::npos)
+        << ev.output;
+    if (shape == "text") {
+      ev = kiln("eval --model " + dir_->path() + "/base --sft " + data + " --limit 40");
+      EXPECT_NE(ev.output.find("\"exact_match\":0.0000"), std::string::npos) << ev.output;
+    }
+  }
+}
+
+TEST_F(FinetuneCli, AConfiguredTemplateTravelsWithTheCheckpoint) {
+  const std::string data = *dir_ / "m.jsonl";
+  write_file_atomic(data, sft_records("messages", 50));
+  auto r = kiln("finetune " + config("ft-chatml", data, 2, "") + " data.chat_template=chatml");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("chatml chat template"), std::string::npos) << r.output;
+  const std::string ckpt = dir_->path() + "/ft-chatml/checkpoints/step_00000002";
+  ASSERT_TRUE(file_exists(ckpt + "/tokenizer_config.json")) << r.output;
+  EXPECT_NE(read_file(ckpt + "/tokenizer_config.json").find("<|im_start|>"), std::string::npos);
+}
+
+TEST_F(FinetuneCli, StoppedAndResumedEqualsUnstopped) {
+  const std::string data = *dir_ / "p.jsonl";
+  write_file_atomic(data, sft_records("prompt", 30));  // 27 train examples: epochs turn over
+  ASSERT_EQ(kiln("finetune " + config("whole", data, 40)).status, 0);
+  ASSERT_EQ(kiln("finetune " + config("part", data, 40)).status, 0);
+  // The run's later checkpoint is lost: it resumes from step 20, mid-epoch, and redoes 21..40.
+  std::filesystem::remove_all(dir_->path() + "/part/checkpoints/step_00000040");
+  auto rest = kiln("finetune " + config("part", data, 40) + " --resume");
+  ASSERT_EQ(rest.status, 0) << rest.output;
+  EXPECT_NE(rest.output.find("step 20"), std::string::npos) << rest.output;
+  EXPECT_EQ(run_losses(dir_->path() + "/part"), run_losses(dir_->path() + "/whole"));
+}
+
+TEST_F(FinetuneCli, BadRecordsAndConfigsAreNamed) {
+  const std::string data = *dir_ / "bad.jsonl";
+  write_file_atomic(data, sft_records("text", 3) +
+                              "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+  auto r = kiln("finetune " + config("bad", data, 2));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find(data + ":4: no assistant message"), std::string::npos) << r.output;
+  EXPECT_FALSE(file_exists(dir_->path() + "/bad/checkpoints"));
+
+  const std::string ok = *dir_ / "ok.jsonl";
+  write_file_atomic(ok, sft_records("text", 20));
+  r = kiln("finetune " + config("lora", ok, 2, "method: lora\n"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("method lora is not built yet"), std::string::npos) << r.output;
+  r = kiln("finetune " + *dir_ / "base.yaml");  // a pretraining config: no base
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("fine-tuning starts from a model"), std::string::npos) << r.output;
+  r = kiln("finetune " + config("long", ok, 2) + " data.max_seq_length=100");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("must be at most train.seq_len + 1"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace kiln
