@@ -146,6 +146,7 @@ run_point() {
   curl -s "$url/metrics" > bench/out/serve_logs/$server-$point.metrics0 || true
   local cpu0 load cpu1
   cpu0=$(cpu_seconds "$srv_pid")
+  export SERVE_LOADAVG0; SERVE_LOADAVG0=$(cat /proc/loadavg)
   load=$(node bench/serve_load.mjs --url "$url" --label "$server $point" --seed "$seed" \
     --bytes-per-token "$bpt" --warmup 0 --requests-out "bench/out/serve_logs/$server-$point.requests.jsonl" $loadargs) || {
     echo "[serve_bench] $server $point: the load generator failed; see $log" >&2; stop_server; return 1; }

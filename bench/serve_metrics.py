@@ -15,6 +15,7 @@ detokenize, ...) the numerator. Without it, the tokenize histogram's sum
 """
 import datetime
 import json
+import os
 import re
 import sys
 
@@ -86,6 +87,13 @@ def main():
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load": load, "overhead": overhead(d), "metrics": d,
     }
+    # The machine's 1-minute load average at the point's start (SERVE_LOADAVG0) and end: a busy
+    # machine shows here, not in the figures' spread.
+    try:
+        row["loadavg_start"] = float(os.environ.get("SERVE_LOADAVG0", "nan").split()[0])
+        row["loadavg_end"] = float(open("/proc/loadavg").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
     if server != "kiln" and peer:
         row["peer_version"] = peer
     if load.get("total_output_tokens"):

@@ -31,8 +31,8 @@ def f(x, nd=1):
 
 def table(rows):
     print("| server | load | prompts | ok/fail | req/s | out tok/s | TTFT mean / med / p99 | "
-          "TPOT mean / med / p99 | ITL med / p99 | e2e med / p99 | tok/chunk | server CPU ms/tok |")
-    print("|---|---|---:|---:|---:|---:|---|---|---|---|---:|---:|")
+          "TPOT mean / med / p99 | ITL med / p99 | e2e med / p99 | tok/chunk | server CPU ms/tok | load avg |")
+    print("|---|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|")
     for r in sorted(rows, key=order):
         L = r["load"]
         load_s = f"c={L['concurrency']}" if L["mode"] == "closed" else f"Poisson {L['rate']}/s"
@@ -44,7 +44,7 @@ def table(rows):
               f"{f(t['mean'])} / {f(t['median'])} / {f(t['p99'])} | "
               f"{f(p['mean'])} / {f(p['median'])} / {f(p['p99'])} | {f(i['median'])} / {f(i['p99'])} | "
               f"{f(e['median'], 0)} / {f(e['p99'], 0)} | {f(L['tokens_per_chunk'], 2)} | "
-              f"{f(r.get('server_cpu_ms_per_output_token'), 2)} |")
+              f"{f(r.get('server_cpu_ms_per_output_token'), 2)} | {f(r.get('loadavg_end'), 1)} |")
 
 
 def targets(rows):
