@@ -108,14 +108,17 @@ function getJson(url) {
   });
 }
 
-// One streamed completion. Resolves (never rejects) to the request's timings.
-function streamOne(a, model, req) {
+// One streamed completion. Resolves (never rejects) to the request's timings. A kept-alive
+// socket the server closed meanwhile fails before any byte comes back (Node's reusedSocket
+// case): that request never reached the server, so it is sent again on a fresh socket.
+function streamOne(a, model, req, tries = 0) {
   const body = JSON.stringify({
     model, prompt: req.prompt, max_tokens: req.outputLen, ignore_eos: true, temperature: 0,
     stream: true, stream_options: { include_usage: true },
   });
   const out = { i: req.i, prompt_len: req.promptLen, output_len: req.outputLen, ok: false,
-    ttft: NaN, e2e: NaN, itl: [], chunks: 0, output_tokens: 0, prompt_tokens: 0, error: "" };
+    ttft: NaN, e2e: NaN, itl: [], chunks: 0, output_tokens: 0, prompt_tokens: 0, error: "",
+    resent: tries };
   return new Promise((resolve) => {
     const t0 = now();
     let last = 0, buf = "", done = false, usage = null, status = 0;
@@ -170,7 +173,15 @@ function streamOne(a, model, req) {
       res.on("error", finish);
     });
     const timer = setTimeout(() => { rq.destroy(new Error("timeout")); }, a.timeout * 1000);
-    rq.on("error", finish);
+    rq.on("error", (err) => {
+      if (rq.reusedSocket && status === 0 && !done && tries < 3) {
+        done = true;
+        clearTimeout(timer);
+        streamOne(a, model, req, tries + 1).then(resolve);
+        return;
+      }
+      finish(err);
+    });
     rq.end(body);
   });
 }
@@ -227,6 +238,7 @@ async function main() {
     concurrency: a.concurrency || null, rate: a.rate || null,
     num_prompts: a.numPrompts, seed: a.seed, prompt_len: a.promptLen, output_len: a.outputLen,
     completed: ok.length, failed: results.length - ok.length,
+    resent: results.reduce((s, x) => s + x.resent, 0),
     failures: [...new Set(results.filter((x) => !x.ok).map((x) => x.error))].slice(0, 5),
     duration_s: Math.round(duration * 1000) / 1000,
     request_throughput: ok.length / duration,
