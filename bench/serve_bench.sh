@@ -9,7 +9,7 @@
 # and load settings) is skipped, so an interrupted run continues where it stopped (--fresh
 # starts over). Prints a markdown table (bench/serve_table.py) at the end.
 #
-#   bench/serve_bench.sh [--threads 2] [--concurrency "1 16 64 256"] [--rates "1 2 4 8"]
+#   bench/serve_bench.sh [--threads 2] [--concurrency "1 16 64 256"] [--rates "0.25 0.5 1 2"]
 #     [--servers "kiln llama-server"] [--waves 4] [--min-prompts 32] [--rate-prompts 64]
 #     [--prompt-len 64:512] [--output-len 32:256] [--seed 0] [--slot-ctx 1024]
 #     [--streams 1000] [--streams-prompt-len 16:64] [--streams-output-len 16:16]
@@ -32,7 +32,7 @@
 # it unset). llama-server: LLAMA_SERVER=path, else bench/build_llama_server.sh builds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=2 concs="1 16 64 256" rates="1 2 4 8" servers="kiln llama-server"
+threads=2 concs="1 16 64 256" rates="0.25 0.5 1 2" servers="kiln llama-server"
 waves=4 min_prompts=32 rate_prompts=64 plen=64:512 olen=32:256 seed=0 slot_ctx=1024
 bpt=4.73 streams=1000 s_plen=16:64 s_olen=16:16 s_running=1000 kv_gib=4 port=18100
 omp_wait=PASSIVE out=bench/out/serve_bench.jsonl fresh=0 dry=0
