@@ -75,6 +75,18 @@ def overhead(d):
     return res
 
 
+def cpu():
+    """The CPU's model name and whether it has AMX (kiln's quantized prefill uses it when there)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "")
+    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+    return {"model": name, "cores": os.cpu_count(), "amx": "amx_tile" in flags,
+            "avx512_vnni": "avx512_vnni" in flags}
+
+
 def main():
     if len(sys.argv) != 11 or sys.argv[1] != "--row":
         sys.exit(__doc__)
@@ -83,7 +95,7 @@ def main():
     d = deltas(parse(m0), parse(m1))
     row = {
         "server": server, "point": point, "load_args": loadargs, "server_args": serverargs,
-        "threads": int(threads), "server_cpu_s": float(cpu_s),
+        "threads": int(threads), "server_cpu_s": float(cpu_s), "cpu": cpu(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load": load, "overhead": overhead(d), "metrics": d,
     }
