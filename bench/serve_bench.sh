@@ -133,11 +133,13 @@ run_point() {
   fi
   srv_pid=$!
   local url=http://127.0.0.1:$port
+  local up=0
   for _ in $(seq 600); do
-    curl -sf "$url/health" >/dev/null 2>&1 && break
+    curl -sf "$url/health" >/dev/null 2>&1 && { up=1; break; }
     kill -0 "$srv_pid" 2>/dev/null || { echo "[serve_bench] $server died at start; see $log" >&2; tail -5 "$log" >&2; srv_pid=""; return 1; }
     sleep 0.5
   done
+  [ "$up" = 1 ] || { echo "[serve_bench] $server not healthy after 300 s; see $log" >&2; stop_server; return 1; }
   echo "[serve_bench] $server $point: $loadargs" >&2
   # One short request first (model pages, thread pools), outside the point and its metrics.
   curl -sf "$url/v1/completions" -H 'content-type: application/json' \
@@ -159,19 +161,23 @@ run_point() {
     <<< "$load" >> "$out"
 }
 
+# A failed point is reported and skipped (no row: a rerun retries it); the others still run.
+failed=""
+point() { run_point "$@" || failed="$failed $1:$2"; }
 common="--prompt-len $plen --output-len $olen"
 for c in $concs; do
   n=$(( waves * c > min_prompts ? waves * c : min_prompts ))
-  for s in $servers; do run_point "$s" "c$c" "$c" "$c" --concurrency "$c" --num-prompts "$n" $common; done
+  for s in $servers; do point "$s" "c$c" "$c" "$c" --concurrency "$c" --num-prompts "$n" $common; done
 done
 maxc=$(for c in $concs; do echo "$c"; done | sort -n | tail -1)
 for r in $rates; do
   for s in $servers; do
-    run_point "$s" "r$r" "${maxc:-64}" "${maxc:-64}" --rate "$r" --num-prompts "$rate_prompts" $common
+    point "$s" "r$r" "${maxc:-64}" "${maxc:-64}" --rate "$r" --num-prompts "$rate_prompts" $common
   done
 done
 if [ "$streams" -gt 0 ] && [[ " $servers " == *" kiln "* ]]; then
-  run_point kiln "streams$streams" "$streams" "$s_running" --concurrency "$streams" \
+  point kiln "streams$streams" "$streams" "$s_running" --concurrency "$streams" \
     --num-prompts "$streams" --prompt-len "$s_plen" --output-len "$s_olen" --timeout 3600
 fi
 [ "$dry" = 1 ] || [ ! -s "$out" ] || python3 bench/serve_table.py "$out"
+[ -z "$failed" ] || { echo "[serve_bench] failed points (rerun to retry):$failed" >&2; exit 1; }
