@@ -32,10 +32,11 @@ namespace kiln::test {
 // 128 of them, so whatever it samples is ASCII (texts compare exactly, no invalid UTF-8) and it
 // never ends on eos by itself. initializer_range 0.5 makes logits peaked, so greedy picks never
 // sit within rounding of a tie.
-inline void make_model_dir(const std::string& dir, int max_positions = 512) {
+// `vocab` above 257 gives the model ids its tokenizer does not have (as padded vocabularies do).
+inline void make_model_dir(const std::string& dir, int max_positions = 512, int vocab = 128) {
   ModelConfig c;
   c.arch = Arch::llama;
-  c.vocab_size = 128;
+  c.vocab_size = vocab;
   c.hidden = 32;
   c.layers = 2;
   c.heads = 4;

@@ -847,5 +847,25 @@ TEST(ServeMany, ThousandStreamsCompleteOnBoundedThreads) {
   EXPECT_EQ(test::metric(m, "kiln:num_requests_waiting{"), 0) << m;
 }
 
+// A model whose vocabulary is larger than its tokenizer's samples an id with no text: the request
+// is answered with an error, streamed or not, instead of hanging, and nothing is left running.
+TEST(ServeUndecodable, AnIdWithoutTextIsAnErrorNotAHang) {
+  test::TempDir dir{"kiln-serve-undecodable"};
+  test::make_model_dir(dir / "big", 512, 300);
+  test::ServerProcess server(dir / "big", "--max-running 4", dir / "server.log");
+  ASSERT_TRUE(server.ready()) << server.log();
+  const json body = {{"prompt", "the cat"}, {"max_tokens", 4}, {"logit_bias", {{"299", 100}}}};
+  HttpReply r = http(server.port(), "POST", "/v1/completions", body.dump());
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("could not be turned into text"), std::string::npos) << r.body;
+  json streamed = body;
+  streamed["stream"] = true;
+  r = http(server.port(), "POST", "/v1/completions", streamed.dump());
+  EXPECT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("could not be turned into text"), std::string::npos) << r.body;
+  const std::string m = http(server.port(), "GET", "/metrics").body;
+  EXPECT_EQ(test::metric(m, "kiln:num_requests_running{model_name=\"big\"}"), 0) << m;
+}
+
 }  // namespace
 }  // namespace kiln

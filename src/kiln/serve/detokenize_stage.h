@@ -33,6 +33,11 @@ class RequestDetokenizer {
   };
   std::vector<Sample> samples_;
   bool asked_ = false;
+
+ public:
+  // Set once an update could not be detokenized: the request was answered with an error and
+  // cancelled; its later updates are dropped.
+  bool failed = false;
 };
 
 }  // namespace kiln::serve

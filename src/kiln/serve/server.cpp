@@ -365,8 +365,16 @@ class Server {
           std::make_shared<RequestDetokenizer>(loop_.tokenizer(), ar.stop.stop_strings, ar.sp.n);
       job.sink = [this, p, prompt, detok](EngineUpdate u) {
         detokenize_.post([this, p, prompt, detok, u = std::move(u)]() mutable {
+          if (detok->failed) return;  // answered with an error already
           const auto t0 = Clock::now();
-          if (detok->apply(u)) loop_.finish(u.ticket);
+          try {
+            if (detok->apply(u)) loop_.finish(u.ticket);
+          } catch (const std::exception& e) {  // e.g. an id the model has but the tokenizer lacks
+            detok->failed = true;
+            loop_.cancel(u.ticket);
+            u = EngineUpdate{u.ticket, {}, std::nullopt,
+                             std::string("the output could not be turned into text: ") + e.what()};
+          }
           metrics_.stage(Stage::detokenize, seconds_since(t0), u.result ? 1 : 0);
           p->ex->post(
               [p, prompt, u = std::move(u)]() mutable { p->on_update(prompt, std::move(u)); });
