@@ -2,7 +2,8 @@
 # Did a change slow kiln down? Two kiln binaries (before and after) run the same training and
 # inference benchmarks interleaved in one run (A B A B ...), so both see the same machine; prints
 # the median of each and the ratio after/before. Raw JSON lines in bench/out/before_after.jsonl.
-#   bench/before_after.sh BEFORE_KILN AFTER_KILN [--rounds 5] [--threads 2]
+#   bench/before_after.sh BEFORE_KILN AFTER_KILN [--rounds 5] [--threads 2] [--more]
+# --more adds the rounds to those already in the output (same binaries) instead of starting over.
 # Build a before binary with e.g.:
 #   git worktree add --detach /tmp/before <commit> && cmake -S /tmp/before -B /tmp/before/build \
 #     -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_TESTS=OFF -DKILN_CUDA=OFF && \
@@ -12,16 +13,21 @@ cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,9p "$0"; exit 2; }
 before=$1 after=$2
 shift 2
-rounds=5 threads=2
+rounds=5 threads=2 more=0
 while [ $# -gt 0 ]; do
-  case $1 in --rounds) rounds=$2 ;; --threads) threads=$2 ;;
+  case $1 in --rounds) rounds=$2 ;; --threads) threads=$2 ;; --more) more=1; shift; continue ;;
     *) echo "unknown option $1" >&2; exit 2 ;; esac
   shift 2
 done
 export OMP_WAIT_POLICY=PASSIVE
 mkdir -p bench/out
 out=bench/out/before_after.jsonl
-: >"$out"
+first=1
+if [ $more = 1 ] && [ -s "$out" ]; then
+  first=$(($(grep -o '"round":[0-9]*' "$out" | cut -d: -f2 | sort -n | tail -1) + 1))
+else
+  : >"$out"
+fi
 # Each case: a name and the arguments to `kiln bench`; every line of JSON it prints is tagged.
 cases=(
   "train-fp32|train --model-config configs/models/llama-bench.json --batch 8 --seq 256 --steps 5 --precision fp32"
@@ -29,13 +35,13 @@ cases=(
   "infer-b1|infer --model-config configs/models/llama-100m.json --batch 1 --reps 3 --json"
   "infer-b16|infer --model-config configs/models/llama-100m.json --batch 16 --reps 3 --json"
 )
-for r in $(seq "$rounds"); do
+for r in $(seq "$first" $((first + rounds - 1))); do
   for c in "${cases[@]}"; do
     name=${c%%|*} args=${c#*|}
     for side in before after; do
       bin=$before
       [ $side = after ] && bin=$after
-      echo "[bench] round $r/$rounds $name $side" >&2
+      echo "[bench] round $r $name $side" >&2
       # shellcheck disable=SC2086
       "$bin" bench $args --threads "$threads" | grep '^{' |
         sed "s/^{/{\"case\":\"$name\",\"side\":\"$side\",\"round\":$r,/" >>"$out"
