@@ -10,34 +10,14 @@
 #include "kiln/core/error.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
+#include "model/model_test_util.h"
 #include "test_util.h"
 
 namespace kiln {
 namespace {
 
-ModelConfig tiny(Arch arch) {
-  ModelConfig c;
-  c.arch = arch;
-  c.vocab_size = 50;
-  c.hidden = 16;
-  c.layers = 2;
-  c.heads = 4;
-  c.kv_heads = arch == Arch::llama ? 2 : 4;
-  c.head_dim = 4;
-  c.intermediate = 24;
-  c.max_positions = 32;
-  c.tie_embeddings = arch == Arch::gpt2;
-  return c;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
+using test::tiny;
 
 TEST(ModelIo, SaveLoadIsBitIdentical) {
   for (Arch arch : {Arch::llama, Arch::gpt2}) {

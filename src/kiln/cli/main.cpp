@@ -6,7 +6,8 @@
 #include "kiln/core/parallel.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"kiln: curate, tokenize, train, fine-tune, evaluate, quantize, export, run and serve LLMs"};
+  CLI::App app{
+      "kiln: curate, tokenize, train, fine-tune, evaluate, quantize, export, run and serve LLMs"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");
   app.fallthrough();  // global options (--threads) may follow the subcommand

@@ -372,7 +372,9 @@ class Server {
           } catch (const std::exception& e) {  // e.g. an id the model has but the tokenizer lacks
             detok->failed = true;
             loop_.cancel(u.ticket);
-            u = EngineUpdate{u.ticket, {}, std::nullopt,
+            u = EngineUpdate{u.ticket,
+                             {},
+                             std::nullopt,
                              std::string("the output could not be turned into text: ") + e.what()};
           }
           metrics_.stage(Stage::detokenize, seconds_since(t0), u.result ? 1 : 0);

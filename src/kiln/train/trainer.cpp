@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include "kiln/core/error.h"
@@ -131,12 +132,11 @@ int64_t max_over_ranks(int64_t x, dist::Comm& comm) {
 
 // The whole model, built from cfg.model (its vocabulary and end token from the tokenizer's
 // where the config leaves them) or loaded from cfg.init_from, whose config then replaces it.
-std::unique_ptr<Model> build_model(TrainConfig& cfg, const Tokenizer& tok) {
+// `gguf`: the base, when init_from is a GGUF file (loaded once, its model taken from it here).
+std::unique_ptr<Model> build_model(TrainConfig& cfg, const Tokenizer& tok, quant::GgufModel* gguf) {
   std::unique_ptr<Model> model;
   if (!cfg.init_from.empty()) {
-    model = quant::is_gguf_path(cfg.init_from)
-                ? quant::load_gguf_model(cfg.init_from, /*keep_quantized=*/false).model
-                : load_model(resolve_model_dir(cfg.init_from));
+    model = gguf ? std::move(gguf->model) : load_model(resolve_model_dir(cfg.init_from));
     cfg.model = model->config();
   } else {
     if (cfg.vocab_from_tokenizer) cfg.model.vocab_size = tok.vocab_size();
@@ -151,13 +151,12 @@ std::unique_ptr<Model> build_model(TrainConfig& cfg, const Tokenizer& tok) {
 }
 
 // The tokenizer data.tokenizer names; by default the base model's (init_from), else byte-level.
-Tokenizer load_training_tokenizer(const TrainConfig& cfg) {
+Tokenizer load_training_tokenizer(const TrainConfig& cfg, quant::GgufModel* gguf) {
   const std::string& name = cfg.data.tokenizer;
   if (name == "byte" || (name.empty() && cfg.init_from.empty()))
     return Tokenizer::byte_level({"<|endoftext|>"});
   if (!name.empty()) return Tokenizer::load(name);
-  if (quant::is_gguf_path(cfg.init_from))
-    return quant::load_gguf_model(cfg.init_from, false).tokenizer;
+  if (gguf) return std::move(gguf->tokenizer);  // taken: the base is read once
   const std::string dir = resolve_model_dir(cfg.init_from);
   KILN_CHECK(file_exists(dir + "/tokenizer.json"), "train", "the base model '", dir,
              "' has no tokenizer.json; name one with data.tokenizer (or byte)");
@@ -179,18 +178,19 @@ ChatTemplate sft_chat_template(const TrainConfig& cfg, const Tokenizer& tok) {
   return ChatTemplate::guanaco();
 }
 
-std::unique_ptr<BatchSource> open_data(const TrainConfig& cfg, const Tokenizer& tok) {
-  if (!cfg.data.sft.empty()) {
+// `chat`: the template SFT data is rendered with (sft_chat_template), when data.sft is set.
+std::unique_ptr<BatchSource> open_data(const TrainConfig& cfg, const Tokenizer& tok,
+                                       const ChatTemplate* chat) {
+  if (chat) {
     SftSpec spec;
     spec.train = cfg.data.sft;
     spec.val = cfg.data.val;
     spec.val_fraction = cfg.data.val_fraction;
     spec.options.max_seq_length = cfg.data.max_seq_length;
     spec.options.assistant_only_loss = cfg.data.loss == "assistant";
-    const ChatTemplate chat = sft_chat_template(cfg, tok);
     log_info("SFT data: messages rendered with the ",
-             chat.is_default() ? "default (guanaco)" : chat.origin(), " chat template");
-    return open_sft_source(spec, tok, chat, cfg.train.seq_len, cfg.seed);
+             chat->is_default() ? "default (guanaco)" : chat->origin(), " chat template");
+    return open_sft_source(spec, tok, *chat, cfg.train.seq_len, cfg.seed);
   }
   if (cfg.data.blend.empty() && !cfg.data.mock) {
     log_info("tokenizing ", cfg.data.train.size(), " file(s) with a ", tok.vocab_size(),
@@ -358,15 +358,16 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
     write_file_atomic(cfg.run_dir + "/config.yaml", cfg.yaml);
   }
 
-  const Tokenizer tok = load_training_tokenizer(cfg);
-  std::string chat_source;  // kept with the checkpoints when SFT data used a non-default template
-  if (!cfg.data.sft.empty()) {
-    const ChatTemplate chat = sft_chat_template(cfg, tok);
-    if (!chat.is_default()) chat_source = chat.source();
-  }
-  std::unique_ptr<Model> model = build_model(cfg, tok);
+  std::optional<quant::GgufModel> gguf;  // a GGUF base, read once for its tokenizer and model
+  if (!cfg.init_from.empty() && quant::is_gguf_path(cfg.init_from))
+    gguf = quant::load_gguf_model(cfg.init_from, /*keep_quantized=*/false);
+  const Tokenizer tok = load_training_tokenizer(cfg, gguf ? &*gguf : nullptr);
+  std::optional<ChatTemplate> chat;  // SFT data's; kept with the checkpoints unless the default
+  if (!cfg.data.sft.empty()) chat = sft_chat_template(cfg, tok);
+  const std::string chat_source = chat && !chat->is_default() ? chat->source() : "";
+  std::unique_ptr<Model> model = build_model(cfg, tok, gguf ? &*gguf : nullptr);
   const ModelConfig whole_cfg = model->config();
-  std::unique_ptr<BatchSource> data = open_data(cfg, tok);
+  std::unique_ptr<BatchSource> data = open_data(cfg, tok, chat ? &*chat : nullptr);
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
   const bool has_val = data->eval_batches_available(B) > 0;
   log_info("data: ", data->describe(), "; model: ", model->num_params(), " parameters");
