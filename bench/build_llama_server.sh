@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's own `llama-server` (and `llama-bench`) from the llama.cpp source that npm
+# Builds llama.cpp's own `llama-server` (and `llama-bench`, `llama-quantize`) from the llama.cpp source that npm
 # node-llama-cpp ships as a git bundle, outside this repository, for bench/serve_bench.sh.
 # Idempotent: clones once, configures once, and the build step is a no-op when up to date.
 #   bench/build_llama_server.sh [--src DIR] [--build DIR] [--jobs N]
@@ -33,7 +33,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=ON >&2
 fi
-nice -n 10 cmake --build "$build" -j "$jobs" --target llama-server llama-bench >&2
+nice -n 10 cmake --build "$build" -j "$jobs" --target llama-server llama-bench llama-quantize >&2
 bin=$build/bin/llama-server
 [ -x "$bin" ] || { echo "[build_llama_server] $bin was not built" >&2; exit 1; }
 echo "$bin"

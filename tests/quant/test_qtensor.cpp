@@ -240,7 +240,7 @@ TEST(QTensor, BadInput) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("multiple of 32"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(qtype_from_name("q5_1"), Error);
+  EXPECT_THROW(qtype_from_name("q7_0"), Error);
   EXPECT_EQ(qtype_from_name("q4_0"), QType::q4_0);
 }
 

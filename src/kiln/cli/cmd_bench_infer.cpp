@@ -161,7 +161,7 @@ Command reg([](CLI::App& app) {
       quant::GgufModel g = quant::load_gguf_model(a->model, /*keep_quantized=*/true);
       model = std::move(g.model);
       qweights = std::move(g.qweights);
-      format = std::string(quant::gguf_type_name(g.type));
+      format = g.file_type;
       name = a->model;
     } else if (!a->model.empty()) {
       const std::string dir = resolve_model_dir(a->model);

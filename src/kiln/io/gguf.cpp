@@ -39,39 +39,47 @@ const char* value_type_name(ValueType t) {
   return "?";
 }
 
+namespace {
+struct TypeInfo {
+  TensorType type;
+  const char* name;
+  int block;
+  size_t bytes;
+};
+// ggml's block sizes (ggml-common.h): e.g. block_q4_K is {f16 d, dmin; u8 scales[12]; u8 qs[128]}.
+constexpr TypeInfo kTypes[] = {
+    {TensorType::f32, "F32", 1, 4},       {TensorType::f16, "F16", 1, 2},
+    {TensorType::q4_0, "Q4_0", 32, 18},   {TensorType::q4_1, "Q4_1", 32, 20},
+    {TensorType::q5_0, "Q5_0", 32, 22},   {TensorType::q5_1, "Q5_1", 32, 24},
+    {TensorType::q8_0, "Q8_0", 32, 34},   {TensorType::q2_k, "Q2_K", 256, 84},
+    {TensorType::q3_k, "Q3_K", 256, 110}, {TensorType::q4_k, "Q4_K", 256, 144},
+    {TensorType::q5_k, "Q5_K", 256, 176}, {TensorType::q6_k, "Q6_K", 256, 210},
+    {TensorType::q8_k, "Q8_K", 256, 292}, {TensorType::bf16, "BF16", 1, 2},
+};
+const TypeInfo* find_type(uint32_t t) {
+  for (const TypeInfo& i : kTypes)
+    if (uint32_t(i.type) == t) return &i;
+  return nullptr;
+}
+}  // namespace
+
+bool tensor_type_known(uint32_t type) {
+  return find_type(type) != nullptr;
+}
+
 const char* tensor_type_name(TensorType t) {
-  switch (t) {
-    case TensorType::f32:
-      return "F32";
-    case TensorType::f16:
-      return "F16";
-    case TensorType::q4_0:
-      return "Q4_0";
-    case TensorType::q8_0:
-      return "Q8_0";
-    case TensorType::bf16:
-      return "BF16";
-  }
-  return "?";
+  const TypeInfo* i = find_type(uint32_t(t));
+  return i ? i->name : "?";
 }
 
 int tensor_type_block(TensorType t) {
-  return (t == TensorType::q4_0 || t == TensorType::q8_0) ? 32 : 1;
+  const TypeInfo* i = find_type(uint32_t(t));
+  return i ? i->block : 1;
 }
 
 size_t tensor_type_bytes(TensorType t) {
-  switch (t) {
-    case TensorType::f32:
-      return 4;
-    case TensorType::f16:
-    case TensorType::bf16:
-      return 2;
-    case TensorType::q4_0:
-      return 18;
-    case TensorType::q8_0:
-      return 34;
-  }
-  return 0;
+  const TypeInfo* i = find_type(uint32_t(t));
+  return i ? i->bytes : 0;
 }
 
 Value Value::scalar(ValueType t, int64_t v) {
@@ -326,10 +334,10 @@ File File::open(const std::string& path) {
       numel *= int64_t(dim);
     }
     const uint32_t type = c.read<uint32_t>(what + " (type)");
-    const bool known = type == 0 || type == 1 || type == 2 || type == 8 || type == 30;
-    KILN_CHECK(known, "gguf", "'", path, "': ", what, " has ggml type ", type,
-               ", which kiln does not support: kiln reads F32, F16, BF16, Q8_0 and Q4_0; "
-               "re-quantize the model to one of those (kiln quantize / llama-quantize)");
+    KILN_CHECK(tensor_type_known(type), "gguf", "'", path, "': ", what, " has ggml type ", type,
+               ", which kiln does not support: kiln reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, "
+               "Q8_0 and the K-quants Q2_K..Q8_K; re-quantize the model to one of those "
+               "(llama-quantize)");
     ti.type = TensorType(type);
     KILN_CHECK(ti.dims[0] % tensor_type_block(ti.type) == 0, "gguf", "'", path, "': ", what, " is ",
                tensor_type_name(ti.type), " but its row length ", ti.dims[0],

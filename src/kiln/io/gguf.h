@@ -32,10 +32,29 @@ enum class ValueType : uint32_t {
 };
 const char* value_type_name(ValueType t);
 
-// ggml_type values of the tensor types kiln reads and writes (others are rejected by name).
-enum class TensorType : uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, bf16 = 30 };
+// ggml_type values of the tensor types kiln reads (others are rejected by name): the float types,
+// the 32-value block formats and the K-quants' 256-value super-blocks (quant/qtensor.h decodes
+// every quantized one).
+enum class TensorType : uint32_t {
+  f32 = 0,
+  f16 = 1,
+  q4_0 = 2,
+  q4_1 = 3,
+  q5_0 = 6,
+  q5_1 = 7,
+  q8_0 = 8,
+  q2_k = 10,
+  q3_k = 11,
+  q4_k = 12,
+  q5_k = 13,
+  q6_k = 14,
+  q8_k = 15,
+  bf16 = 30,
+};
+// True for a ggml_type value listed above.
+bool tensor_type_known(uint32_t type);
 const char* tensor_type_name(TensorType t);
-// Elements per block (1 or 32) and bytes per block.
+// Elements per block (1, 32 or 256) and bytes per block.
 int tensor_type_block(TensorType t);
 size_t tensor_type_bytes(TensorType t);
 

@@ -296,16 +296,29 @@ void decode_tensor(const gguf::TensorInfo& t, float* out) {
         }
       });
       break;
-    case TensorType::q8_0:
-    case TensorType::q4_0: {
-      const QType q = t.type == TensorType::q8_0 ? QType::q8_0 : QType::q4_0;
+    default: {
+      QType q;
+      KILN_CHECK(qtype_from_ggml(uint32_t(t.type), &q), "gguf", "internal: no decoder for ",
+                 tensor_type_name(t.type));
       const size_t bb = block_bytes(q);
-      parallel_ranges(n / kBlock, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) dequantize_block(t.data + i * bb, out + i * kBlock, q);
+      const int be = block_elems(q);
+      parallel_ranges(n / be, 4096 / be, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) dequantize_block(t.data + i * bb, out + i * be, q);
       });
       break;
     }
   }
+}
+
+// llama.cpp's name for a general.file_type value (llama_ftype), lower case.
+std::string file_type_name(int64_t ftype) {
+  static const std::map<int64_t, const char*> names = {
+      {0, "f32"},     {1, "f16"},     {2, "q4_0"},    {3, "q4_1"},    {7, "q8_0"},
+      {8, "q5_0"},    {9, "q5_1"},    {10, "q2_k"},   {11, "q3_k_s"}, {12, "q3_k_m"},
+      {13, "q3_k_l"}, {14, "q4_k_s"}, {15, "q4_k_m"}, {16, "q5_k_s"}, {17, "q5_k_m"},
+      {18, "q6_k"},   {21, "q2_k_s"}, {32, "bf16"}};
+  const auto it = names.find(ftype);
+  return it != names.end() ? it->second : "file_type " + std::to_string(ftype);
 }
 
 // A positive dimension from the metadata, within its limit from core/limits.h.
@@ -477,6 +490,7 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
              : ftype == 2 ? GgufType::q4_0
              : ftype == 7 ? GgufType::q8_0
                           : GgufType::f32;
+  out.file_type = file_type_name(ftype);
   out.model = std::make_unique<Model>(c);
   float* flat = out.model->weights().f32();
   std::set<std::string> used;
@@ -495,10 +509,10 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
     } else {
       decode_tensor(t, dst);
     }
-    if (keep_quantized && p.shape.size() == 2 &&
-        (t.type == TensorType::q8_0 || t.type == TensorType::q4_0)) {
+    QType qtype;
+    if (keep_quantized && p.shape.size() == 2 && qtype_from_ggml(uint32_t(t.type), &qtype)) {
       QTensor q;
-      q.type = t.type == TensorType::q8_0 ? QType::q8_0 : QType::q4_0;
+      q.type = qtype;
       q.rows = int(rows);
       q.cols = int(cols);
       q.data.resize(t.nbytes());

@@ -35,7 +35,8 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
 struct GgufModel {
   std::unique_ptr<Model> model;  // fp32 weights (quantized tensors dequantized), HF names
   Tokenizer tokenizer;
-  GgufType type = GgufType::f32;  // from general.file_type
+  GgufType type = GgufType::f32;  // from general.file_type, for the types kiln writes
+  std::string file_type;          // llama.cpp's name of general.file_type: "q8_0", "q4_k_m", ...
   // The file's q8_0/q4_0 matrices as they are (q/k rows back in HF order), by HF name, when
   // loaded with keep_quantized: the inference engine multiplies with these directly.
   std::map<std::string, QTensor> qweights;

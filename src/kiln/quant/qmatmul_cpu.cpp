@@ -1,45 +1,274 @@
-// cpu::matmul: y (N, rows) = x (N, cols) @ W^T with W in q8_0/q4_0 blocks. Like ggml's
-// vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0, x is first rounded to 8-bit per block of 32 and every
-// block's dot product is exact integer arithmetic, scaled by d_w * d_x in fp32.
+// cpu::matmul: y (N, rows) = x (N, cols) @ W^T with W in any QType. Like ggml's vec_dot_*_q8_*,
+// x is first rounded to 8-bit per block of 32 and every block's dot product is exact integer
+// arithmetic, scaled in fp32.
 //
-// The integer dot product is vpdpbusd (AVX-512 VNNI: unsigned 8-bit x signed 8-bit, 4 products
-// summed into each int32 lane). The activations are the signed side; the weights are made
-// unsigned — q8_0 by flipping the top bit (w + 128), q4_0 as its raw nibbles (w + 8) — and the
-// offset comes back out exactly through the accumulator's starting value, -offset * sum(qx),
-// precomputed once per activation block.
+// Every format is repacked once (on first use) into one layout, PackedWeight: panels of 16 rows,
+// and within a panel, per block of 32 columns, the 16 rows' values as unsigned integers u
+// interleaved 4 bytes at a time, so that one 64-byte vector holds 4 consecutive values of each of
+// the 16 rows. A weight is w = s * u + m, with s and m per row and per sub-block of 32 or 16
+// values (q6_k, q3_k and q2_k scale every 16). Formats with a fixed offset (w = s * (u - o):
+// q8_0, q4_0, q5_0, q3_k, q6_k, q8_k) keep no m: the offset comes back out exactly through the
+// integer accumulator's start, -o * sum(x). Values that fit 4 bits are stored two per byte.
 //
-// Cost: one pass over W's bytes per 4 rows of x (decode N = 1 is bound by reading W; prefill
-// reuses each decoded weight block for 4 activation rows). Threads split W's rows.
+// The kernel is vpdpbusd (AVX-512 VNNI: 4 unsigned x signed byte products summed into each int32
+// lane) with the lane = the weight row: 8 instructions take one activation row through a 32-value
+// block of 16 weight rows, each broadcasting 4 of the activation's bytes; the block's scales then
+// cost 3 fp32 operations per 16 outputs. Every weight vector loaded is used for up to 8 activation
+// rows, so batched decode reads the weights once per step (not once per row) and prefill is
+// compute-bound. Threads split the panels.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
+#include "kiln/ops/matmul_bf16.h"
 #include "kiln/quant/qtensor.h"
 
-#include "kiln/ops/matmul_bf16.h"
+namespace kiln::quant {
 
-namespace kiln::quant::cpu {
-namespace {
+constexpr int kPanel = 16;  // weight rows per panel: one int32 lane each
 
-// x rounded to q8_0 with fp32 scales: qs (N, nb, 32), d (N, nb), sum of qs (N, nb).
-struct QActs {
-  int nb = 0;
-  std::vector<int8_t> qs;
-  std::vector<float> d;
-  std::vector<int32_t> sum;
+struct PackedWeight {
+  int rows = 0, cols = 0, panels = 0, nb = 0;  // nb = blocks of 32 per row
+  bool nibble = false;                         // u < 16: two values per byte
+  int subs = 1;                                // scale sub-blocks per block of 32 (1 or 2)
+  bool has_min = false;                        // w = s * u + m (else w = s * (u - offset))
+  int offset = 0;
+  std::vector<uint8_t> w;  // (panels, nb, block_bytes()) values
+  std::vector<float> s;    // (panels, nb, subs, 16) scales
+  std::vector<float> m;    // (panels, nb, subs, 16) mins, when has_min
+  size_t block_bytes() const { return nibble ? 256 : 512; }
 };
 
-void quantize_acts(QActs& a, const float* x, int N, int cols) {
-  const int nb = cols / kBlock;
+namespace {
+
+float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+// One row's values in the kernel's terms: u[cols], and per 16 values s and m.
+struct RowValues {
+  std::vector<uint8_t> u;
+  std::vector<float> s, m;
+};
+
+void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Block `in` of `type` -> u (block_elems values), s and m (block_elems / 16 each). Mirrors
+// dequantize_block (qtensor.cpp) with the value split into integer and scale.
+void split_block(QType type, const uint8_t* in, uint8_t* u, float* s, float* m) {
+  switch (type) {
+    case QType::q8_0:
+      for (int j = 0; j < 32; ++j) u[j] = uint8_t(in[2 + j] ^ 0x80);
+      s[0] = s[1] = f16_at(in);
+      return;
+    case QType::q4_0:
+    case QType::q4_1: {
+      const uint8_t* qs = in + (type == QType::q4_1 ? 4 : 2);
+      for (int j = 0; j < 16; ++j) {
+        u[j] = qs[j] & 0xF;
+        u[j + 16] = qs[j] >> 4;
+      }
+      s[0] = s[1] = f16_at(in);
+      if (type == QType::q4_1) m[0] = m[1] = f16_at(in + 2);
+      return;
+    }
+    case QType::q5_0:
+    case QType::q5_1: {
+      const bool q51 = type == QType::q5_1;
+      uint32_t qh;
+      std::memcpy(&qh, in + (q51 ? 4 : 2), 4);
+      const uint8_t* qs = in + (q51 ? 8 : 6);
+      for (int j = 0; j < 16; ++j) {
+        u[j] = uint8_t((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10));
+        u[j + 16] = uint8_t((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
+      }
+      s[0] = s[1] = f16_at(in);
+      if (q51) m[0] = m[1] = f16_at(in + 2);
+      return;
+    }
+    case QType::q2_k: {
+      const float d = f16_at(in + 80), dmin = f16_at(in + 82);
+      for (int i = 0; i < 16; ++i) {  // sub-block i: half i/8, shift 2*((i/2)%4), bytes 16*(i%2)
+        const int h = i / 8, shift = 2 * ((i / 2) % 4), o = 16 * (i % 2);
+        for (int l = 0; l < 16; ++l) u[16 * i + l] = (in[16 + 32 * h + o + l] >> shift) & 3;
+        s[i] = d * float(in[i] & 0xF);
+        m[i] = -(dmin * float(in[i] >> 4));
+      }
+      return;
+    }
+    case QType::q3_k: {
+      uint32_t aux[4];
+      std::memcpy(aux, in + 96, 12);
+      const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, tmp = aux[2];
+      aux[2] = ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
+      aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
+      aux[0] = (aux[0] & k2) | (((tmp >> 0) & k1) << 4);
+      aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
+      int8_t sc[16];
+      std::memcpy(sc, aux, 16);
+      const float d = f16_at(in + 108);
+      for (int i = 0; i < 16; ++i) {
+        const int h = i / 8, j = (i / 2) % 4, o = 16 * (i % 2);
+        const uint8_t bit = uint8_t(1 << (4 * h + j));
+        for (int l = 0; l < 16; ++l) {
+          const int q = (in[32 + 32 * h + o + l] >> (2 * j)) & 3;
+          u[16 * i + l] = uint8_t(q + ((in[o + l] & bit) ? 4 : 0));  // value (u - 4) * s
+        }
+        s[i] = d * float(sc[i] - 32);
+      }
+      return;
+    }
+    case QType::q4_k:
+    case QType::q5_k: {
+      const bool five = type == QType::q5_k;
+      const float d = f16_at(in), dmin = f16_at(in + 2);
+      const uint8_t* qh = in + 16;
+      const uint8_t* ql = in + (five ? 48 : 16);
+      for (int i = 0; i < 8; ++i) {  // sub-block i of 32: nibble i%2 of bytes 32*(i/2)
+        int sc, mn;
+        scale_min_k4(i, in + 4, &sc, &mn);
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t b = ql[32 * (i / 2) + l];
+          int q = i % 2 ? b >> 4 : b & 0xF;
+          if (five && (qh[l] >> i) & 1) q += 16;
+          u[32 * i + l] = uint8_t(q);
+        }
+        s[2 * i] = s[2 * i + 1] = d * float(sc);
+        m[2 * i] = m[2 * i + 1] = -(dmin * float(mn));
+      }
+      return;
+    }
+    case QType::q6_k: {
+      const float d = f16_at(in + 208);
+      for (int i = 0; i < 16; ++i) {  // half h, quarter k = (i/2)%4 of 32 values, 16 at o
+        const int h = i / 8, k = (i / 2) % 4, o = 16 * (i % 2);
+        const uint8_t* ql = in + 64 * h + 32 * (k % 2);
+        const uint8_t* qh = in + 128 + 32 * h;
+        for (int l = 0; l < 16; ++l) {
+          const int lo = k < 2 ? ql[o + l] & 0xF : ql[o + l] >> 4;
+          u[16 * i + l] = uint8_t(lo | (((qh[o + l] >> (2 * k)) & 3) << 4));  // (u - 32) * s
+        }
+        s[i] = d * float(int8_t(in[192 + 8 * h + 2 * k + i % 2]));
+      }
+      return;
+    }
+    case QType::q8_k: {
+      float d;
+      std::memcpy(&d, in, 4);
+      for (int j = 0; j < 256; ++j) u[j] = uint8_t(in[4 + j] ^ 0x80);
+      for (int i = 0; i < 16; ++i) s[i] = d;
+      return;
+    }
+  }
+}
+
+std::shared_ptr<const PackedWeight> pack(const QTensor& q) {
+  auto p = std::make_shared<PackedWeight>();
+  const QType t = q.type;
+  p->rows = q.rows;
+  p->cols = q.cols;
+  p->panels = (q.rows + kPanel - 1) / kPanel;
+  p->nb = q.cols / 32;
+  p->nibble = t == QType::q4_0 || t == QType::q4_1 || t == QType::q2_k || t == QType::q3_k ||
+              t == QType::q4_k;
+  p->subs = t == QType::q2_k || t == QType::q3_k || t == QType::q6_k ? 2 : 1;
+  p->has_min = t == QType::q4_1 || t == QType::q5_1 || t == QType::q2_k || t == QType::q4_k ||
+               t == QType::q5_k;
+  p->offset = t == QType::q8_0 || t == QType::q8_k ? 128
+              : t == QType::q4_0                   ? 8
+              : t == QType::q5_0                   ? 16
+              : t == QType::q6_k                   ? 32
+              : t == QType::q3_k                   ? 4
+                                                   : 0;
+  const size_t bb = p->block_bytes();
+  const int nb = p->nb, subs = p->subs;
+  p->w.assign(size_t(p->panels) * nb * bb, 0);
+  p->s.assign(size_t(p->panels) * nb * subs * kPanel, 0.0f);
+  if (p->has_min) p->m.assign(p->s.size(), 0.0f);
+  const int be = block_elems(t);
+  const size_t qbb = quant::block_bytes(t);
+  parallel_ranges(q.rows, 16, [&](int64_t r0, int64_t r1) {
+    RowValues v;
+    v.u.resize(q.cols);
+    v.s.resize(q.cols / 16);
+    v.m.assign(q.cols / 16, 0.0f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = q.row(int(r));
+      for (int b = 0; b < q.cols / be; ++b)
+        split_block(t, row + b * qbb, &v.u[size_t(b) * be], &v.s[size_t(b) * be / 16],
+                    &v.m[size_t(b) * be / 16]);
+      const int64_t panel = r / kPanel, lane = r % kPanel;
+      for (int b = 0; b < nb; ++b) {
+        uint8_t* dst = &p->w[(size_t(panel) * nb + b) * bb];
+        const uint8_t* u = &v.u[size_t(b) * 32];
+        for (int g = 0; g < 8; ++g)
+          for (int j = 0; j < 4; ++j) {
+            if (!p->nibble) {
+              dst[64 * g + 4 * lane + j] = u[4 * g + j];
+            } else if (g < 4) {  // group g in the low nibbles of vector g, group g + 4 high
+              dst[64 * g + 4 * lane + j] = uint8_t(u[4 * g + j] | (u[16 + 4 * g + j] << 4));
+            }
+          }
+        for (int sb = 0; sb < subs; ++sb) {
+          const size_t at = ((size_t(panel) * nb + b) * subs + sb) * kPanel + lane;
+          // With one sub-block per 32, both 16-value halves carry the same scale.
+          p->s[at] = v.s[size_t(b) * 2 + sb];
+          if (p->has_min) p->m[at] = v.m[size_t(b) * 2 + sb];
+        }
+      }
+    }
+  });
+  return p;
+}
+
+const PackedWeight& packed(const QTensor& q) {
+  static std::mutex mu;
+  std::shared_ptr<const PackedWeight> p = std::atomic_load(&q.packed);
+  if (!p) {
+    std::lock_guard<std::mutex> lock(mu);
+    p = std::atomic_load(&q.packed);
+    if (!p) {
+      p = pack(q);
+      std::atomic_store(&q.packed, p);
+    }
+  }
+  return *p;
+}
+
+// x rounded to 8 bits per block of 32: qs (N, nb, 32), scale d (N, nb), and per block the
+// integer term its sub-blocks add: -offset * sum(qs) (offset formats) or d * sum(qs) as float
+// bits (formats with mins), for each of `subs` sub-blocks.
+struct QActs {
+  int nb = 0, subs = 1;
+  std::vector<int8_t> qs;
+  std::vector<float> d;
+  std::vector<int32_t> term;  // (N, nb, subs)
+};
+
+void quantize_acts(QActs& a, const float* x, int N, int cols, const PackedWeight& p) {
+  const int nb = cols / kBlock, subs = p.subs;
   a.nb = nb;
+  a.subs = subs;
   a.qs.resize(size_t(N) * nb * kBlock);
   a.d.resize(size_t(N) * nb);
-  a.sum.resize(size_t(N) * nb);
+  a.term.resize(size_t(N) * nb * subs);
   parallel_ranges(int64_t(N) * nb, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* xb = x + i * kBlock;  // block i of the flat (N, cols) array
@@ -47,125 +276,155 @@ void quantize_acts(QActs& a, const float* x, int N, int cols) {
       for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
       const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
       int8_t* q = &a.qs[size_t(i) * kBlock];
-      int32_t s = 0;
+      int32_t sum[2] = {0, 0};
       for (int j = 0; j < kBlock; ++j) {
         q[j] = int8_t(std::nearbyint(xb[j] * id));
-        s += q[j];
+        sum[j / 16] += q[j];
       }
       a.d[i] = d;
-      a.sum[i] = s;
+      for (int sb = 0; sb < subs; ++sb) {
+        const int32_t s = subs == 1 ? sum[0] + sum[1] : sum[sb];
+        int32_t& t = a.term[size_t(i) * subs + sb];
+        if (p.has_min) {
+          const float f = d * float(s);
+          std::memcpy(&t, &f, 4);
+        } else {
+          t = -p.offset * s;
+        }
+      }
     }
   });
 }
 
-inline float load_f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-#ifdef __F16C__
-  return _cvtsh_ss(h);
-#else
-  return f16_to_f32(h);
-#endif
-}
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+// GCC 12's _mm512_cvtepi32_ps passes _mm512_undefined_ps() as its unused merge source, which
+// -Wmaybe-uninitialized reports once per instantiation: a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// The 32 weights of a block as unsigned bytes (w + offset).
-template <QType T>
-inline __m256i load_weights_u8(const uint8_t* qs) {
-  if constexpr (T == QType::q8_0) {
-    return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs)),
-                            _mm256_set1_epi8(char(0x80)));
-  } else {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    const __m128i m = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
-  }
-}
-
-// y[n * ldy] = dot(W row, x row n) for NT consecutive activation rows starting at n0.
-template <QType T, int NT>
-void dot_rows(float* y, int ldy, const uint8_t* wrow, const QActs& a, int n0) {
-  constexpr int off = T == QType::q8_0 ? 128 : 8;
-  constexpr size_t bb = T == QType::q8_0 ? 34 : 18;
-  const int nb = a.nb;
-  __m256 acc[NT];
-  for (int i = 0; i < NT; ++i) acc[i] = _mm256_setzero_ps();
+// Rows n0 .. n0 + NT of x through panel `pn`: y[n * ldy + lane] for the panel's live lanes.
+template <bool kNibble, int kSubs, bool kMin, int NT>
+void panel_rows(float* y, int ldy, const PackedWeight& p, int pn, const QActs& a, int n0,
+                __mmask16 live) {
+  const int nb = p.nb;
+  const size_t bb = p.block_bytes();
+  __m512 acc[NT];
+  for (int n = 0; n < NT; ++n) acc[n] = _mm512_setzero_ps();
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (int b = 0; b < nb; ++b) {
-    const uint8_t* blk = wrow + size_t(b) * bb;
-    const float dw = load_f16(blk);
-    const __m256i wu = load_weights_u8<T>(blk + 2);
-    for (int i = 0; i < NT; ++i) {
-      const size_t xb = size_t(n0 + i) * nb + b;
-      const __m256i init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-off * a.sum[xb]));
-      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&a.qs[xb * kBlock]));
-      const __m256i dot = _mm256_dpbusd_epi32(init, wu, xq);
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw * a.d[xb]), acc[i]);
-    }
-  }
-  for (int i = 0; i < NT; ++i) y[size_t(i) * ldy] = hsum(acc[i]);
-}
-
-#else  // portable: the same integer arithmetic in scalar code
-
-template <QType T, int NT>
-void dot_rows(float* y, int ldy, const uint8_t* wrow, const QActs& a, int n0) {
-  constexpr size_t bb = T == QType::q8_0 ? 34 : 18;
-  for (int i = 0; i < NT; ++i) {
-    float acc = 0.0f;
-    for (int b = 0; b < a.nb; ++b) {
-      const uint8_t* blk = wrow + size_t(b) * bb;
-      const size_t xb = size_t(n0 + i) * a.nb + b;
-      const int8_t* xq = &a.qs[xb * kBlock];
-      int32_t s = 0;
-      if constexpr (T == QType::q8_0) {
-        for (int j = 0; j < kBlock; ++j) s += int8_t(blk[2 + j]) * xq[j];
-      } else {
-        for (int j = 0; j < kBlock / 2; ++j)
-          s += (int(blk[2 + j] & 0x0f) - 8) * xq[j] + (int(blk[2 + j] >> 4) - 8) * xq[j + 16];
+    const uint8_t* wb = &p.w[(size_t(pn) * nb + b) * bb];
+    const size_t sb0 = (size_t(pn) * nb + b) * kSubs;
+    __m512i nib[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                      _mm512_setzero_si512()};
+    if constexpr (kNibble)
+      for (int k = 0; k < 4; ++k) nib[k] = _mm512_loadu_si512(wb + 64 * k);
+    for (int sb = 0; sb < kSubs; ++sb) {
+      __m512i ia[NT];
+      for (int n = 0; n < NT; ++n) {
+        const size_t ab = size_t(n0 + n) * nb + b;
+        ia[n] = kMin ? _mm512_setzero_si512() : _mm512_set1_epi32(a.term[ab * kSubs + sb]);
       }
-      acc += float(s) * (load_f16(blk) * a.d[xb]);
-    }
-    y[size_t(i) * ldy] = acc;
-  }
-}
-
-#endif
-
-template <QType T>
-void matmul_t(float* y, const QActs& a, const QTensor& w, int N) {
-  const int rows = w.rows;
-  const size_t rb = w.row_bytes();
-  // Rows per task: enough work to amortize the fork, small enough to balance threads.
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, int64_t(a.nb) * N));
-  parallel_ranges(rows, grain, [&](int64_t r0, int64_t r1) {
-    for (int n0 = 0; n0 < N; n0 += 4) {
-      const int nt = std::min(4, N - n0);
-      for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* wrow = w.data.data() + size_t(r) * rb;
-        float* yr = y + size_t(n0) * rows + r;
-        switch (nt) {
-          case 4:
-            dot_rows<T, 4>(yr, rows, wrow, a, n0);
-            break;
-          case 3:
-            dot_rows<T, 3>(yr, rows, wrow, a, n0);
-            break;
-          case 2:
-            dot_rows<T, 2>(yr, rows, wrow, a, n0);
-            break;
-          default:
-            dot_rows<T, 1>(yr, rows, wrow, a, n0);
-            break;
+      constexpr int kGroups = 8 / kSubs;
+      for (int gi = 0; gi < kGroups; ++gi) {
+        const int g = sb * kGroups + gi;
+        __m512i wg;
+        if constexpr (kNibble) {
+          wg = g < 4 ? _mm512_and_si512(nib[g], low4)
+                     : _mm512_and_si512(_mm512_srli_epi16(nib[g - 4], 4), low4);
+        } else {
+          wg = _mm512_loadu_si512(wb + 64 * g);
+        }
+        for (int n = 0; n < NT; ++n) {
+          const int8_t* xq = &a.qs[(size_t(n0 + n) * nb + b) * kBlock + 4 * g];
+          int32_t x4;
+          std::memcpy(&x4, xq, 4);
+          ia[n] = _mm512_dpbusd_epi32(ia[n], wg, _mm512_set1_epi32(x4));
         }
       }
+      const __m512 sv = _mm512_loadu_ps(&p.s[(sb0 + sb) * kPanel]);
+      __m512 mv = _mm512_setzero_ps();
+      if constexpr (kMin) mv = _mm512_loadu_ps(&p.m[(sb0 + sb) * kPanel]);
+      for (int n = 0; n < NT; ++n) {
+        const size_t ab = size_t(n0 + n) * nb + b;
+        const __m512 sd = _mm512_mul_ps(sv, _mm512_set1_ps(a.d[ab]));
+        acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[n]), sd, acc[n]);
+        if constexpr (kMin) {
+          float dsum;
+          std::memcpy(&dsum, &a.term[ab * kSubs + sb], 4);
+          acc[n] = _mm512_fmadd_ps(mv, _mm512_set1_ps(dsum), acc[n]);
+        }
+      }
+    }
+  }
+  for (int n = 0; n < NT; ++n) _mm512_mask_storeu_ps(y + size_t(n) * ldy, live, acc[n]);
+}
+
+#else  // portable: the same arithmetic, one lane at a time
+
+template <bool kNibble, int kSubs, bool kMin, int NT>
+void panel_rows(float* y, int ldy, const PackedWeight& p, int pn, const QActs& a, int n0,
+                uint32_t live) {
+  const int nb = p.nb;
+  const size_t bb = p.block_bytes();
+  for (int n = 0; n < NT; ++n)
+    for (int lane = 0; lane < kPanel; ++lane) {
+      if (!((live >> lane) & 1)) continue;
+      float acc = 0.0f;
+      for (int b = 0; b < nb; ++b) {
+        const uint8_t* wb = &p.w[(size_t(pn) * nb + b) * bb];
+        const size_t ab = size_t(n0 + n) * nb + b;
+        for (int sb = 0; sb < kSubs; ++sb) {
+          int32_t ia = kMin ? 0 : a.term[ab * kSubs + sb];
+          constexpr int kGroups = 8 / kSubs;
+          for (int g = sb * kGroups; g < (sb + 1) * kGroups; ++g)
+            for (int j = 0; j < 4; ++j) {
+              int u;
+              if constexpr (kNibble) {
+                const uint8_t byte = wb[64 * (g % 4) + 4 * lane + j];
+                u = g < 4 ? byte & 0xF : byte >> 4;
+              } else {
+                u = wb[64 * g + 4 * lane + j];
+              }
+              ia += u * a.qs[ab * kBlock + 4 * g + j];
+            }
+          const size_t at = ((size_t(pn) * nb + b) * kSubs + sb) * kPanel + lane;
+          acc += float(ia) * (p.s[at] * a.d[ab]);
+          if constexpr (kMin) {
+            float dsum;
+            std::memcpy(&dsum, &a.term[ab * kSubs + sb], 4);
+            acc += p.m[at] * dsum;
+          }
+        }
+      }
+      y[size_t(n) * ldy + lane] = acc;
+    }
+}
+
+#endif
+
+template <bool kNibble, int kSubs, bool kMin>
+void matmul_packed(float* y, const QActs& a, const PackedWeight& p, int N) {
+  const int rows = p.rows;
+  // Panels per task: enough work to amortize the fork, small enough to balance the threads.
+  const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, int64_t(p.nb) * N));
+  parallel_ranges(p.panels, grain, [&](int64_t q0, int64_t q1) {
+    for (int64_t pn = q0; pn < q1; ++pn) {
+      const int live_rows = std::min(kPanel, rows - int(pn) * kPanel);
+      const auto live = (uint32_t(1) << live_rows) - 1;
+      float* yp = y + pn * kPanel;
+      int n0 = 0;
+      for (; n0 + 8 <= N; n0 += 8)
+        panel_rows<kNibble, kSubs, kMin, 8>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
+      if (N - n0 >= 4) {
+        panel_rows<kNibble, kSubs, kMin, 4>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
+        n0 += 4;
+      }
+      if (N - n0 >= 2) {
+        panel_rows<kNibble, kSubs, kMin, 2>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
+        n0 += 2;
+      }
+      if (N - n0 >= 1)
+        panel_rows<kNibble, kSubs, kMin, 1>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
     }
   });
 }
@@ -175,34 +434,17 @@ void matmul_bf16_prefill(float* y, const float* x, const QTensor& w, int N) {
   thread_local std::vector<uint16_t> wb, xb;
   wb.resize(size_t(w.rows) * w.cols);
   xb.resize(size_t(N) * w.cols);
-  const int nb = w.cols / kBlock;
   // A plain pointer: inside the pool, the name `wb` would be each worker's own thread_local.
   uint16_t* const wout = wb.data();
-  const QType type = w.type;
-  const size_t bb = block_bytes(type);
+  const int be = block_elems(w.type), nb = w.cols / be;
+  const size_t bb = block_bytes(w.type);
   parallel_ranges(w.rows, 16, [&](int64_t r0, int64_t r1) {
-    // Branch-free loops over one row, so the compiler vectorizes the dequantize and the
-    // round-to-nearest-even bf16 conversion (weights are finite: no NaN case needed).
     std::vector<float> rowf(w.cols);
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* row = w.row(int(r));
-      for (int b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + size_t(b) * bb;
-        uint16_t h;
-        std::memcpy(&h, blk, 2);
-        const float d = f16_to_f32(h);
-        float* o = rowf.data() + size_t(b) * kBlock;
-        if (type == QType::q8_0) {
-          const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
-          for (int j = 0; j < kBlock; ++j) o[j] = d * float(q[j]);
-        } else {
-          const uint8_t* q = blk + 2;
-          for (int j = 0; j < kBlock / 2; ++j) {
-            o[j] = d * float(int(q[j] & 15) - 8);
-            o[j + kBlock / 2] = d * float(int(q[j] >> 4) - 8);
-          }
-        }
-      }
+      for (int b = 0; b < nb; ++b)
+        dequantize_block(row + size_t(b) * bb, rowf.data() + size_t(b) * be, w.type);
+      // Round to nearest even bf16 (weights are finite: no NaN case needed).
       uint16_t* out = wout + size_t(r) * w.cols;
       const uint32_t* bits = reinterpret_cast<const uint32_t*>(rowf.data());
       for (int k = 0; k < w.cols; ++k) {
@@ -217,21 +459,31 @@ void matmul_bf16_prefill(float* y, const float* x, const QTensor& w, int N) {
 
 }  // namespace
 
+namespace cpu {
+
 void matmul(float* y, const float* x, const QTensor& w, int N) {
   KILN_CHECK(N >= 0, "quant.matmul", "N must be >= 0, got ", N);
-  KILN_CHECK(w.cols % kBlock == 0 && w.data.size() == size_t(w.rows) * w.row_bytes(),
-             "quant.matmul", "malformed QTensor (", w.rows, ", ", w.cols, ") with ", w.data.size(),
-             " bytes");
+  KILN_CHECK(w.cols % block_elems(w.type) == 0 && w.data.size() == size_t(w.rows) * w.row_bytes(),
+             "quant.matmul", "malformed ", qtype_name(w.type), " QTensor (", w.rows, ", ", w.cols,
+             ") with ", w.data.size(), " bytes");
   if (N == 0 || w.rows == 0) return;
   static const bool amx = ops::cpu::bf16_backend_kind() == ops::cpu::Bf16Backend::amx;
   if (amx && N >= kBf16PrefillRows) return matmul_bf16_prefill(y, x, w, N);
+  const PackedWeight& p = packed(w);
   thread_local QActs a;  // reused across calls: decode calls this thousands of times
-  quantize_acts(a, x, N, w.cols);
-  if (w.type == QType::q8_0) {
-    matmul_t<QType::q8_0>(y, a, w, N);
-  } else {
-    matmul_t<QType::q4_0>(y, a, w, N);
+  quantize_acts(a, x, N, w.cols, p);
+  if (p.nibble) {
+    if (p.subs == 2) {
+      return p.has_min ? matmul_packed<true, 2, true>(y, a, p, N)
+                       : matmul_packed<true, 2, false>(y, a, p, N);
+    }
+    return p.has_min ? matmul_packed<true, 1, true>(y, a, p, N)
+                     : matmul_packed<true, 1, false>(y, a, p, N);
   }
+  if (p.subs == 2) return matmul_packed<false, 2, false>(y, a, p, N);  // q6_k
+  return p.has_min ? matmul_packed<false, 1, true>(y, a, p, N)
+                   : matmul_packed<false, 1, false>(y, a, p, N);
 }
 
-}  // namespace kiln::quant::cpu
+}  // namespace cpu
+}  // namespace kiln::quant

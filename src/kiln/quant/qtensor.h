@@ -1,29 +1,52 @@
 // Weight-only quantized matrices in GGUF's block layouts, and the matmul inference runs on them.
-// A QTensor is a (rows, cols) weight stored row by row in blocks of 32 values along cols:
-//   q8_0: { f16 d; int8 qs[32]; }        34 bytes, value = qs[i] * d
-//   q4_0: { f16 d; uint8 qs[16]; }       18 bytes, value = ((nibble) - 8) * d, where element i
-//         (0 <= i < 16) is the low nibble of qs[i] and element i + 16 its high nibble.
-// (ggml's block_q8_0 / block_q4_0; byte-identical encodings are tested against GGUF's definition.)
+// A QTensor is a (rows, cols) weight stored row by row in blocks along cols (ggml-common.h):
+//   q8_0: { f16 d; int8 qs[32]; }                          value = qs[i] * d
+//   q4_0: { f16 d; u8 qs[16]; }                            value = (nibble - 8) * d, where element
+//         i (0 <= i < 16) is the low nibble of qs[i] and element i + 16 its high nibble
+//   q4_1: { f16 d, m; u8 qs[16]; }                         value = nibble * d + m
+//   q5_0: { f16 d; u8 qh[4]; u8 qs[16]; }                  value = ((nibble | bit i of qh << 4) -
+//   16) * d q5_1: { f16 d, m; u8 qh[4]; u8 qs[16]; }               value = (nibble | bit i of qh <<
+//   4) * d + m
+// and the K-quants, super-blocks of 256 values with sub-block scales (and mins):
+//   q2_k: { u8 scales[16]; u8 qs[64]; f16 d, dmin; }       16 x 16, 2 bits, 4-bit scale and min
+//   q3_k: { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }  16 x 16, 3 bits, 6-bit scales
+//   q4_k: { f16 d, dmin; u8 scales[12]; u8 qs[128]; }      8 x 32, 4 bits, 6-bit scale and min
+//   q5_k: { f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }  8 x 32, 5 bits
+//   q6_k: { u8 ql[128]; u8 qh[64]; int8 scales[16]; f16 d; }  16 x 16, 6 bits, 8-bit scales
+//   q8_k: { f32 d; int8 qs[256]; int16 bsums[16]; }        value = qs[i] * d
+// Decoding is ggml's dequantize_row_* bit for bit (tests/quant/test_kquants.cpp holds a plain
+// transcription of the block definitions). kiln writes q8_0 and q4_0; it reads all of them.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
 namespace kiln::quant {
 
-enum class QType : uint8_t { q8_0, q4_0 };
+enum class QType : uint8_t { q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k };
 
-std::string_view qtype_name(QType t);          // "q8_0", "q4_0"
+std::string_view qtype_name(QType t);          // "q8_0", "q4_k", ...
 QType qtype_from_name(std::string_view name);  // throws Error naming the choices
-size_t block_bytes(QType t);                   // 34 or 18
+size_t block_bytes(QType t);                   // 34, 18, ..., 210
+int block_elems(QType t);                      // 32 or 256
+uint32_t ggml_type_id(QType t);                // ggml_type: 8, 2, ..., 14
+// The QType of a ggml_type id; false for a float or unknown type.
+bool qtype_from_ggml(uint32_t ggml_type, QType* out);
+// True for the types kiln can write (quantize, quantize_block): q8_0 and q4_0.
+bool can_quantize(QType t);
 constexpr int kBlock = 32;
+
+struct PackedWeight;  // the CPU kernel's layout of a QTensor (qmatmul_cpu.cpp)
 
 struct QTensor {
   QType type = QType::q8_0;
-  int rows = 0, cols = 0;     // cols % 32 == 0
-  std::vector<uint8_t> data;  // rows * (cols / 32) blocks, row-major
-  size_t row_bytes() const { return size_t(cols / kBlock) * block_bytes(type); }
+  int rows = 0, cols = 0;     // cols % block_elems(type) == 0
+  std::vector<uint8_t> data;  // rows * (cols / block_elems) blocks, row-major
+  // The same weights repacked once for cpu::matmul (built on first use, shared by copies).
+  mutable std::shared_ptr<const PackedWeight> packed;
+  size_t row_bytes() const { return size_t(cols / block_elems(type)) * block_bytes(type); }
   const uint8_t* row(int r) const { return data.data() + size_t(r) * row_bytes(); }
 };
 
@@ -32,7 +55,8 @@ struct QTensor {
 QTensor quantize(const float* w, int rows, int cols, QType type);
 // out (rows, cols) = the dequantized values.
 void dequantize(const QTensor& q, float* out);
-// One block: 32 floats <-> block_bytes(type) bytes (the row functions above call these).
+// One block: block_elems(type) floats <-> block_bytes(type) bytes (the row functions above call
+// these). quantize_block takes only the types can_quantize accepts.
 void quantize_block(const float* x, uint8_t* out, QType type);
 void dequantize_block(const uint8_t* in, float* y, QType type);
 
