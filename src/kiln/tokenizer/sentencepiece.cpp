@@ -1,5 +1,6 @@
 #include "kiln/tokenizer/sentencepiece.h"
 
+#include <algorithm>
 #include <atomic>
 #include <queue>
 
@@ -52,13 +53,24 @@ SentencePiece::SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix,
     }
   }
   index_.build(mergeable_);
-  // Words may be encoded one by one when no piece has a "▁" after another character.
+  // Words may be encoded one by one except where a piece has a "▁" after another character:
+  // the character before such a "▁" glues a word to the next.
   split_words_ = true;
   for (const std::string& t : mergeable_) {
     size_t first_other = 0;
     while (t.compare(first_other, kSpace.size(), kSpace) == 0) first_other += kSpace.size();
-    if (t.find(kSpace, first_other) != std::string::npos) split_words_ = false;
+    for (size_t at = t.find(kSpace, first_other); at != std::string::npos;
+         at = t.find(kSpace, at + kSpace.size())) {
+      if (at == 0 ||
+          (at >= kSpace.size() && t.compare(at - kSpace.size(), kSpace.size(), kSpace) == 0))
+        continue;
+      size_t c = at - 1;
+      while (c > 0 && (uint8_t(t[c]) & 0xC0) == 0x80) --c;
+      std::string ch = t.substr(c, at - c);
+      if (std::find(glue_.begin(), glue_.end(), ch) == glue_.end()) glue_.push_back(ch);
+    }
   }
+  if (glue_.size() > 16) split_words_ = false;  // too many: encode the text whole
   static std::atomic<uint64_t> next_owner{1};
   owner_ = next_owner++;
   if (byte_fallback_)
@@ -69,6 +81,10 @@ SentencePiece::SentencePiece(std::vector<Piece> pieces, bool add_dummy_prefix,
 
 size_t SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, bool first,
                              size_t max_tokens) const {
+  if (raw_) {
+    if (text.empty()) return 0;
+    return encode_normalized(text, out, max_tokens);
+  }
   // Normalize: optional whitespace cleanup, the dummy prefix, ' ' -> "▁".
   std::string norm;
   norm.reserve(text.size() * 2 + 3);
@@ -87,12 +103,18 @@ size_t SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, b
     }
   }
 
+  return encode_normalized(norm, out, max_tokens);
+}
+
+size_t SentencePiece::encode_normalized(std::string_view all, std::vector<int32_t>& out,
+                                        size_t max_tokens) const {
   if (!split_words_) {
-    encode_word(norm, out);
-    return norm.size();
+    encode_word(all, out);
+    return all.size();
   }
-  // Words: a run of "▁" then a run of other characters. No piece spans a word boundary (checked
-  // at load), so words encode independently, and repeated words come from the cache.
+  // Words: a run of "▁" then a run of other characters. No piece spans a word boundary but after
+  // a glue character (found at load), so words encode independently, and repeated words come
+  // from the cache.
   struct Entry {
     uint64_t owner = 0;
     std::string key;
@@ -100,11 +122,19 @@ size_t SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, b
   };
   constexpr size_t kEntries = 1 << 12;
   thread_local std::vector<Entry> cache(kEntries);
-  std::string_view all = norm;
+  auto glued = [&](size_t e) {
+    for (const std::string& g : glue_)
+      if (e >= g.size() && all.compare(e - g.size(), g.size(), g) == 0) return true;
+    return false;
+  };
   for (size_t pos = 0; pos < all.size();) {
     size_t e = pos;
     while (all.compare(e, kSpace.size(), kSpace) == 0) e += kSpace.size();
-    while (e < all.size() && all.compare(e, kSpace.size(), kSpace) != 0) ++e;
+    for (;;) {
+      while (e < all.size() && all.compare(e, kSpace.size(), kSpace) != 0) ++e;
+      if (e == all.size() || !glued(e)) break;
+      while (all.compare(e, kSpace.size(), kSpace) == 0) e += kSpace.size();
+    }
     std::string_view word = all.substr(pos, e - pos);
     pos = e;
     Entry& entry = cache[hash_bytes(word) & (kEntries - 1)];
@@ -117,7 +147,7 @@ size_t SentencePiece::encode(std::string_view text, std::vector<int32_t>& out, b
     out.insert(out.end(), entry.ids.begin(), entry.ids.end());
     if (out.size() > max_tokens) return pos;
   }
-  return norm.size();
+  return all.size();
 }
 
 void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out) const {
@@ -173,17 +203,22 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
     push(a.prev);
     push(c.left);
   }
+  bool unk_run = false;  // the last symbol became <unk>
   for (int32_t i = 0; i >= 0; i = syms[size_t(i)].next) {
     std::string_view s = norm.substr(size_t(syms[size_t(i)].start), size_t(syms[size_t(i)].len));
     int32_t id = index_.find(s, mergeable_);
     if (id >= 0) {
       out.push_back(id);
+      unk_run = false;
     } else if (byte_fallback_) {
       for (char ch : s) out.push_back(byte_ids_[uint8_t(ch)]);
+      unk_run = false;
     } else {
       KILN_CHECK(unk_id_ >= 0, "sentencepiece", "'", s,
                  "' is not in the vocabulary and the model has neither byte fallback nor <unk>");
-      out.push_back(unk_id_);
+      if (!(fuse_unk_ && unk_run)) out.push_back(unk_id_);
+      unk_run = true;
+      continue;
     }
   }
 }

@@ -32,6 +32,8 @@ struct TokenizerInfo {
   int64_t merges = 0;
   std::vector<std::pair<std::string, int32_t>> specials;  // added tokens
   std::optional<int32_t> eos;
+  // normalizer → pre-tokenizer → model → post-processor → decoder, one line.
+  std::string pipeline;
 };
 
 class Tokenizer {
@@ -58,6 +60,10 @@ class Tokenizer {
   };
   Encoded encode_at_most(std::string_view text, size_t max_tokens,
                          bool allow_special = false) const;
+  // `ids` as the model sees a whole sequence: the post-processor's special tokens around them
+  // (TemplateProcessing's "single", e.g. BOS first; nothing for most byte-level BPEs). What
+  // Hugging Face's encode(text, add_special_tokens=True) gives.
+  std::vector<int32_t> with_special_tokens(std::vector<int32_t> ids) const;
   // encode() of every document, across kiln's thread pool (documents are independent).
   std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& docs,
                                                  bool allow_special = false) const;
