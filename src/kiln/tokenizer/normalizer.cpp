@@ -71,7 +71,7 @@ uint32_t ccc(uint32_t cp) {
 }
 
 bool unsafe(UnicodeForm f, uint32_t cp) {
-  if (cp < 0xC0 || cp == kBad) return false;  // no Latin-1 character below À changes
+  if (cp < 0xA0 || cp == kBad) return false;  // nothing below U+00A0 changes
   auto it = std::upper_bound(std::begin(kUnsafe), std::end(kUnsafe), cp,
                              [](uint32_t c, const uint32_t(&e)[2]) { return c < e[0]; });
   return ((*(it - 1))[1] >> int(f) & 1) != 0;

@@ -19,8 +19,9 @@ uint32_t utf8_decode(std::string_view text, size_t i, size_t& len);
 
 enum class UnicodeForm { nfd, nfkd, nfc, nfkc };
 
-// Appends `text` in form `f` to `out`; returns false (and appends nothing) if `text` is already
-// in that form. Invalid UTF-8 bytes pass through unchanged.
+// Appends `text` in form `f` to `out`; returns false (and appends nothing) where a scan shows
+// `text` is already in that form (true may still give the same text). Invalid UTF-8 bytes pass
+// through unchanged.
 bool unicode_normalize(UnicodeForm f, std::string_view text, std::string& out);
 // Full lowercase mapping, per code point (as String.prototype.toLowerCase, except the final-sigma
 // rule: "Σ" always becomes "σ"). Same contract as unicode_normalize.
