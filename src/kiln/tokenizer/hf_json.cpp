@@ -162,7 +162,7 @@ Tokenizer::Impl load_char_model(const std::string& path, const json& j) {
   impl.sp.emplace(std::move(pieces), /*add_dummy_prefix=*/false,
                   /*remove_extra_whitespaces=*/false, m.value("byte_fallback", false));
   impl.sp->set_raw_input(m.value("fuse_unk", false));
-  impl.sp->set_merges(std::move(pair_rank));
+  impl.sp->set_merges(pair_rank);
   return impl;
 }
 

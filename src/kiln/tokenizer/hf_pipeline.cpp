@@ -370,7 +370,7 @@ std::string describe_component(const json& c) {
 std::string describe_pipeline(const Tokenizer::Impl& m) {
   const char* arrow = " \xE2\x86\x92 ";  // " → "
   const int64_t vocab = m.sp ? int64_t(m.sp->pieces().size()) : int64_t(m.bpe.size());
-  const int64_t merges = m.sp ? int64_t(m.sp->merges().size()) : int64_t(m.bpe.num_merges());
+  const int64_t merges = m.sp ? int64_t(m.sp->num_merges()) : int64_t(m.bpe.num_merges());
   if (m.pipeline.model_options.empty()) {
     if (m.sp)
       return str("SentencePiece normalizer (dummy prefix ", m.sp->add_dummy_prefix(), ")", arrow,

@@ -156,6 +156,7 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
   // is stale if either symbol's length changed since it was pushed.
   struct Sym {
     int32_t start, len, prev, next;
+    int32_t id;  // the piece it is (Hugging Face merges), or -1
   };
   struct Cand {
     float score;
@@ -167,14 +168,13 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
   std::vector<Sym> syms;
   for (size_t i = 0; i < norm.size();) {
     size_t n = std::min(utf8_len(uint8_t(norm[i])), norm.size() - i);
-    syms.push_back(Sym{int32_t(i), int32_t(n), int32_t(syms.size()) - 1, int32_t(syms.size()) + 1});
+    syms.push_back(
+        Sym{int32_t(i), int32_t(n), int32_t(syms.size()) - 1, int32_t(syms.size()) + 1, -1});
+    if (!pair_merges_.empty()) syms.back().id = index_.find(norm.substr(i, n), mergeable_);
     i += n;
   }
   syms.back().next = -1;
   std::priority_queue<Cand> heap;
-  auto piece_id = [&](const Sym& x) {
-    return index_.find(norm.substr(size_t(x.start), size_t(x.len)), mergeable_);
-  };
   auto push = [&](int32_t l) {
     if (l < 0 || syms[size_t(l)].next < 0) return;
     const Sym& a = syms[size_t(l)];
@@ -183,10 +183,10 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
       int32_t id = index_.find(norm.substr(size_t(a.start), size_t(a.len + b.len)), mergeable_);
       if (id >= 0) heap.push(Cand{pieces_[size_t(id)].score, l, a.len, b.len, id});
     } else {  // Hugging Face: only listed merges, by rank
-      int32_t ia = piece_id(a), ib = piece_id(b);
-      if (ia < 0 || ib < 0) return;
-      auto it = pair_merges_.find(uint64_t(uint32_t(ia)) << 32 | uint32_t(ib));
-      if (it != pair_merges_.end()) heap.push(Cand{-float(it->second), l, a.len, b.len, 0});
+      if (a.id < 0 || b.id < 0) return;
+      auto it = pair_merges_.find(uint64_t(uint32_t(a.id)) << 32 | uint32_t(b.id));
+      if (it != pair_merges_.end())
+        heap.push(Cand{-float(it->second.rank), l, a.len, b.len, it->second.merged});
     }
   };
   for (int32_t i = 0; i + 1 < int32_t(syms.size()); ++i) push(i);
@@ -197,6 +197,7 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
     if (a.len != c.left_len || a.next < 0 || syms[size_t(a.next)].len != c.right_len) continue;
     Sym& b = syms[size_t(a.next)];
     a.len += b.len;
+    a.id = c.id;
     a.next = b.next;
     if (a.next >= 0) syms[size_t(a.next)].prev = c.left;
     b.len = 0;
@@ -221,6 +222,24 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
       continue;
     }
   }
+}
+
+void SentencePiece::set_merges(const std::unordered_map<uint64_t, int32_t>& pair_rank) {
+  pair_merges_.clear();
+  pair_merges_.reserve(pair_rank.size());
+  for (const auto& [pair, rank] : pair_rank) {
+    const std::string both =
+        pieces_[size_t(pair >> 32)].text + pieces_[size_t(pair & 0xFFFFFFFF)].text;
+    const int32_t merged = index_.find(both, mergeable_);
+    pair_merges_.emplace(pair, Merge{rank, merged});  // -1: makes a piece that never merges on
+  }
+}
+
+std::vector<std::pair<uint64_t, int32_t>> SentencePiece::merges() const {
+  std::vector<std::pair<uint64_t, int32_t>> out;
+  out.reserve(pair_merges_.size());
+  for (const auto& [pair, m] : pair_merges_) out.emplace_back(pair, m.rank);
+  return out;
 }
 
 std::string SentencePiece::piece_bytes(int32_t id) const {

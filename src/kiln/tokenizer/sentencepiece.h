@@ -50,14 +50,14 @@ class SentencePiece {
   bool raw_input() const { return raw_; }
   // Hugging Face byte-fallback BPE (tokenizer.json): only these pairs (left id, right id) merge,
   // lowest rank first, instead of any pair whose concatenation is a piece.
-  void set_merges(std::unordered_map<uint64_t, int32_t> pair_rank) {
-    pair_merges_ = std::move(pair_rank);
-  }
+  void set_merges(const std::unordered_map<uint64_t, int32_t>& pair_rank);
   // The bytes a piece stands for: "▁" -> ' ', <0xNN> -> the byte, control pieces -> "".
   std::string piece_bytes(int32_t id) const;
 
   const std::vector<Piece>& pieces() const { return pieces_; }
-  const std::unordered_map<uint64_t, int32_t>& merges() const { return pair_merges_; }
+  // {left << 32 | right, rank} of every merge set_merges() was given, in no particular order.
+  std::vector<std::pair<uint64_t, int32_t>> merges() const;
+  size_t num_merges() const { return pair_merges_.size(); }
   bool add_dummy_prefix() const { return add_dummy_prefix_; }
   bool byte_fallback() const { return byte_fallback_; }
   bool remove_extra_whitespaces() const { return remove_extra_whitespaces_; }
@@ -83,7 +83,10 @@ class SentencePiece {
   std::vector<std::string> glue_;
   bool raw_ = false, fuse_unk_ = false;
   bool prefix_first_only_ = false;
-  std::unordered_map<uint64_t, int32_t> pair_merges_;  // left << 32 | right -> rank
+  struct Merge {
+    int32_t rank, merged;  // merged: the id of the piece the pair makes
+  };
+  std::unordered_map<uint64_t, Merge> pair_merges_;  // left << 32 | right -> merge
   uint64_t owner_ = 0;  // tags this model's entries in the per-thread word cache
 };
 
