@@ -1,9 +1,11 @@
 // A byte-level BPE tokenizer: the one type the rest of kiln encodes and decodes text with.
-// Sources: Hugging Face tokenizer.json (BPE), tiktoken rank files, SentencePiece BPE .model;
+// Sources: Hugging Face tokenizer.json (BPE, byte-level or byte-fallback, with its normalizer,
+// pre-tokenizer, post-processor and decoder: hf_pipeline.h), tiktoken rank files, SentencePiece
+// BPE .model;
 // trained ones come from trainer.h. A "byte-level" vocabulary with no merges (256 byte symbols,
 // GPT-2's byte-to-unicode spelling) is the simplest member of the family and what a fresh kiln
-// model starts with. Ids match tiktoken / Hugging Face / SentencePiece (tests/tokenizer/
-// test_oracle*.cpp); encode costs about 15-20 ns per byte of English per thread, linear-ish
+// model starts with. Ids match tiktoken / Hugging Face / SentencePiece / Transformers.js
+// (tests/tokenizer/test_oracle*.cpp, test_hf_pipeline.cpp); encode costs about 15-20 ns per byte of English per thread, linear-ish
 // (n log n) on pathological input. All const methods are thread-safe.
 #pragma once
 
