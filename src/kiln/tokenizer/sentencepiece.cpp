@@ -120,7 +120,7 @@ size_t SentencePiece::encode_normalized(std::string_view all, std::vector<int32_
     std::string key;
     std::vector<int32_t> ids;
   };
-  constexpr size_t kEntries = 1 << 12;
+  constexpr size_t kEntries = 1 << 14;
   thread_local std::vector<Entry> cache(kEntries);
   auto glued = [&](size_t e) {
     for (const std::string& g : glue_)
@@ -165,7 +165,15 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
       return score != o.score ? score < o.score : left > o.left;
     }
   };
-  std::vector<Sym> syms;
+  // Per-thread buffers: a word missing the cache costs no allocation.
+  thread_local std::vector<Sym> syms;
+  thread_local std::vector<Cand> heap;  // a max-heap (std::push_heap)
+  syms.clear();
+  heap.clear();
+  auto heap_push = [&](const Cand& c) {
+    heap.push_back(c);
+    std::push_heap(heap.begin(), heap.end());
+  };
   for (size_t i = 0; i < norm.size();) {
     size_t n = std::min(utf8_len(uint8_t(norm[i])), norm.size() - i);
     syms.push_back(
@@ -174,25 +182,25 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
     i += n;
   }
   syms.back().next = -1;
-  std::priority_queue<Cand> heap;
   auto push = [&](int32_t l) {
     if (l < 0 || syms[size_t(l)].next < 0) return;
     const Sym& a = syms[size_t(l)];
     const Sym& b = syms[size_t(a.next)];
     if (pair_merges_.empty()) {  // SentencePiece: any pair that makes a piece, by its score
       int32_t id = index_.find(norm.substr(size_t(a.start), size_t(a.len + b.len)), mergeable_);
-      if (id >= 0) heap.push(Cand{pieces_[size_t(id)].score, l, a.len, b.len, id});
+      if (id >= 0) heap_push(Cand{pieces_[size_t(id)].score, l, a.len, b.len, id});
     } else {  // Hugging Face: only listed merges, by rank
       if (a.id < 0 || b.id < 0) return;
       auto it = pair_merges_.find(uint64_t(uint32_t(a.id)) << 32 | uint32_t(b.id));
       if (it != pair_merges_.end())
-        heap.push(Cand{-float(it->second.rank), l, a.len, b.len, it->second.merged});
+        heap_push(Cand{-float(it->second.rank), l, a.len, b.len, it->second.merged});
     }
   };
   for (int32_t i = 0; i + 1 < int32_t(syms.size()); ++i) push(i);
   while (!heap.empty()) {
-    Cand c = heap.top();
-    heap.pop();
+    std::pop_heap(heap.begin(), heap.end());
+    const Cand c = heap.back();
+    heap.pop_back();
     Sym& a = syms[size_t(c.left)];
     if (a.len != c.left_len || a.next < 0 || syms[size_t(a.next)].len != c.right_len) continue;
     Sym& b = syms[size_t(a.next)];
@@ -207,7 +215,7 @@ void SentencePiece::encode_word(std::string_view norm, std::vector<int32_t>& out
   bool unk_run = false;  // the last symbol became <unk>
   for (int32_t i = 0; i >= 0; i = syms[size_t(i)].next) {
     std::string_view s = norm.substr(size_t(syms[size_t(i)].start), size_t(syms[size_t(i)].len));
-    int32_t id = index_.find(s, mergeable_);
+    const int32_t id = syms[size_t(i)].id >= 0 ? syms[size_t(i)].id : index_.find(s, mergeable_);
     if (id >= 0) {
       out.push_back(id);
       unk_run = false;
