@@ -115,10 +115,18 @@ void read_normalizer(const Where& w, const json& c, tok::Normalizer& out) {
   } else if (t == "Replace") {
     s.kind = K::replace;
     const json& p = need(w, c, "pattern");
-    KILN_CHECK(p.is_object() && p.contains("String") && p["String"].is_string(), "tokenizer",
-               w.path, ": ", w.key, ".pattern = ", p.dump().substr(0, 80),
-               " is not supported (kiln's Replace takes a {\"String\": ...} pattern)");
-    s.from = p["String"].get<std::string>();
+    if (p.is_object() && p.contains("Regex") && p["Regex"].is_string()) {
+      auto re =
+          std::make_shared<tok::PreTokenizer>(tok::Pattern::custom, p["Regex"].get<std::string>());
+      re->set_behavior(tok::SplitBehavior::removed, /*invert=*/true);  // the matches alone
+      s.regex = std::move(re);
+    } else {
+      KILN_CHECK(p.is_object() && p.contains("String") && p["String"].is_string() &&
+                     !p["String"].get<std::string>().empty(),
+                 "tokenizer", w.path, ": ", w.key, ".pattern = ", p.dump().substr(0, 80),
+                 " is neither {\"Regex\": ...} nor a non-empty {\"String\": ...}");
+      s.from = p["String"].get<std::string>();
+    }
     s.to = need_string(w, c, "content");
   } else {
     unsupported(w, c, "NFC, NFD, NFKC, NFKD, Lowercase, Replace, Prepend, Strip, Sequence");

@@ -248,6 +248,21 @@ bool apply_step(const NormalizerStep& s, std::string_view in, bool first, std::s
       return true;
     }
     case NormalizerStep::Kind::replace:
+      if (s.regex) {  // the regex's matches (its split with invert + removed), each replaced
+        thread_local std::vector<std::string_view> matches;
+        matches.clear();
+        s.regex->split(in, matches);
+        if (matches.empty()) return false;
+        size_t pos = 0;
+        for (std::string_view m : matches) {
+          const size_t at = size_t(m.data() - in.data());
+          out.append(in.substr(pos, at - pos)).append(s.to);
+          pos = at + m.size();
+        }
+        out.append(in.substr(pos));
+        return true;
+      }
+      [[fallthrough]];
     case NormalizerStep::Kind::metaspace: {
       const bool meta = s.kind == NormalizerStep::Kind::metaspace;
       const std::string_view from = meta ? std::string_view(" ") : std::string_view(s.from);

@@ -1,5 +1,6 @@
 // Hugging Face normalizers (tokenizer.json "normalizer"): NFC, NFD, NFKC, NFKD, Lowercase,
-// Replace (String pattern), Prepend, Strip and Sequence of them, plus Metaspace's replacement
+// Replace (String or Regex pattern), Prepend, Strip and Sequence of them, plus Metaspace's
+// replacement
 // (' ' -> "▁" and its prefix), which kiln runs here too. Unicode data comes from
 // normalization_table.inc, generated from Node (tests/tokenizer/gen_normalization_table.mjs), so
 // the forms match String.prototype.normalize, Transformers.js's. Cost: text with nothing to change
@@ -7,9 +8,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "kiln/tokenizer/pre_tokenizer.h"
 
 namespace kiln::tok {
 
@@ -32,8 +36,9 @@ struct NormalizerStep {
   Kind kind = Kind::form;
   UnicodeForm form = UnicodeForm::nfc;
   std::string from, to;  // replace: every `from` becomes `to`; prepend/metaspace: `to` is prefixed
-  bool left = false, right = false;  // strip: whitespace at the start / end
-  bool first_only = false;           // metaspace: prefix only the text that starts the input
+  std::shared_ptr<const PreTokenizer> regex;  // replace: every match of it becomes `to` instead
+  bool left = false, right = false;           // strip: whitespace at the start / end
+  bool first_only = false;  // metaspace: prefix only the text that starts the input
 };
 
 class Normalizer {
