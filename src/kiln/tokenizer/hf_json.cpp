@@ -1,7 +1,10 @@
-// Hugging Face tokenizer.json for byte-level BPE models: load and save. Supported: model BPE
-// (vocab, merges as "a b" or ["a", "b"], ignore_merges), pre_tokenizer ByteLevel (GPT-2),
-// Split + ByteLevel (Llama 3) or null, decoder ByteLevel, added_tokens. Anything else is an
-// error naming the key, rather than a tokenizer that silently encodes differently.
+// Hugging Face tokenizer.json with a BPE model: load and save. The model is byte-level (GPT-2's
+// alphabet: Llama 3, Qwen, DeepSeek, gpt-oss) or character-level with byte fallback (Llama 2,
+// Gemma, Mistral); vocab, merges as "a b" or ["a", "b"], ignore_merges (byte-level), fuse_unk,
+// unk_token; the pipeline around it is hf_pipeline.h's; added_tokens with lstrip, rstrip and
+// single_word. Anything else is an error naming its JSON path, rather than a tokenizer that
+// silently encodes differently. save() writes the pipeline back as it was read.
+#include <algorithm>
 #include <filesystem>
 #include <unordered_map>
 
@@ -12,6 +15,7 @@
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/tokenizer/byte_unicode.h"
+#include "kiln/tokenizer/hf_pipeline.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
 
 namespace kiln {
@@ -71,57 +75,6 @@ bool mentions_byte_level(const json& j) {
   return false;
 }
 
-std::string regex_escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (std::string_view("\\^$.|?*+()[]{}").find(c) != std::string_view::npos) out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-struct PreConfig {
-  tok::Pattern pattern = tok::Pattern::none;
-  std::string regex;
-  bool add_prefix_space = false;
-};
-
-void parse_pre(const std::string& path, const json& p, const std::string& key, PreConfig& cfg) {
-  if (p.is_null()) return;
-  std::string type = p.value("type", "");
-  if (type == "ByteLevel") {
-    cfg.add_prefix_space = p.value("add_prefix_space", true);
-    if (p.value("use_regex", true)) {
-      KILN_CHECK(cfg.pattern == tok::Pattern::none, "tokenizer", path, ": ", key,
-                 " splits twice (Split and ByteLevel use_regex): not supported");
-      cfg.pattern = tok::Pattern::gpt2;
-    }
-  } else if (type == "Split") {
-    KILN_CHECK(cfg.pattern == tok::Pattern::none, "tokenizer", path, ": ", key,
-               " has a second Split: only one split pattern is supported");
-    KILN_CHECK(p.value("behavior", "") == "Isolated" && !p.value("invert", false), "tokenizer",
-               path, ": ", key, " is a Split with behavior '", p.value("behavior", ""),
-               "' and invert ", p.value("invert", false),
-               ": only behavior Isolated without invert is supported");
-    const json& pat = p.at("pattern");
-    if (pat.contains("Regex")) {
-      cfg.regex = pat["Regex"].get<std::string>();
-    } else if (pat.contains("String")) {
-      cfg.regex = regex_escape(pat["String"].get<std::string>());
-    } else {
-      fail("tokenizer", path, ": ", key, ".pattern has neither Regex nor String");
-    }
-    cfg.pattern = tok::Pattern::custom;
-  } else if (type == "Sequence") {
-    const json& list = p.at("pretokenizers");
-    for (size_t i = 0; i < list.size(); ++i)
-      parse_pre(path, list[i], str(key, ".pretokenizers[", i, "]"), cfg);
-  } else {
-    fail("tokenizer", path, ": ", key, " has type '", type,
-         "': only ByteLevel, Split and Sequence are supported for byte-level BPE");
-  }
-}
-
 // The eos a tokenizer_config.json beside the file names, if any.
 std::optional<std::string> config_eos(const std::string& path) {
   auto cfg = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
@@ -143,69 +96,40 @@ void read_added_tokens(const json& j, const std::string& path, Tokenizer::Impl& 
   if (j.contains("added_tokens"))
     for (size_t i = 0; i < j["added_tokens"].size(); ++i) {
       const json& a = j["added_tokens"][i];
-      impl.added.push_back({a.at("content").get<std::string>(),
-                            token_id(a.at("id"), str("added_tokens[", i, "].id"), path),
-                            a.value("special", false)});
+      KILN_CHECK(a.is_object() && a.contains("content") && a["content"].is_string() &&
+                     !a["content"].get<std::string>().empty() && a.contains("id"),
+                 "tokenizer", path, ": added_tokens[", i,
+                 "] has no non-empty \"content\" or no \"id\": the file is malformed");
+      Tokenizer::Impl::Added t{a["content"].get<std::string>(),
+                               token_id(a["id"], str("added_tokens[", i, "].id"), path),
+                               a.value("special", false)};
+      t.lstrip = a.value("lstrip", false);
+      t.rstrip = a.value("rstrip", false);
+      t.single_word = a.value("single_word", false);
+      t.normalized = a.value("normalized", false);
+      impl.added.push_back(std::move(t));
     }
   if (auto eos = config_eos(path))
     for (const auto& a : impl.added)
       if (a.text == *eos) impl.eos = a.id;
 }
 
-// Llama 2 style tokenizer.json: BPE over characters with "▁" for spaces and byte fallback
-// (normalizer Prepend + Replace, or pre_tokenizer Metaspace), run by the SentencePiece engine
-// with Hugging Face's merge list.
-Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
+// A character-level BPE with byte fallback (Llama 2, Gemma, Mistral): pieces are UTF-8 text
+// ("▁" where the normalizer or Metaspace put spaces), merged by the listed pairs, run by the
+// SentencePiece engine on text the pipeline normalized.
+Tokenizer::Impl load_char_model(const std::string& path, const json& j) {
   const json& m = j["model"];
-  const std::string kSpace = "\xE2\x96\x81";
-  bool replace_space = false, prefix = false, first_only = false;
-  const json norm = j.value("normalizer", json());
-  std::vector<json> norms;
-  if (is_type(norm, "Sequence")) {
-    for (const json& x : norm.at("normalizers")) norms.push_back(x);
-  } else if (!norm.is_null()) {
-    norms.push_back(norm);
-  }
-  for (const json& x : norms) {
-    std::string t = x.value("type", "");
-    if (t == "Prepend" && x.value("prepend", "") == kSpace) {
-      prefix = true;
-    } else if (t == "Replace" && x.contains("pattern") && x["pattern"].value("String", "") == " " &&
-               x.value("content", "") == kSpace) {
-      replace_space = true;
-    } else {
-      fail("tokenizer", path, ": normalizer '", t,
-           "' is not supported (only Prepend(\"\xE2\x96\x81\") and Replace(\" \", "
-           "\"\xE2\x96\x81\"), as Llama 2 uses)");
-    }
-  }
-  const json pre = j.value("pre_tokenizer", json());
-  if (is_type(pre, "Metaspace")) {
-    KILN_CHECK(!pre.value("split", false), "tokenizer", path,
-               ": pre_tokenizer Metaspace with split true is not supported");
-    replace_space = true;
-    std::string scheme =
-        pre.value("prepend_scheme", pre.value("add_prefix_space", true) ? "always" : "never");
-    prefix = scheme != "never";
-    first_only = scheme == "first";
-  } else {
-    KILN_CHECK(pre.is_null(), "tokenizer", path, ": pre_tokenizer '", pre.value("type", "?"),
-               "' is not supported for a SentencePiece-style (byte fallback) BPE");
-  }
-  KILN_CHECK(replace_space, "tokenizer", path,
-             ": neither ByteLevel nor Metaspace nor Replace(\" \", \"\xE2\x96\x81\"): not a "
-             "tokenizer kiln can run");
-
   const json& vocab = m.at("vocab");
   std::vector<tok::SentencePiece::Piece> pieces(size_t(max_vocab_id(vocab, path) + 1));
   for (auto& p : pieces) p.type = tok::SentencePiece::Type::unused;
   std::string unk =
       m.value("unk_token", json()).is_string() ? m["unk_token"].get<std::string>() : "";
   std::vector<bool> is_special(pieces.size(), false);
-  if (j.contains("added_tokens"))
+  if (j.contains("added_tokens") && j["added_tokens"].is_array())
     for (size_t i = 0; i < j["added_tokens"].size(); ++i) {
       const json& a = j["added_tokens"][i];
-      auto id = size_t(token_id(a.at("id"), str("added_tokens[", i, "].id"), path));
+      if (!a.is_object() || !a.contains("id")) continue;  // read_added_tokens says what is wrong
+      auto id = size_t(token_id(a["id"], str("added_tokens[", i, "].id"), path));
       if (id < pieces.size() && a.value("special", false)) is_special[id] = true;
     }
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
@@ -223,6 +147,7 @@ Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
   }
   std::unordered_map<uint64_t, int32_t> pair_rank;
   const json& merges = m.at("merges");
+  KILN_CHECK(merges.is_array(), "tokenizer", path, ": model.merges is not a list");
   for (size_t i = 0; i < merges.size(); ++i) {
     const auto [a, b] = merge_pair(merges[i], i, path);
     auto ia = vocab.find(a), ib = vocab.find(b), iab = vocab.find(a + b);
@@ -231,13 +156,72 @@ Tokenizer::Impl load_hf_sentencepiece(const std::string& path, const json& j) {
                "' uses or makes a token not in model.vocab");
     pair_rank.emplace(uint64_t(ia->get<uint32_t>()) << 32 | ib->get<uint32_t>(), int32_t(i));
   }
+  KILN_CHECK(!m.value("ignore_merges", false), "tokenizer", path,
+             ": model.ignore_merges = true is not supported for a byte-fallback BPE");
   Tokenizer::Impl impl;
-  impl.sp.emplace(std::move(pieces), prefix, /*remove_extra_whitespaces=*/false,
-                  m.value("byte_fallback", false));
-  impl.sp->set_prefix_first_only(first_only);
-  impl.sp->set_merges(std::move(pair_rank));
-  read_added_tokens(j, path, impl);
+  impl.sp.emplace(std::move(pieces), /*add_dummy_prefix=*/false,
+                  /*remove_extra_whitespaces=*/false, m.value("byte_fallback", false));
+  impl.sp->set_raw_input(m.value("fuse_unk", false));
+  impl.sp->set_merges(pair_rank);
   return impl;
+}
+
+// A byte-level BPE: tokens spelled in GPT-2's byte alphabet.
+Tokenizer::Impl load_byte_model(const std::string& path, const json& j) {
+  const json& m = j["model"];
+  const json& vocab = m.at("vocab");
+  std::vector<std::string> tokens(size_t(max_vocab_id(vocab, path) + 1));
+  std::string bytes;
+  auto is_added = [&](const std::string& text) {  // DeepSeek lists its specials in vocab too
+    if (j.contains("added_tokens") && j["added_tokens"].is_array())
+      for (const json& a : j["added_tokens"])
+        if (a.is_object() && a.value("content", json()) == text) return true;
+    return false;
+  };
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    if (!tok::unicode_to_bytes(it.key(), bytes) && is_added(it.key())) continue;
+    KILN_CHECK(tok::unicode_to_bytes(it.key(), bytes), "tokenizer", path, ": model.vocab token '",
+               it.key(), "' is not spelled in the byte-level alphabet");
+    std::string& slot = tokens[it.value().get<size_t>()];
+    KILN_CHECK(slot.empty(), "tokenizer", path, ": model.vocab gives id ", it.value().get<int>(),
+               " to two tokens");
+    slot = bytes;
+  }
+  Tokenizer::Impl impl;
+  impl.bpe = tok::Bpe(std::move(tokens));
+  impl.bpe.set_ignore_merges(m.value("ignore_merges", false));
+  const json& merges = m.at("merges");
+  KILN_CHECK(merges.is_array(), "tokenizer", path, ": model.merges is not a list");
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const auto [a, b] = merge_pair(merges[i], i, path);
+    auto id_of = [&](const std::string& spelled) {
+      auto it = vocab.find(spelled);
+      KILN_CHECK(it != vocab.end(), "tokenizer", path, ": model.merges[", i, "] uses '", spelled,
+                 "', which is not in model.vocab");
+      return it->get<int32_t>();
+    };
+    impl.bpe.add_merge(id_of(a), id_of(b), id_of(a + b), int32_t(i));
+  }
+  return impl;
+}
+
+// The BPE options kiln cannot run are refused by name.
+void check_model_options(const std::string& path, const json& m) {
+  const json& dropout = m.value("dropout", json());
+  KILN_CHECK(dropout.is_null() || (dropout.is_number() && dropout.get<double>() == 0.0),
+             "tokenizer", path, ": model.dropout = ", dropout.dump(),
+             " is not supported (BPE dropout samples merges at random, for training only): set "
+             "it to null");
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    const json& v = m.value(key, json());
+    KILN_CHECK(v.is_null() || (v.is_string() && v.get<std::string>().empty()), "tokenizer", path,
+               ": model.", key, " = ", v.dump(),
+               " is not supported (kiln runs BPE without subword affixes): set it to null");
+  }
+  KILN_CHECK(m.contains("vocab") && m["vocab"].is_object() && m.contains("merges"), "tokenizer",
+             path,
+             ": model has no \"vocab\" object or no \"merges\": the file is malformed or "
+             "truncated; re-export it");
 }
 
 }  // namespace
@@ -255,73 +239,72 @@ Tokenizer::Impl load_hf_json(const std::string& path, const std::string& content
     KILN_CHECK(j.contains("model"), "tokenizer", path,
                ": no \"model\" key: this is not a Hugging Face tokenizer.json");
     const json& m = j["model"];
+    KILN_CHECK(m.is_object(), "tokenizer", path, ": model is not an object");
     std::string type = m.value("type", "BPE");
-    KILN_CHECK(type == "BPE", "tokenizer", path, ": model.type is '", type,
-               "': only BPE models are supported");
-    if (!mentions_byte_level(j.value("pre_tokenizer", json())) &&
-        !mentions_byte_level(j.value("decoder", json())))
-      return load_hf_sentencepiece(path, j);
-    KILN_CHECK(j.value("normalizer", json()).is_null(), "tokenizer", path, ": has a normalizer (",
-               j["normalizer"].value("type", "?"),
-               "): only byte-level BPE without a normalizer is supported");
-
-    // Vocabulary: spelled token -> id.
-    const json& vocab = m.at("vocab");
-    std::vector<std::string> tokens(size_t(max_vocab_id(vocab, path) + 1));
-    std::string bytes;
-    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      KILN_CHECK(tok::unicode_to_bytes(it.key(), bytes), "tokenizer", path, ": model.vocab token '",
-                 it.key(), "' is not spelled in the byte-level alphabet");
-      std::string& slot = tokens[it.value().get<size_t>()];
-      KILN_CHECK(slot.empty(), "tokenizer", path, ": model.vocab gives id ", it.value().get<int>(),
-                 " to two tokens");
-      slot = bytes;
-    }
-    Tokenizer::Impl impl;
-    impl.bpe = tok::Bpe(std::move(tokens));
-    impl.bpe.set_ignore_merges(m.value("ignore_merges", false));
-
-    const json& merges = m.at("merges");
-    for (size_t i = 0; i < merges.size(); ++i) {
-      const auto [a, b] = merge_pair(merges[i], i, path);
-      auto id_of = [&](const std::string& spelled) {
-        auto it = vocab.find(spelled);
-        KILN_CHECK(it != vocab.end(), "tokenizer", path, ": model.merges[", i, "] uses '", spelled,
-                   "', which is not in model.vocab");
-        return it->get<int32_t>();
-      };
-      impl.bpe.add_merge(id_of(a), id_of(b), id_of(a + b), int32_t(i));
-    }
-
-    PreConfig pre;
-    parse_pre(path, j.value("pre_tokenizer", json()), "pre_tokenizer", pre);
-    impl.pre = tok::PreTokenizer(pre.pattern, pre.regex);
-    impl.add_prefix_space = pre.add_prefix_space;
-
+    KILN_CHECK(type == "BPE", "tokenizer", path, ": model.type = \"", type,
+               "\" is not supported (kiln runs BPE models only)");
+    check_model_options(path, m);
+    const bool byte_level = mentions_byte_level(j.value("pre_tokenizer", json())) ||
+                            mentions_byte_level(j.value("decoder", json()));
+    Tokenizer::Impl impl = byte_level ? load_byte_model(path, j) : load_char_model(path, j);
     read_added_tokens(j, path, impl);
+    read_hf_pipeline(path, j, byte_level, impl);
+    json options = m;
+    options.erase("vocab");
+    options.erase("merges");
+    impl.pipeline.model_options = options.dump();
     return impl;
   } catch (const json::exception& e) {
     fail("tokenizer", path, ": ", json_error_reason(e));
   }
 }
 
-std::string to_hf_json(const Tokenizer::Impl& impl) {
-  KILN_CHECK(!impl.sp, "tokenizer",
-             "saving a SentencePiece model as tokenizer.json is not supported: keep its .model");
-  ordered_json j;
-  j["version"] = "1.0";
-  j["truncation"] = nullptr;
-  j["padding"] = nullptr;
-  ordered_json added = ordered_json::array();
-  for (const auto& a : impl.added)
-    added.push_back({{"id", a.id},
-                     {"content", a.text},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", a.special}});
-  j["added_tokens"] = added;
+namespace {
+
+// vocab[key] = id for a key not in vocab yet, in O(1): ordered_json's operator[] searches its
+// keys linearly, quadratic over a 262k-token vocabulary.
+void append_unique(ordered_json& vocab, const std::string& key, size_t id) {
+  auto& entries = vocab.get_ref<ordered_json::object_t&>();
+  entries.std::vector<ordered_json::object_t::value_type>::emplace_back(key, id);
+}
+
+// model.vocab and model.merges of a byte-level BPE, spelled in GPT-2's alphabet.
+void write_byte_model(const Tokenizer::Impl& impl, ordered_json& model) {
+  ordered_json vocab = ordered_json::object();
+  const auto& tokens = impl.bpe.tokens();
+  std::vector<std::string> spelled(tokens.size());
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    if (tokens[id].empty()) continue;
+    spelled[id] = tok::bytes_to_unicode(tokens[id]);
+    append_unique(vocab, spelled[id], id);
+  }
+  ordered_json merges = ordered_json::array();
+  for (const auto& [l, r, m] : impl.bpe.merges_by_rank())
+    merges.push_back(ordered_json::array({spelled[size_t(l)], spelled[size_t(r)]}));
+  model["vocab"] = std::move(vocab);
+  model["merges"] = std::move(merges);
+}
+
+// model.vocab and model.merges of a character-level BPE with byte fallback.
+void write_char_model(const tok::SentencePiece& sp, ordered_json& model) {
+  ordered_json vocab = ordered_json::object();
+  const auto& pieces = sp.pieces();
+  for (size_t id = 0; id < pieces.size(); ++id)
+    if (!pieces[id].text.empty()) append_unique(vocab, pieces[id].text, id);
+  std::vector<std::pair<int32_t, uint64_t>> by_rank;
+  for (const auto& [pair, rank] : sp.merges()) by_rank.emplace_back(rank, pair);
+  std::sort(by_rank.begin(), by_rank.end());
+  ordered_json merges = ordered_json::array();
+  for (const auto& [rank, pair] : by_rank)
+    merges.push_back(ordered_json::array(
+        {pieces[size_t(pair >> 32)].text, pieces[size_t(pair & 0xFFFFFFFF)].text}));
+  model["vocab"] = std::move(vocab);
+  model["merges"] = std::move(merges);
+}
+
+// The pipeline kiln writes for a tokenizer that did not come from a tokenizer.json (tiktoken,
+// trained): ByteLevel, with the split pattern as a Split.
+void write_default_pipeline(const Tokenizer::Impl& impl, ordered_json& j) {
   j["normalizer"] = nullptr;
   auto byte_level = [](bool prefix, bool regex) {
     return ordered_json{{"type", "ByteLevel"},
@@ -342,28 +325,58 @@ std::string to_hf_json(const Tokenizer::Impl& impl) {
   }
   j["post_processor"] = nullptr;
   j["decoder"] = byte_level(true, true);
+}
 
-  ordered_json vocab = ordered_json::object();
-  const auto& tokens = impl.bpe.tokens();
-  std::vector<std::string> spelled(tokens.size());
-  for (size_t id = 0; id < tokens.size(); ++id) {
-    if (tokens[id].empty()) continue;
-    spelled[id] = tok::bytes_to_unicode(tokens[id]);
-    vocab[spelled[id]] = id;
+}  // namespace
+
+std::string to_hf_json(const Tokenizer::Impl& impl) {
+  const bool from_json = !impl.pipeline.model_options.empty();
+  KILN_CHECK(!impl.sp || impl.sp->raw_input(), "tokenizer",
+             "saving a SentencePiece model as tokenizer.json is not supported: keep its .model");
+  ordered_json j;
+  j["version"] = "1.0";
+  j["truncation"] = nullptr;
+  j["padding"] = nullptr;
+  ordered_json added = ordered_json::array();
+  for (const auto& a : impl.added)
+    added.push_back({{"id", a.id},
+                     {"content", a.text},
+                     {"single_word", a.single_word},
+                     {"lstrip", a.lstrip},
+                     {"rstrip", a.rstrip},
+                     {"normalized", a.normalized},
+                     {"special", a.special}});
+  j["added_tokens"] = added;
+  ordered_json model;
+  if (from_json) {
+    for (const char* key : {"normalizer", "pre_tokenizer", "post_processor", "decoder"})
+      j[key] = ordered_json::parse(key[0] == 'n'   ? impl.pipeline.normalizer
+                                   : key[1] == 'r' ? impl.pipeline.pre_tokenizer
+                                   : key[0] == 'p' ? impl.pipeline.post_processor
+                                                   : impl.pipeline.decoder);
+    model = ordered_json::parse(impl.pipeline.model_options);
+  } else {
+    write_default_pipeline(impl, j);
+    model = {{"type", "BPE"},
+             {"dropout", nullptr},
+             {"unk_token", nullptr},
+             {"continuing_subword_prefix", nullptr},
+             {"end_of_word_suffix", nullptr},
+             {"fuse_unk", false},
+             {"byte_fallback", false},
+             {"ignore_merges", impl.bpe.ignore_merges()}};
   }
-  ordered_json merges = ordered_json::array();
-  for (const auto& [l, r, m] : impl.bpe.merges_by_rank())
-    merges.push_back(spelled[size_t(l)] + " " + spelled[size_t(r)]);
-  j["model"] = {{"type", "BPE"},
-                {"dropout", nullptr},
-                {"unk_token", nullptr},
-                {"continuing_subword_prefix", nullptr},
-                {"end_of_word_suffix", nullptr},
-                {"fuse_unk", false},
-                {"byte_fallback", false},
-                {"ignore_merges", impl.bpe.ignore_merges()},
-                {"vocab", vocab},
-                {"merges", merges}};
+  // Keys in sorted order, as a loaded file's components are kept (nlohmann::json), so saving a
+  // loaded file again writes the same bytes.
+  auto sorted = [](const ordered_json& x) { return ordered_json::parse(json(x).dump()); };
+  for (const char* key : {"normalizer", "pre_tokenizer", "post_processor", "decoder"})
+    j[key] = sorted(j[key]);
+  model = sorted(model);
+  if (impl.sp)
+    write_char_model(*impl.sp, model);
+  else
+    write_byte_model(impl, model);
+  j["model"] = std::move(model);
   return j.dump(2) + "\n";
 }
 

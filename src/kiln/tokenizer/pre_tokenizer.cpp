@@ -3,6 +3,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <algorithm>
+
 #include "kiln/core/error.h"
 #include "kiln/tokenizer/standard_split.h"
 
@@ -174,15 +176,13 @@ struct MatchState {
 };
 }  // namespace
 
-void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& pieces) const {
-  if (fast_) {
-    split_standard(pattern_, text, pieces);
-    return;
-  }
-  if (!re_) {
-    if (!text.empty()) pieces.push_back(text);
-    return;
-  }
+void PreTokenizer::set_behavior(SplitBehavior b, bool invert) {
+  behavior_ = b;
+  invert_ = invert;
+}
+
+void PreTokenizer::spans(std::string_view text,
+                         std::vector<std::pair<std::string_view, bool>>& out) const {
   thread_local MatchState st;
   auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t pos = 0, covered = 0;
@@ -197,9 +197,9 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& p
     }
     PCRE2_SIZE* ov = pcre2_get_ovector_pointer(st.data);
     size_t b = ov[0], e = ov[1];
-    if (b > covered) pieces.push_back(text.substr(covered, b - covered));
+    if (b > covered) out.emplace_back(text.substr(covered, b - covered), false);
     if (e > b) {
-      pieces.push_back(text.substr(b, e - b));
+      out.emplace_back(text.substr(b, e - b), true);
       covered = pos = e;
     } else {
       covered = b;
@@ -207,7 +207,69 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& p
       while (pos < text.size() && (uint8_t(text[pos]) & 0xC0) == 0x80) ++pos;
     }
   }
-  if (covered < text.size()) pieces.push_back(text.substr(covered));
+  if (covered < text.size()) out.emplace_back(text.substr(covered), false);
+}
+
+void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& pieces) const {
+  const bool plain = behavior_ == SplitBehavior::isolated && !invert_;
+  if (fast_ && plain) {
+    split_standard(pattern_, text, pieces);
+    return;
+  }
+  if (!re_) {
+    if (!text.empty()) pieces.push_back(text);
+    return;
+  }
+  thread_local std::vector<std::pair<std::string_view, bool>> sp;
+  sp.clear();
+  spans(text, sp);
+  if (invert_)
+    for (auto& s : sp) s.second = !s.second;
+  // Hugging Face's SplitDelimiterBehavior (tokenizers/src/tokenizer/normalizer.rs, split()):
+  // a match merges into its neighbour only if the span before (after) it was not a match.
+  auto join = [](std::string_view a, std::string_view b) {
+    return std::string_view(a.data(), size_t(b.data() + b.size() - a.data()));
+  };
+  const size_t first = pieces.size();
+  bool prev_match = false;
+  switch (behavior_) {
+    case SplitBehavior::isolated:
+      for (const auto& s : sp) pieces.push_back(s.first);
+      break;
+    case SplitBehavior::removed:
+      for (const auto& s : sp)
+        if (!s.second) pieces.push_back(s.first);
+      break;
+    case SplitBehavior::merged_with_previous:
+      for (const auto& [v, m] : sp) {
+        if (m && !prev_match && pieces.size() > first)
+          pieces.back() = join(pieces.back(), v);
+        else
+          pieces.push_back(v);
+        prev_match = m;
+      }
+      break;
+    case SplitBehavior::contiguous:
+      for (const auto& [v, m] : sp) {
+        if (m == prev_match && pieces.size() > first)
+          pieces.back() = join(pieces.back(), v);
+        else
+          pieces.push_back(v);
+        prev_match = m;
+      }
+      break;
+    case SplitBehavior::merged_with_next:
+      for (size_t k = sp.size(); k-- > 0;) {
+        const auto& [v, m] = sp[k];
+        if (m && !prev_match && pieces.size() > first)
+          pieces.back() = join(v, pieces.back());
+        else
+          pieces.push_back(v);
+        prev_match = m;
+      }
+      std::reverse(pieces.begin() + std::ptrdiff_t(first), pieces.end());
+      break;
+  }
 }
 
 }  // namespace kiln::tok

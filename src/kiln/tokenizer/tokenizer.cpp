@@ -6,11 +6,49 @@
 #include "kiln/core/limits.h"
 #include "kiln/core/parallel.h"
 #include "kiln/io/file.h"
+#include "kiln/tokenizer/standard_split.h"
 #include "kiln/tokenizer/tokenizer_impl.h"
 
 namespace kiln {
 
 // ---- Impl ----
+
+namespace {
+
+bool is_space(std::string_view t, size_t i, size_t& len) {
+  const uint32_t cp = tok::utf8_decode(t, i, len);
+  return cp != 0xFFFFFFFF && tok::char_class(cp) == tok::CharClass::space;
+}
+// Bytes of whitespace (JavaScript's \s, as Transformers.js trims) that `t` starts with.
+size_t leading_space(std::string_view t) {
+  size_t i = 0, len = 0;
+  while (i < t.size() && is_space(t, i, len)) i += len;
+  return i;
+}
+// Length of `t` without its trailing whitespace.
+size_t trimmed_end(std::string_view t) {
+  size_t end = 0, len = 0;
+  for (size_t i = 0; i < t.size(); i += len)
+    if (!is_space(t, i, len)) end = i + len;
+  return end;
+}
+// Hugging Face's single_word: the match at [i, i + n) has no word character (letter, number,
+// mark, '_') right before or after it.
+bool single_word_at(std::string_view t, size_t i, size_t n) {
+  auto word = [&](size_t at) {
+    size_t len = 0;
+    const uint32_t cp = tok::utf8_decode(t, at, len);
+    if (cp == '_') return true;
+    const tok::CharClass c = cp == 0xFFFFFFFF ? tok::CharClass::invalid : tok::char_class(cp);
+    return c != tok::CharClass::other && c != tok::CharClass::space && c != tok::CharClass::invalid;
+  };
+  size_t prev = i;  // start of the character before the match
+  while (prev > 0 && (uint8_t(t[--prev]) & 0xC0) == 0x80) {
+  }
+  return !(i > 0 && word(prev)) && !(i + n < t.size() && word(i + n));
+}
+
+}  // namespace
 
 void Tokenizer::Impl::finalize() {
   size_t n = sp ? sp->pieces().size() : size_t(bpe.size());
@@ -25,9 +63,10 @@ void Tokenizer::Impl::finalize() {
   is_hole.assign(n, 1);
   if (sp) {
     for (size_t i = 0; i < sp->pieces().size(); ++i) {
-      id_bytes[i] = sp->piece_bytes(int32_t(i));
+      id_bytes[i] = i < decoded.size() ? decoded[i] : sp->piece_bytes(int32_t(i));
       is_hole[i] = 0;
     }
+    if (!sp->raw_input() && sp->add_dummy_prefix()) decode_strip = 1;  // the dummy prefix
   } else {
     for (int32_t i = 0; i < bpe.size(); ++i)
       if (!bpe.token(i).empty()) {
@@ -42,10 +81,17 @@ void Tokenizer::Impl::finalize() {
     KILN_CHECK(sp || is_hole[size_t(added[k].id)] || have == added[k].text, "tokenizer",
                "special token '", added[k].text, "' would take id ", added[k].id,
                ", which is already the token '", have, "': give it a free id");
-    id_bytes[size_t(added[k].id)] = added[k].text;
+    id_bytes[size_t(added[k].id)] =
+        size_t(added[k].id) < decoded.size() && sp ? decoded[size_t(added[k].id)] : added[k].text;
     is_hole[size_t(added[k].id)] = 0;
     added_by_first[uint8_t(added[k].text[0])].push_back(int32_t(k));
   }
+  for (int32_t id : post_prefix)
+    KILN_CHECK(size_t(id) < n && !is_hole[size_t(id)], "tokenizer", "post_processor names id ", id,
+               ", which is not in the vocabulary (size ", n, "): fix post_processor");
+  for (int32_t id : post_suffix)
+    KILN_CHECK(size_t(id) < n && !is_hole[size_t(id)], "tokenizer", "post_processor names id ", id,
+               ", which is not in the vocabulary (size ", n, "): fix post_processor");
   for (auto& list : added_by_first)  // longest match wins: "<|endoftext|>" over "<|end"
     std::stable_sort(list.begin(), list.end(), [&](int32_t a, int32_t b) {
       return added[size_t(a)].text.size() > added[size_t(b)].text.size();
@@ -60,34 +106,53 @@ void Tokenizer::Impl::finalize() {
   }
 }
 
+void Tokenizer::Impl::split(std::string_view text, std::vector<std::string_view>& pieces) const {
+  pre.split(text, pieces);
+  if (pre_rest.empty()) return;
+  thread_local std::vector<std::string_view> next;
+  for (const tok::PreTokenizer& step : pre_rest) {
+    next.clear();
+    for (std::string_view p : pieces) step.split(p, next);
+    pieces.swap(next);
+  }
+}
+
 size_t Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<int32_t>& out,
                                         bool first, size_t max_tokens) const {
   if (text.empty()) return 0;
-  if (sp) return std::min(text.size(), sp->encode(text, out, first, max_tokens));
-  if (bpe.num_merges() == 0 && !bpe.ignore_merges() && !add_prefix_space) {
+  // Offsets past a normalizer that changed the text are the normalized text's (capped).
+  thread_local std::string normalized;
+  const std::string_view src =
+      normalizer.empty() ? text : normalizer.apply(text, first, normalized);
+  if (src.empty()) return text.size();
+  if (sp && !sp->raw_input()) return std::min(text.size(), sp->encode(src, out, first, max_tokens));
+  if (!sp && bpe.num_merges() == 0 && !bpe.ignore_merges() && !add_prefix_space) {
     // Bytes only (a fresh byte-level vocabulary): no need to pre-tokenize.
-    for (size_t i = 0; i < text.size(); ++i) {
-      if (out.size() > max_tokens) return i;
-      int32_t id = bpe.byte_id(uint8_t(text[i]));
-      KILN_CHECK(id >= 0, "tokenizer", "byte 0x", std::hex, int(uint8_t(text[i])),
+    for (size_t i = 0; i < src.size(); ++i) {
+      if (out.size() > max_tokens) return std::min(text.size(), i);
+      int32_t id = bpe.byte_id(uint8_t(src[i]));
+      KILN_CHECK(id >= 0, "tokenizer", "byte 0x", std::hex, int(uint8_t(src[i])),
                  " has no token in this vocabulary");
       out.push_back(id);
     }
     return text.size();
   }
   std::string prefixed;
-  const size_t added = add_prefix_space && text[0] != ' ';
+  const size_t added = add_prefix_space && src[0] != ' ';
   if (added) {
-    prefixed.reserve(text.size() + 1);
+    prefixed.reserve(src.size() + 1);
     prefixed.push_back(' ');
-    prefixed.append(text);
+    prefixed.append(src);
   }
-  const std::string_view all = added ? std::string_view(prefixed) : text;
+  const std::string_view all = added ? std::string_view(prefixed) : src;
   thread_local std::vector<std::string_view> pieces;
   pieces.clear();
-  pre.split(all, pieces);
+  split(all, pieces);
   for (std::string_view piece : pieces) {
-    bpe.encode_piece(piece, out);
+    if (sp)
+      sp->encode(piece, out, false);
+    else
+      bpe.encode_piece(piece, out);
     const size_t done = size_t(piece.data() + piece.size() - all.data());
     if (out.size() > max_tokens) return std::min(text.size(), done - std::min(done, added));
   }
@@ -163,7 +228,8 @@ Tokenizer::Encoded Tokenizer::encode_at_most(std::string_view text, size_t max_t
     const Impl::Added* hit = nullptr;
     for (int32_t k : cands) {
       const Impl::Added& a = m.added[size_t(k)];
-      if ((allow_special || !a.special) && text.compare(i, a.text.size(), a.text) == 0) {
+      if ((allow_special || !a.special) && text.compare(i, a.text.size(), a.text) == 0 &&
+          (!a.single_word || single_word_at(text, i, a.text.size()))) {
         hit = &a;
         break;
       }
@@ -172,17 +238,26 @@ Tokenizer::Encoded Tokenizer::encode_at_most(std::string_view text, size_t max_t
       ++i;
       continue;
     }
-    const std::string_view stretch = text.substr(start, i - start);
+    const size_t end = hit->lstrip ? start + trimmed_end(text.substr(start, i - start)) : i;
+    const std::string_view stretch = text.substr(start, end - start);
     r.bytes = start + m.encode_ordinary(stretch, out, start == 0, max_tokens);
     if (out.size() > max_tokens) return r;
     out.push_back(hit->id);
     i += hit->text.size();
+    if (hit->rstrip) i += leading_space(text.substr(i));
     start = i;
     r.bytes = start;
     if (out.size() > max_tokens) return r;
   }
   r.bytes = start + m.encode_ordinary(text.substr(start), out, start == 0, max_tokens);
   return r;
+}
+
+std::vector<int32_t> Tokenizer::with_special_tokens(std::vector<int32_t> ids) const {
+  const Impl& m = *impl_;
+  ids.insert(ids.begin(), m.post_prefix.begin(), m.post_prefix.end());
+  ids.insert(ids.end(), m.post_suffix.begin(), m.post_suffix.end());
+  return ids;
 }
 
 std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view>& docs,
@@ -196,9 +271,13 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   for (int32_t id : ids) out += token_bytes(id);
-  if (impl_->sp && impl_->sp->add_dummy_prefix() && !ids.empty() && !out.empty() && out[0] == ' ' &&
-      impl_->id_bytes[size_t(ids[0])][0] == ' ')
-    out.erase(0, 1);  // SentencePiece's dummy prefix
+  // The decoder's Strip / Metaspace (SentencePiece's dummy prefix): leading spaces of the first
+  // token go.
+  if (impl_->decode_strip && !ids.empty() && impl_->id_bytes[size_t(ids[0])][0] == ' ') {
+    size_t n = 0;
+    while (n < impl_->decode_strip && n < out.size() && out[n] == ' ') ++n;
+    out.erase(0, n);
+  }
   return out;
 }
 
@@ -222,6 +301,7 @@ TokenizerInfo Tokenizer::info() const {
   info.merges = m.sp ? 0 : int64_t(m.bpe.num_merges());
   for (const auto& a : m.added) info.specials.push_back({a.text, a.id});
   info.eos = m.eos;
+  info.pipeline = describe_pipeline(m);
   return info;
 }
 

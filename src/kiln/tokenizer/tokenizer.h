@@ -1,9 +1,11 @@
 // A byte-level BPE tokenizer: the one type the rest of kiln encodes and decodes text with.
-// Sources: Hugging Face tokenizer.json (BPE), tiktoken rank files, SentencePiece BPE .model;
+// Sources: Hugging Face tokenizer.json (BPE, byte-level or byte-fallback, with its normalizer,
+// pre-tokenizer, post-processor and decoder: hf_pipeline.h), tiktoken rank files, SentencePiece
+// BPE .model;
 // trained ones come from trainer.h. A "byte-level" vocabulary with no merges (256 byte symbols,
 // GPT-2's byte-to-unicode spelling) is the simplest member of the family and what a fresh kiln
-// model starts with. Ids match tiktoken / Hugging Face / SentencePiece (tests/tokenizer/
-// test_oracle*.cpp); encode costs about 15-20 ns per byte of English per thread, linear-ish
+// model starts with. Ids match tiktoken / Hugging Face / SentencePiece / Transformers.js
+// (tests/tokenizer/test_oracle*.cpp, test_hf_pipeline.cpp); encode costs about 15-20 ns per byte of English per thread, linear-ish
 // (n log n) on pathological input. All const methods are thread-safe.
 #pragma once
 
@@ -32,6 +34,8 @@ struct TokenizerInfo {
   int64_t merges = 0;
   std::vector<std::pair<std::string, int32_t>> specials;  // added tokens
   std::optional<int32_t> eos;
+  // normalizer → pre-tokenizer → model → post-processor → decoder, one line.
+  std::string pipeline;
 };
 
 class Tokenizer {
@@ -58,6 +62,10 @@ class Tokenizer {
   };
   Encoded encode_at_most(std::string_view text, size_t max_tokens,
                          bool allow_special = false) const;
+  // `ids` as the model sees a whole sequence: the post-processor's special tokens around them
+  // (TemplateProcessing's "single", e.g. BOS first; nothing for most byte-level BPEs). What
+  // Hugging Face's encode(text, add_special_tokens=True) gives.
+  std::vector<int32_t> with_special_tokens(std::vector<int32_t> ids) const;
   // encode() of every document, across kiln's thread pool (documents are independent).
   std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& docs,
                                                  bool allow_special = false) const;
