@@ -13,6 +13,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/matmul_bf16.h"
 #include "kiln/quant/qtensor.h"
+#include "matmul_bound.h"
 
 using namespace kiln;
 using namespace kiln::quant;
@@ -203,18 +204,8 @@ TEST(QTensor, CpuMatmulMatchesReference) {
           ref::matmul(yr.data(), x.data(), q, N);
           for (int n = 0; n < N; ++n) {
             for (int r = 0; r < rows; ++r) {
-              double bound = 0, mag = 0;
-              for (int b = 0; b < cols / 32; ++b) {
-                float amax = 0;
-                double wabs = 0;
-                for (int j = 0; j < 32; ++j) {
-                  const size_t k = size_t(b) * 32 + j;
-                  amax = std::max(amax, std::fabs(x[size_t(n) * cols + k]));
-                  wabs += std::fabs(wd[size_t(r) * cols + k]);
-                  mag += std::fabs(x[size_t(n) * cols + k] * wd[size_t(r) * cols + k]);
-                }
-                bound += 0.5 * (amax / 127.0) * wabs;
-              }
+              double mag = 0;
+              double bound = test::activation_rounding_bound(x, wd, n, r, cols, &mag);
               // Prefill-sized N on an AMX CPU takes the bf16 route (qtensor.h states both).
               if (N >= cpu::kBf16PrefillRows &&
                   ops::cpu::bf16_backend_kind() == ops::cpu::Bf16Backend::amx)

@@ -28,6 +28,7 @@
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
 #include "kiln/ops/matmul_bf16.h"
+#include "kiln/quant/block_fields.h"
 #include "kiln/quant/qtensor.h"
 
 namespace kiln::quant {
@@ -48,27 +49,11 @@ struct PackedWeight {
 
 namespace {
 
-float f16_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
-
 // One row's values in the kernel's terms: u[cols], and per 16 values s and m.
 struct RowValues {
   std::vector<uint8_t> u;
   std::vector<float> s, m;
 };
-
-void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {
-  if (j < 4) {
-    *d = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
 
 // Block `in` of `type` -> u (block_elems values), s and m (block_elems / 16 each). Mirrors
 // dequantize_block (qtensor.cpp) with the value split into integer and scale.
@@ -114,15 +99,8 @@ void split_block(QType type, const uint8_t* in, uint8_t* u, float* s, float* m) 
       return;
     }
     case QType::q3_k: {
-      uint32_t aux[4];
-      std::memcpy(aux, in + 96, 12);
-      const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, tmp = aux[2];
-      aux[2] = ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
-      aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
-      aux[0] = (aux[0] & k2) | (((tmp >> 0) & k1) << 4);
-      aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
       int8_t sc[16];
-      std::memcpy(sc, aux, 16);
+      q3_k_scales(in + 96, sc);
       const float d = f16_at(in + 108);
       for (int i = 0; i < 16; ++i) {
         const int h = i / 8, j = (i / 2) % 4, o = 16 * (i % 2);
@@ -142,7 +120,7 @@ void split_block(QType type, const uint8_t* in, uint8_t* u, float* s, float* m) 
       const uint8_t* qh = in + 16;
       const uint8_t* ql = in + (five ? 48 : 16);
       for (int i = 0; i < 8; ++i) {  // sub-block i of 32: nibble i%2 of bytes 32*(i/2)
-        int sc, mn;
+        uint8_t sc, mn;
         scale_min_k4(i, in + 4, &sc, &mn);
         for (int l = 0; l < 32; ++l) {
           const uint8_t b = ql[32 * (i / 2) + l];

@@ -10,6 +10,7 @@
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
+#include "kiln/quant/block_fields.h"
 
 namespace kiln::quant {
 
@@ -108,23 +109,6 @@ void quantize_block(const float* x, uint8_t* out, QType type) {
 
 namespace {
 
-float f16_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
-
-// q4_K and q5_K's 6-bit scale and min of sub-block j (ggml's get_scale_min_k4).
-void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
-  if (j < 4) {
-    *d = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *d = uint8_t((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *m = uint8_t((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-  }
-}
-
 // The 32-value formats. Each computes value = int * d (+ m) in fp32 exactly as ggml does.
 void dequantize_small(const uint8_t* in, float* y, QType type) {
   const float d = f16_at(in);
@@ -189,15 +173,8 @@ void dequantize_q3_k(const uint8_t* in, float* y) {
   const uint8_t* hm = in;
   const uint8_t* q = in + 32;
   const float d = f16_at(in + 108);
-  uint32_t aux[4];
-  std::memcpy(aux, in + 96, 12);
-  const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, tmp = aux[2];
-  aux[2] = ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
-  aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
-  aux[0] = (aux[0] & k2) | (((tmp >> 0) & k1) << 4);
-  aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
   int8_t scales[16];
-  std::memcpy(scales, aux, 16);
+  q3_k_scales(in + 96, scales);
   int is = 0;
   uint8_t m = 1;
   for (int n = 0; n < 256; n += 128, q += 32)

@@ -5,8 +5,9 @@
 // trained ones come from trainer.h. A "byte-level" vocabulary with no merges (256 byte symbols,
 // GPT-2's byte-to-unicode spelling) is the simplest member of the family and what a fresh kiln
 // model starts with. Ids match tiktoken / Hugging Face / SentencePiece / Transformers.js
-// (tests/tokenizer/test_oracle*.cpp, test_hf_pipeline.cpp); encode costs about 15-20 ns per byte of English per thread, linear-ish
-// (n log n) on pathological input. All const methods are thread-safe.
+// (tests/tokenizer/test_oracle*.cpp, test_hf_pipeline.cpp); encode costs about 15-20 ns per byte of
+// English per thread, linear-ish (n log n) on pathological input. All const methods are
+// thread-safe.
 #pragma once
 
 #include <cstdint>
