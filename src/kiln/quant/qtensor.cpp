@@ -1,5 +1,6 @@
-// Block encodings (ggml's quantize_row_q8_0_ref / quantize_row_q4_0_ref, bit for bit), decoding,
-// and the plain-loop matmul over the decoded weight that the fast kernels are tested against.
+// Type table, decoding (ggml's dequantize_row_*, bit for bit), the row-wise quantize() over the
+// block encoders of kquant_write.cpp, and the plain-loop matmul over the decoded weight that the
+// fast kernels are tested against.
 #include "kiln/quant/qtensor.h"
 
 #include <cctype>
@@ -67,44 +68,6 @@ bool qtype_from_ggml(uint32_t ggml_type, QType* out) {
       return true;
     }
   return false;
-}
-
-bool can_quantize(QType t) {
-  return t == QType::q8_0 || t == QType::q4_0;
-}
-
-// One block of 32 values. Note ggml multiplies by id = 1/d (d in fp32, before rounding to fp16)
-// rather than dividing by d: the two differ in the last bit, and so can the rounded value.
-void quantize_block(const float* x, uint8_t* out, QType type) {
-  KILN_CHECK(can_quantize(type), "quant", "kiln cannot write ", qtype_name(type),
-             " yet: quantize to q8_0 or q4_0 (llama-quantize writes the others)");
-  if (type == QType::q8_0) {
-    float amax = 0.0f;
-    for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t h = f32_to_f16(d);
-    std::memcpy(out, &h, 2);
-    for (int j = 0; j < kBlock; ++j) out[2 + j] = uint8_t(int8_t(std::roundf(x[j] * id)));
-  } else {
-    float amax = 0.0f, max = 0.0f;  // the value of largest magnitude, with its sign
-    for (int j = 0; j < kBlock; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    const float d = max / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t h = f32_to_f16(d);
-    std::memcpy(out, &h, 2);
-    for (int j = 0; j < kBlock / 2; ++j) {
-      const float x0 = x[j] * id, x1 = x[j + kBlock / 2] * id;
-      const uint8_t q0 = uint8_t(std::min(15, int(int8_t(x0 + 8.5f))));
-      const uint8_t q1 = uint8_t(std::min(15, int(int8_t(x1 + 8.5f))));
-      out[2 + j] = uint8_t(q0 | (q1 << 4));
-    }
-  }
 }
 
 namespace {
@@ -252,22 +215,23 @@ void dequantize_block(const uint8_t* in, float* y, QType type) {
 
 QTensor quantize(const float* w, int rows, int cols, QType type) {
   KILN_CHECK(rows >= 0 && cols >= 0, "quant", "bad shape (", rows, ", ", cols, ")");
-  KILN_CHECK(can_quantize(type), "quant", "kiln cannot write ", qtype_name(type),
-             " yet: quantize to q8_0 or q4_0 (llama-quantize writes the others)");
-  KILN_CHECK(cols % kBlock == 0, "quant", "cannot quantize a (", rows, ", ", cols, ") matrix to ",
-             qtype_name(type), ": cols must be a multiple of ", kBlock,
-             "; keep this tensor in f32/f16");
+  KILN_CHECK(can_quantize(type), "quant", "kiln cannot write ", qtype_name(type));
+  const int be = block_elems(type);
+  KILN_CHECK(cols % be == 0, "quant", "cannot quantize a (", rows, ", ", cols, ") matrix to ",
+             qtype_name(type), ": cols must be a multiple of ", be,
+             be == 256 ? "; use a 32-value type (q5_0, q5_1, q8_0) or keep this tensor in f16"
+                       : "; keep this tensor in f16");
   QTensor q;
   q.type = type;
   q.rows = rows;
   q.cols = cols;
   q.data.resize(size_t(rows) * q.row_bytes());
-  const int nb = cols / kBlock;
+  const int nb = cols / be;
   const size_t bb = block_bytes(type);
-  parallel_ranges(rows, 16, [&](int64_t r0, int64_t r1) {
+  parallel_ranges(rows, be == 256 ? 2 : 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int b = 0; b < nb; ++b)
-        quantize_block(w + r * cols + int64_t(b) * kBlock, q.data.data() + (r * nb + b) * bb, type);
+        quantize_block(w + r * cols + int64_t(b) * be, q.data.data() + (r * nb + b) * bb, type);
   });
   return q;
 }

@@ -15,7 +15,8 @@
 //   q6_k: { u8 ql[128]; u8 qh[64]; int8 scales[16]; f16 d; }  16 x 16, 6 bits, 8-bit scales
 //   q8_k: { f32 d; int8 qs[256]; int16 bsums[16]; }        value = qs[i] * d
 // Decoding is ggml's dequantize_row_* bit for bit (tests/quant/test_kquants.cpp holds a plain
-// transcription of the block definitions). kiln writes q8_0 and q4_0; it reads all of them.
+// transcription of the block definitions). Encoding (kquant_write.cpp) is ggml's reference
+// quantizer of every one of them, byte for byte (tests/quant/test_kquant_write.cpp).
 #pragma once
 
 #include <cstdint>
@@ -34,7 +35,7 @@ int block_elems(QType t);                      // 32 or 256
 uint32_t ggml_type_id(QType t);                // ggml_type: 8, 2, ..., 14
 // The QType of a ggml_type id; false for a float or unknown type.
 bool qtype_from_ggml(uint32_t ggml_type, QType* out);
-// True for the types kiln can write (quantize, quantize_block): q8_0 and q4_0.
+// True for the types kiln can write (quantize, quantize_block): all of them.
 bool can_quantize(QType t);
 constexpr int kBlock = 32;
 
@@ -50,13 +51,14 @@ struct QTensor {
   const uint8_t* row(int r) const { return data.data() + size_t(r) * row_bytes(); }
 };
 
-// Quantizes w (rows, cols) with ggml's reference rounding (d = absmax / 127 for q8_0,
-// d = max / -8 for q4_0 with the signed max). Throws if cols % 32 != 0.
+// Quantizes w (rows, cols) row by row with ggml's reference quantizers (quantize_row_*_ref: what
+// llama-quantize writes without an importance matrix). Throws if cols % block_elems(type) != 0.
 QTensor quantize(const float* w, int rows, int cols, QType type);
 // out (rows, cols) = the dequantized values.
 void dequantize(const QTensor& q, float* out);
 // One block: block_elems(type) floats <-> block_bytes(type) bytes (the row functions above call
-// these). quantize_block takes only the types can_quantize accepts.
+// these). quantize_block costs O(block) for the 32-value formats; the K-quants search scales
+// (q4_k: 21 fits of each 32-value group), ~50x q8_0's time per value.
 void quantize_block(const float* x, uint8_t* out, QType type);
 void dequantize_block(const uint8_t* in, float* y, QType type);
 
