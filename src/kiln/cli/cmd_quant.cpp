@@ -1,5 +1,6 @@
-// kiln quantize --model DIR --type q8_0|q4_0 --output DIR2
-// kiln export --model DIR --format gguf --type f32|f16|q8_0|q4_0 --output FILE.gguf
+// kiln quantize --model DIR --type q8_0|q4_0|q4_k_m|... --output DIR2
+// kiln export --model DIR --format gguf --type f32|f16|q8_0|q4_0|q4_k_m|... --output FILE.gguf
+// (the K-quant mixes: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k)
 // kiln import --model FILE.gguf --output DIR
 // kiln merge --model BASE --adapter LORA_DIR --output DIR
 #include <cstdio>
@@ -23,17 +24,20 @@ struct QuantArgs {
 
 Command quantize_cmd([](CLI::App& app) {
   auto a = std::make_shared<QuantArgs>();
-  auto* cmd =
-      app.add_subcommand("quantize",
-                         "Quantize a model's weights (GGUF q8_0/q4_0): writes a directory of "
-                         "config.json, tokenizer.json and model.gguf");
+  auto* cmd = app.add_subcommand("quantize",
+                                 "Quantize a model's weights (GGUF q8_0, q4_0 or a K-quant mix as "
+                                 "llama-quantize makes it): writes a directory of config.json, "
+                                 "tokenizer.json and model.gguf");
   cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
-  cmd->add_option("--type", a->type, "q8_0 or q4_0")->required();
+  cmd->add_option(
+         "--type", a->type,
+         "q8_0, q4_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m or q6_k")
+      ->required();
   cmd->add_option("--output", a->output, "Output directory (must not exist)")->required();
   cmd->callback([a] {
     const quant::GgufType t = quant::gguf_type_from_name(a->type);
-    KILN_CHECK(t == quant::GgufType::q8_0 || t == quant::GgufType::q4_0, "quantize", "--type '",
-               a->type, "': expected q8_0 or q4_0 (use kiln export for f32/f16)");
+    KILN_CHECK(t != quant::GgufType::f32 && t != quant::GgufType::f16, "quantize", "--type '",
+               a->type, "' is not a quantization: use kiln export for f32/f16");
     quant::quantize_model_dir(resolve_model_dir(a->model), t, a->output);
     std::printf("wrote %s (%s)\n", a->output.c_str(), a->type.c_str());
   });
@@ -44,7 +48,10 @@ Command export_cmd([](CLI::App& app) {
   auto* cmd = app.add_subcommand("export", "Export a model to another format (GGUF for llama.cpp)");
   cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
   cmd->add_option("--format", a->format, "gguf")->capture_default_str();
-  cmd->add_option("--type", a->type, "f32, f16, q8_0 or q4_0")->required();
+  cmd->add_option("--type", a->type,
+                  "f32, f16, q8_0, q4_0 or a K-quant mix: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, "
+                  "q4_k_m, q5_k_s, q5_k_m, q6_k")
+      ->required();
   cmd->add_option("--output", a->output, "Output file (.gguf)")->required();
   cmd->callback([a] {
     KILN_CHECK(a->format == "gguf", "export", "--format '", a->format, "': only gguf is supported");
@@ -61,8 +68,9 @@ Command export_cmd([](CLI::App& app) {
 
 Command import_cmd([](CLI::App& app) {
   auto a = std::make_shared<QuantArgs>();
-  auto* cmd = app.add_subcommand(
-      "import", "Convert a GGUF (llama, f32/f16/bf16/q8_0/q4_0) to a Hugging Face model directory");
+  auto* cmd = app.add_subcommand("import",
+                                 "Convert a GGUF (llama; f32, f16, bf16 or any quant type kiln "
+                                 "reads) to a Hugging Face model directory");
   cmd->add_option("--model", a->model, "GGUF file or kiln quantize directory")->required();
   cmd->add_option("--output", a->output, "Output directory")->required();
   cmd->callback([a] {

@@ -26,42 +26,7 @@ using gguf::Value;
 using gguf::ValueType;
 using ordered_json = nlohmann::ordered_json;
 
-std::string_view gguf_type_name(GgufType t) {
-  switch (t) {
-    case GgufType::f32:
-      return "f32";
-    case GgufType::f16:
-      return "f16";
-    case GgufType::q8_0:
-      return "q8_0";
-    case GgufType::q4_0:
-      return "q4_0";
-  }
-  return "?";
-}
-
-GgufType gguf_type_from_name(std::string_view name) {
-  for (GgufType t : {GgufType::f32, GgufType::f16, GgufType::q8_0, GgufType::q4_0})
-    if (gguf_type_name(t) == name) return t;
-  fail("gguf", "unknown GGUF type '", name, "': expected f32, f16, q8_0 or q4_0");
-}
-
 namespace {
-
-// llama.cpp's llama_ftype values for general.file_type.
-uint32_t file_type_id(GgufType t) {
-  switch (t) {
-    case GgufType::f32:
-      return 0;
-    case GgufType::f16:
-      return 1;
-    case GgufType::q4_0:
-      return 2;
-    case GgufType::q8_0:
-      return 7;
-  }
-  return 0;
-}
 
 // llama.cpp's token types (llama_token_type).
 enum : int64_t { kNormal = 1, kControl = 3, kUserDefined = 4, kUnused = 5 };
@@ -127,9 +92,10 @@ std::vector<uint8_t> encode_tensor(const float* w, int64_t rows, int64_t cols, T
       for (int64_t i = b; i < e; ++i) h[i] = f32_to_f16(w[i]);
     });
   } else {
-    QTensor q =
-        quantize(w, int(rows), int(cols), type == TensorType::q8_0 ? QType::q8_0 : QType::q4_0);
-    out = std::move(q.data);
+    QType q;
+    KILN_CHECK(qtype_from_ggml(uint32_t(type), &q), "gguf", "internal: cannot encode ",
+               tensor_type_name(type));
+    out = quantize(w, int(rows), int(cols), q).data;
   }
   return out;
 }
@@ -365,7 +331,10 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
   w.set("general.architecture", Value::str("llama"));
   w.set("general.name", Value::str("kiln"));
   w.set("general.alignment", Value::u32(32));
-  w.set("general.file_type", Value::u32(file_type_id(type)));
+  // llama-quantize copies the f32 file's keys and appends these two (the f32 export's
+  // general.file_type moves to the end): a quantized type writes them last so the bytes match.
+  const bool llama_layout = is_llama_quantize_type(type);
+  if (!llama_layout) w.set("general.file_type", Value::u32(gguf_file_type(type)));
   w.set("llama.vocab_size", Value::u32(uint32_t(c.vocab_size)));
   w.set("llama.context_length", Value::u32(uint32_t(c.max_positions)));
   w.set("llama.embedding_length", Value::u32(uint32_t(c.hidden)));
@@ -384,16 +353,35 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
   }
   write_tokenizer(w, tok, c);
   if (!chat_template.empty()) w.set("tokenizer.chat_template", Value::str(chat_template));
+  if (llama_layout) {
+    w.set("general.quantization_version", Value::u32(2));  // GGML_QNT_VERSION
+    w.set("general.file_type", Value::u32(gguf_file_type(type)));
+  }
 
-  const float* flat = model.weights().f32();
+  // The tensors (GGUF names, ggml dims), in llama.cpp's order when quantized, and their types.
+  std::vector<MixTensor> tensors;
+  std::map<std::string, const ParamInfo*> param_of;
   for (const ParamInfo& p : model.params()) {
+    MixTensor t{gguf_name(p.name), {}};
+    t.dims = p.shape.size() == 1 ? std::vector<int64_t>{p.shape[0]}
+                                 : std::vector<int64_t>{p.shape[1], p.shape[0]};
+    param_of[t.name] = &p;
+    tensors.push_back(std::move(t));
+  }
+  std::vector<TensorType> types;
+  if (llama_layout) {
+    sort_like_llama_cpp(tensors);
+    types = llama_quantize_types(type, {c.layers, c.heads, c.kv_heads}, tensors);
+  } else {
+    for (const MixTensor& t : tensors)
+      types.push_back(t.dims.size() == 1 || type == GgufType::f32 ? TensorType::f32
+                                                                  : TensorType::f16);
+  }
+  const float* flat = model.weights().f32();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const ParamInfo& p = *param_of.at(tensors[i].name);
     const float* src = flat + p.offset;
-    if (p.shape.size() == 1) {
-      w.add_tensor(gguf_name(p.name), {p.shape[0]}, TensorType::f32,
-                   encode_tensor(src, 1, p.shape[0], TensorType::f32));
-      continue;
-    }
-    const int64_t rows = p.shape[0], cols = p.shape[1];
+    const int64_t cols = tensors[i].dims[0], rows = p.shape.size() == 1 ? 1 : p.shape[0];
     std::vector<float> permuted;
     if (int heads = permuted_heads(p.name, c)) {
       permuted.resize(size_t(rows * cols));
@@ -402,13 +390,8 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
                    true);
       src = permuted.data();
     }
-    TensorType tt = type == GgufType::f32    ? TensorType::f32
-                    : type == GgufType::f16  ? TensorType::f16
-                    : type == GgufType::q8_0 ? TensorType::q8_0
-                                             : TensorType::q4_0;
-    if ((tt == TensorType::q8_0 || tt == TensorType::q4_0) && cols % kBlock != 0)
-      tt = TensorType::f16;
-    w.add_tensor(gguf_name(p.name), {cols, rows}, tt, encode_tensor(src, rows, cols, tt));
+    w.add_tensor(tensors[i].name, tensors[i].dims, types[i],
+                 encode_tensor(src, rows, cols, types[i]));
   }
   w.write(path);
 }
@@ -486,10 +469,7 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
 
   GgufModel out;
   const int64_t ftype = f.has("general.file_type") ? f.get_int("general.file_type") : 0;
-  out.type = ftype == 1   ? GgufType::f16
-             : ftype == 2 ? GgufType::q4_0
-             : ftype == 7 ? GgufType::q8_0
-                          : GgufType::f32;
+  if (!gguf_type_from_file_type(ftype, &out.type)) out.type = GgufType::f32;
   out.file_type = file_type_name(ftype);
   out.model = std::make_unique<Model>(c);
   float* flat = out.model->weights().f32();

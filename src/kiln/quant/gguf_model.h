@@ -16,28 +16,27 @@
 
 #include "kiln/model/transformer.h"
 #include "kiln/quant/qtensor.h"
+#include "kiln/quant/quant_mix.h"
 #include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln::quant {
 
-// The storage type of a GGUF's 2-D weights (general.file_type: 0, 1, 7, 2).
-enum class GgufType { f32, f16, q8_0, q4_0 };
-std::string_view gguf_type_name(GgufType t);
-GgufType gguf_type_from_name(std::string_view name);  // "f32", "f16", "q8_0", "q4_0"
-
 // Writes `model` (Llama family only) and its tokenizer (byte-level BPE only) as a GGUF file,
-// atomically; a non-empty `chat_template` goes in as tokenizer.chat_template (llama.cpp's key). 2-D
-// weights whose rows are not a multiple of 32 stay in f16 (q8_0/q4_0) as llama.cpp's converter
-// does. Throws naming what cannot be exported.
+// atomically; a non-empty `chat_template` goes in as tokenizer.chat_template (llama.cpp's key).
+// f32/f16 store every 2-D weight in that type, as llama.cpp's converter does. A quantized type
+// (q8_0, q4_0, a K-quant mix: quant_mix.h) is the file llama-quantize makes from the f32 export,
+// byte for byte: its per-tensor types, tensors in llama.cpp's loader order,
+// general.quantization_version and general.file_type last (bench/kquant_vs_llama_quantize.sh).
+// Throws naming what cannot be exported.
 void export_gguf(const Model& model, const Tokenizer& tok, const std::string& path, GgufType type,
                  const std::string& chat_template = "");
 
 struct GgufModel {
   std::unique_ptr<Model> model;  // fp32 weights (quantized tensors dequantized), HF names
   Tokenizer tokenizer;
-  GgufType type = GgufType::f32;  // from general.file_type, for the types kiln writes
+  GgufType type = GgufType::f32;  // from general.file_type (f32 for a type kiln does not write)
   std::string file_type;          // llama.cpp's name of general.file_type: "q8_0", "q4_k_m", ...
-  // The file's q8_0/q4_0 matrices as they are (q/k rows back in HF order), by HF name, when
+  // The file's quantized matrices as they are (q/k rows back in HF order), by HF name, when
   // loaded with keep_quantized: the inference engine multiplies with these directly.
   std::map<std::string, QTensor> qweights;
 };
