@@ -8,6 +8,8 @@
 // bench/kquant_vs_llama_quantize.sh compares whole files on more shapes.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
@@ -262,6 +264,24 @@ TEST(QuantMix, ExportWritesTheMix) {
     EXPECT_EQ(g.type, GgufType::q4_k_m);
     EXPECT_EQ(g.file_type, "q4_k_m");
   }
+}
+
+// A weight that is not finite is named instead of quantized into garbage.
+TEST(QuantMix, NonFiniteWeightIsNamed) {
+  test::TempDir dir("kiln-quant-mix-nan");
+  Model model(shape('B'));
+  model.init_weights(3);
+  model.weights().f32()[model.param("model.layers.1.mlp.up_proj.weight").offset + 7] = NAN;
+  const Tokenizer tok = Tokenizer::byte_level({"<|endoftext|>"});
+  try {
+    export_gguf(model, tok, dir / "nan.gguf", GgufType::q6_k);
+    FAIL() << "exported a NaN weight";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'blk.1.ffn_up.weight' holds nan at row 0, column 7"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "nan.gguf"));
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -315,6 +316,15 @@ void check_tensor_shapes(const gguf::File& f, const ModelConfig& c) {
   }
 }
 
+// The quantizers' scale searches assume finite weights (llama-quantize refuses others on load).
+void check_finite(const std::string& name, const float* w, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows * cols; ++i)
+    KILN_CHECK(std::isfinite(w[i]), "export", "tensor '", name, "' holds ", w[i], " at row ",
+               i / cols, ", column ", i % cols,
+               ": quantizing needs finite weights; the model is broken (re-train or fix it), or "
+               "export it as f32");
+}
+
 }  // namespace
 
 void export_gguf(const Model& model, const Tokenizer& tok, const std::string& path, GgufType type,
@@ -390,6 +400,8 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
                    true);
       src = permuted.data();
     }
+    if (types[i] != TensorType::f32 && types[i] != TensorType::f16)
+      check_finite(tensors[i].name, src, rows, cols);
     w.add_tensor(tensors[i].name, tensors[i].dims, types[i],
                  encode_tensor(src, rows, cols, types[i]));
   }

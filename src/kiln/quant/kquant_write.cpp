@@ -3,7 +3,9 @@
 // operation for operation in fp32, so the bytes are identical (tests/quant/test_kquant_write.cpp
 // holds bytes made by ggml itself). This file is compiled with -ffp-contract=off (CMakeLists.txt):
 // a fused multiply-add rounds once where ggml (built for baseline x86-64) rounds twice, and one
-// flipped rounding changes a byte. Block layouts are in qtensor.h.
+// flipped rounding changes a byte (with it, q2_k and q5_k differ on 4 of the test's inputs). A
+// llama.cpp built where its compiler fuses (aarch64) can itself write other bytes. Block layouts
+// are in qtensor.h.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
