@@ -57,8 +57,9 @@ QTensor quantize(const float* w, int rows, int cols, QType type);
 // out (rows, cols) = the dequantized values.
 void dequantize(const QTensor& q, float* out);
 // One block: block_elems(type) floats <-> block_bytes(type) bytes (the row functions above call
-// these). quantize_block costs O(block) for the 32-value formats; the K-quants search scales
-// (q4_k: 21 fits of each 32-value group), ~50x q8_0's time per value.
+// these). quantize_block is one pass over the block for the 32-value formats; the K-quants try
+// 17 to 22 candidate scales per 16- or 32-value group (q3_k: up to 5 refinement passes), so
+// they cost many times q8_0's work per value, as in llama-quantize.
 void quantize_block(const float* x, uint8_t* out, QType type);
 void dequantize_block(const uint8_t* in, float* y, QType type);
 
