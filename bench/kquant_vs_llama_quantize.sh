@@ -9,20 +9,23 @@
 # and 176: every K type falls back, ffn_down to f16) and a 16-layer grouped-query (4:1) model with
 # tied embeddings (use_more_bits layers, q2_k's attn_v, token_embd as the output).
 #   bench/kquant_vs_llama_quantize.sh [--types "q4_k_m q5_k_m q6_k ..."] [--kiln BIN]
+#       [--configs "configs/models/llama-100m.json ..."]  (instead of the three models above)
 # Prints one line per (model, type): IDENTICAL, or what differs; exits 1 if anything differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kiln=./build/kiln
 types="q4_k_m q5_k_m q6_k q3_k_m q2_k q4_k_s q5_k_s q3_k_s q3_k_l q8_0 q4_0"
+out=bench/out/kquant
+configs="configs/models/llama-bench.json configs/models/llama-tiny.json $out/kquant-16l.json"
 while [ $# -gt 0 ]; do
-  case $1 in --types) types=$2 ;; --kiln) kiln=$2 ;;
+  case $1 in --types) types=$2 ;; --kiln) kiln=$2 ;; --configs) configs=$2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;; esac
   shift 2
 done
 build=${LLAMA_CPP_BUILD:-/work/llama.cpp-build}
 quantize=$build/bin/llama-quantize
 [ -x "$quantize" ] || bash bench/build_llama_server.sh --build "$build" >/dev/null
-out=bench/out/kquant; mkdir -p $out
+mkdir -p $out
 cat > $out/kquant-16l.json <<'EOF'
 {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
  "intermediate_size": 768, "num_hidden_layers": 16, "num_attention_heads": 8,
@@ -31,7 +34,7 @@ cat > $out/kquant-16l.json <<'EOF'
  "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2}
 EOF
 status=0
-for config in configs/models/llama-bench.json configs/models/llama-tiny.json $out/kquant-16l.json; do
+for config in $configs; do
   name=$(basename "$config" .json) run=$out/$name
   if [ ! -d "$run/checkpoints" ]; then
     { echo "run_dir: $run"; echo "model: $(tr -d '\n' < "$config")"
@@ -43,7 +46,7 @@ for config in configs/models/llama-bench.json configs/models/llama-tiny.json $ou
   "$kiln" export --model "$run" --format gguf --type f32 --output "$f32" >/dev/null
   for t in $types; do
     ref=$out/$name-$t-llama.gguf mine=$out/$name-$t-kiln.gguf dir=$out/$name-$t-kiln
-    "$quantize" "$f32" "$ref" "${t^^}" 2 >$out/$name-$t-llama.log 2>&1 ||
+    "$quantize" "$f32" "$ref" "${t^^}" "$(nproc)" >$out/$name-$t-llama.log 2>&1 ||
       { echo "llama-quantize failed: $out/$name-$t-llama.log" >&2; exit 1; }
     "$kiln" export --model "$run" --format gguf --type "$t" --output "$mine" >/dev/null
     rm -rf "$dir"; "$kiln" quantize --model "$run" --type "$t" --output "$dir" >/dev/null
