@@ -28,6 +28,7 @@
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
+#include "kiln/ops/cpu/vec16.h"
 #include "kiln/ops/matmul_bf16.h"
 #include "kiln/quant/block_fields.h"
 #include "kiln/quant/qtensor.h"
@@ -250,16 +251,21 @@ void quantize_acts(QActs& a, const float* x, int N, int cols, const PackedWeight
   a.term.resize(size_t(N) * nb * subs);
   parallel_ranges(int64_t(N) * nb, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const float* xb = x + i * kBlock;  // block i of the flat (N, cols) array
-      float amax = 0.0f;
-      for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      // Block i of the flat (N, cols) array, as two 16-lane vectors.
+      using namespace ops::cpu::vec;
+      const v16 x0 = load(x + i * kBlock), x1 = load(x + i * kBlock + kL);
+      const float amax = hmax(vmax(vmax(x0, -x0), vmax(x1, -x1)));
       const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      // Round to the nearest integer (ties to even): |x * id| <= 127, and adding 1.5 * 2^23
+      // leaves no fraction bits.
+      const v16 magic = splat(12582912.0f);
+      const vi16 q0 = __builtin_convertvector((x0 * id + magic) - magic, vi16);
+      const vi16 q1 = __builtin_convertvector((x1 * id + magic) - magic, vi16);
+      const vb16 b0 = __builtin_convertvector(q0, vb16), b1 = __builtin_convertvector(q1, vb16);
       int8_t* q = &a.qs[size_t(i) * kBlock];
-      int32_t sum[2] = {0, 0};
-      for (int j = 0; j < kBlock; ++j) {
-        q[j] = int8_t(std::nearbyint(xb[j] * id));
-        sum[j / 16] += q[j];
-      }
+      std::memcpy(q, &b0, kL);
+      std::memcpy(q + kL, &b1, kL);
+      const int32_t sum[2] = {hsum_int(q0), hsum_int(q1)};
       a.d[i] = d;
       for (int sb = 0; sb < subs; ++sb) {
         const int32_t s = subs == 1 ? sum[0] + sum[1] : sum[sb];
