@@ -327,21 +327,74 @@ TEST(KQuants, CpuMatmulMatchesReference) {
           for (auto& v : x) v = g(rng);
           dequantize(q, wd.data());
           std::vector<float> y(size_t(N) * rows), yr(size_t(N) * rows);
-          cpu::matmul(y.data(), x.data(), q, N);
           ref::matmul(yr.data(), x.data(), q, N);
-          for (int n = 0; n < N; ++n)
-            for (int r = 0; r < rows; ++r) {
-              double mag = 0;
-              double bound = test::activation_rounding_bound(x, wd, n, r, cols, &mag);
-              if (N >= cpu::kBf16PrefillRows) bound = std::max(bound, std::ldexp(1.0, -8) * mag);
-              bound = bound * 1.001 + 8.0 * cols * 6e-8 * mag + 1e-30;
-              const double err =
-                  std::fabs(double(y[size_t(n) * rows + r]) - yr[size_t(n) * rows + r]);
-              ASSERT_LE(err, bound) << qtype_name(t) << " rows=" << rows << " cols=" << cols
-                                    << " N=" << N << " n=" << n << " r=" << r;
-            }
+          for (Isa isa : supported_isas()) {
+            cpu::matmul(y.data(), x.data(), q, N, isa);
+            for (int n = 0; n < N; ++n)
+              for (int r = 0; r < rows; ++r) {
+                double mag = 0;
+                double bound = test::activation_rounding_bound(x, wd, n, r, cols, &mag);
+                if (N >= cpu::kBf16PrefillRows && isa == Isa::amx)
+                  bound = std::max(bound, std::ldexp(1.0, -8) * mag);
+                bound = bound * 1.001 + 8.0 * cols * 6e-8 * mag + 1e-30;
+                const double err =
+                    std::fabs(double(y[size_t(n) * rows + r]) - yr[size_t(n) * rows + r]);
+                ASSERT_LE(err, bound)
+                    << qtype_name(t) << " rows=" << rows << " cols=" << cols << " N=" << N
+                    << " n=" << n << " r=" << r << " isa=" << isa_name(isa);
+              }
+          }
         }
       }
+    }
+  }
+}
+
+// Every tier computes the same integer dot products and scales them alike: the vector paths
+// agree with the plain C++ one up to fp32 summation order (prefill on AMX aside: bf16).
+TEST(KQuants, EveryIsaTierAgreesWithScalar) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  RecordProperty("tiers", [] {
+    std::string s;
+    for (Isa isa : supported_isas()) s += std::string(isa_name(isa)) + " ";
+    return s;
+  }());
+  for (QType t : kAll) {
+    const int cols = 2 * block_elems(t), rows = 37;
+    for (int N : {1, 3, 4, 9, 40}) {
+      QTensor q = random_qtensor(t, rows, cols, rng, 0.05f);
+      std::vector<float> x(size_t(N) * cols);
+      for (auto& v : x) v = g(rng);
+      std::vector<float> ys(size_t(N) * rows), y(size_t(N) * rows);
+      cpu::matmul(ys.data(), x.data(), q, N, Isa::scalar);
+      for (Isa isa : supported_isas()) {
+        if (isa == Isa::amx && N >= cpu::kBf16PrefillRows) continue;
+        cpu::matmul(y.data(), x.data(), q, N, isa);
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_NEAR(y[i], ys[i], 1e-5 * (1.0 + std::fabs(ys[i])))
+              << qtype_name(t) << " N=" << N << " i=" << i << " isa=" << isa_name(isa);
+      }
+    }
+  }
+}
+
+TEST(KQuants, IsaTiers) {
+  EXPECT_TRUE(isa_supported(Isa::scalar));
+  EXPECT_EQ(best_isa_up_to(Isa::scalar), Isa::scalar);
+  EXPECT_EQ(supported_isas().front(), Isa::scalar);
+  for (Isa isa : supported_isas()) EXPECT_EQ(best_isa_up_to(isa), isa) << isa_name(isa);
+  EXPECT_TRUE(isa_supported(active_isa()));
+  std::mt19937 rng(1);
+  QTensor q = random_qtensor(QType::q8_0, 4, 32, rng, 0.1f);
+  std::vector<float> x(32, 1.0f), y(4);
+  for (Isa isa : {Isa::avx2, Isa::avx_vnni, Isa::avx512, Isa::amx}) {
+    if (isa_supported(isa)) continue;
+    try {
+      cpu::matmul(y.data(), x.data(), q, 1, isa);
+      ADD_FAILURE() << isa_name(isa) << " is not on this CPU and must be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(isa_name(isa)), std::string::npos) << e.what();
     }
   }
 }

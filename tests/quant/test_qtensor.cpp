@@ -200,21 +200,23 @@ TEST(QTensor, CpuMatmulMatchesReference) {
           std::vector<float> wd(w.size());
           dequantize(q, wd.data());
           std::vector<float> y(size_t(N) * rows), yr(size_t(N) * rows);
-          cpu::matmul(y.data(), x.data(), q, N);
           ref::matmul(yr.data(), x.data(), q, N);
-          for (int n = 0; n < N; ++n) {
-            for (int r = 0; r < rows; ++r) {
-              double mag = 0;
-              double bound = test::activation_rounding_bound(x, wd, n, r, cols, &mag);
-              // Prefill-sized N on an AMX CPU takes the bf16 route (qtensor.h states both).
-              if (N >= cpu::kBf16PrefillRows &&
-                  ops::cpu::bf16_backend_kind() == ops::cpu::Bf16Backend::amx)
-                bound = std::ldexp(1.0, -8) * mag;
-              bound = bound * 1.001 + 4.0 * cols * 6e-8 * mag + 1e-30;
-              const double err =
-                  std::fabs(double(y[size_t(n) * rows + r]) - yr[size_t(n) * rows + r]);
-              ASSERT_LE(err, bound) << qtype_name(t) << " rows=" << rows << " cols=" << cols
-                                    << " N=" << N << " n=" << n << " r=" << r;
+          for (Isa isa : supported_isas()) {
+            cpu::matmul(y.data(), x.data(), q, N, isa);
+            for (int n = 0; n < N; ++n) {
+              for (int r = 0; r < rows; ++r) {
+                double mag = 0;
+                double bound = test::activation_rounding_bound(x, wd, n, r, cols, &mag);
+                // Prefill-sized N on an AMX CPU takes the bf16 route (qtensor.h states both).
+                if (N >= cpu::kBf16PrefillRows && isa == Isa::amx)
+                  bound = std::ldexp(1.0, -8) * mag;
+                bound = bound * 1.001 + 4.0 * cols * 6e-8 * mag + 1e-30;
+                const double err =
+                    std::fabs(double(y[size_t(n) * rows + r]) - yr[size_t(n) * rows + r]);
+                ASSERT_LE(err, bound)
+                    << qtype_name(t) << " rows=" << rows << " cols=" << cols << " N=" << N
+                    << " n=" << n << " r=" << r << " isa=" << isa_name(isa);
+              }
             }
           }
         }

@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "kiln/cli/command.h"
+#include "kiln/core/cpu_isa.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
 #include "kiln/core/rng.h"
@@ -122,13 +123,7 @@ void bench_on_gpu(const BenchInferArgs& a, const Model& model, std::vector<doubl
 }
 
 Command reg([](CLI::App& app) {
-  CLI::App* bench = nullptr;
-  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
-    if (sub->get_name() == "bench") bench = sub;
-  if (!bench) {
-    bench = app.add_subcommand("bench", "Benchmarks (one JSON line on stdout)");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = group(app, "bench", "Benchmarks (one JSON line on stdout)");
   auto a = std::make_shared<BenchInferArgs>();
   auto* cmd = bench->add_subcommand("infer", "Inference speed: pp512 and tg128 tokens/s");
   auto* m =
@@ -189,15 +184,18 @@ Command reg([](CLI::App& app) {
     }
     const MeanSd p = mean_sd(pp), g = mean_sd(tg);
     const double params_m = double(model->num_params()) / 1e6;
-    const std::string where = gpu ? cuda_device_name() : std::to_string(num_threads()) + " threads";
+    const std::string where =
+        gpu ? cuda_device_name()
+            : std::to_string(num_threads()) + " threads, " + std::string(isa_name(active_isa()));
     if (a->json) {
       std::printf(
           "{\"impl\":\"kiln\",\"model\":\"%s\",\"format\":\"%s\",\"params\":%lld,\"threads\":%d,"
-          "\"device\":\"%s\",\"batch\":%d,"
+          "\"device\":\"%s\",\"isa\":\"%s\",\"batch\":%d,"
           "\"pp\":%d,\"tg\":%d,\"reps\":%d,\"pp_tokens_per_s\":%.2f,\"pp_sd\":%.2f,"
           "\"tg_tokens_per_s\":%.2f,\"tg_sd\":%.2f}\n",
           name.c_str(), format.c_str(), (long long)model->num_params(), num_threads(),
-          gpu ? where.c_str() : "cpu", a->batch, a->pp, a->tg, a->reps, p.mean, p.sd, g.mean, g.sd);
+          gpu ? where.c_str() : "cpu", std::string(isa_name(active_isa())).c_str(), a->batch, a->pp,
+          a->tg, a->reps, p.mean, p.sd, g.mean, g.sd);
       return;
     }
     std::printf("| model | params | device | batch | test | t/s |\n");

@@ -24,9 +24,11 @@
 #include <mutex>
 #include <vector>
 
+#include "kiln/core/cpu_isa.h"
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
+#include "kiln/ops/cpu/vec16.h"
 #include "kiln/ops/matmul_bf16.h"
 #include "kiln/quant/block_fields.h"
 #include "kiln/quant/qtensor.h"
@@ -249,16 +251,21 @@ void quantize_acts(QActs& a, const float* x, int N, int cols, const PackedWeight
   a.term.resize(size_t(N) * nb * subs);
   parallel_ranges(int64_t(N) * nb, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const float* xb = x + i * kBlock;  // block i of the flat (N, cols) array
-      float amax = 0.0f;
-      for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      // Block i of the flat (N, cols) array, as two 16-lane vectors.
+      using namespace ops::cpu::vec;
+      const v16 x0 = load(x + i * kBlock), x1 = load(x + i * kBlock + kL);
+      const float amax = hmax(vmax(vmax(x0, -x0), vmax(x1, -x1)));
       const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      // Round to the nearest integer (ties to even): |x * id| <= 127, and adding 1.5 * 2^23
+      // leaves no fraction bits.
+      const v16 magic = splat(12582912.0f);
+      const vi16 q0 = __builtin_convertvector((x0 * id + magic) - magic, vi16);
+      const vi16 q1 = __builtin_convertvector((x1 * id + magic) - magic, vi16);
+      const vb16 b0 = __builtin_convertvector(q0, vb16), b1 = __builtin_convertvector(q1, vb16);
       int8_t* q = &a.qs[size_t(i) * kBlock];
-      int32_t sum[2] = {0, 0};
-      for (int j = 0; j < kBlock; ++j) {
-        q[j] = int8_t(std::nearbyint(xb[j] * id));
-        sum[j / 16] += q[j];
-      }
+      std::memcpy(q, &b0, kL);
+      std::memcpy(q + kL, &b1, kL);
+      const int32_t sum[2] = {hsum_int(q0), hsum_int(q1)};
       a.d[i] = d;
       for (int sb = 0; sb < subs; ++sb) {
         const int32_t s = subs == 1 ? sum[0] + sum[1] : sum[sb];
@@ -274,16 +281,69 @@ void quantize_acts(QActs& a, const float* x, int N, int cols, const PackedWeight
   });
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// ---- the kernels, one per ISA tier (core/cpu_isa.h) -----------------------------------------
+// Each takes rows n0 .. n0 + NT of x through panel `pn`: y[n * ldy + lane] for the panel's live
+// lanes (live: a mask of the low live_rows bits), and `rows_*` steps all N rows through a panel
+// in chunks of NT, so each weight vector loaded serves NT activation rows.
+
+// Plain C++: the same arithmetic, one lane at a time. The oracle for the vector paths.
+template <bool kNibble, int kSubs, bool kMin>
+void rows_scalar(float* y, int ldy, const PackedWeight& p, int pn, const QActs& a, int N,
+                 uint32_t live) {
+  const int nb = p.nb;
+  const size_t bb = p.block_bytes();
+  for (int n = 0; n < N; ++n)
+    for (int lane = 0; lane < kPanel; ++lane) {
+      if (!((live >> lane) & 1)) continue;
+      float acc = 0.0f;
+      for (int b = 0; b < nb; ++b) {
+        const uint8_t* wb = &p.w[(size_t(pn) * nb + b) * bb];
+        const size_t ab = size_t(n) * nb + b;
+        for (int sb = 0; sb < kSubs; ++sb) {
+          int32_t ia = kMin ? 0 : a.term[ab * kSubs + sb];
+          constexpr int kGroups = 8 / kSubs;
+          for (int g = sb * kGroups; g < (sb + 1) * kGroups; ++g)
+            for (int j = 0; j < 4; ++j) {
+              int u;
+              if constexpr (kNibble) {
+                const uint8_t byte = wb[64 * (g % 4) + 4 * lane + j];
+                u = g < 4 ? byte & 0xF : byte >> 4;
+              } else {
+                u = wb[64 * g + 4 * lane + j];
+              }
+              ia += u * a.qs[ab * kBlock + 4 * g + j];
+            }
+          const size_t at = ((size_t(pn) * nb + b) * kSubs + sb) * kPanel + lane;
+          acc += float(ia) * (p.s[at] * a.d[ab]);
+          if constexpr (kMin) {
+            float dsum;
+            std::memcpy(&dsum, &a.term[ab * kSubs + sb], 4);
+            acc += p.m[at] * dsum;
+          }
+        }
+      }
+      y[size_t(n) * ldy + lane] = acc;
+    }
+}
+
+#if defined(__x86_64__)
 
 // GCC 12's _mm512_cvtepi32_ps passes _mm512_undefined_ps() as its unused merge source, which
 // -Wmaybe-uninitialized reports once per instantiation: a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// Rows n0 .. n0 + NT of x through panel `pn`: y[n * ldy + lane] for the panel's live lanes.
+#define KILN_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+
+int32_t x4_at(const QActs& a, size_t ab, int g) {  // activation bytes 4g..4g+3 of block ab
+  int32_t x4;
+  std::memcpy(&x4, &a.qs[ab * kBlock + 4 * g], 4);
+  return x4;
+}
+
+// AVX-512 VNNI: one 16-lane vpdpbusd per 4 values of 16 weight rows; up to 8 activation rows.
 template <bool kNibble, int kSubs, bool kMin, int NT>
-void panel_rows(float* y, int ldy, const PackedWeight& p, int pn, const QActs& a, int n0,
-                __mmask16 live) {
+KILN_TARGET_AVX512 void chunk_avx512(float* y, int ldy, const PackedWeight& p, int pn,
+                                     const QActs& a, int n0, __mmask16 live) {
   const int nb = p.nb;
   const size_t bb = p.block_bytes();
   __m512 acc[NT];
@@ -312,12 +372,9 @@ void panel_rows(float* y, int ldy, const PackedWeight& p, int pn, const QActs& a
         } else {
           wg = _mm512_loadu_si512(wb + 64 * g);
         }
-        for (int n = 0; n < NT; ++n) {
-          const int8_t* xq = &a.qs[(size_t(n0 + n) * nb + b) * kBlock + 4 * g];
-          int32_t x4;
-          std::memcpy(&x4, xq, 4);
-          ia[n] = _mm512_dpbusd_epi32(ia[n], wg, _mm512_set1_epi32(x4));
-        }
+        for (int n = 0; n < NT; ++n)
+          ia[n] = _mm512_dpbusd_epi32(ia[n], wg,
+                                      _mm512_set1_epi32(x4_at(a, size_t(n0 + n) * nb + b, g)));
       }
       const __m512 sv = _mm512_loadu_ps(&p.s[(sb0 + sb) * kPanel]);
       __m512 mv = _mm512_setzero_ps();
@@ -337,52 +394,50 @@ void panel_rows(float* y, int ldy, const PackedWeight& p, int pn, const QActs& a
   for (int n = 0; n < NT; ++n) _mm512_mask_storeu_ps(y + size_t(n) * ldy, live, acc[n]);
 }
 
-#else  // portable: the same arithmetic, one lane at a time
-
-template <bool kNibble, int kSubs, bool kMin, int NT>
-void panel_rows(float* y, int ldy, const PackedWeight& p, int pn, const QActs& a, int n0,
-                uint32_t live) {
-  const int nb = p.nb;
-  const size_t bb = p.block_bytes();
-  for (int n = 0; n < NT; ++n)
-    for (int lane = 0; lane < kPanel; ++lane) {
-      if (!((live >> lane) & 1)) continue;
-      float acc = 0.0f;
-      for (int b = 0; b < nb; ++b) {
-        const uint8_t* wb = &p.w[(size_t(pn) * nb + b) * bb];
-        const size_t ab = size_t(n0 + n) * nb + b;
-        for (int sb = 0; sb < kSubs; ++sb) {
-          int32_t ia = kMin ? 0 : a.term[ab * kSubs + sb];
-          constexpr int kGroups = 8 / kSubs;
-          for (int g = sb * kGroups; g < (sb + 1) * kGroups; ++g)
-            for (int j = 0; j < 4; ++j) {
-              int u;
-              if constexpr (kNibble) {
-                const uint8_t byte = wb[64 * (g % 4) + 4 * lane + j];
-                u = g < 4 ? byte & 0xF : byte >> 4;
-              } else {
-                u = wb[64 * g + 4 * lane + j];
-              }
-              ia += u * a.qs[ab * kBlock + 4 * g + j];
-            }
-          const size_t at = ((size_t(pn) * nb + b) * kSubs + sb) * kPanel + lane;
-          acc += float(ia) * (p.s[at] * a.d[ab]);
-          if constexpr (kMin) {
-            float dsum;
-            std::memcpy(&dsum, &a.term[ab * kSubs + sb], 4);
-            acc += p.m[at] * dsum;
-          }
-        }
-      }
-      y[size_t(n) * ldy + lane] = acc;
-    }
+template <bool kNibble, int kSubs, bool kMin>
+KILN_TARGET_AVX512 void rows_avx512(float* y, int ldy, const PackedWeight& p, int pn,
+                                    const QActs& a, int N, uint32_t live) {
+  const auto m = __mmask16(live);
+  int n0 = 0;
+  for (; n0 + 8 <= N; n0 += 8)
+    chunk_avx512<kNibble, kSubs, kMin, 8>(y + size_t(n0) * ldy, ldy, p, pn, a, n0, m);
+  if (N - n0 >= 4) {
+    chunk_avx512<kNibble, kSubs, kMin, 4>(y + size_t(n0) * ldy, ldy, p, pn, a, n0, m);
+    n0 += 4;
+  }
+  if (N - n0 >= 2) {
+    chunk_avx512<kNibble, kSubs, kMin, 2>(y + size_t(n0) * ldy, ldy, p, pn, a, n0, m);
+    n0 += 2;
+  }
+  if (N - n0 >= 1)
+    chunk_avx512<kNibble, kSubs, kMin, 1>(y + size_t(n0) * ldy, ldy, p, pn, a, n0, m);
 }
 
-#endif
+// AVX2, with and without AVX-VNNI: one source (qmatmul_avx2.inc) compiled twice, for each
+// target, so every intrinsic inlines into a function built for it.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+constexpr bool kVnni = false;
+#include "kiln/quant/qmatmul_avx2.inc"
+}  // namespace avx2
+#pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avxvnni")
+namespace avx_vnni {
+constexpr bool kVnni = true;
+#include "kiln/quant/qmatmul_avx2.inc"
+}  // namespace avx_vnni
+#pragma GCC pop_options
+
+#endif  // __x86_64__
+
+// y = x @ W^T on tier `isa`: threads split the panels; each panel takes all N rows of x.
 template <bool kNibble, int kSubs, bool kMin>
-void matmul_packed(float* y, const QActs& a, const PackedWeight& p, int N) {
+void matmul_packed(float* y, const QActs& a, const PackedWeight& p, int N, Isa isa) {
   const int rows = p.rows;
+  [[maybe_unused]] const bool sign8 = !kNibble && p.offset == 128;  // q8_0, q8_k
   // Panels per task: enough work to amortize the fork, small enough to balance the threads.
   const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, int64_t(p.nb) * N));
   parallel_ranges(p.panels, grain, [&](int64_t q0, int64_t q1) {
@@ -390,19 +445,25 @@ void matmul_packed(float* y, const QActs& a, const PackedWeight& p, int N) {
       const int live_rows = std::min(kPanel, rows - int(pn) * kPanel);
       const auto live = (uint32_t(1) << live_rows) - 1;
       float* yp = y + pn * kPanel;
-      int n0 = 0;
-      for (; n0 + 8 <= N; n0 += 8)
-        panel_rows<kNibble, kSubs, kMin, 8>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
-      if (N - n0 >= 4) {
-        panel_rows<kNibble, kSubs, kMin, 4>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
-        n0 += 4;
+      switch (isa) {
+#if defined(__x86_64__)
+        case Isa::amx:
+        case Isa::avx512:
+          rows_avx512<kNibble, kSubs, kMin>(yp, rows, p, int(pn), a, N, live);
+          break;
+        case Isa::avx_vnni:
+          avx_vnni::rows<kNibble, kSubs, kMin, false>(yp, rows, p, int(pn), a, N, live_rows);
+          break;
+        case Isa::avx2:
+          if (sign8)
+            avx2::rows<kNibble, kSubs, kMin, true>(yp, rows, p, int(pn), a, N, live_rows);
+          else
+            avx2::rows<kNibble, kSubs, kMin, false>(yp, rows, p, int(pn), a, N, live_rows);
+          break;
+#endif
+        default:
+          rows_scalar<kNibble, kSubs, kMin>(yp, rows, p, int(pn), a, N, live);
       }
-      if (N - n0 >= 2) {
-        panel_rows<kNibble, kSubs, kMin, 2>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
-        n0 += 2;
-      }
-      if (N - n0 >= 1)
-        panel_rows<kNibble, kSubs, kMin, 1>(yp + size_t(n0) * rows, rows, p, int(pn), a, n0, live);
     }
   });
 }
@@ -440,27 +501,34 @@ void matmul_bf16_prefill(float* y, const float* x, const QTensor& w, int N) {
 namespace cpu {
 
 void matmul(float* y, const float* x, const QTensor& w, int N) {
+  matmul(y, x, w, N, active_isa());
+}
+
+void matmul(float* y, const float* x, const QTensor& w, int N, Isa isa) {
   KILN_CHECK(N >= 0, "quant.matmul", "N must be >= 0, got ", N);
   KILN_CHECK(w.cols % block_elems(w.type) == 0 && w.data.size() == size_t(w.rows) * w.row_bytes(),
              "quant.matmul", "malformed ", qtype_name(w.type), " QTensor (", w.rows, ", ", w.cols,
              ") with ", w.data.size(), " bytes");
+  KILN_CHECK(isa_supported(isa), "quant.matmul", "this CPU cannot run the ", isa_name(isa),
+             " kernels");
   if (N == 0 || w.rows == 0) return;
-  static const bool amx = ops::cpu::bf16_backend_kind() == ops::cpu::Bf16Backend::amx;
-  if (amx && N >= kBf16PrefillRows) return matmul_bf16_prefill(y, x, w, N);
+  if (isa == Isa::amx && N >= kBf16PrefillRows &&
+      ops::cpu::bf16_backend_available(ops::cpu::Bf16Backend::amx))
+    return matmul_bf16_prefill(y, x, w, N);
   const PackedWeight& p = packed(w);
   thread_local QActs a;  // reused across calls: decode calls this thousands of times
   quantize_acts(a, x, N, w.cols, p);
   if (p.nibble) {
     if (p.subs == 2) {
-      return p.has_min ? matmul_packed<true, 2, true>(y, a, p, N)
-                       : matmul_packed<true, 2, false>(y, a, p, N);
+      return p.has_min ? matmul_packed<true, 2, true>(y, a, p, N, isa)
+                       : matmul_packed<true, 2, false>(y, a, p, N, isa);
     }
-    return p.has_min ? matmul_packed<true, 1, true>(y, a, p, N)
-                     : matmul_packed<true, 1, false>(y, a, p, N);
+    return p.has_min ? matmul_packed<true, 1, true>(y, a, p, N, isa)
+                     : matmul_packed<true, 1, false>(y, a, p, N, isa);
   }
-  if (p.subs == 2) return matmul_packed<false, 2, false>(y, a, p, N);  // q6_k
-  return p.has_min ? matmul_packed<false, 1, true>(y, a, p, N)
-                   : matmul_packed<false, 1, false>(y, a, p, N);
+  if (p.subs == 2) return matmul_packed<false, 2, false>(y, a, p, N, isa);  // q6_k
+  return p.has_min ? matmul_packed<false, 1, true>(y, a, p, N, isa)
+                   : matmul_packed<false, 1, false>(y, a, p, N, isa);
 }
 
 }  // namespace cpu

@@ -24,6 +24,8 @@
 #include <string_view>
 #include <vector>
 
+#include "kiln/core/cpu_isa.h"
+
 namespace kiln::quant {
 
 enum class QType : uint8_t { q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k };
@@ -70,16 +72,21 @@ void matmul(float* y, const float* x, const QTensor& w, int N);
 }  // namespace ref
 
 namespace cpu {
-// Same contract, fast: x quantized to q8_0 per row, integer dot products (AVX-512 VNNI where
-// present), fp32 scales; parallel over rows of W (decode) or over N (prefill).
+// Same contract, fast: x quantized to q8_0 per row, integer dot products, fp32 scales; parallel
+// over panels of 16 rows of W, each weight vector used for up to 8 rows of x. One kernel per ISA
+// tier (core/cpu_isa.h): 16-lane AVX-512 VNNI, 8-lane AVX-VNNI, 8-lane AVX2 (vpmaddubsw), plain
+// C++; every tier computes the same integer sums, so results differ only in fp32 summation order.
 // Error against ref::matmul: the activation rounding, |y - y_ref| <= sum over blocks b of
 // (d_x[b] / 2) * sum_{k in b} |w_k| with d_x[b] = absmax(x in b) / 127, plus fp32 summation.
-// From kBf16PrefillRows rows on, when the CPU has AMX, prefill instead dequantizes W to bf16 and
+// From kBf16PrefillRows rows on, on the amx tier, prefill instead dequantizes W to bf16 and
 // runs the AMX bf16 GEMM (ops/matmul_bf16.h) — compute-bound work at ~1 TFLOP/s per core instead
 // of ~0.05; both x and W are then rounded to bf16: |y - y_ref| <= 2^-8 * sum_k |x_k w_k| plus
 // fp32 summation.
 constexpr int kBf16PrefillRows = 32;
+// On active_isa() (the CPU's best tier, capped by KILN_ISA).
 void matmul(float* y, const float* x, const QTensor& w, int N);
+// On tier `isa` (an Error if !isa_supported(isa)): the tests run every tier the CPU has.
+void matmul(float* y, const float* x, const QTensor& w, int N, Isa isa);
 }  // namespace cpu
 
 }  // namespace kiln::quant

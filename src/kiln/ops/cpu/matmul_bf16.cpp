@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kiln/core/cpu_isa.h"
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
@@ -81,8 +82,11 @@ Bf16Backend choose_backend() {
     fail("gemm_bf16", "KILN_BF16_BACKEND='", s, "' is not a backend: use amx, avx512_bf16 or ",
          "fallback");
   }
-  if (bf16_backend_available(Bf16Backend::amx)) return Bf16Backend::amx;
-  if (bf16_backend_available(Bf16Backend::avx512_bf16)) return Bf16Backend::avx512_bf16;
+  // The best backend the CPU has, capped by KILN_ISA (core/cpu_isa.h).
+  const Isa isa = active_isa();
+  if (isa >= Isa::amx && bf16_backend_available(Bf16Backend::amx)) return Bf16Backend::amx;
+  if (isa >= Isa::avx512 && bf16_backend_available(Bf16Backend::avx512_bf16))
+    return Bf16Backend::avx512_bf16;
   return Bf16Backend::fallback;
 }
 

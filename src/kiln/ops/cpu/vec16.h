@@ -10,6 +10,7 @@ namespace kiln::ops::cpu::vec {
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef int8_t vb16 __attribute__((vector_size(16)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 // Unaligned access through a float-typed vector: unlike memcpy, the compiler knows these cannot
@@ -46,6 +47,11 @@ inline float hmax(v16 v) {
 }
 inline float hsum(v16 v) {
   return reduce(v, [](auto x, auto y) { return x + y; });
+}
+inline int32_t hsum_int(vi16 v) {
+  int32_t s = 0;
+  for (int i = 0; i < kL; ++i) s += v[i];
+  return s;
 }
 
 // 2^x to ~2 ulp: x = n + f with n = round(x), |f| <= 1/2; 2^f by its Taylor series in f*ln2 to
