@@ -3,7 +3,13 @@
 // prebuilt CPU binary installed by scripts/fetch_llama_cpp.sh) loads each file and continues a
 // prompt greedily, and the ids must equal kiln's: the f32 model's Decoder for f32, and for q8_0
 // the Decoder on the weights kiln imports back from the same file. Also: the f32 export imports
-// back bit for bit, and q8_0 import equals quantize-then-dequantize.
+// back bit for bit, and q8_0 import equals quantize-then-dequantize. Every quantized mix kiln
+// writes (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k; the files llama-quantize makes, byte
+// for byte) on a model whose rows are 256 wide, by teacher forcing: llama.cpp is fed kiln's
+// greedy continuation and its logits after every prefix must lie within 8% of their rms of the
+// Decoder's on kiln's import of the file (llama.cpp rounds activations to 8 bits and keeps K/V in
+// f16; decoding any other weights, even the unquantized ones, lands 2x further off), and its
+// argmax must be kiln's token wherever the choice is decided by more than that.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -45,9 +51,23 @@ ModelConfig tiny_config() {
   return c;
 }
 
+// Rows of 256 values: every matrix takes the K-quant types (no fallbacks). Small weights keep
+// attention soft: at 0.25 it is near one-hot, and llama.cpp's rounding (f16 K/V cache, 8-bit
+// activations) flips which position wins.
+ModelConfig kquant_config() {
+  ModelConfig c = tiny_config();
+  c.hidden = 256;
+  c.head_dim = 64;
+  c.intermediate = 512;
+  c.initializer_range = 0.02f;
+  return c;
+}
+
 struct Greedy {
   std::vector<int> tokens;
-  float min_gap = INFINITY;  // smallest top1 - top2 logit gap along the way
+  std::vector<float> gaps;                 // top-1 - top-2 logit at each step
+  std::vector<std::vector<float>> logits;  // the logits each token was chosen from
+  float min_gap = INFINITY;                // smallest of them
 };
 
 Greedy kiln_greedy(const Model& m, const std::vector<int>& prompt, int n) {
@@ -55,15 +75,27 @@ Greedy kiln_greedy(const Model& m, const std::vector<int>& prompt, int n) {
   Greedy g;
   std::vector<float> logits = dec.feed(prompt);
   for (int i = 0; i < n; ++i) {
+    g.logits.push_back(logits);
     std::vector<float> s = logits;
     const int best = int(std::max_element(s.begin(), s.end()) - s.begin());
     const float top = s[best];
     s[best] = -INFINITY;
-    g.min_gap = std::min(g.min_gap, top - *std::max_element(s.begin(), s.end()));
+    g.gaps.push_back(top - *std::max_element(s.begin(), s.end()));
+    g.min_gap = std::min(g.min_gap, g.gaps.back());
+    if (best == m.config().eos_token_id) break;  // llama.cpp stops there, without it
     g.tokens.push_back(best);
     if (i + 1 < n) logits = dec.feed({best});
   }
   return g;
+}
+
+// kiln's logits after each prefix ids[0..p], p >= from - 1 (teacher forcing), by the Decoder.
+std::vector<std::vector<float>> forced_logits(const Model& m, const std::vector<int>& ids,
+                                              int from) {
+  Decoder dec(m, int(ids.size()) + 1);
+  std::vector<std::vector<float>> out{dec.feed({ids.begin(), ids.begin() + from})};
+  for (size_t i = from; i < ids.size(); ++i) out.push_back(dec.feed({ids[i]}));
+  return out;
 }
 
 std::vector<int> llama_cpp_greedy(const std::string& gguf, const std::vector<int>& prompt, int n) {
@@ -93,6 +125,26 @@ std::vector<int> llama_cpp_greedy(const std::string& gguf, const std::vector<int
     return {};
   }
   return nlohmann::json::parse(r.output.substr(start))["tokens"].get<std::vector<int>>();
+}
+
+// llama.cpp's logits after each prefix ids[0..p] for p >= from - 1 (teacher forcing).
+std::vector<std::vector<float>> llama_cpp_logits(const std::string& gguf,
+                                                 const std::vector<int>& ids, int from) {
+  const std::string root = test::source_dir();
+  std::ostringstream list;
+  for (size_t i = 0; i < ids.size(); ++i) list << (i ? "," : "") << ids[i];
+  test::CommandResult r =
+      test::run_command("node " + root + "/tests/quant/llama_cpp_logits.mjs " + gguf + " " +
+                        list.str() + " " + std::to_string(from) + " 2");
+  const size_t start = r.output.rfind("{\"logits\"");
+  if (r.status != 0 || start == std::string::npos) {
+    ADD_FAILURE() << "llama.cpp (node-llama-cpp) failed on " << gguf << " (exit " << r.status
+                  << "):\n"
+                  << r.output;
+    return {};
+  }
+  return nlohmann::json::parse(r.output.substr(start))["logits"]
+      .get<std::vector<std::vector<float>>>();
 }
 
 std::string join(const std::vector<int>& v) {
@@ -173,6 +225,59 @@ TEST_F(GgufLlamaCpp, GreedyMatchesQ8) {
   std::printf("kiln q8_0:      %s (min top-1 gap %.4f)\nllama.cpp q8_0: %s\n",
               join(k.tokens).c_str(), k.min_gap, join(l).c_str());
   EXPECT_EQ(l, k.tokens);
+}
+
+// Teacher forcing: llama.cpp is fed kiln's greedy continuation and returns its logits after
+// every prefix, so each step is compared on the same input (free-running continuations part
+// for good at the first near-tie, which llama.cpp's 8-bit rounding of activations decides).
+TEST_F(GgufLlamaCpp, LogitsMatchLlamaCppOnEveryMix) {
+  auto km = std::make_unique<Model>(kquant_config());
+  km->init_weights(99);
+  for (GgufType t : {GgufType::f32, GgufType::q8_0, GgufType::q4_0, GgufType::q4_k_m,
+                     GgufType::q5_k_m, GgufType::q6_k, GgufType::q3_k_m, GgufType::q2_k}) {
+    const std::string name(gguf_type_name(t));
+    const std::string path = dir / ("m-" + name + ".gguf");
+    export_gguf(*km, tok, path, t);
+    GgufModel g = load_gguf_model(path);
+    Greedy k = kiln_greedy(*g.model, prompt, n_new);
+    std::vector<int> ids = prompt;
+    ids.insert(ids.end(), k.tokens.begin(), k.tokens.end());
+    const auto l = llama_cpp_logits(path, ids, int(prompt.size()));
+    ASSERT_GE(l.size(), k.logits.size()) << name;
+    double worst = 0, rms = 0;
+    size_t count = 0, argmax_same = 0;
+    for (size_t p = 0; p < k.logits.size(); ++p) {
+      const auto& a = k.logits[p];
+      ASSERT_EQ(l[p].size(), a.size()) << name;
+      for (size_t v = 0; v < a.size(); ++v) {
+        worst = std::max(worst, std::fabs(double(a[v]) - l[p][v]));
+        rms += double(a[v]) * a[v], ++count;
+      }
+      argmax_same += std::max_element(l[p].begin(), l[p].end()) - l[p].begin() ==
+                     std::max_element(a.begin(), a.end()) - a.begin();
+    }
+    rms = std::sqrt(rms / double(count));
+    // The same comparison for the unquantized model: how far off decoding the wrong weights is.
+    const auto ctl = forced_logits(*km, ids, int(prompt.size()));
+    double control = 0;
+    for (size_t p = 0; p < k.logits.size(); ++p)
+      for (size_t v = 0; v < ctl[p].size(); ++v)
+        control = std::max(control, std::fabs(double(ctl[p][v]) - l[p][v]));
+    std::printf(
+        "%-7s steps %2zu  max |kiln - llama.cpp| = %.4f of the logits' rms %.3f "
+        "(unquantized model: %.4f); same argmax %zu of %zu\n",
+        name.c_str(), k.logits.size(), worst / rms, rms, control / rms, argmax_same,
+        k.logits.size());
+    // f32 differs only by llama.cpp's f16 K/V cache; the quantized files also by its rounding of
+    // activations to 8 bits (kiln's Decoder here runs the dequantized weights in fp32).
+    EXPECT_LE(worst / rms, t == GgufType::f32 ? 0.01 : 0.08) << name;
+    if (t != GgufType::f32 && t != GgufType::q8_0)
+      EXPECT_GT(control, 2 * worst) << name << ": the check cannot tell the file's weights apart";
+    for (size_t p = 0; p < k.logits.size(); ++p)
+      if (k.gaps[p] > 2 * worst)
+        EXPECT_EQ(std::max_element(l[p].begin(), l[p].end()) - l[p].begin(), k.tokens[p])
+            << name << " step " << p << ": decided by " << k.gaps[p];
+  }
 }
 
 }  // namespace

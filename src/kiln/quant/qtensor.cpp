@@ -114,7 +114,7 @@ void dequantize_small(const uint8_t* in, float* y, QType type) {
       break;
     }
     default:
-      fail("quant", "internal: ", qtype_name(type), " is not a 32-value format");
+      fail("quant", "internal: QType ", int(type), " is not a 32-value format");
   }
 }
 
