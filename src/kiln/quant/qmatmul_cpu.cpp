@@ -357,10 +357,14 @@ KILN_TARGET_AVX512 void chunk_avx512(float* y, int ldy, const PackedWeight& p, i
     if constexpr (kNibble)
       for (int k = 0; k < 4; ++k) nib[k] = _mm512_loadu_si512(wb + 64 * k);
     for (int sb = 0; sb < kSubs; ++sb) {
-      __m512i ia[NT];
+      // For few rows, each row's sum runs in kSplit chains (groups taken in turn) so that
+      // vpdpbusd's latency, not the loads, does not set the pace of decode.
+      constexpr int kSplit = NT >= 4 ? 1 : 4 / NT;
+      __m512i ia[NT], ib[NT * kSplit];
       for (int n = 0; n < NT; ++n) {
         const size_t ab = size_t(n0 + n) * nb + b;
         ia[n] = kMin ? _mm512_setzero_si512() : _mm512_set1_epi32(a.term[ab * kSubs + sb]);
+        for (int c = 0; c < kSplit; ++c) ib[n * kSplit + c] = _mm512_setzero_si512();
       }
       constexpr int kGroups = 8 / kSubs;
       for (int gi = 0; gi < kGroups; ++gi) {
@@ -372,10 +376,15 @@ KILN_TARGET_AVX512 void chunk_avx512(float* y, int ldy, const PackedWeight& p, i
         } else {
           wg = _mm512_loadu_si512(wb + 64 * g);
         }
-        for (int n = 0; n < NT; ++n)
-          ia[n] = _mm512_dpbusd_epi32(ia[n], wg,
-                                      _mm512_set1_epi32(x4_at(a, size_t(n0 + n) * nb + b, g)));
+        for (int n = 0; n < NT; ++n) {
+          __m512i& acc = kSplit == 1 ? ia[n] : ib[n * kSplit + gi % kSplit];
+          acc =
+              _mm512_dpbusd_epi32(acc, wg, _mm512_set1_epi32(x4_at(a, size_t(n0 + n) * nb + b, g)));
+        }
       }
+      if constexpr (kSplit > 1)
+        for (int n = 0; n < NT; ++n)
+          for (int c = 0; c < kSplit; ++c) ia[n] = _mm512_add_epi32(ia[n], ib[n * kSplit + c]);
       const __m512 sv = _mm512_loadu_ps(&p.s[(sb0 + sb) * kPanel]);
       __m512 mv = _mm512_setzero_ps();
       if constexpr (kMin) mv = _mm512_loadu_ps(&p.m[(sb0 + sb) * kPanel]);
