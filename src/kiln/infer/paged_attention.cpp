@@ -15,6 +15,81 @@ static_assert(kSplitTokens % kBlockTokens == 0, "splits hold whole blocks");
 
 namespace {
 
+// Lane t of the result = the sum of p[t]'s 16 lanes: a transpose-and-add tree (15 pairs of
+// shuffles) instead of 16 horizontal reductions.
+vec::v16 sum_lanes16(const vec::v16 p[16]) {
+  vec::v16 q[8], r[4], s[2];
+  for (int i = 0; i < 8; ++i)
+    q[i] = __builtin_shufflevector(p[2 * i], p[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19,
+                                   20, 21, 22, 23) +
+           __builtin_shufflevector(p[2 * i], p[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26,
+                                   27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i)
+    r[i] = __builtin_shufflevector(q[2 * i], q[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19,
+                                   24, 25, 26, 27) +
+           __builtin_shufflevector(q[2 * i], q[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22,
+                                   23, 28, 29, 30, 31);
+  for (int i = 0; i < 2; ++i)
+    s[i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21,
+                                   24, 25, 28, 29) +
+           __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22,
+                                   23, 26, 27, 30, 31);
+  return __builtin_shufflevector(s[0], s[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
+                                 30) +
+         __builtin_shufflevector(s[0], s[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29,
+                                 31);
+}
+
+// The block's 16 scores q . k_t (t >= n: -inf).
+vec::v16 block_scores(const float* q, const float* kb, int KD, int D, int n, float scale) {
+  alignas(64) float s[kBlockTokens];
+  if (D % vec::kL == 0) {
+    vec::v16 part[kBlockTokens];
+    for (int t = 0; t < kBlockTokens; ++t) {
+      part[t] = vec::v16{};
+      if (t >= n) continue;
+      const float* kt = kb + t * KD;
+      for (int d = 0; d < D; d += vec::kL) part[t] += vec::load(q + d) * vec::load(kt + d);
+    }
+    vec::store(s, sum_lanes16(part) * scale);
+  } else {
+    for (int t = 0; t < n; ++t) {
+      const float* kt = kb + t * KD;
+      float dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int d = 0; d < D; ++d) dot += q[d] * kt[d];
+      s[t] = dot * scale;
+    }
+  }
+  for (int t = n; t < kBlockTokens; ++t) s[t] = -INFINITY;
+  return vec::load(s);
+}
+
+// a (D) = a * corr + sum_t p[t] v_t, held in registers for the head sizes models use.
+template <int D>
+void accumulate_v(float* a, float corr, const float* p, const float* vb, int KD, int n) {
+  vec::v16 acc[D / vec::kL];
+  for (int c = 0; c < D / vec::kL; ++c) acc[c] = vec::load(a + c * vec::kL) * corr;
+  for (int t = 0; t < n; ++t) {
+    const vec::v16 pt = vec::splat(p[t]);
+    for (int c = 0; c < D / vec::kL; ++c) acc[c] += pt * vec::load(vb + t * KD + c * vec::kL);
+  }
+  for (int c = 0; c < D / vec::kL; ++c) vec::store(a + c * vec::kL, acc[c]);
+}
+
+void accumulate_v(float* a, float corr, const float* p, const float* vb, int KD, int n, int D) {
+  if (D == 64) return accumulate_v<64>(a, corr, p, vb, KD, n);
+  if (D == 128) return accumulate_v<128>(a, corr, p, vb, KD, n);
+#pragma omp simd
+  for (int d = 0; d < D; ++d) a[d] *= corr;
+  for (int t = 0; t < n; ++t) {
+    const float pt = p[t];
+    const float* vt = vb + t * KD;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) a[d] += pt * vt[d];
+  }
+}
+
 // One (row, kv head, split): the `group` query heads sharing the kv head, over positions
 // [begin, end). Writes per head the running max m, the sum l and the unnormalized acc (D).
 void attend_split(float* part, const float* q, int group, int D, float scale, const KvCache& cache,
@@ -31,36 +106,17 @@ void attend_split(float* part, const float* q, int group, int D, float scale, co
     const float* kb = cache.k(blk, layer) + kv_off;
     const float* vb = cache.v(blk, layer) + kv_off;
     for (int g = 0; g < group; ++g) {
-      const float* qg = q + g * D;
-      alignas(64) float s[kBlockTokens];
-      for (int t = 0; t < kBlockTokens; ++t) {
-        if (t >= n) {
-          s[t] = -INFINITY;
-          continue;
-        }
-        const float* kt = kb + t * KD;
-        float dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int d = 0; d < D; ++d) dot += qg[d] * kt[d];
-        s[t] = dot * scale;
-      }
+      const vec::v16 sv = block_scores(q + g * D, kb, KD, D, n, scale);
       float* a = acc + g * (D + 2);
       float &mg = a[D], &lg = a[D + 1];
-      vec::v16 sv = vec::load(s);
       const float m_new = std::max(mg, vec::hmax(sv));
       const float corr = std::exp(mg - m_new);  // 0 on the first tile (m = -inf)
-      vec::v16 p = vec::expv(sv - vec::splat(m_new));
-      vec::store(s, p);
+      const vec::v16 p = vec::expv(sv - vec::splat(m_new));
+      alignas(64) float ps[kBlockTokens];
+      vec::store(ps, p);
       lg = lg * corr + vec::hsum(p);
       mg = m_new;
-#pragma omp simd
-      for (int d = 0; d < D; ++d) a[d] *= corr;
-      for (int t = 0; t < n; ++t) {
-        const float pt = s[t];
-        const float* vt = vb + t * KD;
-#pragma omp simd
-        for (int d = 0; d < D; ++d) a[d] += pt * vt[d];
-      }
+      accumulate_v(a, corr, ps, vb, KD, n, D);
     }
   }
 }
