@@ -2,14 +2,15 @@
 # Inference speed, kiln against llama.cpp's own llama-bench (built from the llama.cpp source npm
 # node-llama-cpp ships, by bench/build_llama_server.sh), on the same GGUF files with the same
 # threads, in one run: pp512 and tg128 tokens/s, and kiln's batched decode (tg128 with 16
-# sequences). f32, q8_0 and q4_0 are kiln's own export of a random-weight model (one training
-# step: speed does not depend on the values); the K-quant mixes (q4_k_m, q6_k, ...) are made from
+# sequences). f32, q8_0 and q4_0 are kiln's own export of a random-weight model (`kiln export
+# --model-config`: speed does not depend on the values); the K-quant mixes (q4_k_m, q6_k, ...) are made from
 # that f32 file by llama.cpp's llama-quantize, as a user would make them.
 #   bench/infer_vs_llama_bench.sh [--config configs/models/llama-100m.json] [--threads N]
 #       [--reps N] [--types "f32 q8_0 q4_0 q4_k_m q6_k"] [--kiln BIN] [--batch 16]
 # Prints the CPU, its ISA, the machine's measured read bandwidth and int8/fp32 peaks (kiln bench
 # cpu) and a markdown table with kiln's share of them; raw JSON in
-# bench/out/infer_vs_llama_bench.jsonl.
+# bench/out/infer_vs_llama_bench.<config name>.jsonl. The 1B-class run:
+#   bench/infer_vs_llama_bench.sh --config configs/models/llama-1b.json --threads 2 --reps 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=configs/models/llama-100m.json threads=$(nproc) reps=5 batch=16 kiln=./build/kiln
@@ -25,18 +26,11 @@ bash bench/build_llama_server.sh --build "$build" >/dev/null
 bin=$build/bin
 name=$(basename "$config" .json)
 out=bench/out; mkdir -p $out
-run=$out/$name
-if [ ! -d "$run/checkpoints" ]; then
-  { echo "run_dir: $run"; echo "model: $(tr -d '\n' < "$config")"
-    echo "data: {train: [data/brown_train.txt], val_fraction: 0.01, tokenizer: byte}"
-    echo "train: {steps: 1, batch_size: 1, seq_len: 32, eval_every: 0, samples: 0}"; } > $out/$name.yaml
-  "$kiln" train $out/$name.yaml >/dev/null
-fi
 gguf() {  # the file for type $1, made once
   local t=$1 g=$out/$name-$1.gguf
   if [ ! -s "$g" ]; then
     case $t in
-      f32|f16|q8_0|q4_0) "$kiln" export --model "$run" --format gguf --type "$t" --output "$g" >/dev/null ;;
+      f32|f16|q8_0|q4_0) "$kiln" export --model-config "$config" --type "$t" --output "$g" >/dev/null ;;
       *) gguf f32 >/dev/null
          "$bin/llama-quantize" "$out/$name-f32.gguf" "$g" "${t^^}" "$threads" >/dev/null 2>&1 ;;
     esac
@@ -45,7 +39,7 @@ gguf() {  # the file for type $1, made once
 }
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 isa=$(grep -o -w -E 'avx2|avx512f|avx512_vnni|avx512_bf16|avx_vnni|amx_tile|amx_bf16|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' ')
-jsonl=$out/infer_vs_llama_bench.jsonl
+jsonl=$out/infer_vs_llama_bench.$name.jsonl
 : > "$jsonl"
 # The machine's floors, measured once: memory read GB/s and the int8 / fp32 peaks (kiln bench cpu).
 peaks=$("$kiln" bench cpu --threads "$threads" --json)

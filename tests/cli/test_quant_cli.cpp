@@ -2,7 +2,8 @@
 // gets the type llama-quantize gives it (the expected types are llama-quantize's own, as in
 // tests/quant/test_quant_mix.cpp), for a model whose rows are multiples of 256 and one whose rows
 // are not (the fallbacks); both commands write the same bytes; `kiln generate` runs on every
-// K-quant mix; a wrong --type is named with the choices.
+// K-quant mix; a wrong --type is named with the choices; `--model-config` exports the random
+// weights the same seed gives a saved model, byte for byte.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -122,6 +123,26 @@ TEST_F(QuantCli, GenerateRunsOnEveryMix) {
       ASSERT_EQ(g.status, 0) << t << " on " << which << ": " << g.output;
       EXPECT_EQ(g.output.rfind("ab", 0), 0u) << g.output;
     }
+}
+
+// Benchmarks export models of any size without training: the file is the one the saved model
+// with the same config and seed gives; a different seed gives different weights.
+TEST_F(QuantCli, ModelConfigExportsTheSeedsRandomWeights) {
+  const std::string config = model('A') + "/config.json";
+  const std::string a = *dir_ / "cfg5.gguf", b = *dir_ / "dir5.gguf", c = *dir_ / "cfg6.gguf";
+  ASSERT_EQ(kiln("export --model-config " + config + " --seed 5 --type q8_0 --output " + a).status,
+            0);
+  ASSERT_EQ(kiln("export --model " + model('A') + " --type q8_0 --output " + b).status, 0);
+  ASSERT_EQ(kiln("export --model-config " + config + " --seed 6 --type q8_0 --output " + c).status,
+            0);
+  EXPECT_EQ(read_file(a), read_file(b));
+  EXPECT_NE(read_file(a), read_file(c));
+  auto both = kiln("export --model " + model('A') + " --model-config " + config +
+                   " --type q8_0 --output " + (*dir_ / "x.gguf"));
+  EXPECT_NE(both.status, 0);
+  auto none = kiln("export --type q8_0 --output " + (*dir_ / "x.gguf"));
+  EXPECT_NE(none.status, 0);
+  EXPECT_NE(none.output.find("--model-config"), std::string::npos) << none.output;
 }
 
 TEST_F(QuantCli, BadTypeIsNamed) {

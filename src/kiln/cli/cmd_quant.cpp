@@ -1,5 +1,6 @@
 // kiln quantize --model DIR --type q8_0|q4_0|q4_k_m|... --output DIR2
-// kiln export --model DIR --format gguf --type f32|f16|q8_0|q4_0|q4_k_m|... --output FILE.gguf
+// kiln export (--model DIR | --model-config CONFIG.json [--seed S]) --format gguf
+//     --type f32|f16|q8_0|q4_0|q4_k_m|... --output FILE.gguf
 // (the K-quant mixes: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k)
 // kiln import --model FILE.gguf --output DIR
 // kiln merge --model BASE --adapter LORA_DIR --output DIR
@@ -19,7 +20,8 @@ namespace kiln::cli {
 namespace {
 
 struct QuantArgs {
-  std::string model, type, output, format = "gguf";
+  std::string model, model_config, type, output, format = "gguf";
+  uint64_t seed = 0;
 };
 
 Command quantize_cmd([](CLI::App& app) {
@@ -46,7 +48,13 @@ Command quantize_cmd([](CLI::App& app) {
 Command export_cmd([](CLI::App& app) {
   auto a = std::make_shared<QuantArgs>();
   auto* cmd = app.add_subcommand("export", "Export a model to another format (GGUF for llama.cpp)");
-  cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
+  auto* model = cmd->add_option("--model", a->model, "Model, checkpoint or run directory");
+  cmd->add_option("--model-config", a->model_config,
+                  "Hugging Face config.json: random weights and a byte-level tokenizer (for "
+                  "speed benchmarks of any size without training)")
+      ->excludes(model);
+  cmd->add_option("--seed", a->seed, "Seeds the random weights of --model-config")
+      ->capture_default_str();
   cmd->add_option("--format", a->format, "gguf")->capture_default_str();
   cmd->add_option("--type", a->type,
                   "f32, f16, q8_0, q4_0 or a K-quant mix: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, "
@@ -54,14 +62,22 @@ Command export_cmd([](CLI::App& app) {
       ->required();
   cmd->add_option("--output", a->output, "Output file (.gguf)")->required();
   cmd->callback([a] {
+    KILN_CHECK(!a->model.empty() || !a->model_config.empty(), "export",
+               "give --model DIR or --model-config CONFIG.json");
     KILN_CHECK(a->format == "gguf", "export", "--format '", a->format, "': only gguf is supported");
     const quant::GgufType t = quant::gguf_type_from_name(a->type);
-    const std::string dir = resolve_model_dir(a->model);
-    KILN_CHECK(file_exists(dir + "/tokenizer.json"), "export", "no tokenizer.json in '", dir,
-               "': the checkpoint is incomplete");
-    auto model = load_model(dir);
-    Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
-    quant::export_gguf(*model, tok, a->output, t, chat_template_source(dir));
+    if (!a->model_config.empty()) {
+      Model model(load_model_config(a->model_config));
+      model.init_weights(a->seed);
+      quant::export_gguf(model, Tokenizer::byte_level({"<|endoftext|>"}), a->output, t, "");
+    } else {
+      const std::string dir = resolve_model_dir(a->model);
+      KILN_CHECK(file_exists(dir + "/tokenizer.json"), "export", "no tokenizer.json in '", dir,
+                 "': the checkpoint is incomplete");
+      auto model = load_model(dir);
+      Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
+      quant::export_gguf(*model, tok, a->output, t, chat_template_source(dir));
+    }
     std::printf("wrote %s (%s)\n", a->output.c_str(), a->type.c_str());
   });
 });
