@@ -359,6 +359,12 @@ KILN_TARGET_AVX512 void chunk_avx512(float* y, int ldy, const PackedWeight& p, i
       wb[q] = &p.w[(size_t(pn + q) * nb + b) * bb];
       sb0[q] = (size_t(pn + q) * nb + b) * kSubs;
     }
+    // Decode (1-2 rows) streams the weights from memory once: ask for the lines 8 blocks
+    // ahead (4 KB for q8_0), across the panel's end into the next, so more loads are in flight
+    // than the hardware prefetcher keeps.
+    if constexpr (NT * NP <= 2)
+      for (size_t o = 0; o < bb; o += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(wb[0] + 8 * bb + o), _MM_HINT_T0);
     __m512i nib[NP][4];
     if constexpr (kNibble)
       for (int q = 0; q < NP; ++q)
