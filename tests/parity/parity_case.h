@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,9 +29,11 @@ struct ParityCase {
 };
 
 // Writes the model, the batch and the oracle into `dir`. Fails the test (ASSERT) when the
-// reference script fails; check HasFatalFailure() after the call.
+// reference script fails; check HasFatalFailure() after the call. `extra`, when given, is called
+// with the model before the script runs and returns more arguments for it (--adapter DIR).
 inline void make_parity_case(const TempDir& dir, const std::string& config_name, int B, int T,
-                             int steps, ParityCase& c) {
+                             int steps, ParityCase& c,
+                             const std::function<std::string(const Model&)>& extra = {}) {
   ModelConfig cfg = load_model_config(source_dir() + "/configs/models/" + config_name);
   c.model = std::make_unique<Model>(cfg);
   c.model->init_weights(7);
@@ -44,10 +47,11 @@ inline void make_parity_case(const TempDir& dir, const std::string& config_name,
   const char* py = std::getenv("KILN_PYTHON");
   auto r =
       run_command(std::string(py ? py : "/usr/bin/python3") + " " + source_dir() +
-                  "/tests/parity/torch_reference.py --model " +
-                  (dir / "model") + " --batch " + (dir / "batch.safetensors") + " --out " +
-                  (dir / "ref.safetensors") + " --steps " + std::to_string(steps) +
-                  " --lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --clip 1.0");
+                  "/tests/parity/torch_reference.py --model " + (dir / "model") + " --batch " +
+                  (dir / "batch.safetensors") + " --out " + (dir / "ref.safetensors") +
+                  " --steps " + std::to_string(steps) +
+                  " --lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --clip 1.0 " +
+                  (extra ? extra(*c.model) : std::string()));
   ASSERT_EQ(r.status, 0) << r.output;
   c.ref = load_safetensors(dir / "ref.safetensors");
   c.ids.resize(size_t(B) * T);

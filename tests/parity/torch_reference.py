@@ -3,7 +3,12 @@
 
 Usage (Debian's interpreter, which has torch):
   /usr/bin/python3 tests/parity/torch_reference.py --model DIR --batch BATCH.safetensors --out OUT.safetensors \
-      [--steps 5 --lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --clip 1.0]
+      [--steps 5 --lr 1e-3 --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --clip 1.0] [--adapter ADIR]
+
+ADIR: a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors). The base is then frozen and
+only the adapter trains: each adapted linear layer computes base(x) + s * B(A(x)) with s = lora_alpha / r
+(use_rslora: lora_alpha / sqrt(r)), written here from PEFT's documented formula (lora_dropout must be 0:
+dropout is random), and grad./final. hold the adapter's tensors under their PEFT names.
 
 DIR: HF checkpoint (config.json + model.safetensors). BATCH: `input_ids` I32 (B, T+1); inputs = [:, :-1],
 targets = [:, 1:], targets == -1 ignored. An input of -1 (padding that is also a target) is fed as token 0.
@@ -14,10 +19,13 @@ OUT (all F32):
   grad.<name>   param shape d loss / d param at the initial weights (tied embeddings: only the embedding name)
   step_losses   (steps,)    loss before each AdamW step
   final.<name>  param shape weights after the last step
-Optimizer: torch.optim.AdamW(betas, eps), constant lr; weight decay only on 2-D non-embedding params;
+Optimizer: torch.optim.AdamW(betas, eps), constant lr; weight decay only on 2-D non-embedding params (with an
+adapter: on every adapter tensor, all 2-D);
 clip_grad_norm_(max_norm=clip) before each step when clip > 0. fp32, 2 threads, deterministic.
 """
 import argparse
+import json
+import math
 import os
 import sys
 
@@ -40,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--adapter", help="PEFT LoRA adapter dir: freeze the base, train the adapter")
     a = p.parse_args(argv)
     if a.steps < 0:
         p.error(f"--steps must be >= 0, got {a.steps}")
@@ -71,6 +80,50 @@ def load_batch(path: str, vocab: int):
     return inputs.clamp(min=0).contiguous(), targets.contiguous()
 
 
+class LoraLinear(torch.nn.Module):
+    """A frozen linear layer (nn.Linear or GPT-2's Conv1D) plus PEFT's low-rank term s * B(A(x))."""
+
+    def __init__(self, base: torch.nn.Module, a: np.ndarray, b: np.ndarray, scaling: float):
+        super().__init__()
+        self.base = base
+        self.lora_A = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))  # (r, in)
+        self.lora_B = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)))  # (out, r)
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scaling * ((x @ self.lora_A.t()) @ self.lora_B.t())
+
+
+def attach_adapter(model: torch.nn.Module, adir: str):
+    """Freezes the model and wraps every layer the adapter adapts. -> {PEFT tensor name: Parameter}."""
+    with open(os.path.join(adir, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    if cfg.get("lora_dropout", 0) != 0:
+        raise ValueError(f"[torch_reference] {adir}: lora_dropout must be 0 for a deterministic oracle")
+    r = int(cfg["r"])
+    alpha = float(cfg.get("lora_alpha", r))
+    scaling = alpha / math.sqrt(r) if cfg.get("use_rslora", False) else alpha / r
+    tensors = tm.load_file(os.path.join(adir, "adapter_model.safetensors"))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    prefix, suffix = "base_model.model.", ".lora_A.weight"
+    params = {}
+    for name in sorted(tensors):
+        if not name.endswith(suffix):
+            continue
+        module = name[len(prefix):-len(suffix)]
+        parent_name, _, child = module.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        layer = LoraLinear(getattr(parent, child), tensors[name],
+                           tensors[prefix + module + ".lora_B.weight"], scaling)
+        setattr(parent, child, layer)
+        params[name] = layer.lora_A
+        params[prefix + module + ".lora_B.weight"] = layer.lora_B
+    if not params:
+        raise ValueError(f"[torch_reference] {adir}: no lora_A tensors")
+    return params
+
+
 def main(argv=None):
     a = parse_args(argv)
     torch.set_num_threads(2)
@@ -80,29 +133,32 @@ def main(argv=None):
     model.train()
     inputs, targets = load_batch(a.batch, model.config["vocab_size"])
     out = {}
+    adapter = attach_adapter(model, a.adapter) if a.adapter else None
+    trained = adapter if adapter else dict(model.named_parameters())
 
     logits = model(inputs)
     loss = tm.lm_loss(logits, targets)
     loss.backward()
     out["logits"] = logits.detach().numpy().astype(np.float32)
     out["loss"] = np.array(loss.item(), dtype=np.float32)
-    for name, p in model.named_parameters():
+    for name, p in trained.items():
         out["grad." + name] = p.grad.detach().numpy().copy()
     model.zero_grad(set_to_none=True)
 
-    opt = torch.optim.AdamW(tm.weight_decay_groups(model, a.weight_decay), lr=a.lr,
-                            betas=(a.beta1, a.beta2), eps=a.eps)
+    groups = ([{"params": list(adapter.values()), "weight_decay": a.weight_decay}] if adapter
+              else tm.weight_decay_groups(model, a.weight_decay))
+    opt = torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps)
     step_losses = []
     for _ in range(a.steps):
         opt.zero_grad(set_to_none=True)
         loss = tm.lm_loss(model(inputs), targets)
         loss.backward()
         if a.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=a.clip)
+            torch.nn.utils.clip_grad_norm_(list(trained.values()), max_norm=a.clip)
         opt.step()
         step_losses.append(loss.item())
     out["step_losses"] = np.array(step_losses, dtype=np.float32)
-    for name, p in model.named_parameters():
+    for name, p in trained.items():
         out["final." + name] = p.detach().numpy().copy()
 
     meta = {k: str(v) for k, v in vars(a).items() if k != "out"}

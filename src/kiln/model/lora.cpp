@@ -1,11 +1,14 @@
 #include "kiln/model/lora.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "kiln/core/error.h"
+#include "kiln/core/rng.h"
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
@@ -65,7 +68,131 @@ LoraConfig read_config(const std::string& path) {
   return c;
 }
 
+// The projections an adapter can adapt: the base weight's name after "<layer prefix>", the fused
+// GEMM it belongs to and its first output column there, given the model's sizes.
+struct Projection {
+  const char* name;
+  LoraSite site;
+  int col0, in, out;
+};
+
+std::vector<Projection> projections(const ModelConfig& c) {
+  const int C = c.hidden, F = c.intermediate, HD = c.heads * c.head_dim,
+            KD = c.kv_heads * c.head_dim;
+  if (c.arch == Arch::gpt2)
+    return {{"attn.c_attn", LoraSite::qkv, 0, C, 3 * HD},
+            {"attn.c_proj", LoraSite::o, 0, HD, C},
+            {"mlp.c_fc", LoraSite::up, 0, C, F},
+            {"mlp.c_proj", LoraSite::down, 0, F, C}};
+  return {{"self_attn.q_proj", LoraSite::qkv, 0, C, HD},
+          {"self_attn.k_proj", LoraSite::qkv, HD, C, KD},
+          {"self_attn.v_proj", LoraSite::qkv, HD + KD, C, KD},
+          {"self_attn.o_proj", LoraSite::o, 0, HD, C},
+          {"mlp.gate_proj", LoraSite::up, 0, C, F},
+          {"mlp.up_proj", LoraSite::up, F, C, F},
+          {"mlp.down_proj", LoraSite::down, 0, F, C}};
+}
+
+// PEFT's rule: a module is targeted when its name equals a target or ends with "." + target.
+bool targeted(const std::string& module, const std::string& target) {
+  if (module == target) return true;
+  return module.size() > target.size() &&
+         module.compare(module.size() - target.size(), target.size(), target) == 0 &&
+         module[module.size() - target.size() - 1] == '.';
+}
+
 }  // namespace
+
+LoraWeights::LoraWeights(const Model& base, LoraConfig cfg) : cfg_(std::move(cfg)) {
+  const ModelConfig& mc = base.config();
+  KILN_CHECK(cfg_.r >= 1 && cfg_.r <= 4096, "lora", "lora.r = ", cfg_.r,
+             " is out of range; use 1..4096 (8 to 64 is usual)");
+  KILN_CHECK(cfg_.dropout >= 0 && cfg_.dropout < 1, "lora", "lora.dropout = ", cfg_.dropout,
+             " must be in [0, 1)");
+  if (cfg_.target_modules.empty())
+    cfg_.target_modules = mc.arch == Arch::gpt2 ? std::vector<std::string>{"c_attn"}
+                                                : std::vector<std::string>{"q_proj", "v_proj"};
+  const bool all = cfg_.target_modules.size() == 1 && cfg_.target_modules[0] == "all-linear";
+  const std::string prefix = mc.arch == Arch::gpt2 ? "transformer.h." : "model.layers.";
+  const int first = base.stage().first_layer;
+  std::set<std::string> matched;
+  int64_t offset = 0;
+  slots_.resize(size_t(base.stage().num_layers));
+  for (int l = 0; l < base.stage().num_layers; ++l) {
+    for (const Projection& pr : projections(mc)) {
+      const std::string module = prefix + std::to_string(first + l) + "." + pr.name;
+      bool hit = all;
+      for (const std::string& t : cfg_.target_modules)
+        if (targeted(module, t)) {
+          hit = true;
+          matched.insert(t);
+        }
+      if (!hit) continue;
+      LoraSlot s{pr.site, pr.col0, pr.in, pr.out, 0, 0, module + ".weight"};
+      s.a = offset;
+      params_.push_back({peft_name(s.weight, "lora_A"), {cfg_.r, pr.in}, offset, true});
+      offset += int64_t(cfg_.r) * pr.in;
+      s.b = offset;
+      params_.push_back({peft_name(s.weight, "lora_B"), {pr.out, cfg_.r}, offset, true});
+      offset += int64_t(pr.out) * cfg_.r;
+      slots_[size_t(l)].push_back(std::move(s));
+    }
+  }
+  std::string names;
+  for (const Projection& pr : projections(mc)) {
+    const std::string n = pr.name;
+    names += (names.empty() ? "" : ", ") + n.substr(n.find('.') + 1);
+  }
+  for (const std::string& t : cfg_.target_modules)
+    KILN_CHECK(all || matched.count(t), "lora", "lora.target_modules names '", t,
+               "', which matches no linear layer of this ",
+               mc.arch == Arch::gpt2 ? "GPT-2" : "Llama", " model; use some of ", names,
+               " (or all-linear)");
+  weights_ = Tensor::zeros({offset});
+}
+
+void LoraWeights::init(uint64_t seed) {
+  Rng rng(seed);
+  float* w = weights_.f32();
+  for (const auto& layer : slots_)
+    for (const LoraSlot& s : layer) {
+      const float bound = 1.0f / std::sqrt(float(s.in));
+      for (int64_t i = 0; i < int64_t(cfg_.r) * s.in; ++i)
+        w[s.a + i] = (2.0f * rng.uniform() - 1.0f) * bound;
+      std::fill(w + s.b, w + s.b + int64_t(s.out) * cfg_.r, 0.0f);
+    }
+}
+
+void LoraWeights::assign(const LoraAdapter& ad, const std::string& source) {
+  KILN_CHECK(ad.config.r == cfg_.r, "lora", source, ": the adapter has r = ", ad.config.r,
+             ", this run lora.r = ", cfg_.r, "; use the adapter's rank");
+  size_t n = 0;
+  for (const auto& layer : slots_) n += layer.size();
+  KILN_CHECK(ad.layers.size() == n, "lora", source, ": the adapter adapts ", ad.layers.size(),
+             " weights, lora.target_modules here selects ", n, "; use the adapter's targets");
+  size_t i = 0;
+  for (const auto& layer : slots_)
+    for (const LoraSlot& s : layer) {
+      const LoraLayer& src = ad.layers[i++];
+      KILN_CHECK(src.weight == s.weight, "lora", source, ": the adapter adapts ", src.weight,
+                 " where this run adapts ", s.weight, "; use the adapter's target_modules");
+      std::memcpy(weights_.f32() + s.a, src.a.raw(), src.a.nbytes());
+      std::memcpy(weights_.f32() + s.b, src.b.raw(), src.b.nbytes());
+    }
+}
+
+LoraAdapter LoraWeights::adapter() const {
+  LoraAdapter ad;
+  ad.config = cfg_;
+  for (const auto& layer : slots_)
+    for (const LoraSlot& s : layer) {
+      LoraLayer l{s.weight, Tensor::empty({cfg_.r, s.in}), Tensor::empty({s.out, cfg_.r})};
+      std::memcpy(l.a.raw(), weights_.f32() + s.a, l.a.nbytes());
+      std::memcpy(l.b.raw(), weights_.f32() + s.b, l.b.nbytes());
+      ad.layers.push_back(std::move(l));
+    }
+  return ad;
+}
 
 float LoraConfig::scaling() const {
   return rslora ? alpha / std::sqrt(float(r)) : alpha / float(r);

@@ -7,6 +7,7 @@
 #include "kiln/core/error.h"
 #include "kiln/core/rng.h"
 #include "kiln/dist/comm.h"
+#include "kiln/model/lora_linear.h"
 #include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/cross_entropy.h"
@@ -233,6 +234,9 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   sp_ = tp_ && opt.sequence_parallel;
   KILN_CHECK(!tp_ || opt.vocab_total > 0, "train",
              "tensor parallelism needs the shard's vocabulary (TensorParallelMap::train_options)");
+  KILN_CHECK(!opt.lora || !tp_, "train",
+             "LoRA trains a whole model, not a tensor-parallel shard; use parallel.tp = 1");
+  if (opt.lora) lora_scratch_ = std::make_unique<LoraScratch>();
   Ns_ = int(N);
   if (sp_) {
     const int tp = opt.tp->size();
@@ -282,6 +286,8 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   }
   refresh_weights(model);
 }
+
+TrainState::~TrainState() = default;
 
 Recompute TrainState::mode(int l) const {
   if (opt_.recompute == Recompute::none) return Recompute::none;
@@ -362,7 +368,7 @@ void TrainState::gather_rows(const float* rows, float* full) {
 // One transformer block, x_next = block(a.x_in), saving what backward needs in `a`. Under tensor
 // parallelism the GEMMs and attention see all N rows and this rank's heads and F columns; the
 // norms and residual adds see the Ns rows of the residual stream held here.
-void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerActs& a,
+void TrainState::forward_layer(const Model& model, int l, const LayerParams& p, LayerActs& a,
                                float* x_next) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, Ns = Ns_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
@@ -382,12 +388,14 @@ void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerAc
   }
   gather_rows(ln, a.ln1.f32());
   lin_.forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w, p.qkv_b, N, C, QKV, layout);
+  lora_forward(l, LoraSite::qkv, a.ln1.f32(), a.qkv.f32(), QKV);
   if (llama) {
     cpu::rope_forward(a.qkv.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(), rope_sin_.f32());
   }
   cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, H, K, D);
   float* o = sp_ ? full_.f32() : a.x_mid.f32();
   lin_.forward(o, a.att.f32(), p.o_w, bias_here ? p.o_b : nullptr, N, HD, C, layout);
+  lora_forward(l, LoraSite::o, a.att.f32(), o, C);
   sum_rows(o, a.x_mid.f32());
   cpu::add(a.x_mid.f32(), a.x_mid.f32(), a.x_in.f32(), int64_t(Ns) * C);
   // MLP block: x_next = x_mid + down(act(up(norm(x_mid))))
@@ -396,16 +404,19 @@ void TrainState::forward_layer(const Model& model, const LayerParams& p, LayerAc
     cpu::rms_norm_forward(ln, a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, Ns, C, c.norm_eps);
     gather_rows(ln, a.ln2.f32());
     lin_.forward(a.up.f32(), a.ln2.f32(), p.up_w, nullptr, N, C, 2 * F, layout);
+    lora_forward(l, LoraSite::up, a.ln2.f32(), a.up.f32(), 2 * F);
     cpu::swiglu_forward(a.act.f32(), a.up.f32(), N, F);
   } else {
     cpu::layer_norm_forward(ln, a.mean2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, p.ln2_b, Ns,
                             C, c.norm_eps);
     gather_rows(ln, a.ln2.f32());
     lin_.forward(a.up.f32(), a.ln2.f32(), p.up_w, p.up_b, N, C, F, layout);
+    lora_forward(l, LoraSite::up, a.ln2.f32(), a.up.f32(), F);
     cpu::gelu_forward(a.act.f32(), a.up.f32(), int64_t(N) * F);
   }
   float* down = sp_ ? full_.f32() : x_next;
   lin_.forward(down, a.act.f32(), p.down_w, bias_here ? p.down_b : nullptr, N, F, C, layout);
+  lora_forward(l, LoraSite::down, a.act.f32(), down, C);
   sum_rows(down, x_next);
   cpu::add(x_next, x_next, a.x_mid.f32(), int64_t(Ns) * C);
 }
@@ -434,14 +445,14 @@ void TrainState::forward(const Model& model, ModelParams& w, ModelParams& g, con
     bind(l, false, w, g);
     Recompute m = mode(l);
     if (m == Recompute::none) {
-      forward_layer(model, w.layers[l], acts_[l], x_next);
+      forward_layer(model, l, w.layers[l], acts_[l], x_next);
     } else {
       // Run the block in scratch; keep what this layer's mode keeps.
       LayerActs a = m == Recompute::full ? scratch_ : acts_[l];
       a.x_in = acts_[l].x_in;
       a.att = scratch_.att;
       a.lse = scratch_.lse;
-      forward_layer(model, w.layers[l], a, x_next);
+      forward_layer(model, l, w.layers[l], a, x_next);
     }
     done(l, false);
   }
@@ -508,8 +519,8 @@ double TrainState::head(const Model& model, ModelParams& w, ModelParams& g, cons
 // Backward through one block. dres_ holds d x_next on entry and d x_in on exit (this rank's Ns
 // rows). Under tensor parallelism the gradient entering each column-parallel GEMM's input is a
 // partial sum (this rank's heads / F columns), summed over tp before the norm's backward.
-void TrainState::backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
-                                LayerActs& a) {
+void TrainState::backward_layer(const Model& model, int l, const LayerParams& p,
+                                const LayerParams& gp, LayerActs& a) {
   const ModelConfig& c = model.config();
   const int N = B_ * T_, Ns = Ns_, C = c.hidden, F = c.intermediate, D = c.head_dim, H = c.heads,
             K = c.kv_heads;
@@ -522,15 +533,18 @@ void TrainState::backward_layer(const Model& model, const LayerParams& p, const 
   // MLP block. The residual passes d x_next straight to x_mid.
   gather_rows(dres, dy);
   lin_.backward(dact_.f32(), gp.down_w, gp.down_b, dy, a.act.f32(), p.down_w, N, F, C, layout);
+  lora_backward(l, LoraSite::down, a.act.f32(), dy, C, dact_.f32());
   if (llama) {
     cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), N, F);
     lin_.backward(dln_.f32(), gp.up_w, nullptr, dup_.f32(), a.ln2.f32(), p.up_w, N, C, 2 * F,
                   layout);
+    lora_backward(l, LoraSite::up, a.ln2.f32(), dup_.f32(), 2 * F, dln_.f32());
     sum_rows(dln_.f32(), dln);
     cpu::rms_norm_backward(dres, gp.ln2_w, dln, a.x_mid.f32(), p.ln2_w, a.rstd2.f32(), Ns, C);
   } else {
     cpu::gelu_backward(dup_.f32(), dact_.f32(), a.up.f32(), int64_t(N) * F);
     lin_.backward(dln_.f32(), gp.up_w, gp.up_b, dup_.f32(), a.ln2.f32(), p.up_w, N, C, F, layout);
+    lora_backward(l, LoraSite::up, a.ln2.f32(), dup_.f32(), F, dln_.f32());
     sum_rows(dln_.f32(), dln);
     cpu::layer_norm_backward(dres, gp.ln2_w, gp.ln2_b, dln, a.x_mid.f32(), p.ln2_w, a.mean2.f32(),
                              a.rstd2.f32(), Ns, C);
@@ -538,6 +552,7 @@ void TrainState::backward_layer(const Model& model, const LayerParams& p, const 
   // Attention block. dres now holds d x_mid.
   gather_rows(dres, dy);
   lin_.backward(datt_.f32(), gp.o_w, gp.o_b, dy, a.att.f32(), p.o_w, N, HD, C, layout);
+  lora_backward(l, LoraSite::o, a.att.f32(), dy, C, datt_.f32());
   cpu::attention_backward(dqkv_.f32(), datt_.f32(), a.qkv.f32(), a.att.f32(), a.lse.f32(), B_, T_,
                           H, K, D);
   if (llama) {
@@ -546,6 +561,7 @@ void TrainState::backward_layer(const Model& model, const LayerParams& p, const 
   }
   lin_.backward(dln_.f32(), gp.qkv_w, gp.qkv_b, dqkv_.f32(), a.ln1.f32(), p.qkv_w, N, C, QKV,
                 layout);
+  lora_backward(l, LoraSite::qkv, a.ln1.f32(), dqkv_.f32(), QKV, dln_.f32());
   sum_rows(dln_.f32(), dln);
   if (llama) {
     cpu::rms_norm_backward(dres, gp.ln1_w, dln, a.x_in.f32(), p.ln1_w, a.rstd1.f32(), Ns, C);
@@ -569,7 +585,7 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
     const auto real = set_aside(norms);
     Recompute m = mode(l);
     if (m == Recompute::none) {
-      backward_layer(model, w.layers[l], g.layers[l], acts_[l]);
+      backward_layer(model, l, w.layers[l], g.layers[l], acts_[l]);
       fold_aside(norms, real);
       done(l, true);
       continue;
@@ -581,17 +597,18 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
     if (m == Recompute::full) {
       // Rebuild the block's activations; its output (already in the next layer's input, or in
       // x_out) is recomputed bit for bit, so it goes to a scratch row we do not need.
-      forward_layer(model, w.layers[l], a, dln_.f32());
+      forward_layer(model, l, w.layers[l], a, dln_.f32());
     } else {
       // Selective: only the attention core, from the saved qkv.
       cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, c.heads, c.kv_heads,
                              c.head_dim);
     }
-    backward_layer(model, w.layers[l], g.layers[l], a);
+    backward_layer(model, l, w.layers[l], g.layers[l], a);
     fold_aside(norms, real);
     done(l, true);
   }
   if (!model.stage().has_embedding) return;  // dres is the gradient of the stage's input
+  if (opt_.lora) return;                     // the embedding is frozen
   bind(StepHooks::kEmbedding, true, w, g);
   if (c.arch == Arch::gpt2) {
     const auto positions = {std::pair{&g.wpe, int64_t(c.max_positions) * C}};
@@ -630,6 +647,7 @@ double TrainState::step(const Model& model, const int* ids, const int* targets, 
                         bool backward, float grad_scale) {
   KILN_CHECK(model.stage().has_embedding && model.stage().has_head, "model",
              "a step through StepHooks needs the whole model, not a pipeline stage");
+  KILN_CHECK(!opt_.lora, "model", "a LoRA step takes the adapter's gradient, not StepHooks");
   check_ids(model, ids);
   ModelParams w{}, g{};
   w.layers.resize(size_t(model.stage().num_layers));
@@ -647,7 +665,8 @@ double TrainState::forward_stage(const Model& model, const int* ids, const float
   check_ids(model, ids);
   hooks_ = nullptr;
   ModelParams w = model.bind(const_cast<float*>(model.weights().f32())), g{};
-  if (grads) g = model.bind(grads);
+  if (grads) g = bind_grads(model, grads);
+  lora_grads_ = opt_.lora ? grads : nullptr;
   forward(model, w, g, ids, in);
   if (!model.stage().has_head) return 0.0;
   return head(model, w, g, targets, grads != nullptr, grad_scale);
@@ -657,9 +676,35 @@ const float* TrainState::backward_stage(const Model& model, const int* ids, cons
                                         float* grads) {
   hooks_ = nullptr;
   ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
-  ModelParams g = model.bind(grads);
+  ModelParams g = bind_grads(model, grads);
+  lora_grads_ = opt_.lora ? grads : nullptr;
   backward(model, w, g, ids, dout);
   return model.stage().has_embedding ? nullptr : dres_.f32();
+}
+
+ModelParams TrainState::bind_grads(const Model& model, float* grads) {
+  if (!opt_.lora) return model.bind(grads);
+  ModelParams none{};
+  none.layers.resize(size_t(model.stage().num_layers));
+  return none;
+}
+
+void TrainState::lora_forward(int l, LoraSite site, const float* x, float* y, int ldy) {
+  if (!opt_.lora) return;
+  const LoraConfig& c = opt_.lora->config();
+  const LoraTerm t{opt_.lora->weights().f32(), lora_grads_, c.scaling(),
+                   lora_grads_ ? c.dropout : 0.0f, lora_seed_};
+  for (const LoraSlot& slot : opt_.lora->slots(l))
+    if (slot.site == site) kiln::lora_forward(slot, t, x, B_ * T_, y, ldy, *lora_scratch_);
+}
+
+void TrainState::lora_backward(int l, LoraSite site, const float* x, const float* dy, int ldy,
+                               float* dx) {
+  if (!opt_.lora) return;
+  const LoraConfig& c = opt_.lora->config();
+  const LoraTerm t{opt_.lora->weights().f32(), lora_grads_, c.scaling(), c.dropout, lora_seed_};
+  for (const LoraSlot& slot : opt_.lora->slots(l))
+    if (slot.site == site) kiln::lora_backward(slot, t, x, dy, ldy, dx, B_ * T_, *lora_scratch_);
 }
 
 }  // namespace kiln

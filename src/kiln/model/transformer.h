@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,6 +22,9 @@ namespace kiln {
 namespace dist {
 class Comm;
 }
+class LoraWeights;
+enum class LoraSite;
+struct LoraScratch;
 
 struct ParamInfo {
   std::string name;  // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
@@ -141,6 +145,10 @@ struct TrainOptions {
   dist::Comm* tp = nullptr;
   bool sequence_parallel = false;
   int vocab_begin = 0, vocab_total = 0;
+  // LoRA (model/lora.h): the base model is frozen and the adapter trains. step()'s `grads` is
+  // then the adapter's gradient (LoraWeights' layout): no gradient of a base weight is computed
+  // or stored, and the frozen weights' gradient GEMMs are skipped. Whole models only (no tp).
+  const LoraWeights* lora = nullptr;
 };
 
 // Activations and scratch for training on (B, T). Sized once; reused every step. With
@@ -151,6 +159,7 @@ struct TrainOptions {
 class TrainState {
  public:
   TrainState(const Model& model, int B, int T, TrainOptions opt = {});
+  ~TrainState();
   int B() const { return B_; }
   int T() const { return T_; }
   const TrainOptions& options() const { return opt_; }
@@ -182,6 +191,9 @@ class TrainState {
   int residual_rows() const { return Ns_; }
   // The stage's output of the last forward_stage (B*T, C): the next stage's input.
   const float* stage_output() const { return x_out_.f32(); }
+  // LoRA dropout: the masks of the training steps that follow are drawn from this seed (the
+  // same seed, the same masks, so a resumed run repeats them).
+  void set_lora_seed(uint64_t seed) { lora_seed_ = seed; }
   // Rounds the weights into the precision's low-precision copy (no-op in fp32).
   void refresh_weights(const Model& model) { lin_.refresh(model.weights()); }
   // Per-token losses of the last step (B*T); 0 where the target was ignored.
@@ -202,9 +214,17 @@ class TrainState {
   void alloc_layer(const ModelConfig& c, LayerActs& a, bool input, bool body, bool core);
   // Which storage layer l's activations live in: its own, or the shared recompute scratch.
   Recompute mode(int l) const;
-  void forward_layer(const Model& model, const LayerParams& p, LayerActs& a, float* x_next);
-  void backward_layer(const Model& model, const LayerParams& p, const LayerParams& gp,
+  // Layer l of the stage (its adapter's slots, with LoRA).
+  void forward_layer(const Model& model, int l, const LayerParams& p, LayerActs& a, float* x_next);
+  void backward_layer(const Model& model, int l, const LayerParams& p, const LayerParams& gp,
                       LayerActs& a);
+  // The adapter's terms for layer l's fused GEMM `site` (nothing without LoRA): forward adds them
+  // to y (N, ldy) from the input x; backward adds the adapter's gradients and dx's share.
+  void lora_forward(int l, LoraSite site, const float* x, float* y, int ldy);
+  void lora_backward(int l, LoraSite site, const float* x, const float* dy, int ldy, float* dx);
+  // The gradients step() binds: the model's layout, or with LoRA none (all null) and the
+  // adapter's in lora_grads_.
+  ModelParams bind_grads(const Model& model, float* grads);
   // The embedding (on the first stage) and the stage's layers, from ids or from `in`.
   void forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids, const float* in);
   // On the last stage: the final norm and, given targets, the loss; with `backward` also the LM
@@ -258,6 +278,10 @@ class TrainState {
   int64_t counted_ = 0;
   int64_t comm_bytes_ = 0;
   StepHooks* hooks_ = nullptr;  // the current step's, if any
+  // LoRA: the adapter's gradient in the current training step (null: forward only, no dropout).
+  float* lora_grads_ = nullptr;
+  uint64_t lora_seed_ = 0;
+  std::unique_ptr<LoraScratch> lora_scratch_;
 };
 
 }  // namespace kiln

@@ -25,7 +25,8 @@ namespace ref {
 // ignored (loss 0, no gradient: padding and prompt tokens in fine-tuning).
 // losses (N) = logsumexp(logits) - logits[target].
 // When dh is not null: dlogits = (softmax(logits) - onehot(target)) * grad_scale, and
-// dh (N,C) = dlogits @ W (overwritten), dw (V,C) += dlogits^T @ h.
+// dh (N,C) = dlogits @ W (overwritten), dw (V,C) += dlogits^T @ h (skipped when dw is null: a
+// frozen head).
 void lm_head_cross_entropy(float* losses, float* dh, float* dw, const float* h, const float* w,
                            const int* targets, int N, int C, int V, float grad_scale);
 }  // namespace ref

@@ -14,7 +14,7 @@ void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, con
 
 namespace cpu {
 // Backward's dw and db are summed over row chunks fixed by N, in order: the same bits for any
-// thread count (bit-exact resume).
+// thread count (bit-exact resume). Null dw and db (frozen weights) are skipped.
 void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
                         const float* b, int N, int C, float eps);
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,

@@ -26,6 +26,10 @@ namespace cpu {
 // thread count.
 void gemm(float* c, const float* a, const float* b, int M, int N, int K, bool trans_a, bool trans_b,
           float alpha, float beta);
+// The same on submatrices: lda, ldb, ldc are the row strides of the stored matrices (a column
+// slice of a wider one, e.g. one projection's columns of a fused q|k|v output).
+void gemm_ld(float* c, int ldc, const float* a, int lda, const float* b, int ldb, int M, int N,
+             int K, bool trans_a, bool trans_b, float alpha, float beta);
 void linear_forward(float* y, const float* x, const float* w, const float* bias, int N, int IN,
                     int OUT, WeightLayout layout);
 void linear_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,

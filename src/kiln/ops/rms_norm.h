@@ -14,7 +14,7 @@ void rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, 
 
 namespace cpu {
 // Backward's dw is summed over row chunks fixed by N, in order: the same bits for any thread
-// count (bit-exact resume).
+// count (bit-exact resume). A null dw (a frozen weight) is skipped.
 void rms_norm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C,
                       float eps);
 void rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,

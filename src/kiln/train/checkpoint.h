@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/data/batch_source.h"
+#include "kiln/model/lora.h"
 #include "kiln/model/transformer.h"
 #include "kiln/tokenizer/tokenizer.h"
 #include "kiln/train/optimizer.h"
@@ -32,6 +33,16 @@ struct TrainerState {
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const Tokenizer& tok,
                             const AdamW& opt, const TrainerState& state, int keep,
                             DType dtype = DType::f32);
+// A LoRA run's checkpoint (method lora): the adapter in PEFT's format (adapter_config.json,
+// adapter_model.safetensors: what --adapter takes), tokenizer.json, the adapter's AdamW moments
+// and trainer_state.json; no base weights.
+std::string save_lora_checkpoint(const std::string& run_dir, const LoraWeights& adapter,
+                                 const Tokenizer& tok, const AdamW& opt, const TrainerState& state,
+                                 int keep);
+bool is_lora_checkpoint(const std::string& dir);
+// Restores a LoRA checkpoint into `adapter` (laid out for `base`), its moments and the state.
+void load_lora_checkpoint(const std::string& dir, const Model& base, LoraWeights& adapter,
+                          AdamW& opt, TrainerState& state);
 // trainer_state.json (state, and the optimizer's step count) into a checkpoint directory.
 void write_trainer_state(const std::string& dir, int64_t optimizer_steps,
                          const TrainerState& state);

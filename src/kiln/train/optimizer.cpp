@@ -7,13 +7,12 @@
 
 namespace kiln {
 
-AdamW::AdamW(const Model& model, AdamWConfig cfg)
-    : cfg_(cfg), m_(Tensor::zeros({model.num_params()})), v_(Tensor::zeros({model.num_params()})) {}
+AdamW::AdamW(int64_t n, AdamWConfig cfg)
+    : cfg_(cfg), m_(Tensor::zeros({n})), v_(Tensor::zeros({n})) {}
 
-void AdamW::step(Model& model, const float* grads, float lr) {
+void AdamW::step(const std::vector<ParamInfo>& params, float* w, const float* grads, float lr) {
   ++step_;
-  float* w = model.weights().f32();
-  for (const ParamInfo& p : model.params()) {
+  for (const ParamInfo& p : params) {
     const ops::AdamWParams hp = adamw_params(cfg_, lr, p.decay, step_);
     ops::cpu::adamw_step(w + p.offset, grads + p.offset, m_.f32() + p.offset, v_.f32() + p.offset,
                          p.numel(), hp);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "kiln/core/tensor.h"
 #include "kiln/model/transformer.h"
@@ -31,13 +32,19 @@ inline ops::AdamWParams adamw_params(const AdamWConfig& cfg, float lr, bool deca
 
 class AdamW {
  public:
-  AdamW(const Model& model, AdamWConfig cfg);
+  AdamW(const Model& model, AdamWConfig cfg) : AdamW(model.num_params(), cfg) {}
+  // Over any flat buffer of n parameters (a LoRA adapter's: model/lora.h).
+  AdamW(int64_t n, AdamWConfig cfg);
   // Over given moments (P each, shared, not copied) after `steps` updates: how a data-parallel
   // run hands its state to save_checkpoint.
   AdamW(AdamWConfig cfg, Tensor m, Tensor v, int64_t steps)
       : cfg_(cfg), m_(std::move(m)), v_(std::move(v)), step_(steps) {}
   // One update of every parameter from `grads` (P) at learning rate lr.
-  void step(Model& model, const float* grads, float lr);
+  void step(Model& model, const float* grads, float lr) {
+    step(model.params(), model.weights().f32(), grads, lr);
+  }
+  // The same over `weights` laid out by `params`.
+  void step(const std::vector<ParamInfo>& params, float* weights, const float* grads, float lr);
   int64_t steps() const { return step_; }
 
   Tensor& m() { return m_; }

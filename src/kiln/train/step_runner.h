@@ -6,6 +6,7 @@
 //   tensor parallel (part_runner.cpp)  a shard, parallel.zero = 0: TrainState, AdamW
 //   pipeline (part_runner.cpp)         a stage (of a shard): Pipeline, AdamW or DpShardedAdamW
 //   GPU (gpu_runner.cpp)      device: cuda, one process: CudaTrainState
+//   LoRA (lora_runner.cpp)    method lora: the base frozen, an adapter trained (dp only)
 // Every runner makes the same decisions in the same order (StepRunner::step): a non-finite loss
 // or an fp16 overflow on any rank skips the step on all of them; otherwise the gradients are
 // unscaled, the whole model's norm taken, and clip_and_update (optimizer.h) clips and updates.
@@ -18,6 +19,7 @@
 
 #include "kiln/data/batch_source.h"
 #include "kiln/dist/groups.h"
+#include "kiln/model/lora.h"
 #include "kiln/model/tensor_parallel.h"
 #include "kiln/model/transformer.h"
 #include "kiln/train/optimizer.h"
@@ -38,6 +40,13 @@ struct WholeState {
   const Model* model = nullptr;
   const AdamW* opt = nullptr;
   GatheredModel owned;
+};
+
+// A LoRA run's trainable state (method lora): the adapter, its optimizer and the frozen base.
+struct AdapterState {
+  LoraWeights* weights = nullptr;
+  AdamW* opt = nullptr;
+  const Model* base = nullptr;
 };
 
 class StepRunner {
@@ -70,6 +79,9 @@ class StepRunner {
   virtual int64_t optimizer_steps() const = 0;
   virtual WholeState gather_whole() = 0;
   virtual void checkpoint_done() {}
+  // Method lora: what its checkpoints hold and resume into (empty for the other runners, whose
+  // checkpoints are the whole model).
+  virtual AdapterState adapter() { return {}; }
 
   // After the last step: the whole trained model on world rank 0, or null when this rank holds
   // only a part (then samples come from the checkpoint). Collective.
@@ -136,7 +148,9 @@ inline AdamWConfig adamw_config(const TrainConfig& cfg) {
 
 // The runner of cfg's layout on this rank, over `whole` (built or loaded identically on every
 // rank) and its optimizer state `opt` (a resumed run's; null for a fresh start): it keeps this
-// rank's part (its tensor-parallel shard, then its pipeline stage of that).
+// rank's part (its tensor-parallel shard, then its pipeline stage of that). With method lora,
+// `whole` is the frozen base and `opt` is null (a resumed run loads the adapter's state into
+// adapter()).
 std::unique_ptr<StepRunner> make_step_runner(const TrainConfig& cfg, dist::ProcessGroups& groups,
                                              std::unique_ptr<Model> whole,
                                              std::unique_ptr<AdamW> opt);

@@ -187,6 +187,26 @@ void read_optim(const YAML::Node& node, const std::string& path, TrainConfig::Op
   KILN_CHECK(o.lr > 0, "config", path, ": optim.lr must be positive");
 }
 
+void read_lora(const YAML::Node& node, const std::string& path, LoraConfig& l) {
+  ConfigSection lo(node, "config", path, "lora");
+  lo.get("r", l.r);
+  lo.get("alpha", l.alpha);
+  lo.get("dropout", l.dropout);
+  lo.get("rslora", l.rslora);
+  if (YAML::Node t = lo.take("target_modules"); t && !t.IsNull()) {
+    try {
+      l.target_modules = t.IsSequence() ? t.as<std::vector<std::string>>()
+                                        : std::vector<std::string>{t.as<std::string>()};
+    } catch (const YAML::Exception&) {
+      lo.bad_value("target_modules", "use a list of module names such as [q_proj, v_proj]");
+    }
+  }
+  lo.finish();
+  if (l.r < 1 || l.r > 4096) lo.bad_value("r", "use a rank in 1..4096 (8 to 64 is usual)");
+  if (!(l.dropout >= 0 && l.dropout < 1)) lo.bad_value("dropout", "use a rate in [0, 1)");
+  if (!std::isfinite(l.alpha)) lo.bad_value("alpha", "use a finite number");
+}
+
 void read_parallel(const YAML::Node& node, const std::string& path, TrainConfig& c) {
   ConfigSection par(node, "config", path, "parallel");
   auto& p = c.parallel;
@@ -268,8 +288,15 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   }
   KILN_CHECK(c.method == "full" || c.method == "lora" || c.method == "qlora", "config", path,
              ": method '", c.method, "' is unknown; use full, lora or qlora");
-  KILN_CHECK(c.method == "full", "config", path, ": method ", c.method,
-             " is not built yet; use method: full (every weight trains)");
+  KILN_CHECK(c.method != "qlora", "config", path,
+             ": method qlora is not built yet; use method: lora (a bf16 or fp32 frozen base) or "
+             "full");
+  const bool has_lora = top.has("lora");
+  read_lora(top.take("lora"), path, c.lora);
+  KILN_CHECK(!has_lora || c.method == "lora", "config", path, ": a lora section with method ",
+             c.method, "; set method: lora or drop the section");
+  KILN_CHECK(c.method != "lora" || !c.init_from.empty(), "config", path,
+             ": method lora adapts a trained model; name it as model: {base: DIR}");
   KILN_CHECK(model || !c.init_from.empty(), "config", path,
              ": no 'model' section; give the model's Hugging Face config keys under model:, or "
              "the model to start from as model: {base: DIR} (or init_from: DIR)");

@@ -9,6 +9,7 @@
 
 #include "kiln/core/dtype.h"
 #include "kiln/model/config.h"
+#include "kiln/model/lora.h"
 #include "kiln/model/precision.h"
 #include "kiln/train/loss_scaler.h"
 
@@ -37,8 +38,13 @@ struct TrainConfig {
   // Optional: a checkpoint directory, run directory or GGUF file whose weights (and, unless
   // data.tokenizer says otherwise, tokenizer) start the run. `model: {base: DIR}` says the same.
   std::string init_from;
-  // Fine-tuning (`kiln finetune`): full (every weight trains). lora and qlora are not built yet.
+  // Fine-tuning (`kiln finetune`): full (every weight trains) or lora (the base frozen, a PEFT
+  // LoRA adapter trains; checkpoints hold the adapter). qlora is not built yet.
   std::string method = "full";
+  // method lora: PEFT's LoraConfig (r, lora_alpha, lora_dropout, target_modules, use_rslora)
+  // under the names lora.r, lora.alpha, lora.dropout, lora.target_modules (a list, or one name
+  // such as all-linear; empty: PEFT's default for the architecture) and lora.rslora.
+  LoraConfig lora;
 
   struct Data {
     std::vector<std::string> train;  // text files, concatenated in order

@@ -121,6 +121,15 @@ void check_layout(const TrainConfig& cfg, const dist::Comm& comm) {
   KILN_CHECK(!on_gpu || comm.size() == 1, "train",
              "device: cuda trains on one GPU in one process for now; run without mpirun/srun, or "
              "use device: cpu for the parallel layouts");
+  if (cfg.method == "lora") {
+    KILN_CHECK(cfg.parallel.tp == 1 && pp == 1 && cfg.parallel.zero == 0 && !on_gpu, "train",
+               "method lora runs on the CPU with data parallelism only for now (the adapter is ",
+               "small, its state needs no sharding); use parallel.tp = 1, pp = 1, zero = 0 and ",
+               "device: cpu");
+    KILN_CHECK(cfg.parallel.checkpoint == "gathered", "train",
+               "method lora checkpoints the adapter, one file per run; use parallel.checkpoint = ",
+               "gathered");
+  }
 }
 
 // The largest of every rank's x >= 0, exactly.
@@ -250,19 +259,36 @@ StepRecord run_step(StepRunner& runner, BatchSource& data, LossScaler& scaler,
   return rec;
 }
 
-// The newest checkpoint of cfg.run_dir into the whole model, `state` and the data position;
-// returns its optimizer state. The writer drops the metrics records after its step.
-std::unique_ptr<AdamW> resume_from_checkpoint(const TrainConfig& cfg, Model& model,
-                                              BatchSource& data, TrainerState& state, bool writer) {
+// The newest checkpoint of cfg.run_dir, for --resume.
+std::string resume_checkpoint(const TrainConfig& cfg) {
   std::string ckpt = latest_checkpoint(cfg.run_dir);
   KILN_CHECK(!ckpt.empty(), "train", "--resume: no checkpoint in ", cfg.run_dir,
              "/checkpoints; start without --resume");
-  auto opt = std::make_unique<AdamW>(model, adamw_config(cfg));
-  load_checkpoint(ckpt, model, *opt, state);
+  return ckpt;
+}
+
+// The runner over `model`, resumed from checkpoint `ckpt` when not empty: the whole model's
+// weights and optimizer state (or, with method lora, the adapter's), `state` and the data
+// position. The writer drops the metrics records after the checkpoint's step.
+std::unique_ptr<StepRunner> start_runner(const TrainConfig& cfg, dist::ProcessGroups& groups,
+                                         std::unique_ptr<Model> model, const std::string& ckpt,
+                                         BatchSource& data, TrainerState& state, bool writer) {
+  std::unique_ptr<AdamW> opt;
+  const bool lora = cfg.method == "lora";
+  if (!ckpt.empty() && !lora) {
+    opt = std::make_unique<AdamW>(*model, adamw_config(cfg));
+    load_checkpoint(ckpt, *model, *opt, state);
+  }
+  auto runner = make_step_runner(cfg, groups, std::move(model), std::move(opt));
+  if (ckpt.empty()) return runner;
+  if (lora) {
+    const AdapterState ad = runner->adapter();
+    load_lora_checkpoint(ckpt, *ad.base, *ad.weights, *ad.opt, state);
+  }
   data.set_state(state.loader);
   if (writer) truncate_metrics(cfg.run_dir + "/metrics.jsonl", state.step);
   log_info("resumed from ", ckpt, " at step ", state.step);
-  return opt;
+  return runner;
 }
 
 // One metrics.jsonl record (evaluation adds val_loss); scaler: fp16's, else null.
@@ -294,7 +320,11 @@ std::string write_checkpoint(StepRunner& runner, const TrainConfig& cfg, dist::C
                              const Tokenizer& tok, const TrainerState& state,
                              const std::string& chat_template) {
   std::string dir;
-  if (cfg.parallel.checkpoint == "sharded") {
+  if (const AdapterState ad = runner.adapter(); ad.weights) {
+    if (comm.rank() == 0)
+      dir = save_lora_checkpoint(cfg.run_dir, *ad.weights, tok, *ad.opt, state,
+                                 cfg.train.keep_checkpoints);
+  } else if (cfg.parallel.checkpoint == "sharded") {
     const StatePieces mine = runner.sharded_pieces();
     dir = save_sharded_checkpoint(
         cfg.run_dir, mine, comm, whole_cfg, tok, runner.optimizer_steps(), state,
@@ -374,15 +404,12 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
 
   TrainerState state;
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
-  std::unique_ptr<AdamW> opt =  // a resumed run's optimizer state, of the whole model
-      resume ? resume_from_checkpoint(cfg, *model, *data, state, writer) : nullptr;
+  std::unique_ptr<StepRunner> runner = start_runner(
+      cfg, groups, std::move(model), resume ? resume_checkpoint(cfg) : "", *data, state, writer);
   if (!resume && writer) write_file_atomic(metrics_path, "");
   comm.barrier();  // nobody reads the run directory before rank 0 has set it up
   std::ofstream metrics;
   if (writer) metrics.open(metrics_path, std::ios::app);
-
-  std::unique_ptr<StepRunner> runner =
-      make_step_runner(cfg, groups, std::move(model), std::move(opt));
   const int64_t state_bytes = runner->state_bytes();
   const int64_t tokens_per_step = int64_t(B) * T * cfg.train.grad_accum;
   const bool fp16 = cfg.train.precision == Precision::fp16;

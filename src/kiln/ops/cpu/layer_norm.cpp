@@ -89,6 +89,7 @@ void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, con
 #pragma omp simd
     for (int c = 0; c < 2 * C; ++c) total[c] += part[c];
   }
+  if (!dw || !db) return;  // frozen weights
 #pragma omp simd
   for (int c = 0; c < C; ++c) {
     dw[c] += total[c];

@@ -20,6 +20,13 @@ void gemm(float* c, const float* a, const float* b, int M, int N, int K, bool tr
               trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a, lda, b, ldb, beta, c, N);
 }
 
+void gemm_ld(float* c, int ldc, const float* a, int lda, const float* b, int ldb, int M, int N,
+             int K, bool trans_a, bool trans_b, float alpha, float beta) {
+  if (M <= 0 || N <= 0) return;
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 void linear_forward(float* y, const float* x, const float* w, const float* bias, int N, int IN,
                     int OUT, WeightLayout layout) {
   if (bias) {

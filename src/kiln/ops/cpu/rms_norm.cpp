@@ -74,6 +74,7 @@ void rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, 
 #pragma omp simd
     for (int c = 0; c < C; ++c) total[c] += part[c];
   }
+  if (!dw) return;  // a frozen weight
 #pragma omp simd
   for (int c = 0; c < C; ++c) dw[c] += total[c];
 }

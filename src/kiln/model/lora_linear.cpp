@@ -1,0 +1,90 @@
+#include "kiln/model/lora_linear.h"
+
+#include "kiln/core/parallel.h"
+#include "kiln/ops/matmul.h"
+
+namespace kiln {
+
+namespace {
+
+namespace cpu = ops::cpu;
+
+// Whether element i of the slot's input survives dropout at rate p (a counter-based hash, so any
+// pass of the same step draws the same mask).
+inline bool keep(uint64_t key, int64_t i, float p) {
+  uint64_t z = key + uint64_t(i) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return float(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+uint64_t mask_key(const LoraSlot& slot, const LoraTerm& t) {
+  return t.seed * 0xd1342543de82ef95ull + uint64_t(slot.a);
+}
+
+// d(x) into scratch.xd, or x itself without dropout.
+const float* dropout(const LoraSlot& slot, const LoraTerm& t, const float* x, int N,
+                     LoraScratch& s) {
+  if (t.dropout <= 0) return x;
+  const int64_t n = int64_t(N) * slot.in;
+  s.xd.resize(size_t(n));
+  float* xd = s.xd.data();
+  const uint64_t key = mask_key(slot, t);
+  const float p = t.dropout, k = 1.0f / (1.0f - p);
+  parallel_ranges(n, 4096, [=](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) xd[i] = keep(key, i, p) ? x[i] * k : 0.0f;
+  });
+  return xd;
+}
+
+// u (N, r) = d(x) A^T.
+float* down_project(const LoraSlot& slot, const LoraTerm& t, const float* xd, int N, int r,
+                    LoraScratch& s) {
+  s.u.resize(size_t(N) * r);
+  cpu::gemm(s.u.data(), xd, t.w + slot.a, N, r, slot.in, false, true, 1.0f, 0.0f);
+  return s.u.data();
+}
+
+}  // namespace
+
+void lora_forward(const LoraSlot& slot, const LoraTerm& t, const float* x, int N, float* y, int ldy,
+                  LoraScratch& s) {
+  const int r = int((slot.b - slot.a) / slot.in);
+  const float* xd = dropout(slot, t, x, N, s);
+  const float* u = down_project(slot, t, xd, N, r, s);
+  // y[:, col0:] (N, out) += s u B^T, B (out, r).
+  cpu::gemm_ld(y + slot.col0, ldy, u, r, t.w + slot.b, r, N, slot.out, r, false, true, t.scaling,
+               1.0f);
+}
+
+void lora_backward(const LoraSlot& slot, const LoraTerm& t, const float* x, const float* dy,
+                   int ldy, float* dx, int N, LoraScratch& s) {
+  const int r = int((slot.b - slot.a) / slot.in), in = slot.in, out = slot.out;
+  const float* xd = dropout(slot, t, x, N, s);
+  const float* u = down_project(slot, t, xd, N, r, s);
+  const float* dys = dy + slot.col0;  // (N, out), row stride ldy
+  // dB (out, r) += s dy^T u.
+  cpu::gemm_ld(t.g + slot.b, r, dys, ldy, u, r, out, r, N, true, false, t.scaling, 1.0f);
+  // du (N, r) = s dy B.
+  s.du.resize(size_t(N) * r);
+  float* du = s.du.data();
+  cpu::gemm_ld(du, r, dys, ldy, t.w + slot.b, r, N, r, out, false, false, t.scaling, 0.0f);
+  // dA (r, in) += du^T d(x).
+  cpu::gemm(t.g + slot.a, du, xd, r, in, N, true, false, 1.0f, 1.0f);
+  // dx (N, in) += d(du A): straight in without dropout, else through the mask.
+  if (t.dropout <= 0) {
+    cpu::gemm(dx, du, t.w + slot.a, N, in, r, false, false, 1.0f, 1.0f);
+    return;
+  }
+  float* tmp = s.xd.data();  // d(x) is no longer needed
+  cpu::gemm(tmp, du, t.w + slot.a, N, in, r, false, false, 1.0f, 0.0f);
+  const uint64_t key = mask_key(slot, t);
+  const float p = t.dropout, k = 1.0f / (1.0f - p);
+  parallel_ranges(int64_t(N) * in, 4096, [=](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      if (keep(key, i, p)) dx[i] += tmp[i] * k;
+  });
+}
+
+}  // namespace kiln

@@ -1,0 +1,39 @@
+// The low-rank term of one adapted projection in a training step (CPU, fp32): what TrainState
+// adds to the frozen base's GEMM output in forward, and the adapter's gradients and the input
+// gradient's share in backward. With s = LoraConfig::scaling() and d() PEFT's dropout on the
+// adapter's input (inverted, rate p; the identity outside training),
+//   forward    y[:, col0 : col0 + out] += s d(x) A^T B^T
+//   backward   u = d(x) A^T, du = s dy B:  dB += s dy^T u,  dA += du^T d(x),  dx += d(du A)
+// where dy is the projection's columns of the fused output's gradient. u and d(x) are recomputed
+// in backward rather than kept (r columns and one mask: cheap next to the base GEMM). Each
+// projection's dropout mask is a hash of (seed, the slot's offset, the element), so backward and
+// recomputation see the forward's mask without storing it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kiln/model/lora.h"
+
+namespace kiln {
+
+struct LoraScratch {
+  std::vector<float> xd, u, du;
+};
+
+struct LoraTerm {
+  const float* w;  // LoraWeights' flat buffer
+  float* g;        // its gradient (backward)
+  float scaling;   // s
+  float dropout;   // p: 0 outside training steps
+  uint64_t seed;   // the dropout masks' seed for this step
+};
+
+// x (N, in): the projection's input; y (N, ldy): the fused GEMM's output.
+void lora_forward(const LoraSlot& slot, const LoraTerm& t, const float* x, int N, float* y, int ldy,
+                  LoraScratch& scratch);
+// dy (N, ldy): the fused output's gradient; dx (N, in): the input's gradient, added to.
+void lora_backward(const LoraSlot& slot, const LoraTerm& t, const float* x, const float* dy,
+                   int ldy, float* dx, int N, LoraScratch& scratch);
+
+}  // namespace kiln
