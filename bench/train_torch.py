@@ -3,7 +3,9 @@
 
 Usage (Debian's interpreter, which has torch):
   /usr/bin/python3 bench/train_torch.py --model-config configs/models/llama-bench.json --batch 8 --seq 256 \
-      --threads 2 --steps 5 [--seed 0] [--warmup 2] [--precision fp32|bf16]
+      --threads 2 --steps 5 [--seed 0] [--warmup 2] [--precision fp32|bf16] [--lora R]
+--lora R: the model frozen and LoRA (r R, alpha 2R, PEFT's all-linear: every linear layer but the head, A
+Kaiming-uniform, B zero) trained, as PEFT + TRL do; AdamW over the adapter only.
 On a GPU (the peer of `kiln bench train --device cuda`, bench/gpu_bench.sh):
   python3 bench/train_torch.py --device cuda --model-config configs/models/gpt2-124m.json --batch 16 --seq 1024 \
       --threads 16 --steps 20 --precision bf16 [--compile] [--peak-tflops 989]
@@ -67,6 +69,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--lora", type=int, default=0,
+                   help="rank R: freeze the model, train LoRA (alpha 2R) on every linear layer but the head")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (cuda)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
@@ -93,12 +97,14 @@ def main(argv=None):
     model = tm.init_weights(tm.build_model(cfg), seed=a.seed)
     model.to(dev)
     model.train()
+    lora = tm.add_lora(model, a.lora, 2.0 * a.lora, a.seed) if a.lora else None
     fwd = torch.compile(model) if a.compile else model
     V = cfg["vocab_size"]
     g = torch.Generator().manual_seed(a.seed + 1)
     n_total = a.warmup + a.steps
     data = torch.randint(0, V, (n_total, a.batch, a.seq + 1), generator=g).to(dev)  # (steps, B, T+1)
-    opt = torch.optim.AdamW(tm.weight_decay_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
+    groups = [{"params": list(lora.values()), "weight_decay": 0.1}] if lora else tm.weight_decay_groups(model, 0.1)
+    opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
                             **({"fused": True} if a.device == "cuda" else {}))
 
     times, losses = [], []
@@ -128,6 +134,7 @@ def main(argv=None):
                "tflops": round(tflops, 2), "mfu": round(tflops / a.peak_tflops, 4), "peak_tflops": a.peak_tflops}
     print(json.dumps({**gpu,
         "impl": "pytorch", "model": os.path.basename(a.model_config), "precision": a.precision,
+        "method": f"lora r {a.lora}" if a.lora else "full",
         "threads": a.threads, "batch": a.batch, "seq": a.seq, "torch": torch.__version__,
         "tokens_per_s": round(tokens / med, 1), "step_ms_median": round(med * 1e3, 2),
         "gflops": round(flops_per_step(model, cfg, a.batch, a.seq) / med / 1e9, 2),

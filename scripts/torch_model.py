@@ -227,6 +227,40 @@ class Conv1D(nn.Module):
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], self.weight.shape[1])
 
 
+class LoraLinear(nn.Module):
+    """A frozen linear layer (nn.Linear or Conv1D) plus LoRA's low-rank term, from PEFT's documented formula:
+    y = base(x) + scaling * B(A(x)), A (r, in), B (out, r); scaling = lora_alpha / r (rsLoRA: / sqrt(r))."""
+
+    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, scaling: float):
+        super().__init__()
+        self.base = base
+        self.lora_A = nn.Parameter(a.detach().clone().float())
+        self.lora_B = nn.Parameter(b.detach().clone().float())
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scaling * ((x @ self.lora_A.t().to(x.dtype)) @ self.lora_B.t().to(x.dtype))
+
+
+def add_lora(model: nn.Module, r: int, alpha: float, seed: int = 0) -> Dict[str, nn.Parameter]:
+    """Freezes the model and wraps every linear layer but the LM head (PEFT's all-linear) with a LoRA term, A as
+    PEFT initialises it (kaiming_uniform, a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), B zero. -> {module: lora_A, ...}."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    params = {}
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, (nn.Linear, Conv1D)) or name.endswith("lm_head"):
+            continue
+        n_in, n_out = (mod.in_features, mod.out_features) if isinstance(mod, nn.Linear) else mod.weight.shape
+        a = (torch.rand(r, n_in, generator=g) * 2 - 1) / math.sqrt(n_in)
+        layer = LoraLinear(mod, a, torch.zeros(n_out, r), alpha / r)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer)
+        params[name + ".lora_A"], params[name + ".lora_B"] = layer.lora_A, layer.lora_B
+    return params
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Eager HF attention. q: (B, H, T, D); k, v: (B, H, T, D) (already repeated for GQA). Softmax in fp32.
     Masked scores get the dtype's most negative value, as HF does. Returns (B, H, T, D)."""

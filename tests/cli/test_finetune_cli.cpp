@@ -226,8 +226,9 @@ TEST_F(FinetuneCli, LoraLearnsTheRepliesAsAPeftAdapter) {
   // The base with the adapter answers with the animal's sound, where the base does not; the
   // merged model answers the same.
   const std::string base = dir_->path() + "/base";
+  // (--adapter takes a checkpoint, or a run directory for its newest one.)
   ASSERT_EQ(
-      kiln("merge --model " + base + " --adapter " + ckpt + " --output " + run + "-merged").status,
+      kiln("merge --model " + base + " --adapter " + run + " --output " + run + "-merged").status,
       0);
   for (const auto& [animal, sound] : kAnimals) {
     const std::string p =

@@ -80,20 +80,6 @@ def load_batch(path: str, vocab: int):
     return inputs.clamp(min=0).contiguous(), targets.contiguous()
 
 
-class LoraLinear(torch.nn.Module):
-    """A frozen linear layer (nn.Linear or GPT-2's Conv1D) plus PEFT's low-rank term s * B(A(x))."""
-
-    def __init__(self, base: torch.nn.Module, a: np.ndarray, b: np.ndarray, scaling: float):
-        super().__init__()
-        self.base = base
-        self.lora_A = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))  # (r, in)
-        self.lora_B = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)))  # (out, r)
-        self.scaling = scaling
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scaling * ((x @ self.lora_A.t()) @ self.lora_B.t())
-
-
 def attach_adapter(model: torch.nn.Module, adir: str):
     """Freezes the model and wraps every layer the adapter adapts. -> {PEFT tensor name: Parameter}."""
     with open(os.path.join(adir, "adapter_config.json")) as f:
@@ -114,8 +100,8 @@ def attach_adapter(model: torch.nn.Module, adir: str):
         module = name[len(prefix):-len(suffix)]
         parent_name, _, child = module.rpartition(".")
         parent = model.get_submodule(parent_name)
-        layer = LoraLinear(getattr(parent, child), tensors[name],
-                           tensors[prefix + module + ".lora_B.weight"], scaling)
+        layer = tm.LoraLinear(getattr(parent, child), torch.from_numpy(tensors[name]),
+                              torch.from_numpy(tensors[prefix + module + ".lora_B.weight"]), scaling)
         setattr(parent, child, layer)
         params[name] = layer.lora_A
         params[prefix + module + ".lora_B.weight"] = layer.lora_B

@@ -12,6 +12,7 @@
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/model/model_io.h"
 
 namespace kiln {
 
@@ -198,7 +199,11 @@ float LoraConfig::scaling() const {
   return rslora ? alpha / std::sqrt(float(r)) : alpha / float(r);
 }
 
-LoraAdapter load_lora_adapter(const std::string& dir, const Model& base) {
+LoraAdapter load_lora_adapter(const std::string& path, const Model& base) {
+  // A LoRA run directory (kiln finetune, method: lora) means its newest checkpoint.
+  std::string dir = path;
+  if (!file_exists(dir + "/adapter_config.json"))
+    if (std::string latest = latest_checkpoint(dir); !latest.empty()) dir = latest;
   const std::string cfg_path = dir + "/adapter_config.json", st_path = dir + "/" + kWeights;
   KILN_CHECK(file_exists(cfg_path) && file_exists(st_path), "lora", "'", dir,
              "' is not a PEFT LoRA adapter: it needs adapter_config.json and ", kWeights);

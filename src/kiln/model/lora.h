@@ -81,7 +81,8 @@ class LoraWeights {
   Tensor weights_;
 };
 
-// Reads a PEFT adapter directory and checks it against `base`.
+// Reads a PEFT adapter directory (or a LoRA run directory: its newest checkpoint) and checks it
+// against `base`.
 LoraAdapter load_lora_adapter(const std::string& dir, const Model& base);
 // Writes adapter_config.json and adapter_model.safetensors (atomically) in PEFT's format.
 void save_lora_adapter(const LoraAdapter& adapter, const std::string& dir);
