@@ -38,31 +38,32 @@ const float* dropout(const LoraSlot& slot, const LoraTerm& t, const float* x, in
   return xd;
 }
 
-// u (N, r) = d(x) A^T.
-float* down_project(const LoraSlot& slot, const LoraTerm& t, const float* xd, int N, int r,
-                    LoraScratch& s) {
-  s.u.resize(size_t(N) * r);
-  cpu::gemm(s.u.data(), xd, t.w + slot.a, N, r, slot.in, false, true, 1.0f, 0.0f);
-  return s.u.data();
-}
-
 }  // namespace
+
+size_t LoraScratch::bytes() const {
+  size_t b = (xd.capacity() + du.capacity()) * sizeof(float);
+  for (const auto& [slot, v] : u) b += v.capacity() * sizeof(float);
+  return b;
+}
 
 void lora_forward(const LoraSlot& slot, const LoraTerm& t, const float* x, int N, float* y, int ldy,
                   LoraScratch& s) {
   const int r = int((slot.b - slot.a) / slot.in);
   const float* xd = dropout(slot, t, x, N, s);
-  const float* u = down_project(slot, t, xd, N, r, s);
+  // u (N, r) = d(x) A^T, kept for backward.
+  std::vector<float>& u = s.u[slot.a];
+  u.resize(size_t(N) * r);
+  cpu::gemm(u.data(), xd, t.w + slot.a, N, r, slot.in, false, true, 1.0f, 0.0f);
   // y[:, col0:] (N, out) += s u B^T, B (out, r).
-  cpu::gemm_ld(y + slot.col0, ldy, u, r, t.w + slot.b, r, N, slot.out, r, false, true, t.scaling,
-               1.0f);
+  cpu::gemm_ld(y + slot.col0, ldy, u.data(), r, t.w + slot.b, r, N, slot.out, r, false, true,
+               t.scaling, 1.0f);
 }
 
 void lora_backward(const LoraSlot& slot, const LoraTerm& t, const float* x, const float* dy,
                    int ldy, float* dx, int N, LoraScratch& s) {
   const int r = int((slot.b - slot.a) / slot.in), in = slot.in, out = slot.out;
   const float* xd = dropout(slot, t, x, N, s);
-  const float* u = down_project(slot, t, xd, N, r, s);
+  const float* u = s.u.at(slot.a).data();
   const float* dys = dy + slot.col0;  // (N, out), row stride ldy
   // dB (out, r) += s dy^T u.
   cpu::gemm_ld(t.g + slot.b, r, dys, ldy, u, r, out, r, N, true, false, t.scaling, 1.0f);

@@ -4,13 +4,14 @@
 // adapter's input (inverted, rate p; the identity outside training),
 //   forward    y[:, col0 : col0 + out] += s d(x) A^T B^T
 //   backward   u = d(x) A^T, du = s dy B:  dB += s dy^T u,  dA += du^T d(x),  dx += d(du A)
-// where dy is the projection's columns of the fused output's gradient. u and d(x) are recomputed
-// in backward rather than kept (r columns and one mask: cheap next to the base GEMM). Each
+// where dy is the projection's columns of the fused output's gradient. u (N x r) is kept from
+// forward for backward, per projection; d(x) is rebuilt from x and the mask. Each
 // projection's dropout mask is a hash of (seed, the slot's offset, the element), so backward and
 // recomputation see the forward's mask without storing it.
 #pragma once
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include "kiln/model/lora.h"
@@ -18,7 +19,9 @@
 namespace kiln {
 
 struct LoraScratch {
-  std::vector<float> xd, u, du;
+  std::vector<float> xd, du;
+  std::unordered_map<int64_t, std::vector<float>> u;  // by the slot's offset: its forward's u
+  size_t bytes() const;
 };
 
 struct LoraTerm {
@@ -32,7 +35,8 @@ struct LoraTerm {
 // x (N, in): the projection's input; y (N, ldy): the fused GEMM's output.
 void lora_forward(const LoraSlot& slot, const LoraTerm& t, const float* x, int N, float* y, int ldy,
                   LoraScratch& scratch);
-// dy (N, ldy): the fused output's gradient; dx (N, in): the input's gradient, added to.
+// dy (N, ldy): the fused output's gradient; dx (N, in): the input's gradient, added to. The
+// slot's lora_forward of the same batch and weights must have run.
 void lora_backward(const LoraSlot& slot, const LoraTerm& t, const float* x, const float* dy,
                    int ldy, float* dx, int N, LoraScratch& scratch);
 

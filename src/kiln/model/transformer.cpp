@@ -297,7 +297,7 @@ Recompute TrainState::mode(int l) const {
 }
 
 size_t TrainState::bytes() const {
-  size_t b = lin_.bytes();
+  size_t b = lin_.bytes() + (lora_scratch_ ? lora_scratch_->bytes() : 0);
   auto add = [&](const LayerActs& a) {
     for (const Tensor* t : {&a.x_in, &a.ln1, &a.mean1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid,
                             &a.ln2, &a.mean2, &a.rstd2, &a.up, &a.act})
