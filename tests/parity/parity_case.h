@@ -75,16 +75,21 @@ inline double normalized_error(const float* a, const float* b, int64_t n) {
 
 // How far the final weights are from the oracle's, as a fraction of the allowed distance: 1% of
 // the largest total movement (lr * steps) plus 1e-5 relative. <= 1 passes.
-inline double worst_final_weight(const Model& model, const SafeTensorsFile& ref, const ParamInfo& p,
-                                 float lr, int steps) {
+// `weights`: the flat buffer p is laid out in (a model's, or a LoRA adapter's).
+inline double worst_final_weight(const float* weights, const SafeTensorsFile& ref,
+                                 const ParamInfo& p, float lr, int steps) {
   const float* want = ref.get("final." + p.name).f32();
-  const float* got = model.weights().f32() + p.offset;
+  const float* got = weights + p.offset;
   double worst = 0;
   for (int64_t i = 0; i < p.numel(); ++i) {
     double tol = 1e-2 * lr * steps + 1e-5 * std::fabs(want[i]);
     worst = std::max(worst, std::fabs(double(got[i]) - want[i]) / tol);
   }
   return worst;
+}
+inline double worst_final_weight(const Model& model, const SafeTensorsFile& ref, const ParamInfo& p,
+                                 float lr, int steps) {
+  return worst_final_weight(model.weights().f32(), ref, p, lr, steps);
 }
 
 }  // namespace kiln::test

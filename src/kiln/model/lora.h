@@ -61,8 +61,8 @@ class LoraWeights {
   // PEFT's initialisation: A ~ kaiming_uniform(a = √5), which is U(-1/√in, 1/√in), B = 0, so the
   // adapted model starts as the base.
   void init(uint64_t seed);
-  // The values of a loaded adapter (load_lora_adapter against the same base); its r, alpha and
-  // projections must be this layout's.
+  // The values of a loaded adapter (load_lora_adapter against the same base); its r and
+  // projections must be this layout's (alpha, dropout and rsLoRA stay this config's).
   void assign(const LoraAdapter& ad, const std::string& source);
   LoraAdapter adapter() const;  // a copy, for save_lora_adapter and merge_lora
 

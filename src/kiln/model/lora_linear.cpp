@@ -48,7 +48,7 @@ size_t LoraScratch::bytes() const {
 
 void lora_forward(const LoraSlot& slot, const LoraTerm& t, const float* x, int N, float* y, int ldy,
                   LoraScratch& s) {
-  const int r = int((slot.b - slot.a) / slot.in);
+  const int r = t.r;
   const float* xd = dropout(slot, t, x, N, s);
   // u (N, r) = d(x) A^T, kept for backward.
   std::vector<float>& u = s.u[slot.a];
@@ -61,7 +61,7 @@ void lora_forward(const LoraSlot& slot, const LoraTerm& t, const float* x, int N
 
 void lora_backward(const LoraSlot& slot, const LoraTerm& t, const float* x, const float* dy,
                    int ldy, float* dx, int N, LoraScratch& s) {
-  const int r = int((slot.b - slot.a) / slot.in), in = slot.in, out = slot.out;
+  const int r = t.r, in = slot.in, out = slot.out;
   const float* xd = dropout(slot, t, x, N, s);
   const float* u = s.u.at(slot.a).data();
   const float* dys = dy + slot.col0;  // (N, out), row stride ldy

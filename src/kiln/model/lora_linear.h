@@ -27,6 +27,7 @@ struct LoraScratch {
 struct LoraTerm {
   const float* w;  // LoraWeights' flat buffer
   float* g;        // its gradient (backward)
+  int r;           // the rank
   float scaling;   // s
   float dropout;   // p: 0 outside training steps
   uint64_t seed;   // the dropout masks' seed for this step

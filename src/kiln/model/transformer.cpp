@@ -665,8 +665,7 @@ double TrainState::forward_stage(const Model& model, const int* ids, const float
   check_ids(model, ids);
   hooks_ = nullptr;
   ModelParams w = model.bind(const_cast<float*>(model.weights().f32())), g{};
-  if (grads) g = bind_grads(model, grads);
-  lora_grads_ = opt_.lora ? grads : nullptr;
+  g = bind_grads(model, grads);
   forward(model, w, g, ids, in);
   if (!model.stage().has_head) return 0.0;
   return head(model, w, g, targets, grads != nullptr, grad_scale);
@@ -677,23 +676,29 @@ const float* TrainState::backward_stage(const Model& model, const int* ids, cons
   hooks_ = nullptr;
   ModelParams w = model.bind(const_cast<float*>(model.weights().f32()));
   ModelParams g = bind_grads(model, grads);
-  lora_grads_ = opt_.lora ? grads : nullptr;
   backward(model, w, g, ids, dout);
   return model.stage().has_embedding ? nullptr : dres_.f32();
 }
 
 ModelParams TrainState::bind_grads(const Model& model, float* grads) {
+  lora_grads_ = opt_.lora ? grads : nullptr;
+  if (!grads) return {};
   if (!opt_.lora) return model.bind(grads);
   ModelParams none{};
   none.layers.resize(size_t(model.stage().num_layers));
   return none;
 }
 
+LoraTerm TrainState::lora_term() const {
+  const LoraConfig& c = opt_.lora->config();
+  // Dropout in training steps only (those with a gradient).
+  return {opt_.lora->weights().f32(),     lora_grads_, c.r, c.scaling(),
+          lora_grads_ ? c.dropout : 0.0f, lora_seed_};
+}
+
 void TrainState::lora_forward(int l, LoraSite site, const float* x, float* y, int ldy) {
   if (!opt_.lora) return;
-  const LoraConfig& c = opt_.lora->config();
-  const LoraTerm t{opt_.lora->weights().f32(), lora_grads_, c.scaling(),
-                   lora_grads_ ? c.dropout : 0.0f, lora_seed_};
+  const LoraTerm t = lora_term();
   for (const LoraSlot& slot : opt_.lora->slots(l))
     if (slot.site == site) kiln::lora_forward(slot, t, x, B_ * T_, y, ldy, *lora_scratch_);
 }
@@ -701,8 +706,7 @@ void TrainState::lora_forward(int l, LoraSite site, const float* x, float* y, in
 void TrainState::lora_backward(int l, LoraSite site, const float* x, const float* dy, int ldy,
                                float* dx) {
   if (!opt_.lora) return;
-  const LoraConfig& c = opt_.lora->config();
-  const LoraTerm t{opt_.lora->weights().f32(), lora_grads_, c.scaling(), c.dropout, lora_seed_};
+  const LoraTerm t = lora_term();
   for (const LoraSlot& slot : opt_.lora->slots(l))
     if (slot.site == site) kiln::lora_backward(slot, t, x, dy, ldy, dx, B_ * T_, *lora_scratch_);
 }

@@ -25,6 +25,7 @@ class Comm;
 class LoraWeights;
 enum class LoraSite;
 struct LoraScratch;
+struct LoraTerm;
 
 struct ParamInfo {
   std::string name;  // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
@@ -223,8 +224,9 @@ class TrainState {
   void lora_forward(int l, LoraSite site, const float* x, float* y, int ldy);
   void lora_backward(int l, LoraSite site, const float* x, const float* dy, int ldy, float* dx);
   // The gradients step() binds: the model's layout, or with LoRA none (all null) and the
-  // adapter's in lora_grads_.
+  // adapter's in lora_grads_; null grads (forward only) bind nothing.
   ModelParams bind_grads(const Model& model, float* grads);
+  LoraTerm lora_term() const;  // the adapter's weights, gradient and dropout for this step
   // The embedding (on the first stage) and the stage's layers, from ids or from `in`.
   void forward(const Model& model, ModelParams& w, ModelParams& g, const int* ids, const float* in);
   // On the last stage: the final norm and, given targets, the loss; with `backward` also the LM

@@ -446,8 +446,8 @@ KILN_TARGET_AVX512 void rows_avx512(float* y, int ldy, const PackedWeight& p, in
       chunk_avx512<kNibble, kSubs, kMin, K, NP>(yn, ldy, p, pn, a, n0, live); \
     break;
       KILN_CHUNK(1)
-      KILN_CHUNK(2) KILN_CHUNK(3) KILN_CHUNK(4) KILN_CHUNK(5) KILN_CHUNK(6) KILN_CHUNK(7)
-          KILN_CHUNK(8)
+      KILN_CHUNK(2)
+      KILN_CHUNK(3) KILN_CHUNK(4) KILN_CHUNK(5) KILN_CHUNK(6) KILN_CHUNK(7) KILN_CHUNK(8)
 #undef KILN_CHUNK
     }
     n0 += nt;

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <string>
 
-#include "kiln/core/log.h"
+#include "kiln/core/error.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/step_runners.h"
