@@ -4,7 +4,8 @@
 // chat template travels with the checkpoints; a stopped and resumed run is bit-identical; bad
 // records and configs are refused naming the file, line or key. method lora: the same task learnt
 // by an adapter whose checkpoints are PEFT adapters (generate --adapter, merge), at a fraction of
-// the state, and resumed bit-identically with dropout on.
+// the state, and resumed bit-identically with dropout on. method qlora: the same over a base whose
+// projections are held in NF4.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -170,9 +171,10 @@ TEST_F(FinetuneCli, BadRecordsAndConfigsAreNamed) {
 
   const std::string ok = *dir_ / "ok.jsonl";
   write_file_atomic(ok, sft_records("text", 20));
-  r = kiln("finetune " + config("qlora", ok, 2, "method: qlora\n"));
+  r = kiln("finetune " + config("qlora-16", ok, 2, "method: qlora\n") + " train.precision=fp16");
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("method qlora is not built yet"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("method qlora computes in bf16 (or fp32)"), std::string::npos)
+      << r.output;
   r = kiln("finetune " + config("lora-r", ok, 2, "method: lora\nlora: {r: 0}\n"));
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("'lora.r' has an invalid value '0'"), std::string::npos) << r.output;
@@ -255,6 +257,54 @@ TEST_F(FinetuneCli, LoraLearnsTheRepliesAsAPeftAdapter) {
   EXPECT_EQ(state_bytes(run), 4 * base_params + 16 * adapter);
   ASSERT_EQ(kiln("finetune " + config("full-2", data, 2)).status, 0);
   EXPECT_EQ(state_bytes(dir_->path() + "/full-2"), 16 * base_params);
+}
+
+// NF4's storage of n values (ops/nf4.h): codes, scale codes, nested absmaxes and the offset.
+int64_t nf4_bytes(int64_t n) {
+  return n / 2 + n / 64 + 4 * ((n / 64 + 255) / 256) + 4;
+}
+
+TEST_F(FinetuneCli, QloraLearnsTheRepliesOverAnNf4Base) {
+  const std::string data = *dir_ / "qlora.jsonl";
+  write_file_atomic(data, sft_records("text", 400));
+  const std::string qlora = "method: qlora\nlora: {r: 8, alpha: 16, target_modules: all-linear}\n";
+  auto r =
+      kiln("finetune " + config("qlora", data, 200, qlora) + " optim.lr=1e-2 train.precision=bf16");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("41472 linear weights in NF4 (4.147 bits each)"), std::string::npos)
+      << r.output;
+  const std::string run = dir_->path() + "/qlora", ckpt = run + "/checkpoints/step_00000200";
+  const std::vector<double> loss = run_losses(run);
+  ASSERT_EQ(loss.size(), 200u);
+  EXPECT_LT(loss.back(), 0.85 * loss.front());
+  EXPECT_TRUE(file_exists(ckpt + "/adapter_model.safetensors"));
+  // The adapter answers over the unquantized base too (as PEFT applies a QLoRA adapter).
+  const std::string base = dir_->path() + "/base";
+  for (const auto& [animal, sound] : kAnimals) {
+    const std::string p =
+        std::string("### Human: what does the ") + animal + " say? ### Assistant:";
+    auto g = run_command("OMP_NUM_THREADS=2 " + test::kiln_binary() + " generate --model " + base +
+                         " --adapter " + ckpt + " --prompt '" + p +
+                         "' --max-new-tokens 8 --temperature 0");
+    ASSERT_EQ(g.status, 0) << g.output;
+    EXPECT_NE(g.output.find(p + " " + sound), std::string::npos) << g.output;
+  }
+  // The state: the base's other weights in fp32, its 14 projections (2 layers of q 48 x 48,
+  // k and v 24 x 48, o 48 x 48, gate and up 96 x 48, down 48 x 96) in NF4, and the adapter's
+  // weights, gradient and two moments.
+  int64_t nf4 = 0, linear = 0;
+  for (int64_t n : {2304, 1152, 1152, 2304, 4608, 4608, 4608})
+    nf4 += 2 * nf4_bytes(n), linear += 2 * n;
+  const int64_t adapter = 2 * 8 * ((48 + 48) * 2 + (48 + 24) * 2 + (48 + 96) * 3);
+  const std::string of = r.output.substr(r.output.find(" trainable of ") + 14);
+  const int64_t base_params = std::stoll(of) - adapter;
+  EXPECT_EQ(state_bytes(run), 4 * (base_params - linear) + nf4 + 16 * adapter);
+  // Resuming repeats the run bit for bit (the base is quantized again, identically).
+  std::filesystem::remove_all(ckpt);
+  auto rest = kiln("finetune " + config("qlora", data, 200, qlora) +
+                   " optim.lr=1e-2 train.precision=bf16 --resume");
+  ASSERT_EQ(rest.status, 0) << rest.output;
+  EXPECT_EQ(run_losses(run), loss);
 }
 
 TEST_F(FinetuneCli, LoraWithDropoutStoppedAndResumedEqualsUnstopped) {

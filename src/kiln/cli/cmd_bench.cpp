@@ -1,5 +1,6 @@
 // kiln bench train --model-config CONFIG.json --batch B --seq T --steps S [--seed S]
-//                  [--tp T --pp P --zero Z --sp --schedule 1f1b|gpipe --accum M] [--lora R]
+//                  [--tp T --pp P --zero Z --sp --schedule 1f1b|gpipe --accum M] [--lora R
+//                  [--qlora]]
 //                  [--device cuda [--tf32] [--peak-tflops F]]
 // Times the trainer's steps (kiln::train on mock data: forward, backward, clipping, AdamW) in
 // the given layout, on one process or the ranks mpirun started; one JSON line. FLOPs are
@@ -38,7 +39,8 @@ struct BenchTrainArgs {
   uint64_t seed = 0;
   float lr = 1e-4f;
   std::string precision = "fp32", recompute = "none";
-  int lora = 0;  // LoRA rank; 0: full training
+  int lora = 0;        // LoRA rank; 0: full training
+  bool qlora = false;  // with lora: the frozen base's projections in NF4
   // The parallel layout (TrainConfig::Parallel); dp = ranks / (tp * pp).
   int tp = 1, pp = 1, zero = 0, accum = 1;
   bool sp = false;
@@ -89,8 +91,9 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   cfg.train.samples = 0;
   cfg.train.precision = precision_from_name(a.precision);
   cfg.train.recompute = recompute_from_name(a.recompute);
+  KILN_CHECK(!a.qlora || a.lora > 0, "bench", "--qlora adapts the model: give --lora R too");
   if (a.lora > 0) {  // the random model frozen, an adapter on every linear layer trained
-    cfg.method = "lora";
+    cfg.method = a.qlora ? "qlora" : "lora";
     cfg.lora.r = a.lora;
     cfg.lora.alpha = 2.0f * float(a.lora);
     cfg.lora.target_modules = {"all-linear"};
@@ -118,6 +121,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
                             {"precision", a.precision},
                             {"recompute", a.recompute},
                             {"lora", a.lora},
+                            {"qlora", a.qlora},
                             {"tp", a.tp},
                             {"pp", a.pp},
                             {"zero", a.zero},
@@ -159,7 +163,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   j["step_ms_median"] = med;
   j["tokens_per_s"] = double(a.batch) * a.seq * a.accum / (med / 1e3);
   j["recompute"] = a.recompute;
-  j["method"] = a.lora > 0 ? "lora r " + std::to_string(a.lora) : "full";
+  j["method"] = a.lora > 0 ? cfg.method + " r " + std::to_string(a.lora) : "full";
   j["bf16_backend"] = std::string(ops::cpu::bf16_backend());
   const double flops = step_flops(cfg.model, double(cfg.model.num_params()),
                                   double(a.batch) * a.accum, a.seq, cfg.train.recompute)
@@ -205,6 +209,7 @@ Command reg([](CLI::App& app) {
   cmd->add_option("--lora", a->lora,
                   "Rank R: the model frozen, LoRA (alpha 2R) on every linear layer but the head")
       ->capture_default_str();
+  cmd->add_flag("--qlora", a->qlora, "With --lora: QLoRA, the frozen projections held in NF4");
   // The layout (dp: the ranks mpirun started over tp * pp).
   cmd->add_option("--tp", a->tp, "Tensor-parallel ranks")->capture_default_str();
   cmd->add_option("--pp", a->pp, "Pipeline stages")->capture_default_str();

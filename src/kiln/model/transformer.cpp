@@ -215,7 +215,11 @@ void TrainState::alloc_layer(const ModelConfig& c, LayerActs& a, bool input, boo
 }
 
 TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
-    : B_(B), T_(T), first_layer_(model.stage().first_layer), opt_(opt), lin_(opt.precision) {
+    : B_(B),
+      T_(T),
+      first_layer_(model.stage().first_layer),
+      opt_(opt),
+      lin_(opt.precision, opt.nf4) {
   const ModelConfig& c = model.config();
   KILN_CHECK(B > 0 && T > 0, "train", "batch size and sequence length must be positive, got B=", B,
              " T=", T);

@@ -23,6 +23,7 @@ namespace dist {
 class Comm;
 }
 class LoraWeights;
+class Nf4Base;
 enum class LoraSite;
 struct LoraScratch;
 struct LoraTerm;
@@ -150,6 +151,9 @@ struct TrainOptions {
   // then the adapter's gradient (LoraWeights' layout): no gradient of a base weight is computed
   // or stored, and the frozen weights' gradient GEMMs are skipped. Whole models only (no tp).
   const LoraWeights* lora = nullptr;
+  // QLoRA (with lora): the base's linear weights are these NF4 tensors, dequantized for each GEMM
+  // at the precision (bf16 or fp32); the flat buffer's copies of them are not read.
+  const Nf4Base* nf4 = nullptr;
 };
 
 // Activations and scratch for training on (B, T). Sized once; reused every step. With

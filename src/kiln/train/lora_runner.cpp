@@ -1,12 +1,15 @@
-// The LoRA runner (step_runner.h), method lora: the base model frozen, a PEFT LoRA adapter
-// (model/lora.h) trained. TrainState runs the base's GEMMs (at the run's precision) plus the
-// adapter's low-rank terms and computes the adapter's gradient only; AdamW, clipping and the
+// The LoRA runner (step_runner.h), method lora and qlora: the base model frozen, a PEFT LoRA
+// adapter (model/lora.h) trained. TrainState runs the base's GEMMs (at the run's precision) plus
+// the adapter's low-rank terms and computes the adapter's gradient only; AdamW, clipping and the
 // data-parallel sum run over the adapter's flat buffer. Checkpoints hold the adapter
-// (checkpoint.h, save_lora_checkpoint). A whole model per rank: dp only.
+// (checkpoint.h, save_lora_checkpoint). A whole model per rank: dp only. qlora holds the base's
+// linear weights in NF4 (model/nf4_base.h) and gives their fp32 copies back to the system.
+#include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "kiln/core/error.h"
+#include "kiln/model/nf4_base.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/train/loss_scaler.h"
 #include "kiln/train/step_runners.h"
@@ -25,6 +28,11 @@ class LoraRunner final : public StepRunner {
     adapter_.init(cfg.seed);
     TrainOptions topt{cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
     topt.lora = &adapter_;
+    if (cfg.method == "qlora") {
+      nf4_ = std::make_unique<Nf4Base>(*base_);
+      nf4_->release_fp32(*base_);
+      topt.nf4 = nf4_.get();
+    }
     ts_ = std::make_unique<TrainState>(*base_, Bl_, T_, topt);
   }
 
@@ -48,13 +56,17 @@ class LoraRunner final : public StepRunner {
   const Model* trained_model() override {
     merged_ = std::make_unique<Model>(base_->config());
     std::memcpy(merged_->weights().raw(), base_->weights().raw(), base_->weights().nbytes());
+    if (nf4_) nf4_->restore_fp32(*merged_);  // QLoRA merges into the dequantized base, as PEFT
     merge_lora(*merged_, adapter_.adapter());
     return merged_.get();
   }
 
-  // The frozen base's weights, and the adapter's weights, gradient and two moments.
+  // The frozen base's weights (under qlora the linear ones in NF4), and the adapter's weights,
+  // gradient and two moments.
   int64_t state_bytes() const override {
-    return base_->weights().nbytes() + 4 * adapter_.weights().nbytes();
+    const int64_t base = nf4_ ? 4 * (base_->num_params() - nf4_->numel()) + int64_t(nf4_->bytes())
+                              : base_->weights().nbytes();
+    return base + 4 * adapter_.weights().nbytes();
   }
   int64_t activation_bytes() const override { return int64_t(ts_->bytes()); }
   int64_t comm_bytes() const override {
@@ -65,9 +77,16 @@ class LoraRunner final : public StepRunner {
     const LoraConfig& c = adapter_.config();
     std::string targets;
     for (const std::string& t : c.target_modules) targets += (targets.empty() ? "" : ",") + t;
-    return str(", LoRA r ", c.r, " alpha ", c.alpha, c.rslora ? " (rsLoRA)" : "", " dropout ",
-               c.dropout, " on ", targets, ": ", adapter_.num_params(), " trainable of ",
-               base_->num_params() + adapter_.num_params(), " parameters");
+    std::string s =
+        str(", LoRA r ", c.r, " alpha ", c.alpha, c.rslora ? " (rsLoRA)" : "", " dropout ",
+            c.dropout, " on ", targets, ": ", adapter_.num_params(), " trainable of ",
+            base_->num_params() + adapter_.num_params(), " parameters");
+    if (nf4_) {
+      char bits[32];
+      std::snprintf(bits, sizeof bits, "%.3f", 8.0 * double(nf4_->bytes()) / double(nf4_->numel()));
+      s += str(", the base's ", nf4_->numel(), " linear weights in NF4 (", bits, " bits each)");
+    }
+    return s;
   }
 
  private:
@@ -90,6 +109,7 @@ class LoraRunner final : public StepRunner {
   }
 
   std::unique_ptr<Model> base_;
+  std::unique_ptr<Nf4Base> nf4_;  // qlora
   LoraWeights adapter_;
   AdamW opt_;
   Tensor grads_;  // the adapter's gradient

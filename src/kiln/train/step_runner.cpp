@@ -78,7 +78,7 @@ GatheredModel gather_part(const Model& m, AdamW& opt, const AdamWConfig& cfg,
 std::unique_ptr<StepRunner> make_step_runner(const TrainConfig& cfg, dist::ProcessGroups& groups,
                                              std::unique_ptr<Model> model,
                                              std::unique_ptr<AdamW> opt) {
-  if (cfg.method == "lora") return make_lora_runner(cfg, groups, std::move(model));
+  if (cfg.trains_adapter()) return make_lora_runner(cfg, groups, std::move(model));
   const int tp = cfg.parallel.tp, pp = cfg.parallel.pp;
   const AdamWConfig adamw = adamw_config(cfg);
   RunnerPart part;

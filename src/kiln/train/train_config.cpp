@@ -288,15 +288,12 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   }
   KILN_CHECK(c.method == "full" || c.method == "lora" || c.method == "qlora", "config", path,
              ": method '", c.method, "' is unknown; use full, lora or qlora");
-  KILN_CHECK(c.method != "qlora", "config", path,
-             ": method qlora is not built yet; use method: lora (a bf16 or fp32 frozen base) or "
-             "full");
   const bool has_lora = top.has("lora");
   read_lora(top.take("lora"), path, c.lora);
-  KILN_CHECK(!has_lora || c.method == "lora", "config", path, ": a lora section with method ",
-             c.method, "; set method: lora or drop the section");
-  KILN_CHECK(c.method != "lora" || !c.init_from.empty(), "config", path,
-             ": method lora adapts a trained model; name it as model: {base: DIR}");
+  KILN_CHECK(!has_lora || c.trains_adapter(), "config", path, ": a lora section with method ",
+             c.method, "; set method: lora (or qlora) or drop the section");
+  KILN_CHECK(!c.trains_adapter() || !c.init_from.empty(), "config", path, ": method ", c.method,
+             " adapts a trained model; name it as model: {base: DIR}");
   KILN_CHECK(model || !c.init_from.empty(), "config", path,
              ": no 'model' section; give the model's Hugging Face config keys under model:, or "
              "the model to start from as model: {base: DIR} (or init_from: DIR)");

@@ -38,12 +38,15 @@ struct TrainConfig {
   // Optional: a checkpoint directory, run directory or GGUF file whose weights (and, unless
   // data.tokenizer says otherwise, tokenizer) start the run. `model: {base: DIR}` says the same.
   std::string init_from;
-  // Fine-tuning (`kiln finetune`): full (every weight trains) or lora (the base frozen, a PEFT
-  // LoRA adapter trains; checkpoints hold the adapter). qlora is not built yet.
+  // Fine-tuning (`kiln finetune`): full (every weight trains), lora (the base frozen, a PEFT
+  // LoRA adapter trains; checkpoints hold the adapter) or qlora (lora over a base whose linear
+  // weights are held in NF4, model/nf4_base.h, and dequantized for each GEMM at the run's
+  // precision: bf16, as QLoRA computes, or fp32).
   std::string method = "full";
-  // method lora: PEFT's LoraConfig (r, lora_alpha, lora_dropout, target_modules, use_rslora)
-  // under the names lora.r, lora.alpha, lora.dropout, lora.target_modules (a list, or one name
-  // such as all-linear; empty: PEFT's default for the architecture) and lora.rslora.
+  bool trains_adapter() const { return method == "lora" || method == "qlora"; }
+  // method lora and qlora: PEFT's LoraConfig (r, lora_alpha, lora_dropout, target_modules,
+  // use_rslora) under the names lora.r, lora.alpha, lora.dropout, lora.target_modules (a list, or
+  // one name such as all-linear; empty: PEFT's default for the architecture) and lora.rslora.
   LoraConfig lora;
 
   struct Data {

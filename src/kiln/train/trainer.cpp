@@ -121,14 +121,15 @@ void check_layout(const TrainConfig& cfg, const dist::Comm& comm) {
   KILN_CHECK(!on_gpu || comm.size() == 1, "train",
              "device: cuda trains on one GPU in one process for now; run without mpirun/srun, or "
              "use device: cpu for the parallel layouts");
-  if (cfg.method == "lora") {
+  if (cfg.trains_adapter()) {
     KILN_CHECK(cfg.parallel.tp == 1 && pp == 1 && cfg.parallel.zero == 0 && !on_gpu, "train",
-               "method lora runs on the CPU with data parallelism only for now (the adapter is ",
-               "small, its state needs no sharding); use parallel.tp = 1, pp = 1, zero = 0 and ",
-               "device: cpu");
-    KILN_CHECK(cfg.parallel.checkpoint == "gathered", "train",
-               "method lora checkpoints the adapter, one file per run; use parallel.checkpoint = ",
-               "gathered");
+               "method ", cfg.method, " runs on the CPU with data parallelism only for now (the ",
+               "adapter is small, its state needs no sharding); use parallel.tp = 1, pp = 1, ",
+               "zero = 0 and device: cpu");
+    KILN_CHECK(cfg.parallel.checkpoint == "gathered", "train", "method ", cfg.method,
+               " checkpoints the adapter, one file per run; use parallel.checkpoint = gathered");
+    KILN_CHECK(cfg.method != "qlora" || cfg.train.precision != Precision::fp16, "train",
+               "method qlora computes in bf16 (or fp32); use train.precision = bf16");
   }
 }
 
@@ -274,7 +275,7 @@ std::unique_ptr<StepRunner> start_runner(const TrainConfig& cfg, dist::ProcessGr
                                          std::unique_ptr<Model> model, const std::string& ckpt,
                                          BatchSource& data, TrainerState& state, bool writer) {
   std::unique_ptr<AdamW> opt;
-  const bool lora = cfg.method == "lora";
+  const bool lora = cfg.trains_adapter();
   if (!ckpt.empty() && !lora) {
     opt = std::make_unique<AdamW>(*model, adamw_config(cfg));
     load_checkpoint(ckpt, *model, *opt, state);
