@@ -4,16 +4,20 @@
 # medians and the ratio; raw JSON lines go to bench/out/train_vs_torch.jsonl.
 #   bench/train_vs_torch.sh [CONFIG.json] [--rounds N] [--threads N] [--batch B] [--seq T] [--steps S]
 #                           [--precisions "fp32 bf16"] [--recompute "none full"] [--lora R]
+#                           [--qlora]
 # --lora R adds LoRA fine-tuning rows (the model frozen, r R, alpha 2R, every linear layer but the
 # head: PEFT's all-linear) for both, beside full training: kiln bench train --lora, and the same
 # adapter in plain PyTorch (bench/train_torch.py --lora); state MiB is kiln's state_bytes.
+# --qlora (with --lora) adds kiln's QLoRA rows (the frozen projections in NF4; no fp16) and prints
+# the NF4 bits per projection weight from kiln's log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=configs/models/llama-bench.json rounds=3 threads=$(nproc) batch=8 seq=256 steps=5
-precisions=fp32 recomputes=none lora=0
+precisions=fp32 recomputes=none lora=0 qlora=0
 [ $# -gt 0 ] && [[ $1 != --* ]] && { config=$1; shift; }
 while [ $# -gt 0 ]; do
   case $1 in
+    --qlora) qlora=1; shift; continue ;;
     --rounds) rounds=$2 ;; --threads) threads=$2 ;; --batch) batch=$2 ;;
     --seq) seq=$2 ;; --steps) steps=$2 ;;
     --precisions) precisions=$2 ;; --recompute) recomputes=$2 ;; --lora) lora=$2 ;;
@@ -35,6 +39,11 @@ for r in $(seq "$rounds"); do
       ./build/kiln bench train --model-config "$config" --batch "$batch" --seq "$seq" \
         --steps "$steps" --threads "$threads" --precision "$p" --lora "$lora" >>"$out"
     fi
+    if [ "$qlora" = 1 ] && [ "$p" != fp16 ]; then
+      ./build/kiln bench train --model-config "$config" --batch "$batch" --seq "$seq" \
+        --steps "$steps" --threads "$threads" --precision "$p" --lora "$lora" --qlora \
+        >>"$out" 2>bench/out/train_vs_torch_qlora.log
+    fi
     [ "$p" = fp16 ] && continue  # PyTorch's CPU autocast has no fp16
     OMP_NUM_THREADS=$threads /usr/bin/python3 bench/train_torch.py --model-config "$config" \
       --batch "$batch" --seq "$seq" --steps "$steps" --threads "$threads" --precision "$p" >>"$out"
@@ -45,6 +54,8 @@ for r in $(seq "$rounds"); do
     fi
   done
 done
+[ "$qlora" = 1 ] && grep -o "the base's [0-9]* linear weights in NF4 ([0-9.]* bits each)" \
+  bench/out/train_vs_torch_qlora.log | head -1
 /usr/bin/python3 - "$out" "$config" "$threads" "$batch" "$seq" <<'PY'
 import json, statistics, sys
 path, config, threads, batch, seq = sys.argv[1:]

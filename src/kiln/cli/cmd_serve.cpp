@@ -1,6 +1,7 @@
 // kiln serve --model M [--host H --port P --api-key KEY | --api-key-file F --max-running S
 //                       --http-threads N --tokenize-threads N
-//                       --token-budget T --kv-blocks B --max-queue Q --served-model-name NAME]
+//                       --token-budget T --kv-blocks B --max-queue Q --served-model-name NAME
+//                       --lora NAME=DIR ...]
 #include <filesystem>
 
 #include "kiln/cli/command.h"
@@ -64,6 +65,9 @@ Command serve_cmd([](CLI::App& app) {
                   "Seconds running requests may take after SIGTERM")
       ->capture_default_str();
   cmd->add_option("--served-model-name", a->name, "Model name in the API (default: the path's)");
+  cmd->add_option("--lora", a->opts.lora_modules,
+                  "NAME=DIR: a LoRA adapter served beside the base as model NAME (repeatable; "
+                  "requests of different adapters share batches)");
   cmd->callback([a] {
     serve::ServeOptions o = a->opts;
     o.served_model_name = a->name.empty() ? default_name(a->model) : a->name;
@@ -77,6 +81,9 @@ Command serve_cmd([](CLI::App& app) {
       KILN_CHECK(!o.api_key.empty(), "serve", "--api-key-file '", a->api_key_file, "' is empty");
     }
     KILN_CHECK(o.max_queue >= 0, "serve", "--max-queue must be >= 0, got ", o.max_queue);
+    for (const std::string& m : o.lora_modules)
+      KILN_CHECK(m.find('=') != std::string::npos && m.find('=') > 0 && m.back() != '=', "serve",
+                 "--lora '", m, "': give NAME=DIR (the name requests use as their model)");
     KILN_CHECK(a->engine.max_running >= 1, "serve", "--max-running must be >= 1");
     KILN_CHECK(o.tokenize_threads >= 1, "serve", "--tokenize-threads must be >= 1, got ",
                o.tokenize_threads);
@@ -94,6 +101,7 @@ Command serve_cmd([](CLI::App& app) {
       m.engine = std::make_unique<Engine>(
           lm->model->config(), quantized_weights(*lm->model, lm->qweights), eo, &lm->tok);
       m.max_running = eo.max_running;
+      m.base = lm->model.get();
       m.owner = lm;
       return m;
     };

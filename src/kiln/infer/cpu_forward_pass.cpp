@@ -6,6 +6,7 @@
 #include "kiln/infer/forward_pass.h"
 #include "kiln/infer/paged_attention.h"
 #include "kiln/model/block_spec.h"
+#include "kiln/model/lora_linear.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/ops/embedding.h"
@@ -71,15 +72,17 @@ class CpuForwardPass final : public ForwardPass {
   void forward(const ForwardBatch& b, KvCache& cache, std::vector<float>& logits) override;
 
  private:
-  // Every projection goes through here: where a LoRA adapter will add its x @ A @ B (scaled) to
-  // the base projection, once for every family and weight type.
-  void project(float* y, const float* x, const LinearWeight& w, int N) { linear(y, x, w, N); }
+  // Every projection of layer l goes through here: the base's GEMM over all rows, then each
+  // adapter's s (x A^T) B^T over its runs of rows (the same term training adds,
+  // model/lora_linear.h), once for every family and weight type.
+  void project(float* y, const float* x, const LinearWeight& w, const ForwardBatch& b, int l,
+               LoraSite site);
   // Attention of layer l: q|k|v (N, QKV) -> K/V into the cache, att (N, H*D).
   void attention(int l, const ForwardBatch& b, const std::vector<Segment>& segs,
                  const std::vector<PagedRow>& rows, KvCache& cache);
   // The block's MLP, ln_ (N, C) -> x_ (N, C): the single place an MoE layer will replace the
   // dense MLP (a router picking experts per row, each expert this same up/act/down).
-  void mlp(const LayerWeights& p, int N);
+  void mlp(const LayerWeights& p, const ForwardBatch& b, int l);
 
   ModelConfig c_;
   BlockSpec spec_;
@@ -87,6 +90,7 @@ class CpuForwardPass final : public ForwardPass {
   std::vector<float> rope_cos_, rope_sin_;  // (max_ctx, D/2), RoPE only
   // Scratch, grown to the largest batch.
   std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, mean_, rstd_, hid_, lse_;
+  LoraScratch lora_;
 };
 
 template <class T>
@@ -121,10 +125,30 @@ void CpuForwardPass::attention(int l, const ForwardBatch& b, const std::vector<S
   }
 }
 
-void CpuForwardPass::mlp(const LayerWeights& p, int N) {
-  project(up_.data(), ln_.data(), p.up, N);
+void CpuForwardPass::project(float* y, const float* x, const LinearWeight& w, const ForwardBatch& b,
+                             int l, LoraSite site) {
+  const int N = int(b.ids.size());
+  linear(y, x, w, N);
+  for (int i = 0; i < int(b.adapter.size());) {
+    const LoraWeights* ad = b.adapter[i];
+    int j = i + 1;
+    while (j < N && b.adapter[j] == ad) ++j;
+    if (ad) {
+      const LoraConfig& lc = ad->config();
+      const LoraTerm t{ad->weights().f32(), nullptr, lc.r, lc.scaling(), 0.0f, 0};
+      for (const LoraSlot& slot : ad->slots(l))
+        if (slot.site == site)
+          lora_forward(slot, t, x + size_t(i) * w.in, j - i, y + size_t(i) * w.out, w.out, lora_);
+    }
+    i = j;
+  }
+}
+
+void CpuForwardPass::mlp(const LayerWeights& p, const ForwardBatch& b, int l) {
+  const int N = int(b.ids.size());
+  project(up_.data(), ln_.data(), p.up, b, l, LoraSite::up);
   cpu_block_activation(spec_, act_.data(), up_.data(), N, c_.intermediate);
-  project(x_.data(), act_.data(), p.down, N);
+  project(x_.data(), act_.data(), p.down, b, l, LoraSite::down);
 }
 
 void CpuForwardPass::forward(const ForwardBatch& b, KvCache& cache, std::vector<float>& logits) {
@@ -153,13 +177,13 @@ void CpuForwardPass::forward(const ForwardBatch& b, KvCache& cache, std::vector<
     const LayerWeights& p = w_.layers[l];
     cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1, p.ln1_b, N, C,
                    eps);
-    project(qkv_.data(), ln_.data(), p.qkv, N);
+    project(qkv_.data(), ln_.data(), p.qkv, b, l, LoraSite::qkv);
     attention(l, b, segs, rows, cache);
-    project(mid_.data(), att_.data(), p.o, N);
+    project(mid_.data(), att_.data(), p.o, b, l, LoraSite::o);
     cpu::add(mid_.data(), mid_.data(), x_.data(), int64_t(N) * C);
     cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), mid_.data(), p.ln2, p.ln2_b, N, C,
                    eps);
-    mlp(p, N);
+    mlp(p, b, l);
     cpu::add(x_.data(), x_.data(), mid_.data(), int64_t(N) * C);
   }
   // Only the rows that sample need the final norm and the LM head.
@@ -169,7 +193,7 @@ void CpuForwardPass::forward(const ForwardBatch& b, KvCache& cache, std::vector<
   cpu_block_norm(spec_, ln_.data(), mean_.data(), rstd_.data(), hid_.data(), w_.norm_f, w_.norm_f_b,
                  M, C, eps);
   logits.resize(size_t(M) * c_.vocab_size);
-  project(logits.data(), ln_.data(), w_.lm_head, M);
+  linear(logits.data(), ln_.data(), w_.lm_head, M);  // the head is never adapted
 }
 
 }  // namespace

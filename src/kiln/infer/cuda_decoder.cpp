@@ -34,6 +34,8 @@ class CudaPass : public ForwardPass {
   virtual void copy_rows(std::span<const int> rows, float* out) = 0;  // (M, V) fp32, host
   virtual size_t bytes() const = 0;
   void forward(const ForwardBatch& b, KvCache& cache, std::vector<float>& logits) override {
+    KILN_CHECK(b.adapter.empty(), "engine",
+               "LoRA adapters are served on the CPU for now; serve them with --device cpu");
     run(b, cache);
     logits.resize(b.logit_rows.size() * size_t(vocab_));
     copy_rows(b.logit_rows, logits.data());

@@ -28,6 +28,7 @@ struct Engine::Request {
   std::vector<int32_t> prompt;
   SamplingParams sp;
   StopConditions stop;
+  EngineAdapter adapter;
   int width = 1;  // sequences it may hold at once: n, or beams
   int worst = 0;  // KV blocks it may hold at once, at most (checked against the cache)
   int cached = 0;
@@ -86,7 +87,7 @@ Engine::Engine(const ModelConfig& cfg, std::unique_ptr<ForwardPass> pass, const 
 Engine::~Engine() = default;
 
 int64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& sp,
-                            const StopConditions& stop) {
+                            const StopConditions& stop, EngineAdapter adapter) {
   const int V = cfg_.vocab_size;
   validate(sp, V);
   KILN_CHECK(!prompt.empty(), "engine", "the prompt is empty: give at least one token");
@@ -105,7 +106,10 @@ int64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& s
              "them after the engine instead");
   for (int32_t t : stop.stop_ids)
     KILN_CHECK(t >= 0 && t < V, "engine", "stop id ", t, " is outside the vocabulary of ", V);
+  KILN_CHECK(!adapter.weights || adapter.salt != 0, "engine",
+             "a LoRA adapter needs a prefix-cache salt other than 0 (the base's)");
   auto r = std::make_unique<Request>();
+  r->adapter = std::move(adapter);
   r->id = next_id_++;
   r->sp = sp;
   r->stop = stop;
@@ -130,7 +134,7 @@ Engine::Seq* Engine::new_seq(Request& r, int sample) {
   auto s = std::make_unique<Seq>();
   s->req = &r;
   s->sample = sample;
-  s->kv = cache_->create();
+  s->kv = cache_->create(r.adapter.salt);
   s->tokens = r.prompt;
   s->pen.prompt = r.prompt;
   if (r.sp.beams == 1) s->sampler = std::make_unique<Sampler>(r.sp, uint64_t(sample));
@@ -183,7 +187,7 @@ void Engine::admit() {
       admitted_below_ = std::max(admitted_below_, r.id + 1);
     } else {  // preempted: recompute prompt + generated tokens, sampler and stop state kept
       for (auto& s : r.seqs) {
-        s->kv = cache_->create();
+        s->kv = cache_->create(r.adapter.salt);
         if (opts_.prefix_caching)
           s->computed = cache_->attach_prefix(s->kv, s->tokens, int(s->tokens.size()) - 1);
       }
@@ -259,12 +263,17 @@ std::vector<TokenEvent> Engine::step() {
   std::vector<int32_t> ids;
   std::vector<int> pos, logit_rows;
   std::vector<KvCache::SeqId> row_seq;
+  std::vector<const LoraWeights*> row_adapter;
+  bool adapted = false;
   std::vector<Seq*> logit_seq;
   for (const Chunk& c : chunks) {
+    const LoraWeights* ad = c.s->req->adapter.weights.get();
+    adapted |= ad != nullptr;
     for (int j = 0; j < c.count; ++j) {
       ids.push_back(c.s->tokens[c.start + j]);
       pos.push_back(c.start + j);
       row_seq.push_back(c.s->kv);
+      row_adapter.push_back(ad);
     }
     if (c.start + c.count == int(c.s->tokens.size())) {
       logit_rows.push_back(int(ids.size()) - 1);
@@ -272,7 +281,9 @@ std::vector<TokenEvent> Engine::step() {
     }
   }
   std::vector<float> logits;
-  pass_->forward({ids, pos, row_seq, logit_rows}, *cache_, logits);
+  ForwardBatch batch{ids, pos, row_seq, logit_rows};
+  if (adapted) batch.adapter = row_adapter;
+  pass_->forward(batch, *cache_, logits);
   for (const Chunk& c : chunks) {
     cache_->commit(c.s->kv, &c.s->tokens[c.start], c.count);
     c.s->computed += c.count;

@@ -42,6 +42,15 @@ struct StopConditions {
 enum class FinishReason { none, stop, length };
 const char* finish_reason_name(FinishReason r);  // "stop", "length"
 
+// A LoRA adapter a request decodes with: its weights over the engine's base (LoraWeights built
+// against the same model) and its prefix-cache salt, unique per loaded adapter and never 0 (the
+// base's), which keeps its K/V blocks apart from the base's and other adapters' (kv_cache.h).
+// Requests hold the weights while they run, so an adapter unloaded meanwhile stays valid for them.
+struct EngineAdapter {
+  std::shared_ptr<const LoraWeights> weights;
+  uint64_t salt = 0;
+};
+
 struct EngineOptions {
   int max_context = 0;     // positions per sequence; 0 = the model's max_position_embeddings
   int token_budget = 512;  // rows per step (decode tokens + prefill chunks)
@@ -103,7 +112,7 @@ class Engine {
   // outside the vocabulary, out-of-range sampling parameters, or stop strings without a
   // tokenizer.
   int64_t add_request(std::vector<int32_t> prompt, const SamplingParams& sp,
-                      const StopConditions& stop = {});
+                      const StopConditions& stop = {}, EngineAdapter adapter = {});
   // One iteration; returns what it produced (streamed tokens and finished samples).
   std::vector<TokenEvent> step();
   bool idle() const { return waiting_.empty() && running_.empty(); }

@@ -17,11 +17,17 @@
 
 namespace kiln {
 
+class LoraWeights;
+
 struct ForwardBatch {
   std::span<const int32_t> ids;         // (N) the token of each row
   std::span<const int> pos;             // (N) its position in its sequence
   std::span<const KvCache::SeqId> seq;  // (N) its sequence; prepare_append covers pos
   std::span<const int> logit_rows;      // (M) rows whose logits are wanted, ascending
+  // (N) each row's LoRA adapter (model/lora.h; null: the base alone), or empty when no row has
+  // one. Rows of different adapters share the base's GEMMs; each adapter's low-rank terms are
+  // added over its rows (a run of rows at a time, as Punica's segmented kernels do).
+  std::span<const LoraWeights* const> adapter = {};
 };
 
 class ForwardPass {

@@ -38,7 +38,7 @@ KvCache::KvCache(const KvCacheShape& shape) : shape_(shape) {
   free_count_ = shape.num_blocks;
 }
 
-KvCache::SeqId KvCache::create() {
+KvCache::SeqId KvCache::create(uint64_t salt) {
   SeqId s;
   if (!free_seqs_.empty()) {
     s = free_seqs_.back();
@@ -48,6 +48,7 @@ KvCache::SeqId KvCache::create() {
     seqs_.emplace_back();
   }
   seqs_[s] = Seq{};
+  seqs_[s].hash = salt;  // the hash chain of its full blocks starts from the salt
   seqs_[s].live = true;
   return s;
 }

@@ -31,8 +31,9 @@ class KvCache {
   using SeqId = int;
   explicit KvCache(const KvCacheShape& shape);
 
-  // A new, empty sequence.
-  SeqId create();
+  // A new, empty sequence. Its blocks are shared (prefix caching) only with sequences of the same
+  // salt: K/V depend on the weights, so a LoRA adapter's sequences use the adapter's salt.
+  SeqId create(uint64_t salt = 0);
   // Attaches cached full blocks matching a prefix of `prompt` to an empty sequence and returns
   // how many tokens they hold (a multiple of kBlockTokens, at most `max_tokens`).
   int attach_prefix(SeqId s, const std::vector<int32_t>& prompt, int max_tokens);

@@ -117,7 +117,7 @@ void EngineLoop::admit_jobs(std::vector<std::pair<uint64_t, Job>>& jobs) {
   Engine& eng = *model_.engine;
   for (auto& [ticket, job] : jobs) {
     try {
-      const int64_t id = eng.add_request(job.prompt, job.sp, job.stop);
+      const int64_t id = eng.add_request(job.prompt, job.sp, job.stop, job.adapter);
       auto a = std::make_unique<Active>();
       a->ticket = ticket;
       a->job = std::move(job);

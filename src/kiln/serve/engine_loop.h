@@ -33,7 +33,8 @@ struct ServedModel {
   const Tokenizer* tok = nullptr;
   std::shared_ptr<const ChatTemplate> chat;  // the model's chat template (find_chat_template)
   std::unique_ptr<Engine> engine;
-  int max_running = 1;  // the engine's EngineOptions::max_running
+  int max_running = 1;          // the engine's EngineOptions::max_running
+  const Model* base = nullptr;  // the model LoRA adapters load against (its config and layout)
 };
 using ModelLoader = std::function<ServedModel()>;
 
@@ -53,6 +54,7 @@ struct Job {
   std::vector<int32_t> prompt;
   SamplingParams sp;
   StopConditions stop;
+  EngineAdapter adapter;  // the request's LoRA adapter, or none: the base
   Sink sink;
   Clock::time_point arrival = Clock::now();
 };
@@ -74,6 +76,7 @@ class EngineLoop {
   const Tokenizer& tokenizer() const { return *model_.tok; }
   const ChatTemplate& chat_template() const { return *model_.chat; }
   const Engine& engine_info() const { return *model_.engine; }  // config(), max_context() only
+  const Model& base_model() const { return *model_.base; }
   int max_running() const { return model_.max_running; }
 
   // Queues a job from any thread; returns its ticket, or nullopt when the queue is full (429).

@@ -13,6 +13,7 @@
 #include "kiln/serve/chat_page.h"
 #include "kiln/serve/detokenize_stage.h"
 #include "kiln/serve/json_grammar.h"
+#include "kiln/serve/lora_adapters.h"
 #include "kiln/serve/openai_request.h"
 #include "kiln/serve/openai_response.h"
 #include "kiln/serve/worker_pool.h"
@@ -170,6 +171,18 @@ class Server {
              o_.served_model_name, "' loading)");
     std::thread watcher([this] {
       if (loop_.wait_loaded() == EngineLoop::State::ready) {
+        for (const std::string& m : o_.lora_modules) {
+          const std::string name = m.substr(0, m.find('=')), dir = m.substr(m.find('=') + 1);
+          try {
+            load_adapter(name, dir);
+          } catch (const std::exception& e) {
+            log_line(LogLevel::error, std::string("[serve] --lora ") + m + ": " + e.what());
+            failed_ = true;
+            http_.stop();
+            return;
+          }
+        }
+        ready_ = true;
         log_info("[serve] model '", o_.served_model_name, "' ready: context ",
                  loop_.engine_info().max_context(), ", up to ", loop_.max_running(),
                  " sequences in flight");
@@ -185,6 +198,49 @@ class Server {
   }
 
  private:
+  void load_adapter(const std::string& name, const std::string& dir) {
+    KILN_CHECK(name != o_.served_model_name, "lora", "'", name,
+               "' is the base model's name; give the adapter another");
+    adapters_.load(name, dir, loop_.base_model());
+    log_info("[serve] LoRA adapter '", name, "' loaded from ", dir);
+  }
+
+  // POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter
+  // {"lora_name"}, vLLM's bodies and plain-text answers.
+  void lora_route(const HttpRequest& req, bool load, const std::shared_ptr<Exchange>& ex) {
+    require(req, "POST");
+    json body = json::parse(req.body, nullptr, false);
+    if (!body.is_object())
+      throw ApiError(400, "the body is not a JSON object", "", "invalid_request_error");
+    auto text = [&](const char* key) {
+      const json* v = body.contains(key) ? &body[key] : nullptr;
+      if (!v || !v->is_string() || v->get<std::string>().empty())
+        throw ApiError(400, std::string("'") + key + "' must be a non-empty string", key,
+                       "invalid_request_error");
+      return v->get<std::string>();
+    };
+    const std::string name = text("lora_name");
+    if (load) {
+      try {
+        load_adapter(name, text("lora_path"));
+      } catch (const Error& e) {
+        throw ApiError(400, e.what(), "lora_path", "invalid_request_error");
+      }
+      return ex->respond({200,
+                          "text/plain; charset=utf-8",
+                          "Success: LoRA adapter '" + name + "' added successfully.",
+                          {}});
+    }
+    if (!adapters_.unload(name))
+      throw ApiError(404, "no LoRA adapter named '" + name + "' is loaded", "lora_name",
+                     "invalid_request_error", "not_found");
+    log_info("[serve] LoRA adapter '", name, "' unloaded");
+    ex->respond({200,
+                 "text/plain; charset=utf-8",
+                 "Success: LoRA adapter '" + name + "' removed successfully.",
+                 {}});
+  }
+
   void begin_drain(int sig) {
     if (draining_.exchange(true)) return;
     log_info("[serve] signal ", sig, ": draining (no new requests; ", open_.load(), " open, up to ",
@@ -238,8 +294,7 @@ class Server {
   void route(HttpRequest& req, const std::string& path, const std::shared_ptr<Exchange>& ex) {
     if (path == "/health") {
       require(req, "GET");
-      const auto st = loop_.state();
-      if (st != EngineLoop::State::ready || draining_)
+      if (!ready_ || draining_)
         throw ApiError(503, draining_ ? "the server is draining" : "the model is loading", "",
                        "service_unavailable");
       return ex->respond({200, "application/json", "{\"status\":\"ok\"}", {}});
@@ -263,23 +318,32 @@ class Server {
     }
     const bool models = path == "/v1/models";
     const bool comp = path == "/v1/completions", chat = path == "/v1/chat/completions";
-    if (!models && !comp && !chat)
+    const bool load = path == "/v1/load_lora_adapter", unload = path == "/v1/unload_lora_adapter";
+    if (!models && !comp && !chat && !load && !unload)
       throw ApiError(404, "no route " + req.method + " " + path, "", "invalid_request_error",
                      "not_found");
     if (draining_) throw ApiError(503, "the server is draining", "", "service_unavailable");
-    if (loop_.state() != EngineLoop::State::ready)
+    if (!ready_)
       throw ApiError(503, "the model is loading; retry shortly", "", "service_unavailable");
+    if (load || unload) return lora_route(req, load, ex);
     if (models) {
       require(req, "GET");
-      json m = {{"id", o_.served_model_name},
-                {"object", "model"},
-                {"created", created_},
-                {"owned_by", "kiln"},
-                {"max_model_len", loop_.engine_info().max_context()}};
-      return ex->respond({200,
-                          "application/json",
-                          json{{"object", "list"}, {"data", json::array({m})}}.dump(),
-                          {}});
+      const int ctx = loop_.engine_info().max_context();
+      json data = json::array({json{{"id", o_.served_model_name},
+                                    {"object", "model"},
+                                    {"created", created_},
+                                    {"owned_by", "kiln"},
+                                    {"max_model_len", ctx}}});
+      for (const LoraAdapters::Entry& e : adapters_.list())  // as vLLM lists them
+        data.push_back({{"id", e.name},
+                        {"object", "model"},
+                        {"created", created_},
+                        {"owned_by", "kiln"},
+                        {"root", e.dir},
+                        {"parent", o_.served_model_name},
+                        {"max_model_len", ctx}});
+      return ex->respond(
+          {200, "application/json", json{{"object", "list"}, {"data", data}}.dump(), {}});
     }
     require(req, "POST");
     completions(chat ? Endpoint::chat : Endpoint::completions, req, ex);
@@ -292,17 +356,27 @@ class Server {
     lim.max_context = loop_.engine_info().max_context();
     lim.max_n = std::min(128, loop_.max_running());
     ApiRequest ar = parse_request(endpoint, req.body, lim);
-    if (!ar.model.empty() && ar.model != o_.served_model_name)
-      throw ApiError(404,
-                     "the model '" + ar.model + "' does not exist; this server serves '" +
-                         o_.served_model_name + "'",
-                     "model", "invalid_request_error", "model_not_found");
-    tokenize_.post([this, ex, lim, ar = std::move(ar)]() mutable { tokenize(ex, ar, lim); });
+    EngineAdapter adapter;  // the model field: the base (or not given), or a LoRA adapter
+    if (!ar.model.empty() && ar.model != o_.served_model_name) {
+      std::optional<EngineAdapter> a = adapters_.find(ar.model);
+      if (!a) {
+        std::string names = "'" + o_.served_model_name + "'";
+        for (const LoraAdapters::Entry& e : adapters_.list()) names += ", '" + e.name + "'";
+        throw ApiError(404,
+                       "the model '" + ar.model + "' does not exist; this server serves " + names,
+                       "model", "invalid_request_error", "model_not_found");
+      }
+      adapter = std::move(*a);
+    }
+    tokenize_.post([this, ex, lim, ar = std::move(ar), adapter = std::move(adapter)]() mutable {
+      tokenize(ex, ar, lim, adapter);
+    });
   }
 
   // On the tokenize stage: renders and tokenizes the prompts, then submits them to the engine
   // loop from the connection's strand.
-  void tokenize(const std::shared_ptr<Exchange>& ex, ApiRequest& ar, const ApiLimits& lim) {
+  void tokenize(const std::shared_ptr<Exchange>& ex, ApiRequest& ar, const ApiLimits& lim,
+                EngineAdapter& adapter) {
     const auto t0 = Clock::now();
     std::vector<std::vector<int32_t>> prompts;
     size_t bytes = 0;
@@ -321,9 +395,8 @@ class Server {
     if (error) return ex->respond(error_response(*error));
     std::shared_ptr<Pending> p = make_pending(ar, prompts.size(), ex);
     // Submitted and answered on the connection's strand, so updates find the tickets in place.
-    ex->post([this, p, ar = std::move(ar), prompts = std::move(prompts)]() mutable {
-      submit(p, ar, prompts);
-    });
+    ex->post([this, p, ar = std::move(ar), prompts = std::move(prompts),
+              adapter = std::move(adapter)]() mutable { submit(p, ar, prompts, adapter); });
   }
 
   std::shared_ptr<Pending> make_pending(const ApiRequest& ar, size_t prompts,
@@ -333,7 +406,7 @@ class Server {
     p->loop = &loop_;
     p->meta.endpoint = ar.endpoint;
     p->meta.id = new_id(ar.endpoint == Endpoint::chat ? "chatcmpl-" : "cmpl-");
-    p->meta.model = o_.served_model_name;
+    p->meta.model = ar.model.empty() ? o_.served_model_name : ar.model;
     p->meta.created = std::chrono::duration_cast<std::chrono::seconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
@@ -352,10 +425,11 @@ class Server {
   }
 
   void submit(const std::shared_ptr<Pending>& p, const ApiRequest& ar,
-              std::vector<std::vector<int32_t>>& prompts) {
+              std::vector<std::vector<int32_t>>& prompts, const EngineAdapter& adapter) {
     for (size_t i = 0; i < prompts.size(); ++i) {
       Job job;
       job.prompt = std::move(prompts[i]);
+      job.adapter = adapter;
       job.sp = ar.sp;
       if (ar.json_schema) job.sp.constraint = json_constraint_factory(ar.json_schema, vocab_trie());
       job.stop = ar.stop;
@@ -433,6 +507,8 @@ class Server {
   WorkerPool detokenize_;  // after the engine (one thread: a request's updates stay in order)
   EngineLoop loop_;
   WorkerPool tokenize_;  // before the engine
+  LoraAdapters adapters_;
+  std::atomic<bool> ready_{false};  // the model and --lora's adapters loaded
   std::atomic<bool> draining_{false}, failed_{false};
   std::atomic<int> open_{0};
   bool aborted_ = false;
