@@ -9,7 +9,9 @@
 //   node bench/serve_load.mjs --url http://127.0.0.1:8000 (--concurrency N | --rate R)
 //        [--num-prompts 100] [--seed 0] [--prompt-len 64:512] [--output-len 32:256]
 //        [--corpus data/brown.txt] [--warmup 1] [--label NAME] [--requests-out FILE]
-//        [--timeout 600] [--bytes-per-token 1]
+//        [--timeout 600] [--bytes-per-token 1] [--model NAME[,NAME...]]
+// --model: the request's model field (default: the server's first); several, comma-separated,
+// are taken in turn (request i gets the (i mod k)-th), e.g. LoRA adapters served side by side.
 // Prints one JSON line: request and token throughput, TTFT / TPOT / ITL / e2e latency in ms
 // (mean, median, p99, max), failures and what the chunks held (tokens per content chunk).
 //
@@ -201,9 +203,11 @@ async function main() {
   const a = parseArgs(process.argv.slice(2));
   let model = a.model;
   if (!model) model = (await getJson(a.url + "/v1/models")).data?.[0]?.id ?? "default";
+  const models = model.split(",");
+  const modelOf = (req) => models[Math.max(0, req.i) % models.length];
   const reqs = makeRequests(a);
   for (let w = 0; w < a.warmup; w++) {
-    const r = await streamOne(a, model, { i: -1, promptLen: 16, outputLen: 8, prompt: reqs[0].prompt.slice(0, 16 * a.bytesPerToken) });
+    const r = await streamOne(a, models[0], { i: -1, promptLen: 16, outputLen: 8, prompt: reqs[0].prompt.slice(0, 16 * a.bytesPerToken) });
     if (!r.ok) throw new Error(`[serve_load] the warm-up request failed: ${r.error}`);
   }
   const results = [];
@@ -211,7 +215,10 @@ async function main() {
   if (a.concurrency > 0) {
     let next = 0;
     const worker = async () => {
-      while (next < reqs.length) results.push(await streamOne(a, model, reqs[next++]));
+      while (next < reqs.length) {
+        const req = reqs[next++];
+        results.push(await streamOne(a, modelOf(req), req));
+      }
     };
     await Promise.all(Array.from({ length: Math.min(a.concurrency, reqs.length) }, worker));
   } else {
@@ -221,7 +228,7 @@ async function main() {
     for (const req of reqs) {
       const wait = start + t - now();
       if (wait > 0) await new Promise((res) => setTimeout(res, wait));
-      pending.push(streamOne(a, model, req).then((x) => results.push(x)));
+      pending.push(streamOne(a, modelOf(req), req).then((x) => results.push(x)));
       t += (-Math.log(1 - r()) / a.rate) * 1000;
     }
     await Promise.all(pending);

@@ -1,5 +1,6 @@
 // The engine's forward pass on the CPU, both families: every row through each projection as one
 // GEMM; attention reads each sequence's blocks of the paged KV cache in place.
+#include <algorithm>
 #include <cstring>
 
 #include "kiln/core/error.h"
@@ -73,8 +74,8 @@ class CpuForwardPass final : public ForwardPass {
 
  private:
   // Every projection of layer l goes through here: the base's GEMM over all rows, then each
-  // adapter's s (x A^T) B^T over its runs of rows (the same term training adds,
-  // model/lora_linear.h), once for every family and weight type.
+  // adapter's s (x A^T) B^T over its rows (the same term training adds, model/lora_linear.h),
+  // once for every family and weight type.
   void project(float* y, const float* x, const LinearWeight& w, const ForwardBatch& b, int l,
                LoraSite site);
   // Attention of layer l: q|k|v (N, QKV) -> K/V into the cache, att (N, H*D).
@@ -90,6 +91,14 @@ class CpuForwardPass final : public ForwardPass {
   std::vector<float> rope_cos_, rope_sin_;  // (max_ctx, D/2), RoPE only
   // Scratch, grown to the largest batch.
   std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, mean_, rstd_, hid_, lse_;
+  // The batch's rows by LoRA adapter (Punica's segments: each adapter's rows in one GEMM pair,
+  // however the engine interleaved them), and scratch for gathering them.
+  struct AdapterRows {
+    const LoraWeights* adapter;
+    std::vector<int> rows;  // ascending
+  };
+  std::vector<AdapterRows> adapter_rows_;
+  std::vector<float> lora_x_, lora_y_;
   LoraScratch lora_;
 };
 
@@ -127,20 +136,30 @@ void CpuForwardPass::attention(int l, const ForwardBatch& b, const std::vector<S
 
 void CpuForwardPass::project(float* y, const float* x, const LinearWeight& w, const ForwardBatch& b,
                              int l, LoraSite site) {
-  const int N = int(b.ids.size());
-  linear(y, x, w, N);
-  for (int i = 0; i < int(b.adapter.size());) {
-    const LoraWeights* ad = b.adapter[i];
-    int j = i + 1;
-    while (j < N && b.adapter[j] == ad) ++j;
-    if (ad) {
-      const LoraConfig& lc = ad->config();
-      const LoraTerm t{ad->weights().f32(), nullptr, lc.r, lc.scaling(), 0.0f, 0};
-      for (const LoraSlot& slot : ad->slots(l))
-        if (slot.site == site)
-          lora_forward(slot, t, x + size_t(i) * w.in, j - i, y + size_t(i) * w.out, w.out, lora_);
+  linear(y, x, w, int(b.ids.size()));
+  for (const AdapterRows& g : adapter_rows_) {
+    const LoraConfig& lc = g.adapter->config();
+    const LoraTerm t{g.adapter->weights().f32(), nullptr, lc.r, lc.scaling(), 0.0f, 0};
+    const int n = int(g.rows.size()), in = w.in, out = w.out;
+    // Its rows side by side (gathered unless they already are), so each term is one GEMM pair.
+    const bool together = g.rows.back() - g.rows.front() == n - 1;
+    const float* xs = x + size_t(g.rows.front()) * in;
+    float* ys = y + size_t(g.rows.front()) * out;
+    if (!together) {
+      grow(lora_x_, size_t(n) * in);
+      grow(lora_y_, size_t(n) * out);
+      for (int i = 0; i < n; ++i) {
+        std::memcpy(&lora_x_[size_t(i) * in], x + size_t(g.rows[i]) * in, in * sizeof(float));
+        std::memcpy(&lora_y_[size_t(i) * out], y + size_t(g.rows[i]) * out, out * sizeof(float));
+      }
+      xs = lora_x_.data();
+      ys = lora_y_.data();
     }
-    i = j;
+    for (const LoraSlot& slot : g.adapter->slots(l))
+      if (slot.site == site) lora_forward(slot, t, xs, n, ys, out, lora_);
+    if (!together)
+      for (int i = 0; i < n; ++i)
+        std::memcpy(y + size_t(g.rows[i]) * out, &lora_y_[size_t(i) * out], out * sizeof(float));
   }
 }
 
@@ -169,6 +188,14 @@ void CpuForwardPass::forward(const ForwardBatch& b, KvCache& cache, std::vector<
   std::vector<PagedRow> rows(N);
   for (int i = 0; i < N; ++i) rows[i] = {cache.block_table(b.seq[i]).data(), b.pos[i]};
   const std::vector<Segment> segs = attention_segments(b);
+  adapter_rows_.clear();
+  for (int i = 0; i < int(b.adapter.size()); ++i) {
+    if (!b.adapter[i]) continue;
+    auto g = std::find_if(adapter_rows_.begin(), adapter_rows_.end(),
+                          [&](const AdapterRows& r) { return r.adapter == b.adapter[i]; });
+    if (g == adapter_rows_.end()) g = adapter_rows_.insert(g, {b.adapter[i], {}});
+    g->rows.push_back(i);
+  }
 
   cpu::embedding_forward(x_.data(), b.ids.data(), w_.embed, N, C, false);
   if (spec_.positions == PositionKind::learned)

@@ -26,7 +26,7 @@ struct ForwardBatch {
   std::span<const int> logit_rows;      // (M) rows whose logits are wanted, ascending
   // (N) each row's LoRA adapter (model/lora.h; null: the base alone), or empty when no row has
   // one. Rows of different adapters share the base's GEMMs; each adapter's low-rank terms are
-  // added over its rows (a run of rows at a time, as Punica's segmented kernels do).
+  // added over its rows, gathered into one block (as Punica's segmented kernels do).
   std::span<const LoraWeights* const> adapter = {};
 };
 
