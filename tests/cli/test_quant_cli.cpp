@@ -6,6 +6,7 @@
 // weights the same seed gives a saved model, byte for byte.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <map>
 
 #include "kiln/io/file.h"
@@ -143,6 +144,29 @@ TEST_F(QuantCli, ModelConfigExportsTheSeedsRandomWeights) {
   auto none = kiln("export --type q8_0 --output " + (*dir_ / "x.gguf"));
   EXPECT_NE(none.status, 0);
   EXPECT_NE(none.output.find("--model-config"), std::string::npos) << none.output;
+}
+
+// --type nf4: bitsandbytes' 4-bit checkpoint (model/bnb4bit.h); every command loads it as the
+// model whose projections are NF4's dequantized values, so its greedy text is that model's.
+TEST_F(QuantCli, Nf4WritesABitsandbytesCheckpointThatGenerates) {
+  const std::string out = *dir_ / "A-nf4";
+  auto q = kiln("quantize --model " + model('A') + " --type nf4 --output " + out);
+  ASSERT_EQ(q.status, 0) << q.output;
+  EXPECT_TRUE(file_exists(out + "/tokenizer.json"));
+  auto loaded = load_model(out);
+  auto original = load_model(model('A'));
+  const std::string deq = *dir_ / "A-nf4-dequantized";
+  save_model(*loaded, deq);
+  Tokenizer::byte_level({"<|endoftext|>"}).save(deq + "/tokenizer.json");
+  const std::string gen = " --prompt 'the ' --max-new-tokens 12 --temperature 0";
+  auto a = kiln("generate --model " + out + gen), b = kiln("generate --model " + deq + gen);
+  ASSERT_EQ(a.status, 0) << a.output;
+  EXPECT_EQ(a.output, b.output);
+  // 4.13 bits per projection weight on disk against 32.
+  const double ratio = double(std::filesystem::file_size(out + "/model.safetensors")) /
+                       double(std::filesystem::file_size(model('A') + "/model.safetensors"));
+  EXPECT_LT(ratio, 0.5);
+  EXPECT_NE(kiln("quantize --model " + model('A') + " --type nf4 --output " + out).status, 0);
 }
 
 TEST_F(QuantCli, BadTypeIsNamed) {

@@ -1,4 +1,4 @@
-// kiln quantize --model DIR --type q8_0|q4_0|q4_k_m|... --output DIR2
+// kiln quantize --model DIR --type q8_0|q4_0|q4_k_m|...|nf4 --output DIR2
 // kiln export (--model DIR | --model-config CONFIG.json [--seed S]) --format gguf
 //     --type f32|f16|q8_0|q4_0|q4_k_m|... --output FILE.gguf
 // (the K-quant mixes: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k)
@@ -33,10 +33,16 @@ Command quantize_cmd([](CLI::App& app) {
   cmd->add_option("--model", a->model, "Model, checkpoint or run directory")->required();
   cmd->add_option(
          "--type", a->type,
-         "q8_0, q4_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m or q6_k")
+         "q8_0, q4_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m or q6_k "
+         "(GGUF), or nf4 (bitsandbytes' 4-bit safetensors)")
       ->required();
   cmd->add_option("--output", a->output, "Output directory (must not exist)")->required();
   cmd->callback([a] {
+    if (a->type == "nf4") {
+      quant::quantize_model_dir_nf4(resolve_model_dir(a->model), a->output);
+      std::printf("wrote %s (nf4)\n", a->output.c_str());
+      return;
+    }
     const quant::GgufType t = quant::gguf_type_from_name(a->type);
     KILN_CHECK(t != quant::GgufType::f32 && t != quant::GgufType::f16, "quantize", "--type '",
                a->type, "' is not a quantization: use kiln export for f32/f16");

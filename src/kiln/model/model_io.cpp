@@ -12,6 +12,7 @@
 #include "kiln/io/file.h"
 #include "kiln/io/json_file.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/model/bnb4bit.h"
 #include "kiln/ops/matmul_bf16.h"
 
 namespace kiln {
@@ -135,6 +136,7 @@ WeightFiles open_weight_files(const std::string& dir) {
 // checkpoint whose config.json claims a huge model fails here instead of allocating it.
 void check_weight_shapes(const std::vector<ParamInfo>& layout, const WeightFiles& wf) {
   for (const ParamInfo& p : layout) {
+    if (is_bnb4bit(wf.tensors, p.name)) continue;  // its shape is in its quant state
     auto it = wf.tensors.find(p.name);
     KILN_CHECK(it != wf.tensors.end(), "model", "tensor '", p.name, "' is missing from ",
                wf.files[0],
@@ -150,6 +152,10 @@ void copy_weights(Model& model, WeightFiles& wf) {
   check_weight_shapes(model.params(), wf);
   float* w = model.weights().f32();
   for (const ParamInfo& p : model.params()) {
+    if (is_bnb4bit(wf.tensors, p.name)) {
+      bnb4bit_dequantize(wf.tensors, p.name, p.shape, wf.origin.at(p.name), w + p.offset);
+      continue;
+    }
     const Tensor& t = wf.tensors.at(p.name);
     if (t.dtype() == DType::f32) {
       std::memcpy(w + p.offset, t.raw(), p.numel() * sizeof(float));
@@ -219,6 +225,27 @@ void save_model(const Model& model, const std::string& dir, DType dtype) {
     tensors.emplace_back(p.name, t);
   }
   save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+}
+
+void save_model_bnb4bit(const Model& model, const std::string& dir) {
+  make_dirs(dir);
+  nlohmann::json cfg = model.config().to_json();
+  cfg["torch_dtype"] = "float32";
+  cfg["quantization_config"] = bnb4bit_quantization_config();
+  write_json_file_atomic(dir + "/config.json", cfg);
+  // fp32 tensors first, then the bytes, so every tensor is aligned (as Python orders them).
+  std::vector<std::pair<std::string, Tensor>> wide, bytes;
+  for (const ParamInfo& p : model.params()) {
+    const float* w = model.weights().f32() + p.offset;
+    if (!bnb4bit_quantizes(p.name, p.shape)) {
+      wide.emplace_back(p.name, model.param_view(p, model.weights()));
+      continue;
+    }
+    for (auto& [name, t] : bnb4bit_tensors(p.name, w, p.shape))
+      (t.dtype() == DType::u8 ? bytes : wide).emplace_back(name, std::move(t));
+  }
+  for (auto& t : bytes) wide.push_back(std::move(t));
+  save_safetensors(dir + "/model.safetensors", wide, {{"format", "pt"}});
 }
 
 std::vector<std::string> checkpoint_dirs(const std::string& run_dir) {

@@ -11,7 +11,8 @@
 
 namespace kiln {
 
-// Loads config.json and the weights (F32, BF16 or F16 on disk; fp32 in memory). Every tensor the
+// Loads config.json and the weights (F32, BF16 or F16 on disk, or bitsandbytes 4-bit; fp32 in
+// memory). Every tensor the
 // config implies must be present with the right shape; errors name the file, tensor and fix.
 std::unique_ptr<Model> load_model(const std::string& dir);
 // Copies weights from a safetensors file (or index) into `model`, checking names and shapes; or
@@ -31,6 +32,10 @@ void load_sharded_buffers(const std::string& dir, const Model& model,
 // Writes config.json and model.safetensors into `dir` (created if missing), the weights as F32
 // or (rounded to nearest even) BF16.
 void save_model(const Model& model, const std::string& dir, DType dtype = DType::f32);
+// The same with every projection in NF4 with double quantization, as bitsandbytes' 4-bit
+// checkpoints store them (model/bnb4bit.h) and with their quantization_config; load_model reads
+// such checkpoints (kiln's or transformers') into fp32 weights equal to the dequantized values.
+void save_model_bnb4bit(const Model& model, const std::string& dir);
 
 // A run directory's complete training checkpoints (RUN_DIR/checkpoints/step_NNNNNNNN/ with a
 // trainer_state.json, train/checkpoint.h), oldest first; those being written (".tmp") are not.

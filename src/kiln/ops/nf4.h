@@ -35,9 +35,7 @@ struct Nf4Tensor {
   size_t bytes() const {
     return codes.size() + scale_codes.size() + 4 * nested_absmax.size() + sizeof offset;
   }
-  float block_absmax(int64_t b) const {  // the double-quantized absmax of block b
-    return dynamic_map()[scale_codes[b]] * nested_absmax[b / kNf4ScaleBlock] + offset;
-  }
+  float block_absmax(int64_t b) const;  // the double-quantized absmax of block b
 };
 
 // Throws if n is not a multiple of kNf4Block.

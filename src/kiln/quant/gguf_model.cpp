@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -533,7 +534,14 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
   return out;
 }
 
-void quantize_model_dir(const std::string& model_dir, GgufType type, const std::string& out_dir) {
+namespace {
+
+// Writes out_dir from model_dir's model (write(model, tokenizer, dir) adds the weights and
+// config.json) and tokenizer files, built beside it and renamed: a crash leaves no half-written
+// output directory.
+void write_quantized_dir(
+    const std::string& model_dir, const std::string& out_dir,
+    const std::function<void(const Model&, const Tokenizer&, const std::string&)>& write) {
   namespace fs = std::filesystem;
   KILN_CHECK(!file_exists(out_dir), "quantize", "output '", out_dir,
              "' already exists: choose another path or remove it");
@@ -541,17 +549,15 @@ void quantize_model_dir(const std::string& model_dir, GgufType type, const std::
              model_dir, "': the checkpoint is incomplete");
   auto model = load_model(model_dir);
   Tokenizer tok = Tokenizer::load(model_dir + "/tokenizer.json");
-  // Build beside the target and rename: a crash leaves no half-written output directory.
   const std::string tmp = out_dir + ".tmp-" + std::to_string(getpid());
   fs::remove_all(tmp);
   try {
     make_dirs(tmp);
-    write_file_atomic(tmp + "/config.json", read_file(model_dir + "/config.json"));
     write_file_atomic(tmp + "/tokenizer.json", read_file(model_dir + "/tokenizer.json"));
     if (file_exists(model_dir + "/tokenizer_config.json"))
       write_file_atomic(tmp + "/tokenizer_config.json",
                         read_file(model_dir + "/tokenizer_config.json"));
-    export_gguf(*model, tok, tmp + "/model.gguf", type, chat_template_source(model_dir));
+    write(*model, tok, tmp);
     std::error_code ec;
     fs::rename(tmp, out_dir, ec);
     KILN_CHECK(!ec, "quantize", "cannot rename '", tmp, "' to '", out_dir, "': ", ec.message());
@@ -560,6 +566,23 @@ void quantize_model_dir(const std::string& model_dir, GgufType type, const std::
     fs::remove_all(tmp, ec);
     throw;
   }
+}
+
+}  // namespace
+
+void quantize_model_dir(const std::string& model_dir, GgufType type, const std::string& out_dir) {
+  write_quantized_dir(
+      model_dir, out_dir, [&](const Model& model, const Tokenizer& tok, const std::string& dir) {
+        write_file_atomic(dir + "/config.json", read_file(model_dir + "/config.json"));
+        export_gguf(model, tok, dir + "/model.gguf", type, chat_template_source(model_dir));
+      });
+}
+
+void quantize_model_dir_nf4(const std::string& model_dir, const std::string& out_dir) {
+  write_quantized_dir(model_dir, out_dir,
+                      [](const Model& model, const Tokenizer&, const std::string& dir) {
+                        save_model_bnb4bit(model, dir);
+                      });
 }
 
 }  // namespace kiln::quant

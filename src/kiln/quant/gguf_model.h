@@ -54,5 +54,9 @@ bool is_gguf_path(const std::string& path);
 // The output appears complete or not at all (written beside it, then renamed); an existing
 // output is an error.
 void quantize_model_dir(const std::string& model_dir, GgufType type, const std::string& out_dir);
+// `kiln quantize --type nf4`: the same directory with config.json and model.safetensors in
+// bitsandbytes' 4-bit form (model/bnb4bit.h: the projections in NF4, what transformers' 4-bit
+// checkpoints hold), loaded by load_model (and so by every command) into fp32 weights.
+void quantize_model_dir_nf4(const std::string& model_dir, const std::string& out_dir);
 
 }  // namespace kiln::quant

@@ -101,6 +101,10 @@ void absmax_quantize(const float* v, int64_t n, int block, const float* levels, 
 
 }  // namespace
 
+float Nf4Tensor::block_absmax(int64_t b) const {
+  return dynamic_map()[scale_codes[b]] * nested_absmax[b / kNf4ScaleBlock] + offset;
+}
+
 const std::array<float, 256>& dynamic_map() {
   static const std::array<float, 256> m = build_dynamic_map();
   return m;
