@@ -10,10 +10,12 @@
 // (exp, the final division, online-softmax rescaling). Measured errors sit 5-10x below it.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/core/rng.h"
 #include "kiln/ops/attention.h"
 #include "op_test_util.h"
 
@@ -84,10 +86,12 @@ Result run(Fwd fwd, Bwd bwd, const std::vector<float>& qkv, const std::vector<fl
   return r;
 }
 Result run_ref(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& s) {
-  return run(ops::ref::attention_forward, ops::ref::attention_backward, qkv, dout, s);
+  return run([](auto... a) { ops::ref::attention_forward(a...); },
+             [](auto... a) { ops::ref::attention_backward(a...); }, qkv, dout, s);
 }
 Result run_cpu(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& s) {
-  return run(ops::cpu::attention_forward, ops::cpu::attention_backward, qkv, dout, s);
+  return run([](auto... a) { ops::cpu::attention_forward(a...); },
+             [](auto... a) { ops::cpu::attention_backward(a...); }, qkv, dout, s);
 }
 
 // Normwise with a floor of 1: inputs and dout are O(1), so O(1) is the natural scale of every
@@ -195,6 +199,81 @@ TEST(Attention, DeterministicAcrossThreadCounts) {
   EXPECT_TRUE(bit_equal(one.out, two.out));
   EXPECT_TRUE(bit_equal(one.lse, two.lse));
   EXPECT_TRUE(bit_equal(one.dqkv, two.dqkv));
+}
+
+// Packed rows (pos): positions restarting at 0 where a sequence starts, sequences of every
+// length from 1 up across tile edges. Oracle 1: ref over the packed row equals ref over each
+// sequence alone (block-diagonal causal attention computes what the sequences would alone).
+// Oracle 2: cpu equals ref, forward and backward, with the odd-shape test's tolerance.
+std::vector<int> packed_positions(int B, int T, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int> pos(size_t(B) * T);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0, p = 0, left = 0; t < T; ++t, --left) {
+      if (left == 0) left = 1 + int(rng.below(b % 2 ? 70 : 20)), p = 0;  // short and long
+      pos[size_t(b) * T + t] = p++;
+    }
+  return pos;
+}
+
+TEST(Attention, PackedRowsEqualTheirSequencesAloneAndCpuMatchesRef) {
+  for (auto [B, T, H, K, D] : {std::array{2, 150, 4, 2, 16}, std::array{3, 67, 6, 1, 32}}) {
+    const Shape s{B, T, H, K, D};
+    SCOPED_TRACE(::testing::Message() << "B=" << B << " T=" << T);
+    const auto qkv = random_vector(qkv_size(s), 7, -2.0f, 2.0f);
+    const auto dout = random_vector(out_size(s), 8);
+    const std::vector<int> pos = packed_positions(B, T, 9);
+    auto packed = [&](auto fwd, auto bwd) {
+      return run(
+          [&](float* o, float* l, const float* q, int b, int t, int h, int k, int d) {
+            fwd(o, l, q, b, t, h, k, d, pos.data());
+          },
+          [&](float* g, const float* dO, const float* q, const float* o, const float* l, int b,
+              int t, int h, int k, int d) { bwd(g, dO, q, o, l, b, t, h, k, d, pos.data()); },
+          qkv, dout, s);
+    };
+    const Result ref = packed(ops::ref::attention_forward, ops::ref::attention_backward);
+    const Result cpu = packed(ops::cpu::attention_forward, ops::cpu::attention_backward);
+    const double tol = tolerance(s, 2.0f);
+    EXPECT_TRUE(near(cpu.out, ref.out, tol));
+    EXPECT_TRUE(near(cpu.lse, ref.lse, tol));
+    EXPECT_TRUE(near(cpu.dqkv, ref.dqkv, tol));
+    // Each sequence alone (B = 1, T = its length) gives the packed rows' values.
+    const int64_t W = int64_t(H + 2 * K) * D, O = int64_t(H) * D;
+    int sequences = 0;
+    for (int b = 0; b < B; ++b)
+      for (int t0 = 0; t0 < T;) {
+        int n = 1;
+        while (t0 + n < T && pos[size_t(b) * T + t0 + n] != 0) ++n;
+        const Shape one{1, n, H, K, D};
+        const size_t row = size_t(b) * T + t0;
+        std::vector<float> q(qkv.begin() + row * W, qkv.begin() + (row + n) * W);
+        std::vector<float> g(dout.begin() + row * O, dout.begin() + (row + n) * O);
+        const Result alone = run_ref(q, g, one);
+        for (int64_t i = 0; i < n * O; ++i)
+          ASSERT_NEAR(ref.out[row * O + i], alone.out[i], 1e-6) << "b " << b << " t0 " << t0;
+        for (int64_t i = 0; i < n * W; ++i)
+          ASSERT_NEAR(ref.dqkv[row * W + i], alone.dqkv[i], 1e-6) << "b " << b << " t0 " << t0;
+        for (int h = 0; h < H; ++h)
+          for (int i = 0; i < n; ++i)
+            ASSERT_NEAR(ref.lse[(size_t(b) * H + h) * T + t0 + i], alone.lse[size_t(h) * n + i],
+                        1e-6);
+        t0 += n;
+        ++sequences;
+      }
+    EXPECT_GT(sequences, 2 * B);
+  }
+}
+
+TEST(Attention, RejectsPositionsThatDoNotCountUp) {
+  const Shape s{1, 4, 2, 2, 8};
+  const auto qkv = random_vector(qkv_size(s), 1);
+  std::vector<float> out(out_size(s)), lse(8);
+  const int bad[] = {0, 1, 3, 4};
+  EXPECT_THROW(ops::cpu::attention_forward(out.data(), lse.data(), qkv.data(), 1, 4, 2, 2, 8, bad),
+               Error);
+  EXPECT_THROW(ops::ref::attention_forward(out.data(), lse.data(), qkv.data(), 1, 4, 2, 2, 8, bad),
+               Error);
 }
 
 TEST(Attention, RejectsHeadsNotDivisibleByKvHeads) {

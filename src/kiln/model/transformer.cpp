@@ -396,7 +396,7 @@ void TrainState::forward_layer(const Model& model, int l, const LayerParams& p, 
   if (llama) {
     cpu::rope_forward(a.qkv.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(), rope_sin_.f32());
   }
-  cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, H, K, D);
+  cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, H, K, D, packed());
   float* o = sp_ ? full_.f32() : a.x_mid.f32();
   lin_.forward(o, a.att.f32(), p.o_w, bias_here ? p.o_b : nullptr, N, HD, C, layout);
   lora_forward(l, LoraSite::o, a.att.f32(), o, C);
@@ -558,7 +558,7 @@ void TrainState::backward_layer(const Model& model, int l, const LayerParams& p,
   lin_.backward(datt_.f32(), gp.o_w, gp.o_b, dy, a.att.f32(), p.o_w, N, HD, C, layout);
   lora_backward(l, LoraSite::o, a.att.f32(), dy, C, datt_.f32());
   cpu::attention_backward(dqkv_.f32(), datt_.f32(), a.qkv.f32(), a.att.f32(), a.lse.f32(), B_, T_,
-                          H, K, D);
+                          H, K, D, packed());
   if (llama) {
     cpu::rope_backward(dqkv_.f32(), N, H + K, D, QKV, pos_.data(), rope_cos_.f32(),
                        rope_sin_.f32());
@@ -605,7 +605,7 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
     } else {
       // Selective: only the attention core, from the saved qkv.
       cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, c.heads, c.kv_heads,
-                             c.head_dim);
+                             c.head_dim, packed());
     }
     backward_layer(model, l, w.layers[l], g.layers[l], a);
     fold_aside(norms, real);
@@ -691,6 +691,13 @@ ModelParams TrainState::bind_grads(const Model& model, float* grads) {
   ModelParams none{};
   none.layers.resize(size_t(model.stage().num_layers));
   return none;
+}
+
+void TrainState::set_positions(const int* positions) {
+  const int64_t N = int64_t(B_) * T_;
+  ops::check_attention_positions(positions, B_, T_);  // a position p <= t: within the tables
+  packed_ = positions != nullptr;
+  for (int64_t n = 0; n < N; ++n) pos_[n] = positions ? positions[n] : int(n % T_);
 }
 
 LoraTerm TrainState::lora_term() const {

@@ -199,6 +199,12 @@ class TrainState {
   // LoRA dropout: the masks of the training steps that follow are drawn from this seed (the
   // same seed, the same masks, so a resumed run repeats them).
   void set_lora_seed(uint64_t seed) { lora_seed_ = seed; }
+  // Packed rows (several sequences per row, as SFT packing makes them): each token's position in
+  // its sequence, (B,T), for the steps that follow; positions restart at 0 where a sequence
+  // starts, RoPE / learned positions use them and attention stays within each sequence
+  // (ops/attention.h), so a packed batch computes what its sequences would one by one. Null: one
+  // sequence per row. Throws on positions that do not count up from 0.
+  void set_positions(const int* positions);
   // Rounds the weights into the precision's low-precision copy (no-op in fp32).
   void refresh_weights(const Model& model) { lin_.refresh(model.weights()); }
   // Per-token losses of the last step (B*T); 0 where the target was ignored.
@@ -280,6 +286,8 @@ class TrainState {
   Tensor dres_, dln_, datt_, dqkv_, dup_, dact_;
   Tensor rope_cos_, rope_sin_;
   std::vector<int> pos_;
+  bool packed_ = false;  // pos_ came from set_positions
+  const int* packed() const { return packed_ ? pos_.data() : nullptr; }
   std::vector<float> losses_;
   int64_t counted_ = 0;
   int64_t comm_bytes_ = 0;

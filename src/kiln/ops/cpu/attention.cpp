@@ -24,6 +24,21 @@
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
 
+namespace kiln::ops {
+
+void check_attention_positions(const int* pos, int B, int T) {
+  if (!pos) return;
+  for (int64_t b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      const int p = pos[b * T + t];
+      KILN_CHECK(p == 0 || (t > 0 && p == pos[b * T + t - 1] + 1), "attention", "row ", b,
+                 " token ", t, " has position ", p,
+                 ": positions start at 0 and count up by one within each packed sequence");
+    }
+}
+
+}  // namespace kiln::ops
+
 namespace kiln::ops::cpu {
 
 namespace {
@@ -119,6 +134,7 @@ struct FwdTile {
   float* m;            // (kR) running max of s2
   float* l;            // (kR) running sum of 2^(s2 - m)
   int row0;            // position of the first row
+  float lo[kR];        // each row's first visible key (its sequence's start; 0 unpacked)
 };
 
 // One online-softmax step: kR query rows against NV*16 keys starting at j0.
@@ -140,12 +156,21 @@ void fwd_step(const FwdTile& t, const float* kt, const float* vrows, int D, int 
     v16 mx = splat(-INFINITY);
     for (int v = 0; v < NV; ++v) {
       s[r][v] *= c;
-      // Causal: key j0 + v*16 + lane is visible to row row0 + r when it is not after it.
-      if (mask)
-        s[r][v] = kIota + float(j0 + v * kL - t.row0 - r) > 0.0f ? splat(-INFINITY) : s[r][v];
+      // Causal: key j0 + v*16 + lane is visible to row row0 + r when it is not after it, and
+      // (packed rows) not before the start of the row's sequence.
+      if (mask) {
+        const v16 key = kIota + float(j0 + v * kL);
+        s[r][v] = key > float(t.row0 + r) ? splat(-INFINITY) : s[r][v];
+        s[r][v] = key < t.lo[r] ? splat(-INFINITY) : s[r][v];
+      }
       mx = vmax(mx, s[r][v]);
     }
     const float m_new = std::max(t.m[r], hmax(mx));
+    if (m_new == -INFINITY) {  // no key of this block (or before) is the row's: nothing changes
+      corr[r] = 1.0f;
+      for (int v = 0; v < NV; ++v) store(&p[r][v * kL], v16{});
+      continue;
+    }
     corr[r] = std::exp2(t.m[r] - m_new);  // 0 on the first block (m = -inf)
     v16 sum{};
     for (int v = 0; v < NV; ++v) {
@@ -162,9 +187,12 @@ void fwd_step(const FwdTile& t, const float* kt, const float* vrows, int D, int 
 
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H, int K,
-                       int D) {
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H, int K, int D,
+                       const int* pos) {
   check_args(B, T, H, K, D);
+  check_attention_positions(pos, B, T);
+  // The first key row i of batch row b sees (its sequence's start), non-decreasing in i.
+  auto first = [&](int b, int i) { return pos ? i - pos[int64_t(b) * T + i] : 0; };
   const Layout L{T, H, K, D};
   const int Dp = (D + kL - 1) / kL * kL;
   const int nqt = (T + kBq - 1) / kBq;
@@ -185,24 +213,31 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
     std::fill(o, o + acc * Dp, 0.0f);
     std::fill(m, m + acc, -INFINITY);
     std::fill(l, l + acc, 0.0f);
-    for (int j0 = 0; j0 < i1; j0 += kBk) {
-      // Causal: this tile's last query (i1 - 1) needs keys up to i1 - 1 only.
+    // Causal: this tile's last query (i1 - 1) needs keys up to i1 - 1 only; packed, its first
+    // query none before its sequence's start.
+    for (int j0 = first(b, i0) / kBk * kBk; j0 < i1; j0 += kBk) {
       const int nk = std::min(kBk, i1 - j0);
       load_transposed(kt, kBk, qkv + L.k(b, j0, g), L.W(), nk, D);
       load_rows(vrows, kBk, Dp, qkv + L.v(b, j0, g), L.W(), nk, D);
       for (int hg = 0; hg < G; ++hg)
         for (int r0 = i0; r0 < i1; r0 += kR) {
-          const int last = r0 + kR - 1;  // rows past i1 read row i1-1 and are discarded
-          if (last < j0) continue;       // the whole block is in these rows' future
+          const int last = r0 + kR - 1;            // rows past i1 read row i1-1 and are discarded
+          if (last < j0) continue;                 // the whole block is in these rows' future
+          if (first(b, r0) >= j0 + kBk) continue;  // ... or before their sequences
           FwdTile t;
-          for (int r = 0; r < kR; ++r) t.q[r] = qkv + L.q(b, std::min(r0 + r, i1 - 1), g * G + hg);
+          for (int r = 0; r < kR; ++r) {
+            const int i = std::min(r0 + r, i1 - 1);
+            t.q[r] = qkv + L.q(b, i, g * G + hg);
+            t.lo[r] = float(first(b, i));
+          }
           const size_t row = size_t(hg) * kBq + (r0 - i0);
           t.o = o + row * Dp;
           t.m = m + row;
           t.l = l + row;
           t.row0 = r0;
           const int nv = std::min(kNV, (last - j0) / kL + 1);  // key vectors not all in the future
-          const bool mask = j0 + nv * kL - 1 > r0;             // some key is after some row
+          // Some key is after some row, or before some row's sequence.
+          const bool mask = j0 + nv * kL - 1 > r0 || t.lo[kR - 1] > float(j0);
           switch (nv) {
             case 1:
               fwd_step<1>(t, kt, vrows, D, Dp, c, j0, mask);
@@ -242,6 +277,7 @@ struct BwdRows {
   float lse2[kR];       // lse in base 2
   float Di[kR];         // dO . O
   float bound[kR];      // last visible key (-1: padding row, sees nothing)
+  float lo[kR];         // first visible key (its sequence's start; 0 unpacked)
   float* dq;            // (kR, Dp) dQ accumulators (unscaled)
 };
 
@@ -273,7 +309,11 @@ void bwd_step(const BwdRows& t, const float* kt, const float* vt, const float* k
   for (int r = 0; r < kR; ++r)
     for (int v = 0; v < NV; ++v) {
       p[r][v] = exp2v(s[r][v] * c - t.lse2[r]);
-      if (mask) p[r][v] = kIota + float(j0 + v * kL) > t.bound[r] ? v16{} : p[r][v];
+      if (mask) {
+        const v16 key = kIota + float(j0 + v * kL);
+        p[r][v] = key > t.bound[r] ? v16{} : p[r][v];
+        p[r][v] = key < t.lo[r] ? v16{} : p[r][v];
+      }
       ds[r][v] = p[r][v] * (dp[r][v] - t.Di[r]);
       store(&dsb[r][v * kL], ds[r][v]);
     }
@@ -300,9 +340,11 @@ void bwd_step(const BwdRows& t, const float* kt, const float* vt, const float* k
 }  // namespace
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int H, int K, int D) {
+                        const float* lse, int B, int T, int H, int K, int D, const int* pos) {
   check_args(B, T, H, K, D);
+  check_attention_positions(pos, B, T);
   if (T == 0) return;
+  auto first = [&](int b, int i) { return pos ? i - pos[int64_t(b) * T + i] : 0; };
   const Layout L{T, H, K, D};
   const int Dp = (D + kL - 1) / kL * kL;
   const int G = H / K;  // query heads per kv head
@@ -345,8 +387,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
       std::fill(dkt, dkt + 2 * tile, 0.0f);
       for (int hg = 0; hg < G; ++hg) {
         const int h = g * G + hg;
-        // Causal: only queries i >= j0 see this tile; j0 is a multiple of kR.
-        for (int r0 = j0; r0 < T; r0 += kR) {
+        // Causal: only queries i >= j0 see this tile; j0 is a multiple of kR. Packed, none whose
+        // sequence starts after the tile (the starts only grow with i).
+        for (int r0 = j0; r0 < T && first(b, r0) < j0 + nk; r0 += kR) {
           BwdRows t;
           for (int r = 0; r < kR; ++r) {
             const int i = std::min(r0 + r, T - 1);  // padding rows read row T-1, see no keys
@@ -355,11 +398,12 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
             t.lse2[r] = lse2[hg * Tp + r0 + r];
             t.Di[r] = Di[hg * Tp + r0 + r];
             t.bound[r] = r0 + r < T ? float(r0 + r) : -1.0f;
+            t.lo[r] = float(first(b, i));
           }
           t.dq = dq + (size_t(hg) * Tp + r0) * Dp;
           // Key vectors not wholly in these rows' future; mask where some key is after some row.
           const int nv = std::min(kNVb, (r0 + kR - 1 - j0) / kL + 1);
-          const bool mask = r0 < j0 + nv * kL - 1 || r0 + kR > T;
+          const bool mask = r0 < j0 + nv * kL - 1 || r0 + kR > T || t.lo[kR - 1] > float(j0);
           if (nv == 1)
             bwd_step<1>(t, kt, vt, krows, dkt, dvt, D, Dp, c, j0, mask);
           else

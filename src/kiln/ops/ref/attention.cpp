@@ -23,6 +23,11 @@ struct Layout {
   int64_t o(int b, int t, int h) const { return (int64_t(b) * T + t) * H * D + int64_t(h) * D; }
 };
 
+// The first key query t of row b sees: the start of its sequence.
+int first_key(const int* pos, int b, int T, int t) {
+  return pos ? t - pos[int64_t(b) * T + t] : 0;
+}
+
 double dot(const float* a, const float* b, int D) {
   double s = 0.0;
   for (int d = 0; d < D; ++d) s += double(a[d]) * b[d];
@@ -30,10 +35,11 @@ double dot(const float* a, const float* b, int D) {
 }
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H, int K,
-                       int D) {
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H, int K, int D,
+                       const int* pos) {
   KILN_CHECK(K > 0 && H % K == 0, "attention", "query heads H=", H,
              " must be a multiple of kv heads K=", K);
+  check_attention_positions(pos, B, T);
   const Layout L{T, H, K, D};
   const double scale = 1.0 / std::sqrt(double(D));
   std::vector<double> s(T), acc(D);
@@ -41,15 +47,16 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
     for (int h = 0; h < H; ++h) {
       const int g = h / (H / K);
       for (int i = 0; i < T; ++i) {
-        // Causal: query i sees keys 0..i.
+        // Causal: query i sees keys j0..i, its own sequence.
+        const int j0 = first_key(pos, b, T, i);
         double m = -INFINITY;
-        for (int j = 0; j <= i; ++j) {
+        for (int j = j0; j <= i; ++j) {
           s[j] = scale * dot(qkv + L.q(b, i, h), qkv + L.k(b, j, g), D);
           m = std::max(m, s[j]);
         }
         double l = 0.0;
         std::fill(acc.begin(), acc.end(), 0.0);
-        for (int j = 0; j <= i; ++j) {
+        for (int j = j0; j <= i; ++j) {
           const double p = std::exp(s[j] - m);
           l += p;
           const float* v = qkv + L.v(b, j, g);
@@ -65,9 +72,10 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 //   dV_j += P_ij dO_i,  dP_ij = dO_i . V_j,  dS_ij = P_ij (dP_ij - D_i),  D_i = dO_i . O_i,
 //   dQ_i = scale sum_j dS_ij K_j,  dK_j += scale dS_ij Q_i.
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int H, int K, int D) {
+                        const float* lse, int B, int T, int H, int K, int D, const int* pos) {
   KILN_CHECK(K > 0 && H % K == 0, "attention", "query heads H=", H,
              " must be a multiple of kv heads K=", K);
+  check_attention_positions(pos, B, T);
   const Layout L{T, H, K, D};
   const double scale = 1.0 / std::sqrt(double(D));
   // Accumulate in double, round once at the end.
@@ -80,7 +88,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
         const float* dO = dout + L.o(b, i, h);
         const double Di = dot(dO, out + L.o(b, i, h), D);
         const double lse_i = lse[(int64_t(b) * H + h) * T + i];
-        for (int j = 0; j <= i; ++j) {
+        for (int j = first_key(pos, b, T, i); j <= i; ++j) {
           const float* k = qkv + L.k(b, j, kv);
           const float* v = qkv + L.v(b, j, kv);
           const double p = std::exp(scale * dot(q, k, D) - lse_i);
