@@ -213,6 +213,62 @@ TEST(SftDataset, EpochsShuffleDeterministicallyAndResumeExactly) {
   EXPECT_NE(ic, ib);  // another seed, another order
 }
 
+// Packing: rows hold whole examples in the unpacked stream's order (each n tokens in n - 1
+// slots, inputs and targets as unpacked), positions restart at 0 per example, the rest of a row
+// is padding counted in no loss; resuming mid-stream repeats the rows.
+TEST(SftDataset, PackingFillsRowsWithWholeExamplesInOrder) {
+  TempDir dir;
+  SftSpec spec;
+  spec.train = {write_records(dir, 30)};
+  spec.val_fraction = 0;
+  const int T = 24, B = 2, steps = 6;
+  auto plain = open_sft_source(spec, tok(), ChatTemplate::guanaco(), T, 5);
+  spec.packing = true;
+  auto packed = open_sft_source(spec, tok(), ChatTemplate::guanaco(), T, 5);
+  auto resumed = open_sft_source(spec, tok(), ChatTemplate::guanaco(), T, 5);
+  EXPECT_EQ(plain->positions(), nullptr);
+  std::vector<int32_t> ids(T), tg(T), pids(B * T), ptg(B * T), rids(B * T), rtg(B * T);
+  // The unpacked stream, example by example: its first n - 1 slots.
+  auto next_plain = [&] {
+    plain->next(1, ids.data(), tg.data());
+    int n = 0;
+    while (n + 1 < T && !(ids[size_t(n)] == kEos && tg[size_t(n)] == -1)) ++n;
+    return std::make_pair(std::vector<int32_t>(ids.begin(), ids.begin() + n),
+                          std::vector<int32_t>(tg.begin(), tg.begin() + n));
+  };
+  int examples = 0, padding = 0;
+  for (int step = 0; step < steps; ++step) {
+    if (step == 3) resumed->set_state(packed->state());
+    packed->next(B, pids.data(), ptg.data());
+    const std::vector<int32_t> pos(packed->positions(), packed->positions() + B * T);
+    if (step >= 3) {
+      resumed->next(B, rids.data(), rtg.data());
+      EXPECT_EQ(rids, pids);
+      EXPECT_EQ(std::vector<int32_t>(resumed->positions(), resumed->positions() + B * T), pos);
+    }
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T;) {
+        const size_t at = size_t(b) * T + t;
+        ASSERT_EQ(pos[at], 0) << "a sequence starts at 0";
+        int n = 1;
+        while (t + n < T && pos[at + n] != 0) ++n;
+        if (pids[at] == kEos) {  // the row's padding: the rest of it
+          for (int k = 0; k < n; ++k) EXPECT_EQ(ptg[at + k], -1);
+          EXPECT_EQ(t + n, T);
+          ++padding;
+        } else {
+          const auto [want_ids, want_tg] = next_plain();
+          EXPECT_EQ(std::vector<int32_t>(pids.begin() + at, pids.begin() + at + n), want_ids);
+          EXPECT_EQ(std::vector<int32_t>(ptg.begin() + at, ptg.begin() + at + n), want_tg);
+          ++examples;
+        }
+        t += n;
+      }
+  }
+  EXPECT_GT(examples, 2 * B * steps);  // several examples a row
+  EXPECT_GT(padding, 0);
+}
+
 TEST(SftDataset, ValidationSliceIsFixedAndDisjoint) {
   TempDir dir;
   SftSpec spec;

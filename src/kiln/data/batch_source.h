@@ -27,6 +27,11 @@ class BatchSource {
   virtual nlohmann::json state() const = 0;
   virtual void set_state(const nlohmann::json& s) = 0;
   virtual std::string describe() const = 0;  // for the log
+  // A packing source (SFT with data.packing) puts several sequences in a row: the position of
+  // each token of the last next() batch in its sequence, (B,T), restarting at 0 where a sequence
+  // starts (for TrainState::set_positions). Null: one sequence per row (validation batches
+  // always are).
+  virtual const int32_t* positions() const { return nullptr; }
 };
 
 struct DataSpec {

@@ -249,27 +249,23 @@ void fill_row(const SftExample& ex, int T, int32_t pad, int32_t* ids, int32_t* t
 class SftSource : public BatchSource {
  public:
   SftSource(std::vector<SftExample> train, std::vector<SftExample> val, int T, uint64_t seed,
-            int32_t pad, std::string about)
+            int32_t pad, bool packing, std::string about)
       : train_(std::move(train)),
         val_(std::move(val)),
         T_(T),
         seed_(seed),
         pad_(pad),
+        packing_(packing),
         about_(std::move(about)) {
     KILN_CHECK(!train_.empty(), "sft", "no training examples left after the validation split");
     shuffle();
   }
   void next(int B, int32_t* ids, int32_t* targets) override {
-    for (int b = 0; b < B; ++b) {
-      if (pos_ == int64_t(order_.size())) {
-        ++epoch_;
-        pos_ = 0;
-        shuffle();
-      }
-      fill_row(train_[order_[size_t(pos_++)]], T_, pad_, ids + int64_t(b) * T_,
-               targets + int64_t(b) * T_);
-    }
+    if (packing_) return next_packed(B, ids, targets);
+    for (int b = 0; b < B; ++b)
+      fill_row(next_example(true), T_, pad_, ids + int64_t(b) * T_, targets + int64_t(b) * T_);
   }
+  const int32_t* positions() const override { return packing_ ? positions_.data() : nullptr; }
   void eval_batch(int index, int B, int32_t* ids, int32_t* targets) const override {
     for (int b = 0; b < B; ++b)
       fill_row(val_[size_t(int64_t(index) * B + b)], T_, pad_, ids + int64_t(b) * T_,
@@ -290,6 +286,37 @@ class SftSource : public BatchSource {
   std::string describe() const override { return about_; }
 
  private:
+  // The next example of the shuffled stream; `take` moves past it (else it stays next).
+  const SftExample& next_example(bool take) {
+    if (pos_ == int64_t(order_.size())) {
+      ++epoch_;
+      pos_ = 0;
+      shuffle();
+    }
+    return train_[order_[size_t(take ? pos_++ : pos_)]];
+  }
+  // Rows filled with whole examples while they fit (n - 1 slots each); the rest of a row is
+  // padding, a sequence of its own that counts in no loss.
+  void next_packed(int B, int32_t* ids, int32_t* targets) {
+    positions_.assign(size_t(B) * T_, 0);
+    for (int b = 0; b < B; ++b) {
+      int32_t *id = ids + int64_t(b) * T_, *tg = targets + int64_t(b) * T_;
+      int32_t* ps = positions_.data() + int64_t(b) * T_;
+      int at = 0;
+      while (true) {
+        const SftExample& ex = next_example(false);
+        const int n = std::max(1, int(ex.ids.size()) - 1);
+        if (at > 0 && at + n > T_) break;  // (an example always fits an empty row)
+        fill_row(ex, n, pad_, id + at, tg + at);
+        for (int t = 0; t < n; ++t) ps[at + t] = t;
+        at += n;
+        next_example(true);
+        if (at == T_) break;
+      }
+      for (int t = at; t < T_; ++t) id[t] = pad_, tg[t] = -1, ps[t] = t - at;
+    }
+  }
+
   void shuffle() {  // the order of epoch_, from the seed alone
     order_.resize(train_.size());
     std::iota(order_.begin(), order_.end(), size_t(0));
@@ -302,8 +329,10 @@ class SftSource : public BatchSource {
   int T_;
   uint64_t seed_;
   int32_t pad_;
+  bool packing_;
   std::string about_;
   int64_t epoch_ = 0, pos_ = 0;
+  std::vector<int32_t> positions_;  // (B, T) of the last packed batch
 };
 
 }  // namespace
@@ -334,7 +363,8 @@ std::unique_ptr<BatchSource> open_sft_source(SftSpec spec, const Tokenizer& tok,
           spec.options.assistant_only_loss ? " (assistant/completion only)" : "", "; ",
           st.truncated, " cut to data.max_seq_length = ", spec.options.max_seq_length);
   return std::make_unique<SftSource>(std::move(train), std::move(val), T, seed,
-                                     tok.eos_id().value_or(0), about);
+                                     tok.eos_id().value_or(0), spec.packing,
+                                     about + (spec.packing ? "; packed into rows" : ""));
 }
 
 }  // namespace kiln

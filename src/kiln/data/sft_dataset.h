@@ -11,8 +11,11 @@
 // sees at inference (where the prompt is tokenized alone and the reply follows). Examples longer
 // than max_seq_length tokens are cut to it and counted. Errors name the file and line.
 //
-// Batches: each example is one row (no packing yet), padded: targets -1 (ignored by the loss)
-// where the loss does not count, so padding costs nothing in the loss. Examples are drawn in a
+// Batches: each example is one row, padded: targets -1 (ignored by the loss) where the loss does
+// not count, so padding costs nothing in the loss. With packing, training rows are filled with
+// whole examples in order (an example of n tokens takes n - 1 slots: its last token is never an
+// input that counts), the rest of a row padding; positions restart per example, so packed
+// training computes what unpacked training does, in fewer rows. Examples are drawn in a
 // seeded shuffle per epoch; validation is a fixed slice of the shuffled examples or its own file.
 #pragma once
 
@@ -74,6 +77,9 @@ struct SftSpec {
   std::string val;                 // optional JSONL file; else val_fraction of train's examples
   double val_fraction = 0.05;
   SftOptions options;
+  // Several examples per training row (TRL's packing), each at positions from 0 with attention
+  // confined to it (BatchSource::positions), instead of one padded example per row.
+  bool packing = false;
 };
 
 // The trainer's batches from SFT data: rows of T inputs and T targets (ids shifted by one, -1

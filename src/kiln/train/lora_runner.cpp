@@ -69,6 +69,7 @@ class LoraRunner final : public StepRunner {
     return base + 4 * adapter_.weights().nbytes();
   }
   int64_t activation_bytes() const override { return int64_t(ts_->bytes()); }
+  void set_positions(const int32_t* positions) override { ts_->set_positions(positions); }
   int64_t comm_bytes() const override {
     return dist::all_reduce_bytes(groups_.plan.dp, grads_.numel()) +
            dist::all_reduce_bytes(groups_.plan.dp, 1);

@@ -114,6 +114,7 @@ class TensorParallelRunner final : public PartRunner {
   }
   int64_t activation_bytes() const override { return int64_t(ts_->bytes()); }
   int64_t comm_bytes() const override { return ts_->comm_bytes() + PartRunner::comm_bytes(); }
+  void set_positions(const int32_t* positions) override { ts_->set_positions(positions); }
 
  private:
   double forward_backward(BatchSource& data, double scale) override {

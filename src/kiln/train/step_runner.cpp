@@ -23,6 +23,12 @@ StepRunner::StepRunner(const TrainConfig& cfg, dist::ProcessGroups& groups)
       ids_(size_t(B_) * T_),
       targets_(size_t(B_) * T_) {}
 
+void StepRunner::set_positions(const int32_t* positions) {
+  KILN_CHECK(!positions, "train",
+             "data.packing runs on the CPU without pipeline parallelism for now; use "
+             "data.packing: false, or parallel.pp = 1 and device: cpu");
+}
+
 StepRunner::Outcome StepRunner::step(BatchSource& data, float lr, double scale, bool skip) {
   const bool fp16 = cfg_.train.precision == Precision::fp16;
   Outcome o;

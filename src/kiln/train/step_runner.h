@@ -97,6 +97,10 @@ class StepRunner {
   virtual std::string device_suffix() const { return ""; }
 
   int row0() const { return row0_; }  // this rank's first row of each global batch
+  // Packed rows (BatchSource::positions): this rank's rows' positions, (Bl, T), for the steps
+  // and evaluations that follow (TrainState::set_positions); null: one sequence per row. The
+  // layouts that have no packed step refuse non-null.
+  virtual void set_positions(const int32_t* positions);
 
  protected:
   StepRunner(const TrainConfig& cfg, dist::ProcessGroups& groups);
@@ -132,6 +136,7 @@ double StepRunner::accumulate(BatchSource& data, double scale, Micro&& micro) {
   double loss = 0;
   for (int i = 0; i < accum; ++i) {
     data.next(B_, ids_.data(), targets_.data());
+    set_positions(data.positions() ? data.positions() + off : nullptr);
     // The loss is a mean over the global batch's counted tokens: weight this rank's mean.
     int64_t total = 0, local = 0;
     for (size_t j = 0; j < targets_.size(); ++j) total += targets_[j] >= 0;

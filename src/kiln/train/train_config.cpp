@@ -97,6 +97,7 @@ void read_data(const YAML::Node& node, const std::string& path, TrainConfig::Dat
                              : std::vector<std::string>{sft.as<std::string>()};
   }
   data.get("max_seq_length", d.max_seq_length);
+  data.get("packing", d.packing);
   data.get("loss", d.loss);
   data.get("chat_template", d.chat_template);
   data.finish();
@@ -108,6 +109,8 @@ void read_data(const YAML::Node& node, const std::string& path, TrainConfig::Dat
              "or mock");
   KILN_CHECK(d.sft.empty() || (d.train.empty() && d.blend.empty()), "config", path,
              ": data.sft (chat records) replaces data.train and data.blend; drop them, or sft");
+  KILN_CHECK(!d.packing || !d.sft.empty(), "config", path,
+             ": data.packing packs chat records (data.sft); text data fills every row already");
   KILN_CHECK(d.loss == "assistant" || d.loss == "all", "config", path, ": data.loss '", d.loss,
              "' is unknown; use assistant (replies and completions only) or all");
   KILN_CHECK(d.max_seq_length == 0 || d.max_seq_length >= 2, "config", path,

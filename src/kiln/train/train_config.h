@@ -68,6 +68,7 @@ struct TrainConfig {
     // "guanaco", "chatml", or a file holding a Jinja template.
     std::vector<std::string> sft;
     int max_seq_length = 0;  // 0: train.seq_len + 1
+    bool packing = false;    // data.sft: several examples per row (SftSpec::packing)
     std::string loss = "assistant";
     std::string chat_template;
   } data;

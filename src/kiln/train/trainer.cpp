@@ -75,6 +75,7 @@ double evaluate(const BatchSource& val, int B, int T, int max_batches, StepRunne
     val.eval_batch(int(i), B, ids.data(), tg.data());
     const int64_t total = std::count_if(tg.begin(), tg.end(), [](int32_t t) { return t >= 0; });
     int64_t counted = 0;
+    runner.set_positions(nullptr);  // validation rows hold one sequence each
     const double mean = runner.eval(ids.data() + off, tg.data() + off, &counted);
     sum += runner.sum_shares(mean * double(counted) / double(std::max<int64_t>(total, 1)));
   }
@@ -114,6 +115,9 @@ void check_layout(const TrainConfig& cfg, const dist::Comm& comm) {
              name_of(cfg.train.precision),
              " GEMM weight copy is made from the whole weights); use parallel.zero <= 2 or fp32");
   const bool on_gpu = cfg.device == Device::cuda;
+  KILN_CHECK(!cfg.data.packing || (pp == 1 && !on_gpu), "train",
+             "data.packing runs on the CPU without pipeline parallelism for now; use "
+             "data.packing: false, or parallel.pp = 1 and device: cpu");
   KILN_CHECK(!on_gpu || cfg.train.recompute == Recompute::none, "train",
              "train.recompute = ", name_of(cfg.train.recompute),
              " is not available on device: cuda (it keeps every activation); use recompute: none "
@@ -198,6 +202,7 @@ std::unique_ptr<BatchSource> open_data(const TrainConfig& cfg, const Tokenizer& 
     spec.val_fraction = cfg.data.val_fraction;
     spec.options.max_seq_length = cfg.data.max_seq_length;
     spec.options.assistant_only_loss = cfg.data.loss == "assistant";
+    spec.packing = cfg.data.packing;
     log_info("SFT data: messages rendered with the ",
              chat->is_default() ? "default (guanaco)" : chat->origin(), " chat template");
     return open_sft_source(spec, tok, *chat, cfg.train.seq_len, cfg.seed);
