@@ -1,7 +1,7 @@
 // LoRA adapters in PEFT's format as a user applies them: `kiln merge` writes a Hugging Face
 // checkpoint whose greedy output and loss equal the base's with `--adapter` applied in memory
-// (generate, eval), for a Llama and a GPT-2 base; a mismatched adapter is named and nothing is
-// written.
+// (generate, eval), for a Llama and a GPT-2 base, and (Llama) whose GGUF equals `kiln export
+// --adapter`'s; a mismatched adapter is named and nothing is written.
 #include <gtest/gtest.h>
 
 #include "kiln/core/rng.h"
@@ -82,6 +82,14 @@ TEST_P(LoraCli, MergedEqualsAppliedAndDiffersFromTheBase) {
            (dir / "merged"));
   EXPECT_NE(m.status, 0);
   EXPECT_NE(m.output.find("exists"), std::string::npos) << m.output;
+  // export --adapter writes the merged model's GGUF (GGUF export is Llama's only).
+  if (std::string(GetParam()) != "LlamaForCausalLM") return;
+  auto x1 = kiln("export --model " + (dir / "merged") + " --type f32 --output " + (dir / "m.gguf"));
+  auto x2 = kiln("export --model " + (dir / "base") + " --adapter " + (dir / "lora") +
+                 " --type f32 --output " + (dir / "a.gguf"));
+  ASSERT_EQ(x1.status, 0) << x1.output;
+  ASSERT_EQ(x2.status, 0) << x2.output;
+  EXPECT_EQ(read_file(dir / "m.gguf"), read_file(dir / "a.gguf"));
 }
 
 TEST_P(LoraCli, AnAdapterForAnotherModelIsNamedAndNothingIsWritten) {

@@ -1,5 +1,6 @@
 // kiln quantize --model DIR --type q8_0|q4_0|q4_k_m|...|nf4 --output DIR2
-// kiln export (--model DIR | --model-config CONFIG.json [--seed S]) --format gguf
+// kiln export (--model DIR [--adapter LORA_DIR] | --model-config CONFIG.json [--seed S]) --format
+// gguf
 //     --type f32|f16|q8_0|q4_0|q4_k_m|... --output FILE.gguf
 // (the K-quant mixes: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k)
 // kiln import --model FILE.gguf --output DIR
@@ -20,7 +21,7 @@ namespace kiln::cli {
 namespace {
 
 struct QuantArgs {
-  std::string model, model_config, type, output, format = "gguf";
+  std::string model, model_config, adapter, type, output, format = "gguf";
   uint64_t seed = 0;
 };
 
@@ -61,6 +62,9 @@ Command export_cmd([](CLI::App& app) {
       ->excludes(model);
   cmd->add_option("--seed", a->seed, "Seeds the random weights of --model-config")
       ->capture_default_str();
+  cmd->add_option("--adapter", a->adapter,
+                  "A PEFT LoRA adapter (or LoRA run) directory, merged into --model first")
+      ->needs(model);
   cmd->add_option("--format", a->format, "gguf")->capture_default_str();
   cmd->add_option("--type", a->type,
                   "f32, f16, q8_0, q4_0 or a K-quant mix: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, "
@@ -81,6 +85,7 @@ Command export_cmd([](CLI::App& app) {
       KILN_CHECK(file_exists(dir + "/tokenizer.json"), "export", "no tokenizer.json in '", dir,
                  "': the checkpoint is incomplete");
       auto model = load_model(dir);
+      if (!a->adapter.empty()) merge_lora(*model, load_lora_adapter(a->adapter, *model));
       Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
       quant::export_gguf(*model, tok, a->output, t, chat_template_source(dir));
     }
