@@ -3,7 +3,7 @@
 # records, scripts/fetch_data.sh) on top of the quickstart's model. Fine-tunes it
 # (configs/finetune.yaml) and scores greedy answers on the 5% of words held out by hash:
 # exact match and phoneme error rate, for the base model, full fine-tuning (one example per row,
-# and packed: several per row, half the steps), LoRA (r 8, 64) and QLoRA (r 8, NF4 base, bf16).
+# and packed: several per row), LoRA (r 8, 64) and QLoRA (r 8, NF4 base, bf16).
 #   examples/pronounce.sh [BASE_RUN]   (default runs/quickstart: run scripts/quickstart.sh first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ base=${1:-runs/quickstart}
 [ -s data/pronounce_test.jsonl ] || bash scripts/fetch_data.sh
 ./build/kiln finetune configs/finetune.yaml model.base="$base" run_dir=runs/pronounce
 ./build/kiln finetune configs/finetune.yaml model.base="$base" run_dir=runs/pronounce-packed \
-  data.packing=true train.steps=1000
+  data.packing=true
 # LoRA on every linear layer at ranks 8 and 64 (alpha 2r), at a learning rate suited to adapters.
 for r in 8 64; do
   ./build/kiln finetune configs/finetune.yaml model.base="$base" run_dir=runs/pronounce-lora$r \

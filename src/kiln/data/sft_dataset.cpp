@@ -1,6 +1,7 @@
 #include "kiln/data/sft_dataset.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 
 #include <nlohmann/json.hpp>
@@ -362,9 +363,22 @@ std::unique_ptr<BatchSource> open_sft_source(SftSpec spec, const Tokenizer& tok,
           st.tokens, " tokens of which ", st.loss_tokens, " count in the loss",
           spec.options.assistant_only_loss ? " (assistant/completion only)" : "", "; ",
           st.truncated, " cut to data.max_seq_length = ", spec.options.max_seq_length);
+  std::string packed;
+  if (spec.packing) {  // how full the rows get: one epoch in file order, packed as next() packs
+    int64_t rows = 1, at = 0, slots = 0;
+    for (const SftExample& ex : train) {
+      const int n = std::max(1, int(ex.ids.size()) - 1);
+      if (at > 0 && at + n > T) ++rows, at = 0;
+      at += n;
+      slots += n;
+    }
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "; packed into rows: %.2f examples per row, %.1f%% of slots used",
+                  double(train.size()) / double(rows), 100.0 * double(slots) / double(rows * T));
+    packed = buf;
+  }
   return std::make_unique<SftSource>(std::move(train), std::move(val), T, seed,
-                                     tok.eos_id().value_or(0), spec.packing,
-                                     about + (spec.packing ? "; packed into rows" : ""));
+                                     tok.eos_id().value_or(0), spec.packing, about + packed);
 }
 
 }  // namespace kiln

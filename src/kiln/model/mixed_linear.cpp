@@ -25,7 +25,10 @@ void MixedLinear::refresh(const Tensor& weights) {
       ops::cpu::f32_to_bf16(bf16_.data<uint16_t>() + at, base_ + at, end - at);
     };
     if (nf4_) {
-      for (auto [b, e] : nf4_->ranges()) convert(b), at = e;
+      for (auto [b, e] : nf4_->ranges()) {
+        convert(b);  // up to the held range, then past it
+        at = e;
+      }
     }
     convert(P);
   } else if (p_ == Precision::fp16) {
