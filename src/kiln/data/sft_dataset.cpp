@@ -373,7 +373,8 @@ std::unique_ptr<BatchSource> open_sft_source(SftSpec spec, const Tokenizer& tok,
       slots += n;
     }
     char buf[160];
-    std::snprintf(buf, sizeof buf, "; packed into rows: %.2f examples per row, %.1f%% of slots used",
+    std::snprintf(buf, sizeof buf,
+                  "; packed into rows: %.2f examples per row, %.1f%% of slots used",
                   double(train.size()) / double(rows), 100.0 * double(slots) / double(rows * T));
     packed = buf;
   }
