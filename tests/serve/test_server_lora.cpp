@@ -45,10 +45,11 @@ class ServeLora : public ::testing::Test {
     write_adapter(*dir_ / "tiny", *dir_ / "a1", 4, 31);
     write_adapter(*dir_ / "tiny", *dir_ / "a2", 8, 41);
     write_adapter(*dir_ / "tiny", *dir_ / "a3", 2, 51);
-    server_ = new test::ServerProcess(*dir_ / "tiny",
-                                      "--served-model-name tiny --max-running 8 --lora a1=" +
-                                          (*dir_ / "a1") + " --lora a2=" + (*dir_ / "a2"),
-                                      *dir_ / "server.log");
+    server_ = new test::ServerProcess(
+        *dir_ / "tiny",
+        "--served-model-name tiny --max-running 8 --allow-runtime-lora --lora a1=" +
+            (*dir_ / "a1") + " --lora a2=" + (*dir_ / "a2"),
+        *dir_ / "server.log");
   }
   static void TearDownTestSuite() {
     delete server_;
@@ -167,6 +168,22 @@ TEST_F(ServeLora, BadAdaptersAndNamesAreRefused) {
   r = post("/v1/load_lora_adapter", {{"lora_name", "w"}, {"lora_path", *dir_ / "wide-lora"}});
   EXPECT_EQ(r.status, 400) << r.body;
   EXPECT_NE(r.body.find("made for another model or rank"), std::string::npos) << r.body;
+}
+
+TEST(ServeLoraStart, RunTimeLoadingIsOffUnlessAllowed) {
+  test::TempDir dir("kiln-serve-lora-off");
+  test::make_model_dir(dir / "tiny");
+  write_adapter(dir / "tiny", dir / "a", 2, 3);
+  test::ServerProcess s(dir / "tiny", "--lora a=" + (dir / "a"), dir / "server.log");
+  ASSERT_TRUE(s.ready()) << s.log();
+  HttpReply r = http(s.port(), "POST", "/v1/load_lora_adapter",
+                     json{{"lora_name", "b"}, {"lora_path", dir / "a"}}.dump());
+  EXPECT_EQ(r.status, 403);
+  EXPECT_NE(r.body.find("--allow-runtime-lora"), std::string::npos) << r.body;
+  EXPECT_EQ(
+      http(s.port(), "POST", "/v1/unload_lora_adapter", json{{"lora_name", "a"}}.dump()).status,
+      403);
+  EXPECT_EQ(json::parse(http(s.port(), "GET", "/v1/models").body)["data"].size(), 2u);
 }
 
 TEST(ServeLoraStart, ABadLoraStopsTheServer) {

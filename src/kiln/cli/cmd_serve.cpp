@@ -1,7 +1,7 @@
 // kiln serve --model M [--host H --port P --api-key KEY | --api-key-file F --max-running S
 //                       --http-threads N --tokenize-threads N
 //                       --token-budget T --kv-blocks B --max-queue Q --served-model-name NAME
-//                       --lora NAME=DIR ...]
+//                       --lora NAME=DIR ... --allow-runtime-lora]
 #include <filesystem>
 
 #include "kiln/cli/command.h"
@@ -68,6 +68,9 @@ Command serve_cmd([](CLI::App& app) {
   cmd->add_option("--lora", a->opts.lora_modules,
                   "NAME=DIR: a LoRA adapter served beside the base as model NAME (repeatable; "
                   "requests of different adapters share batches)");
+  cmd->add_flag("--allow-runtime-lora", a->opts.runtime_lora,
+                "Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (they read "
+                "server-side paths a client names)");
   cmd->callback([a] {
     serve::ServeOptions o = a->opts;
     o.served_model_name = a->name.empty() ? default_name(a->model) : a->name;

@@ -209,6 +209,11 @@ class Server {
   // {"lora_name"}, vLLM's bodies and plain-text answers.
   void lora_route(const HttpRequest& req, bool load, const std::shared_ptr<Exchange>& ex) {
     require(req, "POST");
+    if (!o_.runtime_lora)
+      throw ApiError(403,
+                     "loading and unloading LoRA adapters at run time is off; start the server "
+                     "with --allow-runtime-lora",
+                     "", "invalid_request_error", "forbidden");
     json body = json::parse(req.body, nullptr, false);
     if (!body.is_object())
       throw ApiError(400, "the body is not a JSON object", "", "invalid_request_error");

@@ -30,6 +30,9 @@ struct ServeOptions {
   // LoRA adapters served from the start, NAME=DIR each (a PEFT adapter or LoRA run directory):
   // the server is ready once the model and these have loaded; one that fails stops it.
   std::vector<std::string> lora_modules;
+  // POST /v1/load_lora_adapter and /v1/unload_lora_adapter answer 403 unless set: loading reads
+  // server-side paths a client names (vLLM gates it the same way).
+  bool runtime_lora = false;
 };
 
 // Serves until a signal; returns the exit status (0 after a drain, 1 if the model failed to
