@@ -138,6 +138,9 @@ void CpuForwardPass::project(float* y, const float* x, const LinearWeight& w, co
                              int l, LoraSite site) {
   linear(y, x, w, int(b.ids.size()));
   for (const AdapterRows& g : adapter_rows_) {
+    const std::vector<LoraSlot>& slots = g.adapter->slots(l);
+    if (std::none_of(slots.begin(), slots.end(), [&](const LoraSlot& s) { return s.site == site; }))
+      continue;  // the adapter leaves this projection alone
     const LoraConfig& lc = g.adapter->config();
     const LoraTerm t{g.adapter->weights().f32(), nullptr, lc.r, lc.scaling(), 0.0f, 0};
     const int n = int(g.rows.size()), in = w.in, out = w.out;
@@ -155,7 +158,7 @@ void CpuForwardPass::project(float* y, const float* x, const LinearWeight& w, co
       xs = lora_x_.data();
       ys = lora_y_.data();
     }
-    for (const LoraSlot& slot : g.adapter->slots(l))
+    for (const LoraSlot& slot : slots)
       if (slot.site == site) lora_forward(slot, t, xs, n, ys, out, lora_);
     if (!together)
       for (int i = 0; i < n; ++i)
