@@ -126,9 +126,10 @@ Pipeline::Pipeline(const Model& model, int B, int T, TrainOptions opt, PipeSched
 }
 
 double Pipeline::forward(const Model& model, int micro, const int* ids, const int* targets,
-                         float* grads, float grad_scale) {
+                         float* grads, float grad_scale, const int* positions) {
   const int slot = micro % int(slots_.size());
   TrainState& ts = *slots_[slot];
+  ts.set_positions(positions);  // kept by the slot for this micro-batch's backward
   const int64_t n = in_.numel();
   if (stage_ > 0) pp_.recv(in_.f32(), n, stage_ - 1, forward_tag(micro));
   // The slot's buffers are about to be overwritten: its output, and (on the last stage, whose
@@ -163,6 +164,7 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
   const size_t batch = size_t(B_global) * T_, rows = size_t(B_) * T_, off = size_t(row0) * T_;
   ids_.resize(micro_ * batch);
   targets_.resize(micro_ * batch);
+  bool packed = false;
   comm_bytes_ = 0;
   for (auto& ts : slots_) ts->reset_comm_bytes();
   // The loss is a mean over each global batch's counted tokens: weight this rank's mean by its
@@ -171,6 +173,11 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
   for (int m = 0; m < micro_; ++m) {
     int32_t* tg = targets_.data() + m * batch;
     data.next(B_global, ids_.data() + m * batch, tg);
+    if (const int32_t* pos = data.positions()) {  // packed rows: kept for the micro-batch's slot
+      positions_.resize(micro_ * batch);
+      std::copy(pos, pos + batch, positions_.begin() + m * batch);
+      packed = true;
+    }
     const int64_t total = std::count_if(tg, tg + batch, [](int32_t t) { return t >= 0; });
     const int64_t local =
         std::count_if(tg + off, tg + off + rows, [](int32_t t) { return t >= 0; });
@@ -182,8 +189,9 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
     const int* ids = ids_.data() + m * batch + off;
     if (op.kind == PipeOp::forward) {
       const int* targets = targets_.data() + m * batch + off;
-      loss +=
-          share[m] * forward(model, m, ids, targets, grads, float(grad_scale / micro_ * share[m]));
+      const int* pos = packed ? positions_.data() + m * batch + off : nullptr;
+      loss += share[m] *
+              forward(model, m, ids, targets, grads, float(grad_scale / micro_ * share[m]), pos);
     } else {
       backward(model, m, ids, grads);
     }
@@ -196,6 +204,7 @@ double Pipeline::train_step(const Model& model, BatchSource& data, int B_global,
 double Pipeline::eval_step(const Model& model, const int* ids, const int* targets,
                            int64_t* counted) {
   TrainState& ts = *slots_[0];
+  ts.set_positions(nullptr);  // validation rows hold one sequence each
   const int64_t n = in_.numel();
   const int tag = eval_tag(micro_);
   if (stage_ > 0) pp_.recv(in_.f32(), n, stage_ - 1, tag);

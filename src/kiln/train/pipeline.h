@@ -86,8 +86,9 @@ class Pipeline {
   }
 
  private:
+  // positions: the micro-batch's packed rows (TrainState::set_positions), or null.
   double forward(const Model& model, int micro, const int* ids, const int* targets, float* grads,
-                 float grad_scale);
+                 float grad_scale, const int* positions);
   void backward(const Model& model, int micro, const int* ids, float* grads);
 
   int B_, T_, micro_;
@@ -99,6 +100,7 @@ class Pipeline {
   std::unique_ptr<dist::Comm> embedding_group_;     // first and last stage (tied embeddings)
   Tensor in_, dout_;                                // (B*T, C) received activation / gradient
   std::vector<int32_t> ids_, targets_;              // (micro, B_global, T)
+  std::vector<int32_t> positions_;                  // (micro, B_global, T) when the data packs
   int64_t comm_bytes_ = 0;
 };
 

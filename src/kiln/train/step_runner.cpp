@@ -25,8 +25,7 @@ StepRunner::StepRunner(const TrainConfig& cfg, dist::ProcessGroups& groups)
 
 void StepRunner::set_positions(const int32_t* positions) {
   KILN_CHECK(!positions, "train",
-             "data.packing runs on the CPU without pipeline parallelism for now; use "
-             "data.packing: false, or parallel.pp = 1 and device: cpu");
+             "data.packing runs on the CPU for now; use data.packing: false or device: cpu");
 }
 
 StepRunner::Outcome StepRunner::step(BatchSource& data, float lr, double scale, bool skip) {

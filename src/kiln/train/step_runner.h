@@ -99,7 +99,7 @@ class StepRunner {
   int row0() const { return row0_; }  // this rank's first row of each global batch
   // Packed rows (BatchSource::positions): this rank's rows' positions, (Bl, T), for the steps
   // and evaluations that follow (TrainState::set_positions); null: one sequence per row. The
-  // layouts that have no packed step refuse non-null.
+  // GPU runner refuses non-null; the pipeline takes each micro-batch's from the data itself.
   virtual void set_positions(const int32_t* positions);
 
  protected:

@@ -115,9 +115,8 @@ void check_layout(const TrainConfig& cfg, const dist::Comm& comm) {
              name_of(cfg.train.precision),
              " GEMM weight copy is made from the whole weights); use parallel.zero <= 2 or fp32");
   const bool on_gpu = cfg.device == Device::cuda;
-  KILN_CHECK(!cfg.data.packing || (pp == 1 && !on_gpu), "train",
-             "data.packing runs on the CPU without pipeline parallelism for now; use "
-             "data.packing: false, or parallel.pp = 1 and device: cpu");
+  KILN_CHECK(!cfg.data.packing || !on_gpu, "train",
+             "data.packing runs on the CPU for now; use data.packing: false or device: cpu");
   KILN_CHECK(!on_gpu || cfg.train.recompute == Recompute::none, "train",
              "train.recompute = ", name_of(cfg.train.recompute),
              " is not available on device: cuda (it keeps every activation); use recompute: none "
