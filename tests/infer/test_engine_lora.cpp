@@ -11,6 +11,7 @@
 #include "kiln/core/rng.h"
 #include "kiln/infer/engine.h"
 #include "kiln/model/lora.h"
+#include "lora_test_util.h"
 
 namespace kiln {
 namespace {
@@ -24,12 +25,7 @@ std::shared_ptr<LoraWeights> random_adapter(const Model& base, int r, uint64_t s
   lc.alpha = float(2 * r);
   lc.target_modules = {"all-linear"};
   auto ad = std::make_shared<LoraWeights>(base, lc);
-  ad->init(seed);
-  Rng rng(seed + 1);
-  for (const ParamInfo& p : ad->params())
-    if (p.name.find("lora_B") != std::string::npos)
-      for (int64_t i = 0; i < p.numel(); ++i)
-        ad->weights().f32()[p.offset + i] = 0.3f * rng.normal();
+  test::init_with_random_b(*ad, seed, 0.3f);
   return ad;
 }
 

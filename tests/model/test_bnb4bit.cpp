@@ -73,7 +73,7 @@ TEST(Bnb4bit, ReadsAbsmaxWithoutDoubleQuantization) {
   const Shape shape{2, 64};
   std::map<std::string, Tensor> t;
   Tensor codes = Tensor::empty({64, 1}, DType::u8);
-  for (int i = 0; i < 64; ++i) codes.data<uint8_t>()[i] = uint8_t((i % 16) << 4 | 15 - i % 16);
+  for (int i = 0; i < 64; ++i) codes.data<uint8_t>()[i] = uint8_t((i % 16) << 4 | (15 - i % 16));
   Tensor absmax = Tensor::empty({2});
   absmax.f32()[0] = 0.5f, absmax.f32()[1] = 2.0f;
   Tensor qmap = Tensor::empty({16});

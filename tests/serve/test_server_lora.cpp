@@ -11,6 +11,7 @@
 #include "kiln/core/rng.h"
 #include "kiln/model/lora.h"
 #include "kiln/model/model_io.h"
+#include "lora_test_util.h"
 #include "serve_test_util.h"
 
 namespace kiln {
@@ -28,12 +29,7 @@ void write_adapter(const std::string& model_dir, const std::string& dir, int r, 
   lc.alpha = float(2 * r);
   lc.target_modules = {"q_proj", "v_proj", "down_proj"};
   LoraWeights ad(*base, lc);
-  ad.init(seed);
-  Rng rng(seed + 1);
-  for (const ParamInfo& p : ad.params())
-    if (p.name.find("lora_B") != std::string::npos)
-      for (int64_t i = 0; i < p.numel(); ++i)
-        ad.weights().f32()[p.offset + i] = 0.3f * rng.normal();
+  test::init_with_random_b(ad, seed, 0.3f);
   save_lora_adapter(ad.adapter(), dir);
 }
 

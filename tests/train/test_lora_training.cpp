@@ -19,6 +19,7 @@
 #include "kiln/ops/elementwise.h"
 #include "kiln/ops/matmul.h"
 #include "kiln/train/optimizer.h"
+#include "lora_test_util.h"
 #include "parity/parity_case.h"
 #include "test_util.h"
 
@@ -28,12 +29,7 @@ namespace {
 // An adapter with A as PEFT initialises it and B random, so both gradients are non-zero.
 LoraWeights random_adapter(const Model& base, LoraConfig cfg, uint64_t seed) {
   LoraWeights ad(base, std::move(cfg));
-  ad.init(seed);
-  Rng rng(seed + 1);
-  for (const ParamInfo& p : ad.params())
-    if (p.name.find("lora_B") != std::string::npos)
-      for (int64_t i = 0; i < p.numel(); ++i)
-        ad.weights().f32()[p.offset + i] = 0.05f * rng.normal();
+  test::init_with_random_b(ad, seed, 0.05f);
   return ad;
 }
 

@@ -12,6 +12,7 @@
 #include "kiln/core/rng.h"
 #include "kiln/model/lora.h"
 #include "kiln/model/transformer.h"
+#include "lora_test_util.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -53,12 +54,7 @@ void check_packed(const std::string& config, Recompute rc, bool lora) {
     lc.r = 4;
     lc.target_modules = {"all-linear"};
     ad = std::make_unique<LoraWeights>(m, lc);
-    ad->init(1);
-    Rng rng(2);
-    for (const ParamInfo& p : ad->params())
-      if (p.name.find("lora_B") != std::string::npos)
-        for (int64_t i = 0; i < p.numel(); ++i)
-          ad->weights().f32()[p.offset + i] = 0.1f * rng.normal();
+    test::init_with_random_b(*ad, 1, 0.1f);
   }
   TrainOptions opt;
   opt.recompute = rc;

@@ -247,6 +247,12 @@ void fill_row(const SftExample& ex, int T, int32_t pad, int32_t* ids, int32_t* t
   }
 }
 
+// Slots an example takes in a packed row: its n tokens are n - 1 inputs with targets (its last
+// token is never an input whose target counts).
+int packed_slots(const SftExample& ex) {
+  return std::max(1, int(ex.ids.size()) - 1);
+}
+
 class SftSource : public BatchSource {
  public:
   SftSource(std::vector<SftExample> train, std::vector<SftExample> val, int T, uint64_t seed,
@@ -306,7 +312,7 @@ class SftSource : public BatchSource {
       int at = 0;
       while (true) {
         const SftExample& ex = next_example(false);
-        const int n = std::max(1, int(ex.ids.size()) - 1);
+        const int n = packed_slots(ex);
         if (at > 0 && at + n > T_) break;  // (an example always fits an empty row)
         fill_row(ex, n, pad_, id + at, tg + at);
         for (int t = 0; t < n; ++t) ps[at + t] = t;
@@ -367,7 +373,7 @@ std::unique_ptr<BatchSource> open_sft_source(SftSpec spec, const Tokenizer& tok,
   if (spec.packing) {  // how full the rows get: one epoch in file order, packed as next() packs
     int64_t rows = 1, at = 0, slots = 0;
     for (const SftExample& ex : train) {
-      const int n = std::max(1, int(ex.ids.size()) - 1);
+      const int n = packed_slots(ex);
       if (at > 0 && at + n > T) ++rows, at = 0;
       at += n;
       slots += n;

@@ -12,9 +12,9 @@
 #include "kiln/cuda/kernels.h"
 #include "kiln/cuda/runtime.h"
 #include "kiln/cuda/sampling.h"
-#include "kiln/model/cuda_model.h"
 #include "kiln/infer/kv_cache.h"
 #include "kiln/model/block_spec.h"
+#include "kiln/model/cuda_model.h"
 
 namespace kiln {
 

@@ -5,21 +5,16 @@
 
 #include "kiln/core/error.h"
 #include "kiln/core/parallel.h"
+#include "kiln/model/transformer.h"
 #include "kiln/ops/nf4.h"
 
 namespace kiln {
 namespace {
 
-Tensor u8_tensor(const uint8_t* p, int64_t n, Shape shape) {
-  Tensor t = Tensor::empty(std::move(shape), DType::u8);
-  std::memcpy(t.raw(), p, size_t(n));
-  return t;
-}
-
-Tensor f32_tensor(const float* p, int64_t n) {
-  Tensor t = Tensor::empty({n});
-  std::memcpy(t.raw(), p, size_t(n) * 4);
-  return t;
+// A copy of n values at p, as a tensor of `shape`.
+template <class T>
+Tensor copy_of(const T* p, Shape shape, DType dtype) {
+  return Tensor::view(const_cast<T*>(p), std::move(shape), dtype).clone();
 }
 
 const char* kState[] = {".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"};
@@ -27,9 +22,7 @@ const char* kState[] = {".quant_state.bitsandbytes__nf4", ".quant_state.bitsandb
 }  // namespace
 
 bool bnb4bit_quantizes(const std::string& name, const Shape& shape) {
-  const bool in_layer = name.starts_with("model.layers.") || name.starts_with("transformer.h.");
-  return in_layer && shape.size() == 2 && name.ends_with(".weight") &&
-         shape_numel(shape) % ops::kNf4Block == 0;
+  return is_projection_weight(name, shape) && shape_numel(shape) % ops::kNf4Block == 0;
 }
 
 std::vector<std::pair<std::string, Tensor>> bnb4bit_tensors(const std::string& name, const float* w,
@@ -44,15 +37,15 @@ std::vector<std::pair<std::string, Tensor>> bnb4bit_tensors(const std::string& n
                                 {"nested_offset", q.offset}};
   const std::string js = state.dump();
   const int64_t n = q.numel;
+  const DType u8 = DType::u8, f32 = DType::f32;
   return {
-      {name, u8_tensor(q.codes.data(), n / 2, {n / 2, 1})},
-      {name + ".absmax", u8_tensor(q.scale_codes.data(), q.blocks(), {q.blocks()})},
+      {name, copy_of(q.codes.data(), {n / 2, 1}, u8)},
+      {name + ".absmax", copy_of(q.scale_codes.data(), {q.blocks()}, u8)},
       {name + ".nested_absmax",
-       f32_tensor(q.nested_absmax.data(), int64_t(q.nested_absmax.size()))},
-      {name + ".nested_quant_map", f32_tensor(ops::dynamic_map().data(), 256)},
-      {name + ".quant_map", f32_tensor(ops::kNf4Levels, 16)},
-      {name + kState[0], u8_tensor(reinterpret_cast<const uint8_t*>(js.data()), int64_t(js.size()),
-                                   {int64_t(js.size())})},
+       copy_of(q.nested_absmax.data(), {int64_t(q.nested_absmax.size())}, f32)},
+      {name + ".nested_quant_map", copy_of(ops::dynamic_map().data(), {256}, f32)},
+      {name + ".quant_map", copy_of(ops::kNf4Levels, {16}, f32)},
+      {name + kState[0], copy_of(js.data(), {int64_t(js.size())}, u8)},
   };
 }
 

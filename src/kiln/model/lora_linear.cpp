@@ -70,7 +70,8 @@ void forward_bf16(const LoraSlot& slot, const LoraTerm& t, const float* xd, int 
   });
 }
 
-// lora_backward's four GEMMs with bf16 inputs; dxs (N, in) is written (not added).
+// lora_backward's four GEMMs with bf16 inputs; dxs (N, in) = du A + beta_dx dxs, after d(x) is
+// read (so dxs may be d(x)'s buffer).
 void backward_bf16(const LoraSlot& slot, const LoraTerm& t, const float* xd, const float* u,
                    const float* dy, int ldy, int N, LoraScratch& s, float* dxs, float beta_dx) {
   const int r = t.r, in = slot.in, out = slot.out;
@@ -118,41 +119,31 @@ void lora_backward(const LoraSlot& slot, const LoraTerm& t, const float* x, cons
   const int r = t.r, in = slot.in, out = slot.out;
   const float* xd = dropout(slot, t, x, N, s);
   const float* u = s.u.at(slot.a).data();
+  // dx (N, in) += d(du A): straight into dx without dropout; with it, into s.xd (d(x) is used up
+  // by dA before) and then through the mask.
+  const bool masked = t.dropout > 0;
+  float* dxs = masked ? s.xd.data() : dx;
+  const float beta = masked ? 0.0f : 1.0f;
   if (t.bf16) {
-    if (t.dropout <= 0) return backward_bf16(slot, t, xd, u, dy, ldy, N, s, dx, 1.0f);
-    // dx += d(du A) through the mask: du A into scratch first (d(x) is needed before that).
-    std::vector<float> tmp(size_t(N) * in);
-    backward_bf16(slot, t, xd, u, dy, ldy, N, s, tmp.data(), 0.0f);
-    const uint64_t key = mask_key(slot, t);
-    const float p = t.dropout, k = 1.0f / (1.0f - p);
-    const float* d = tmp.data();
-    parallel_ranges(int64_t(N) * in, 4096, [=](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        if (keep(key, i, p)) dx[i] += d[i] * k;
-    });
-    return;
+    backward_bf16(slot, t, xd, u, dy, ldy, N, s, dxs, beta);
+  } else {
+    const float* dys = dy + slot.col0;  // (N, out), row stride ldy
+    // dB (out, r) += s dy^T u.
+    cpu::gemm_ld(t.g + slot.b, r, dys, ldy, u, r, out, r, N, true, false, t.scaling, 1.0f);
+    // du (N, r) = s dy B.
+    s.du.resize(size_t(N) * r);
+    float* du = s.du.data();
+    cpu::gemm_ld(du, r, dys, ldy, t.w + slot.b, r, N, r, out, false, false, t.scaling, 0.0f);
+    // dA (r, in) += du^T d(x).
+    cpu::gemm(t.g + slot.a, du, xd, r, in, N, true, false, 1.0f, 1.0f);
+    cpu::gemm(dxs, du, t.w + slot.a, N, in, r, false, false, 1.0f, beta);
   }
-  const float* dys = dy + slot.col0;  // (N, out), row stride ldy
-  // dB (out, r) += s dy^T u.
-  cpu::gemm_ld(t.g + slot.b, r, dys, ldy, u, r, out, r, N, true, false, t.scaling, 1.0f);
-  // du (N, r) = s dy B.
-  s.du.resize(size_t(N) * r);
-  float* du = s.du.data();
-  cpu::gemm_ld(du, r, dys, ldy, t.w + slot.b, r, N, r, out, false, false, t.scaling, 0.0f);
-  // dA (r, in) += du^T d(x).
-  cpu::gemm(t.g + slot.a, du, xd, r, in, N, true, false, 1.0f, 1.0f);
-  // dx (N, in) += d(du A): straight in without dropout, else through the mask.
-  if (t.dropout <= 0) {
-    cpu::gemm(dx, du, t.w + slot.a, N, in, r, false, false, 1.0f, 1.0f);
-    return;
-  }
-  float* tmp = s.xd.data();  // d(x) is no longer needed
-  cpu::gemm(tmp, du, t.w + slot.a, N, in, r, false, false, 1.0f, 0.0f);
+  if (!masked) return;
   const uint64_t key = mask_key(slot, t);
   const float p = t.dropout, k = 1.0f / (1.0f - p);
   parallel_ranges(int64_t(N) * in, 4096, [=](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i)
-      if (keep(key, i, p)) dx[i] += tmp[i] * k;
+      if (keep(key, i, p)) dx[i] += dxs[i] * k;
   });
 }
 

@@ -12,8 +12,8 @@
 namespace kiln {
 
 // Loads config.json and the weights (F32, BF16 or F16 on disk, or bitsandbytes 4-bit; fp32 in
-// memory). Every tensor the
-// config implies must be present with the right shape; errors name the file, tensor and fix.
+// memory). Every tensor the config implies must be present with the right shape; errors name the
+// file, tensor and fix.
 std::unique_ptr<Model> load_model(const std::string& dir);
 // Copies weights from a safetensors file (or index) into `model`, checking names and shapes; or
 // from a sharded training checkpoint (manifest.json, train/sharded_checkpoint.h).

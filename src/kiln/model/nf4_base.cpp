@@ -10,20 +10,11 @@
 #include "kiln/model/transformer.h"
 
 namespace kiln {
-namespace {
-
-// A projection's weight: 2-D and inside a layer (the norms there are 1-D).
-bool is_linear_weight(const ParamInfo& p) {
-  const bool in_layer = p.name.starts_with("model.layers.") || p.name.starts_with("transformer.h.");
-  return in_layer && p.shape.size() == 2 && p.name.ends_with(".weight");
-}
-
-}  // namespace
 
 Nf4Base::Nf4Base(const Model& model) {
   const float* w = model.weights().f32();
   for (const ParamInfo& p : model.params()) {
-    if (!is_linear_weight(p)) continue;
+    if (!is_projection_weight(p.name, p.shape)) continue;
     KILN_CHECK(p.numel() % ops::kNf4Block == 0, "qlora", p.name, " has ", p.numel(),
                " values, not a multiple of ", ops::kNf4Block,
                ": NF4 quantizes whole blocks; use method: lora for this model");

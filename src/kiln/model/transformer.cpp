@@ -703,8 +703,13 @@ void TrainState::set_positions(const int* positions) {
 LoraTerm TrainState::lora_term() const {
   const LoraConfig& c = opt_.lora->config();
   // Dropout in training steps only (those with a gradient).
-  return {opt_.lora->weights().f32(),     lora_grads_, c.r, c.scaling(),
-          lora_grads_ ? c.dropout : 0.0f, lora_seed_, opt_.precision == Precision::bf16};
+  return {opt_.lora->weights().f32(),
+          lora_grads_,
+          c.r,
+          c.scaling(),
+          lora_grads_ ? c.dropout : 0.0f,
+          lora_seed_,
+          opt_.precision == Precision::bf16};
 }
 
 void TrainState::lora_forward(int l, LoraSite site, const float* x, float* y, int ldy) {

@@ -78,6 +78,14 @@ inline bool is_token_embedding(const std::string& name) {
   return name == "model.embed_tokens.weight" || name == "transformer.wte.weight";
 }
 
+// Whether a parameter is a layer's projection weight (q/k/v/o, gate/up/down; GPT-2's c_attn,
+// c_proj, c_fc): 2-D and inside a layer, where the norms are 1-D. What NF4 (QLoRA, bitsandbytes'
+// 4-bit checkpoints) quantizes; the embeddings and the LM head stay as they are.
+inline bool is_projection_weight(const std::string& name, const Shape& shape) {
+  const bool in_layer = name.starts_with("model.layers.") || name.starts_with("transformer.h.");
+  return in_layer && shape.size() == 2 && name.ends_with(".weight");
+}
+
 // The parameters a model with this config holds (all of them, or one pipeline stage's), in
 // flat-buffer order.
 std::vector<ParamInfo> param_layout(const ModelConfig& cfg, const PipelineStage& stage);

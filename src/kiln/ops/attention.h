@@ -13,6 +13,10 @@ namespace kiln::ops {
 
 // Throws Error naming the row and token where pos (B,T) breaks the contract above (null: fine).
 void check_attention_positions(const int* pos, int B, int T);
+// The first key query t of row b sees: its sequence's start (0 unpacked); non-decreasing in t.
+inline int first_key(const int* pos, int b, int T, int t) {
+  return pos ? t - pos[static_cast<long long>(b) * T + t] : 0;
+}
 
 namespace ref {
 // Plain softmax(QK^T)V, materializing each row's scores. out (B,T,H*D); lse (B,H,T) is the

@@ -191,8 +191,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
                        const int* pos) {
   check_args(B, T, H, K, D);
   check_attention_positions(pos, B, T);
-  // The first key row i of batch row b sees (its sequence's start), non-decreasing in i.
-  auto first = [&](int b, int i) { return pos ? i - pos[int64_t(b) * T + i] : 0; };
+  auto first = [&](int b, int i) { return first_key(pos, b, T, i); };
   const Layout L{T, H, K, D};
   const int Dp = (D + kL - 1) / kL * kL;
   const int nqt = (T + kBq - 1) / kBq;
@@ -344,7 +343,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   check_args(B, T, H, K, D);
   check_attention_positions(pos, B, T);
   if (T == 0) return;
-  auto first = [&](int b, int i) { return pos ? i - pos[int64_t(b) * T + i] : 0; };
+  auto first = [&](int b, int i) { return first_key(pos, b, T, i); };
   const Layout L{T, H, K, D};
   const int Dp = (D + kL - 1) / kL * kL;
   const int G = H / K;  // query heads per kv head

@@ -23,11 +23,6 @@ struct Layout {
   int64_t o(int b, int t, int h) const { return (int64_t(b) * T + t) * H * D + int64_t(h) * D; }
 };
 
-// The first key query t of row b sees: the start of its sequence.
-int first_key(const int* pos, int b, int T, int t) {
-  return pos ? t - pos[int64_t(b) * T + t] : 0;
-}
-
 double dot(const float* a, const float* b, int D) {
   double s = 0.0;
   for (int d = 0; d < D; ++d) s += double(a[d]) * b[d];
