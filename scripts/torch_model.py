@@ -396,18 +396,103 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+class MixtralExpert(nn.Module):
+    """One Mixtral expert: w2(silu(w1(x)) * w3(x)); w1/w3 (F, C), w2 (C, F)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        C, Fd = cfg["hidden_size"], cfg["intermediate_size"]
+        self.w1 = nn.Linear(C, Fd, bias=False)
+        self.w2 = nn.Linear(Fd, C, bias=False)
+        self.w3 = nn.Linear(C, Fd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MixtralSparseMoeBlock(nn.Module):
+    """Mixtral's MoE MLP, from its published semantics: router logits = gate(x) (E); softmax; the top-k experts;
+    their probabilities renormalised to sum to 1; output = sum over the k of weight * expert(x). The router
+    logits of the last forward are kept (self.router_logits, (N, E)) for the auxiliary losses.
+    moe_capacity_factor > 0 (kiln / Megatron): expert e keeps its first ceil(cf * N * k / E) tokens in token
+    order; the (token, expert) pairs over that are dropped (their term is left out, the other weights unchanged)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.E = int(cfg.get("num_local_experts", 8))
+        self.k = int(cfg.get("num_experts_per_tok", 2))
+        self.capacity_factor = float(cfg.get("moe_capacity_factor", 0) or 0)
+        self.gate = nn.Linear(cfg["hidden_size"], self.E, bias=False)
+        self.experts = nn.ModuleList(MixtralExpert(cfg) for _ in range(self.E))
+        self.router_logits = None
+        self.dropped = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        h = x.reshape(-1, shape[-1])  # (N, C)
+        N = h.shape[0]
+        logits = self.gate(h)  # (N, E)
+        self.router_logits = logits
+        probs = F.softmax(logits.float(), dim=-1)
+        weights, chosen = torch.topk(probs, self.k, dim=-1)  # (N, k)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        keep = torch.ones_like(chosen, dtype=torch.bool)
+        if self.capacity_factor > 0:
+            cap = min(math.ceil(self.capacity_factor * N * self.k / self.E), N * self.k)
+            seen = [0] * self.E
+            for t in range(N):
+                for j in range(self.k):
+                    e = int(chosen[t, j])
+                    keep[t, j] = seen[e] < cap
+                    seen[e] += 1
+        self.dropped = int((~keep).sum())
+        out = torch.zeros_like(h)
+        for e in range(self.E):
+            t, j = torch.nonzero((chosen == e) & keep, as_tuple=True)
+            if t.numel() == 0:
+                continue
+            y = self.experts[e](h[t]) * weights[t, j].unsqueeze(-1).to(h.dtype)
+            out = out.index_add(0, t, y)
+        return out.reshape(shape)
+
+
+def moe_aux_losses(model: nn.Module):
+    """(aux, z) over every MoE layer's last router logits, pooled as HF's load_balancing_loss_func pools them:
+    aux = E * sum_e (tokens whose top-k holds e / L*N) * (mean router probability of e); z = mean logsumexp^2.
+    None when the model has no MoE layer."""
+    logits = [m.router_logits for m in model.modules() if isinstance(m, MixtralSparseMoeBlock)]
+    if not logits:
+        return None
+    blocks = [m for m in model.modules() if isinstance(m, MixtralSparseMoeBlock)]
+    E, k = blocks[0].E, blocks[0].k
+    z_all = torch.cat(logits, dim=0)  # (L*N, E)
+    probs = F.softmax(z_all.float(), dim=-1)
+    _, chosen = torch.topk(probs, k, dim=-1)
+    mask = F.one_hot(chosen, E).float()  # (L*N, k, E)
+    tokens_per_expert = mask.mean(dim=0)  # (k, E)
+    prob_per_expert = probs.mean(dim=0)  # (E)
+    aux = (tokens_per_expert * prob_per_expert.unsqueeze(0)).sum() * E
+    z = (torch.logsumexp(z_all.float(), dim=-1) ** 2).mean()
+    return aux, z
+
+
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         eps = float(cfg.get("rms_norm_eps", 1e-6))
         self.self_attn = LlamaAttention(cfg)
-        self.mlp = LlamaMLP(cfg)
+        self.moe = architecture(cfg) == "mixtral"
+        if self.moe:
+            self.block_sparse_moe = MixtralSparseMoeBlock(cfg)
+        else:
+            self.mlp = LlamaMLP(cfg)
         self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
 
     def forward(self, x, cos, sin):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        mlp = self.block_sparse_moe if self.moe else self.mlp
+        return x + mlp(self.post_attention_layernorm(x))
 
 
 class LlamaModel(nn.Module):
@@ -546,20 +631,23 @@ _REQUIRED = {
     "llama": ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"],
     "gpt2": ["vocab_size", "n_embd", "n_layer", "n_head", "n_positions"],
 }
+_REQUIRED["mixtral"] = _REQUIRED["llama"]
 EMBEDDING_NAMES = ("embed_tokens", "wte", "wpe")
 
 
 def architecture(cfg: dict) -> str:
-    """'llama' or 'gpt2' from `architectures` (preferred) or `model_type`; ValueError otherwise."""
+    """'llama', 'mixtral' or 'gpt2' from `architectures` (preferred) or `model_type`; ValueError otherwise."""
     archs = cfg.get("architectures") or []
     if "LlamaForCausalLM" in archs:
         return "llama"
+    if "MixtralForCausalLM" in archs:
+        return "mixtral"
     if "GPT2LMHeadModel" in archs:
         return "gpt2"
-    if not archs and cfg.get("model_type") in ("llama", "gpt2"):
+    if not archs and cfg.get("model_type") in ("llama", "mixtral", "gpt2"):
         return cfg["model_type"]
     raise ValueError(f"[torch_model] unsupported architecture (architectures={archs}, model_type={cfg.get('model_type')!r}); "
-                     "supported: LlamaForCausalLM, GPT2LMHeadModel")
+                     "supported: LlamaForCausalLM, MixtralForCausalLM, GPT2LMHeadModel")
 
 
 def build_model(cfg: dict) -> nn.Module:
@@ -568,7 +656,7 @@ def build_model(cfg: dict) -> nn.Module:
     missing = [k for k in _REQUIRED[arch] if k not in cfg]
     if missing:
         raise ValueError(f"[torch_model] {arch} config is missing keys {missing}")
-    if arch == "llama":
+    if arch in ("llama", "mixtral"):
         model = LlamaForCausalLM(cfg)  # pretraining_tp only reorders HF's matmuls; the math is the same
     else:
         if cfg.get("add_cross_attention"):
@@ -658,6 +746,21 @@ def weight_decay_groups(model: nn.Module, weight_decay: float):
         is_emb = any(f".{e}." in f".{name}" for e in EMBEDDING_NAMES)
         (decay if p.ndim == 2 and not is_emb else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def model_loss(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The training loss: lm_loss, plus for a Mixtral model router_aux_loss_coef * aux when output_router_logits
+    (as HF's MixtralForCausalLM adds it) and router_z_loss_coef * z (kiln's key)."""
+    loss = lm_loss(logits, targets)
+    moe = moe_aux_losses(model)
+    if moe is not None:
+        aux, z = moe
+        if model.config.get("output_router_logits", False):
+            loss = loss + float(model.config.get("router_aux_loss_coef", 0.001)) * aux
+        zc = float(model.config.get("router_z_loss_coef", 0) or 0)
+        if zc > 0:
+            loss = loss + zc * z
+    return loss
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

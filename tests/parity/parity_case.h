@@ -34,7 +34,10 @@ struct ParityCase {
 inline void make_parity_case(const TempDir& dir, const std::string& config_name, int B, int T,
                              int steps, ParityCase& c,
                              const std::function<std::string(const Model&)>& extra = {}) {
-  ModelConfig cfg = load_model_config(source_dir() + "/configs/models/" + config_name);
+  // A name in configs/models, or a path to a config.json.
+  const std::string config_path =
+      config_name.starts_with("/") ? config_name : source_dir() + "/configs/models/" + config_name;
+  ModelConfig cfg = load_model_config(config_path);
   c.model = std::make_unique<Model>(cfg);
   c.model->init_weights(7);
   save_model(*c.model, dir / "model");

@@ -15,7 +15,9 @@ targets = [:, 1:], targets == -1 ignored. An input of -1 (padding that is also a
 BATCH may instead carry an explicit `targets` I32 (B, T) next to `input_ids` I32 (B, T) (e.g. SFT prompt masking).
 OUT (all F32):
   logits        (B, T, V)   initial weights
-  loss          []          mean CE over non-ignored targets, initial weights
+  loss          []          mean CE over non-ignored targets (Mixtral: plus the auxiliary losses the config turns on),
+                            initial weights
+  moe_aux, moe_z, moe_dropped  []  Mixtral only: the load-balancing and z losses, dropped (token, expert) pairs
   grad.<name>   param shape d loss / d param at the initial weights (tied embeddings: only the embedding name)
   step_losses   (steps,)    loss before each AdamW step
   final.<name>  param shape weights after the last step
@@ -123,10 +125,16 @@ def main(argv=None):
     trained = adapter if adapter else dict(model.named_parameters())
 
     logits = model(inputs)
-    loss = tm.lm_loss(logits, targets)
+    loss = tm.model_loss(model, logits, targets)
     loss.backward()
     out["logits"] = logits.detach().numpy().astype(np.float32)
     out["loss"] = np.array(loss.item(), dtype=np.float32)
+    moe = tm.moe_aux_losses(model)
+    if moe is not None:  # a Mixtral model: its auxiliary losses and dropped pairs at the initial weights
+        out["moe_aux"] = np.array(moe[0].item(), dtype=np.float32)
+        out["moe_z"] = np.array(moe[1].item(), dtype=np.float32)
+        out["moe_dropped"] = np.array(sum(m.dropped for m in model.modules()
+                                          if isinstance(m, tm.MixtralSparseMoeBlock)), dtype=np.float32)
     for name, p in trained.items():
         out["grad." + name] = p.grad.detach().numpy().copy()
     model.zero_grad(set_to_none=True)
@@ -137,7 +145,7 @@ def main(argv=None):
     step_losses = []
     for _ in range(a.steps):
         opt.zero_grad(set_to_none=True)
-        loss = tm.lm_loss(model(inputs), targets)
+        loss = tm.model_loss(model, model(inputs), targets)
         loss.backward()
         if a.clip > 0:
             torch.nn.utils.clip_grad_norm_(list(trained.values()), max_norm=a.clip)

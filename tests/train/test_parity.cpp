@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "kiln/io/file.h"
+#include "kiln/io/json_file.h"
 #include "kiln/model/transformer.h"
 #include "kiln/ops/matmul.h"
 #include "kiln/train/optimizer.h"
@@ -50,6 +52,14 @@ void check_parity(const std::string& config_name) {
   ops::ref::gemm(logits.data(), ts.final_hidden().f32(), w.lm_head, B * T, V, C, false, true, 1, 0);
   EXPECT_LT(test::normalized_error(logits.data(), ref.get("logits").f32(), logits.size()), 2e-5);
   EXPECT_NEAR(loss, ref.get("loss").f32()[0], 1e-5 * std::fabs(loss));
+  if (cfg.moe.enabled()) {  // the routing's auxiliary losses and drops, pooled over the layers
+    const MoeStats* st = ts.moe_stats();
+    ASSERT_NE(st, nullptr);
+    EXPECT_NEAR(st->aux(), ref.get("moe_aux").f32()[0], 1e-5 * st->aux());
+    EXPECT_NEAR(st->z(), ref.get("moe_z").f32()[0], 1e-5 * st->z());
+    EXPECT_EQ(st->dropped, int64_t(ref.get("moe_dropped").f32()[0]));
+    if (cfg.moe.capacity_factor > 0) EXPECT_GT(st->dropped, 0) << "the case must drop tokens";
+  }
 
   for (const ParamInfo& p : model.params()) {
     const Tensor& g = ref.get("grad." + p.name);
@@ -76,6 +86,20 @@ TEST(Parity, LlamaWithGqaMatchesPyTorch) {
 }
 TEST(Parity, Gpt2MatchesPyTorch) {
   check_parity("gpt2-tiny.json");
+}
+// Mixtral: routing, the top-k renormalisation, the load-balancing and z losses (coefficients
+// raised so their gradients show), every expert's and the router's gradient, 5 AdamW steps.
+TEST(Parity, MixtralMatchesPyTorch) {
+  check_parity("mixtral-tiny.json");
+}
+// The same with a capacity factor of 1: the pairs over an expert's capacity dropped as the
+// oracle's direct loop drops them.
+TEST(Parity, MixtralWithCapacityDropsAsPyTorch) {
+  test::TempDir dir("parity-capacity");
+  nlohmann::json j = read_json_file(test::source_dir() + "/configs/models/mixtral-tiny.json");
+  j["moe_capacity_factor"] = 1.0;
+  write_file_atomic(dir / "mixtral-capacity.json", j.dump(2));
+  check_parity(dir / "mixtral-capacity.json");
 }
 
 }  // namespace

@@ -18,6 +18,7 @@ constexpr int64_t kMaxLayers = 1024;               // L
 constexpr int64_t kMaxHidden = int64_t(1) << 16;   // C, and the head dimension D
 constexpr int64_t kMaxFfn = int64_t(1) << 18;      // F
 constexpr int64_t kMaxHeads = 4096;                // H and K
+constexpr int64_t kMaxExperts = 1024;              // a Mixture-of-Experts layer's E
 constexpr int64_t kMaxContext = int64_t(1) << 24;  // positions (max_position_embeddings)
 constexpr int kMaxJsonDepth = 128;                 // nesting of arrays/objects in any JSON input
 constexpr int64_t kMaxIndexEntries = int64_t(1) << 40;  // sequences/documents in a .idx

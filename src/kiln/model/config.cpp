@@ -62,20 +62,25 @@ void take(const json& j, const char* key, T& out, std::set<std::string>& seen,
   }
 }
 
-Arch detect_arch(const json& j, const std::string& src) {
+// The architecture, and whether it is Mixtral (a Llama with MoE MLPs).
+std::pair<Arch, bool> detect_arch(const json& j, const std::string& src) {
   std::string type = j.value("model_type", "");
   if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty()) {
     std::string a = j["architectures"][0].get<std::string>();
-    if (a == "LlamaForCausalLM") return Arch::llama;
-    if (a == "GPT2LMHeadModel") return Arch::gpt2;
+    if (a == "LlamaForCausalLM") return {Arch::llama, false};
+    if (a == "MixtralForCausalLM") return {Arch::llama, true};
+    if (a == "GPT2LMHeadModel") return {Arch::gpt2, false};
     fail("config", src, ": architecture '", a,
-         "' is not supported; kiln builds LlamaForCausalLM and GPT2LMHeadModel");
+         "' is not supported; kiln builds LlamaForCausalLM, MixtralForCausalLM and "
+         "GPT2LMHeadModel");
   }
-  if (type == "llama") return Arch::llama;
-  if (type == "gpt2") return Arch::gpt2;
+  if (type == "llama") return {Arch::llama, false};
+  if (type == "mixtral") return {Arch::llama, true};
+  if (type == "gpt2") return {Arch::gpt2, false};
   fail("config", src,
-       ": cannot tell the architecture; set \"architectures\": [\"LlamaForCausalLM\"]",
-       " or [\"GPT2LMHeadModel\"] (or \"model_type\": \"llama\" / \"gpt2\")");
+       ": cannot tell the architecture; set \"architectures\": [\"LlamaForCausalLM\"],",
+       " [\"MixtralForCausalLM\"] or [\"GPT2LMHeadModel\"] (or \"model_type\": \"llama\" /",
+       " \"mixtral\" / \"gpt2\")");
 }
 
 }  // namespace
@@ -83,7 +88,8 @@ Arch detect_arch(const json& j, const std::string& src) {
 ModelConfig ModelConfig::from_json(const json& j, const std::string& src, bool strict) {
   KILN_CHECK(j.is_object(), "config", src, ": expected a JSON object of Hugging Face config keys");
   ModelConfig c;
-  c.arch = detect_arch(j, src);
+  const auto [arch, mixtral] = detect_arch(j, src);
+  c.arch = arch;
   std::set<std::string> seen;
   take(j, "vocab_size", c.vocab_size, seen, src);
   take(j, "bos_token_id", c.bos_token_id, seen, src);
@@ -125,6 +131,26 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src, bool s
           rs.value("original_max_position_embeddings", c.max_positions);
     }
     if (!j.contains("tie_word_embeddings")) c.tie_embeddings = false;  // Llama's HF default
+    if (mixtral) {
+      c.moe.experts = 8;  // MixtralConfig's defaults
+      c.moe.experts_per_tok = 2;
+      take(j, "num_local_experts", c.moe.experts, seen, src);
+      take(j, "num_experts_per_tok", c.moe.experts_per_tok, seen, src);
+      take(j, "router_aux_loss_coef", c.moe.aux_loss_coef, seen, src);
+      take(j, "output_router_logits", c.moe.output_router_logits, seen, src);
+      take(j, "router_z_loss_coef", c.moe.z_loss_coef, seen, src);
+      take(j, "moe_capacity_factor", c.moe.capacity_factor, seen, src);
+      float jitter = 0;
+      take(j, "router_jitter_noise", jitter, seen, src);
+      KILN_CHECK(jitter == 0, "config", src, ": router_jitter_noise = ", jitter,
+                 " is not supported (kiln routes deterministically); set it to 0");
+      int window = 0;
+      take(j, "sliding_window", window, seen, src);
+      KILN_CHECK(window == 0 || window >= c.max_positions, "config", src,
+                 ": sliding_window = ", window, " is shorter than max_position_embeddings (",
+                 c.max_positions,
+                 "); kiln's attention is not windowed: set sliding_window to null");
+    }
   } else {
     take(j, "n_embd", c.hidden, seen, src);
     take(j, "n_layer", c.layers, seen, src);
@@ -184,6 +210,22 @@ void ModelConfig::validate(const std::string& src) const {
                ") must be divisible by n_head (", heads, ")");
   }
   KILN_CHECK(norm_eps > 0, "config", src, ": the norm epsilon must be positive");
+  if (moe.enabled()) {
+    KILN_CHECK(llama, "config", src,
+               ": Mixture-of-Experts is built for the Llama family (Mixtral)");
+    limits::check_limit("config", src, "num_local_experts", moe.experts, limits::kMaxExperts);
+    KILN_CHECK(moe.experts_per_tok >= 1 && moe.experts_per_tok <= moe.experts, "config", src,
+               ": num_experts_per_tok = ", moe.experts_per_tok, " must be between 1 and ",
+               "num_local_experts (", moe.experts, "); lower num_experts_per_tok");
+    KILN_CHECK(moe.aux_loss_coef >= 0 && moe.z_loss_coef >= 0, "config", src,
+               ": router_aux_loss_coef and router_z_loss_coef must not be negative");
+    KILN_CHECK(moe.capacity_factor == 0 || moe.capacity_factor > 0, "config", src,
+               ": moe_capacity_factor = ", moe.capacity_factor,
+               " must be positive (or 0 for dropless routing)");
+  } else {
+    KILN_CHECK(moe.experts == 0, "config", src, ": num_local_experts = ", moe.experts,
+               " must be positive");
+  }
 }
 
 int64_t ModelConfig::num_params() const {
@@ -192,7 +234,8 @@ int64_t ModelConfig::num_params() const {
   int64_t per_layer;
   int64_t total;
   if (arch == Arch::llama) {
-    per_layer = 2 * C + qkv * C + int64_t(heads) * D * C + 3 * F * C;
+    const int64_t mlp = moe.enabled() ? moe.experts * 3 * F * C + moe.experts * C : 3 * F * C;
+    per_layer = 2 * C + qkv * C + int64_t(heads) * D * C + mlp;
     total = V * C + C + (tie_embeddings ? 0 : V * C);
   } else {
     per_layer = 4 * C + (C * qkv + qkv) + (int64_t(heads) * D * C + C) + (C * F + F) + (F * C + C);
@@ -201,11 +244,30 @@ int64_t ModelConfig::num_params() const {
   return total + per_layer * layers;
 }
 
+int64_t ModelConfig::active_params() const {
+  if (!moe.enabled()) return num_params();
+  const int64_t idle = int64_t(moe.experts - moe.experts_per_tok) * 3 * intermediate * hidden;
+  return num_params() - idle * layers;
+}
+
 json ModelConfig::to_json() const {
   json j;
-  if (arch == Arch::llama) {
+  if (arch == Arch::llama && moe.enabled()) {
+    j["architectures"] = {"MixtralForCausalLM"};
+    j["model_type"] = "mixtral";
+    j["num_local_experts"] = moe.experts;
+    j["num_experts_per_tok"] = moe.experts_per_tok;
+    j["router_aux_loss_coef"] = moe.aux_loss_coef;
+    j["output_router_logits"] = moe.output_router_logits;
+    j["router_jitter_noise"] = 0.0;
+    j["sliding_window"] = nullptr;
+    if (moe.z_loss_coef > 0) j["router_z_loss_coef"] = moe.z_loss_coef;
+    if (moe.capacity_factor > 0) j["moe_capacity_factor"] = moe.capacity_factor;
+  } else if (arch == Arch::llama) {
     j["architectures"] = {"LlamaForCausalLM"};
     j["model_type"] = "llama";
+  }
+  if (arch == Arch::llama) {
     j["hidden_size"] = hidden;
     j["num_hidden_layers"] = layers;
     j["num_attention_heads"] = heads;

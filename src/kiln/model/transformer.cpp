@@ -59,6 +59,18 @@ std::vector<ParamInfo> param_layout(const ModelConfig& cfg, const PipelineStage&
       add(p + "self_attn.v_proj.weight", {KD, C});
       add(p + "self_attn.o_proj.weight", {C, HD});
       add(p + "post_attention_layernorm.weight", {C});
+      if (cfg.moe.enabled()) {
+        const std::string moe = p + "block_sparse_moe.";
+        add(moe + "gate.weight", {int64_t(cfg.moe.experts), C});
+        for (int e = 0; e < cfg.moe.experts; ++e) {
+          const std::string x = moe + "experts." + std::to_string(e) + ".";
+          add(x + "w1.weight", {F, C});  // gate|up back to back: one GEMM per expert
+          add(x + "w3.weight", {F, C});
+        }
+        for (int e = 0; e < cfg.moe.experts; ++e)
+          add(moe + "experts." + std::to_string(e) + ".w2.weight", {C, F});
+        continue;
+      }
       add(p + "mlp.gate_proj.weight", {F, C});  // gate|up back to back: one GEMM
       add(p + "mlp.up_proj.weight", {F, C});
       add(p + "mlp.down_proj.weight", {C, F});
@@ -140,6 +152,12 @@ ModelParams Model::locate(float* flat) const {
       L.qkv_w = at(p + "self_attn.q_proj.weight");
       L.o_w = at(p + "self_attn.o_proj.weight");
       L.ln2_w = at(p + "post_attention_layernorm.weight");
+      if (cfg_.moe.enabled()) {
+        L.router_w = at(p + "block_sparse_moe.gate.weight");
+        L.up_w = at(p + "block_sparse_moe.experts.0.w1.weight");
+        L.down_w = at(p + "block_sparse_moe.experts.0.w2.weight");
+        continue;
+      }
       L.up_w = at(p + "mlp.gate_proj.weight");
       L.down_w = at(p + "mlp.down_proj.weight");
     }
@@ -183,7 +201,7 @@ void Model::init_weights(uint64_t seed) {
     const bool norm = p.shape.size() == 1 && !bias;
     const bool resid = p.name.find("o_proj") != std::string::npos ||
                        p.name.find("down_proj") != std::string::npos ||
-                       p.name.find("c_proj") != std::string::npos;
+                       p.name.ends_with(".w2.weight") || p.name.find("c_proj") != std::string::npos;
     for (int64_t i = 0; i < n; ++i) {
       x[i] = norm ? 1.0f : bias ? 0.0f : (resid ? resid_std : std) * rng.normal();
     }
@@ -210,8 +228,13 @@ void TrainState::alloc_layer(const ModelConfig& c, LayerActs& a, bool input, boo
   a.ln2 = Tensor::empty({N, C});
   if (gpt2) a.mean2 = Tensor::empty({Ns});
   a.rstd2 = Tensor::empty({Ns});
-  a.up = Tensor::empty({N, c.arch == Arch::llama ? 2 * F : F});
-  a.act = Tensor::empty({N, F});
+  const int64_t rows = c.moe.enabled() ? N * c.moe.experts_per_tok : N;
+  a.up = Tensor::empty({rows, c.arch == Arch::llama ? 2 * F : F});
+  a.act = Tensor::empty({rows, F});
+  if (c.moe.enabled()) {
+    a.ye = Tensor::empty({rows, C});
+    a.route = std::make_shared<MoeRouting>();
+  }
 }
 
 TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
@@ -241,6 +264,18 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   KILN_CHECK(!opt.lora || !tp_, "train",
              "LoRA trains a whole model, not a tensor-parallel shard; use parallel.tp = 1");
   if (opt.lora) lora_scratch_ = std::make_unique<LoraScratch>();
+  moe_ = c.moe.enabled();
+  moe_config_ = c.moe;
+  if (moe_) {
+    KILN_CHECK(!tp_, "train",
+               "a Mixture-of-Experts model trains without tensor parallelism for now; use "
+               "parallel.tp = 1");
+    KILN_CHECK(!opt.lora, "train",
+               "LoRA on a Mixture-of-Experts model is not built; fine-tune it with method: full");
+    KILN_CHECK(model.stage().has_embedding && model.stage().has_head, "train",
+               "a Mixture-of-Experts model trains as one pipeline stage for now (its auxiliary "
+               "loss pools every layer's routing); use parallel.pp = 1");
+  }
   Ns_ = int(N);
   if (sp_) {
     const int tp = opt.tp->size();
@@ -276,8 +311,19 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   dln_ = Tensor::empty({N, C});
   datt_ = Tensor::empty({N, HD});
   dqkv_ = Tensor::empty({N, QKV});
-  dup_ = Tensor::empty({N, UP});
-  dact_ = Tensor::empty({N, F});
+  const int64_t rows = moe_ ? N * c.moe.experts_per_tok : N;  // MoE: the permuted rows
+  dup_ = Tensor::empty({rows, UP});
+  dact_ = Tensor::empty({rows, F});
+  if (moe_) {
+    const int64_t E = c.moe.experts, k = c.moe.experts_per_tok;
+    moe_x_ = Tensor::empty({rows, C});
+    moe_dx_ = Tensor::empty({rows, C});
+    moe_dy_ = Tensor::empty({rows, C});
+    moe_logits_ = Tensor::empty({N, E});
+    moe_dlogits_ = Tensor::empty({N, E});
+    moe_dw_ = Tensor::empty({N, k});
+    moe_stats_.reset(int(E));
+  }
   pos_.resize(N);
   for (int64_t n = 0; n < N; ++n) pos_[n] = int(n % T);
   losses_.assign(N, 0.0f);
@@ -304,13 +350,15 @@ size_t TrainState::bytes() const {
   size_t b = lin_.bytes() + (lora_scratch_ ? lora_scratch_->bytes() : 0);
   auto add = [&](const LayerActs& a) {
     for (const Tensor* t : {&a.x_in, &a.ln1, &a.mean1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid,
-                            &a.ln2, &a.mean2, &a.rstd2, &a.up, &a.act})
+                            &a.ln2, &a.mean2, &a.rstd2, &a.up, &a.act, &a.ye})
       if (t->defined()) b += t->nbytes();
   };
   for (const auto& a : acts_) add(a);
   add(scratch_);
-  for (const Tensor* t : {&x_out_, &lnf_, &meanf_, &rstdf_, &dlnf_, &dres_, &dln_, &datt_, &dqkv_,
-                          &dup_, &dact_, &full_, &norm_s_, &dln_s_, &sp_grads_})
+  for (const Tensor* t :
+       {&x_out_,    &lnf_,   &meanf_,  &rstdf_,  &dlnf_,       &dres_,        &dln_,
+        &datt_,     &dqkv_,  &dup_,    &dact_,   &full_,       &norm_s_,      &dln_s_,
+        &sp_grads_, &moe_x_, &moe_dx_, &moe_dy_, &moe_logits_, &moe_dlogits_, &moe_dw_})
     if (t->defined()) b += t->nbytes();
   return b;
 }
@@ -404,6 +452,11 @@ void TrainState::forward_layer(const Model& model, int l, const LayerParams& p, 
   cpu::add(a.x_mid.f32(), a.x_mid.f32(), a.x_in.f32(), int64_t(Ns) * C);
   // MLP block: x_next = x_mid + down(act(up(norm(x_mid))))
   ln = sp_ ? norm_s_.f32() : a.ln2.f32();
+  if (moe_) {
+    cpu::rms_norm_forward(a.ln2.f32(), a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, N, C, c.norm_eps);
+    forward_moe(c, p, a, x_next);
+    return;
+  }
   if (llama) {
     cpu::rms_norm_forward(ln, a.rstd2.f32(), a.x_mid.f32(), p.ln2_w, Ns, C, c.norm_eps);
     gather_rows(ln, a.ln2.f32());
@@ -444,6 +497,7 @@ void TrainState::forward(const Model& model, ModelParams& w, ModelParams& g, con
   } else {
     std::memcpy(acts_[0].x_in.f32(), in, acts_[0].x_in.nbytes());
   }
+  if (moe_) moe_stats_.reset(c.moe.experts);
   for (int l = 0; l < layers; ++l) {
     float* x_next = l + 1 < layers ? acts_[l + 1].x_in.f32() : x_out_.f32();
     bind(l, false, w, g);
@@ -467,6 +521,7 @@ double TrainState::head(const Model& model, ModelParams& w, ModelParams& g, cons
   const ModelConfig& c = model.config();
   const int N = B_ * T_, C = c.hidden;
   const bool llama = c.arch == Arch::llama;
+  grad_scale_ = grad_scale;
   if (targets) {
     counted_ = 0;
     for (int n = 0; n < N; ++n) counted_ += targets[n] >= 0;
@@ -517,7 +572,7 @@ double TrainState::head(const Model& model, ModelParams& w, ModelParams& g, cons
     fold_aside(norm, real);
   }
   done(StepHooks::kHead, bwd);
-  return targets && counted_ > 0 ? sum / double(counted_) : 0.0;
+  return (targets && counted_ > 0 ? sum / double(counted_) : 0.0) + (targets ? moe_loss() : 0.0);
 }
 
 // Backward through one block. dres_ holds d x_next on entry and d x_in on exit (this rank's Ns
@@ -536,9 +591,16 @@ void TrainState::backward_layer(const Model& model, int l, const LayerParams& p,
   float* dln = sp_ ? dln_s_.f32() : dln_.f32();  // the norm output's gradient, this rank's rows
   // MLP block. The residual passes d x_next straight to x_mid.
   gather_rows(dres, dy);
-  lin_.backward(dact_.f32(), gp.down_w, gp.down_b, dy, a.act.f32(), p.down_w, N, F, C, layout);
-  lora_backward(l, LoraSite::down, a.act.f32(), dy, C, dact_.f32());
-  if (llama) {
+  if (moe_) {
+    backward_moe(c, p, gp, a, dy);
+    cpu::rms_norm_backward(dres, gp.ln2_w, dln_.f32(), a.x_mid.f32(), p.ln2_w, a.rstd2.f32(), N, C);
+  } else {
+    lin_.backward(dact_.f32(), gp.down_w, gp.down_b, dy, a.act.f32(), p.down_w, N, F, C, layout);
+    lora_backward(l, LoraSite::down, a.act.f32(), dy, C, dact_.f32());
+  }
+  if (moe_) {
+    // backward_moe did the experts and the router
+  } else if (llama) {
     cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), N, F);
     lin_.backward(dln_.f32(), gp.up_w, nullptr, dup_.f32(), a.ln2.f32(), p.up_w, N, C, 2 * F,
                   layout);
@@ -601,7 +663,9 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
     if (m == Recompute::full) {
       // Rebuild the block's activations; its output (already in the next layer's input, or in
       // x_out) is recomputed bit for bit, so it goes to a scratch row we do not need.
+      recomputing_ = true;
       forward_layer(model, l, w.layers[l], a, dln_.f32());
+      recomputing_ = false;
     } else {
       // Selective: only the attention core, from the saved qkv.
       cpu::attention_forward(a.att.f32(), a.lse.f32(), a.qkv.f32(), B_, T_, c.heads, c.kv_heads,
@@ -628,6 +692,108 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
     cpu::embedding_backward(g.wte, dy, ids, N, C);
   }
   done(StepHooks::kEmbedding, true);
+}
+
+void TrainState::forward_moe(const ModelConfig& c, const LayerParams& p, LayerActs& a,
+                             float* x_next) {
+  const int N = B_ * T_, C = c.hidden, F = c.intermediate, E = c.moe.experts,
+            k = c.moe.experts_per_tok;
+  const float* ln2 = a.ln2.f32();
+  // The router in fp32 whatever the precision: a rounding must not move a token's experts.
+  cpu::gemm(moe_logits_.f32(), ln2, p.router_w, N, E, C, false, true, 1.0f, 0.0f);
+  MoeRouting& r = *a.route;
+  moe_route(r, moe_logits_.f32(), N, E, k, c.moe.capacity_factor);
+  if (!recomputing_) moe_stats_.add(r);
+  const int M = r.rows();
+  float* xs = moe_x_.f32();
+  for (int i = 0; i < M; ++i)
+    std::memcpy(xs + int64_t(i) * C, ln2 + int64_t(r.source[size_t(i)] / k) * C,
+                size_t(C) * sizeof(float));
+  for (int e = 0; e < E; ++e) {  // every expert's rows as one GEMM
+    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.forward(a.up.f32() + int64_t(r0) * 2 * F, xs + int64_t(r0) * C,
+                 p.up_w + int64_t(e) * 2 * F * C, nullptr, n, C, 2 * F, WeightLayout::out_in);
+  }
+  cpu::swiglu_forward(a.act.f32(), a.up.f32(), M, F);
+  for (int e = 0; e < E; ++e) {
+    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.forward(a.ye.f32() + int64_t(r0) * C, a.act.f32() + int64_t(r0) * F,
+                 p.down_w + int64_t(e) * C * F, nullptr, n, F, C, WeightLayout::out_in);
+  }
+  std::memcpy(x_next, a.x_mid.f32(), size_t(N) * C * sizeof(float));
+  for (int i = 0; i < M; ++i) {
+    const int pair = r.source[size_t(i)];
+    const float w = r.weight[size_t(pair)];
+    float* x = x_next + int64_t(pair / k) * C;
+    const float* y = a.ye.f32() + int64_t(i) * C;
+    for (int j = 0; j < C; ++j) x[j] += w * y[j];
+  }
+}
+
+void TrainState::backward_moe(const ModelConfig& c, const LayerParams& p, const LayerParams& gp,
+                              LayerActs& a, const float* dy) {
+  const int N = B_ * T_, C = c.hidden, F = c.intermediate, E = c.moe.experts,
+            k = c.moe.experts_per_tok;
+  const MoeRouting& r = *a.route;
+  const int M = r.rows();
+  const float* ln2 = a.ln2.f32();
+  float* xs = moe_x_.f32();
+  float* dys = moe_dy_.f32();
+  float* dw = moe_dw_.f32();
+  std::memset(dw, 0, moe_dw_.nbytes());  // a dropped pair's weight has no gradient
+  for (int i = 0; i < M; ++i) {
+    const int pair = r.source[size_t(i)], t = pair / k;
+    const float w = r.weight[size_t(pair)];
+    const float* g = dy + int64_t(t) * C;
+    const float* y = a.ye.f32() + int64_t(i) * C;
+    float* d = dys + int64_t(i) * C;
+    std::memcpy(xs + int64_t(i) * C, ln2 + int64_t(t) * C, size_t(C) * sizeof(float));
+    double dot = 0;
+    for (int j = 0; j < C; ++j) {
+      d[j] = w * g[j];
+      dot += double(g[j]) * y[j];
+    }
+    dw[pair] = float(dot);
+  }
+  for (int e = 0; e < E; ++e) {
+    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.backward(dact_.f32() + int64_t(r0) * F, gp.down_w + int64_t(e) * C * F, nullptr,
+                  dys + int64_t(r0) * C, a.act.f32() + int64_t(r0) * F,
+                  p.down_w + int64_t(e) * C * F, n, F, C, WeightLayout::out_in);
+  }
+  cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), M, F);
+  float* dxs = moe_dx_.f32();
+  for (int e = 0; e < E; ++e) {
+    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.backward(dxs + int64_t(r0) * C, gp.up_w + int64_t(e) * 2 * F * C, nullptr,
+                  dup_.f32() + int64_t(r0) * 2 * F, xs + int64_t(r0) * C,
+                  p.up_w + int64_t(e) * 2 * F * C, n, C, 2 * F, WeightLayout::out_in);
+  }
+  // d ln2: the experts' input gradients back at their tokens, plus the router's.
+  float* dln = dln_.f32();
+  std::memset(dln, 0, size_t(N) * C * sizeof(float));
+  for (int i = 0; i < M; ++i) {
+    float* d = dln + int64_t(r.source[size_t(i)] / k) * C;
+    const float* g = dxs + int64_t(i) * C;
+    for (int j = 0; j < C; ++j) d[j] += g[j];
+  }
+  const float gs = grad_scale_;
+  const float aux = c.moe.output_router_logits ? gs * c.moe.aux_loss_coef : 0.0f;
+  moe_route_backward(moe_dlogits_.f32(), r, dw, moe_stats_, aux, gs * c.moe.z_loss_coef);
+  cpu::gemm(dln, moe_dlogits_.f32(), p.router_w, N, C, E, false, false, 1.0f, 1.0f);
+  if (gp.router_w)
+    cpu::gemm(gp.router_w, moe_dlogits_.f32(), ln2, E, C, N, true, false, 1.0f, 1.0f);
+}
+
+double TrainState::moe_loss() const {
+  if (!moe_) return 0;
+  const MoeConfig& m = moe_config_;
+  return (m.output_router_logits ? m.aux_loss_coef * moe_stats_.aux() : 0.0) +
+         m.z_loss_coef * moe_stats_.z();
 }
 
 void TrainState::check_ids(const Model& model, const int* ids) const {

@@ -14,6 +14,7 @@
 #include "kiln/core/tensor.h"
 #include "kiln/model/config.h"
 #include "kiln/model/mixed_linear.h"
+#include "kiln/model/moe.h"
 #include "kiln/model/pipeline_stage.h"
 #include "kiln/model/precision.h"
 
@@ -38,18 +39,19 @@ struct ParamInfo {
 
 // Pointers into the flat parameter (or gradient) buffer for one layer. Null when absent.
 struct LayerParams {
-  float* ln1_w;   // (C)      input_layernorm / ln_1
-  float* ln1_b;   // (C)      GPT-2 only
-  float* qkv_w;   // ((H+2K)*D, C) Llama (q|k|v rows) / (C, 3C) GPT-2 c_attn (Conv1D)
-  float* qkv_b;   // (3C)     GPT-2 only
-  float* o_w;     // (C, H*D) Llama / (C, C) GPT-2 c_proj (Conv1D)
-  float* o_b;     // (C)      GPT-2 only
-  float* ln2_w;   // (C)
-  float* ln2_b;   // (C)      GPT-2 only
-  float* up_w;    // (2F, C) Llama gate|up / (C, F) GPT-2 c_fc (Conv1D)
-  float* up_b;    // (F)      GPT-2 only
-  float* down_w;  // (C, F) Llama / (F, C) GPT-2 c_proj (Conv1D)
-  float* down_b;  // (C)      GPT-2 only
+  float* ln1_w;     // (C)      input_layernorm / ln_1
+  float* ln1_b;     // (C)      GPT-2 only
+  float* qkv_w;     // ((H+2K)*D, C) Llama (q|k|v rows) / (C, 3C) GPT-2 c_attn (Conv1D)
+  float* qkv_b;     // (3C)     GPT-2 only
+  float* o_w;       // (C, H*D) Llama / (C, C) GPT-2 c_proj (Conv1D)
+  float* o_b;       // (C)      GPT-2 only
+  float* ln2_w;     // (C)
+  float* ln2_b;     // (C)      GPT-2 only
+  float* up_w;      // (2F, C) Llama gate|up / (C, F) GPT-2 c_fc (Conv1D) / (E, 2F, C) MoE w1|w3
+  float* up_b;      // (F)      GPT-2 only
+  float* down_w;    // (C, F) Llama / (F, C) GPT-2 c_proj (Conv1D) / (E, C, F) MoE w2
+  float* down_b;    // (C)      GPT-2 only
+  float* router_w;  // (E, C)  MoE only: block_sparse_moe.gate
 };
 
 struct ModelParams {
@@ -69,7 +71,7 @@ void for_each_pointer(ModelParams& m, F&& f) {
   for (float** p : {&m.wte, &m.wpe, &m.lnf_w, &m.lnf_b, &m.lm_head}) f(*p);
   for (LayerParams& L : m.layers)
     for (float** p : {&L.ln1_w, &L.ln1_b, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b, &L.ln2_w, &L.ln2_b,
-                      &L.up_w, &L.up_b, &L.down_w, &L.down_b})
+                      &L.up_w, &L.up_b, &L.down_w, &L.down_b, &L.router_w})
       f(*p);
 }
 
@@ -87,7 +89,9 @@ inline bool is_projection_weight(const std::string& name, const Shape& shape) {
 }
 
 // The parameters a model with this config holds (all of them, or one pipeline stage's), in
-// flat-buffer order.
+// flat-buffer order. A Mixtral layer holds its router, then every expert's w1|w3 (gate|up: one
+// GEMM per expert) back to back, then every expert's w2, so expert e's weights are
+// up_w + e*2F*C and down_w + e*C*F.
 std::vector<ParamInfo> param_layout(const ModelConfig& cfg, const PipelineStage& stage);
 std::vector<ParamInfo> param_layout(const ModelConfig& cfg);
 
@@ -220,6 +224,9 @@ class TrainState {
   int64_t counted_tokens() const { return counted_; }
   // Final-norm output of the last forward (B*T, C): logits = final_hidden @ lm_head^T.
   const Tensor& final_hidden() const { return lnf_; }
+  // A Mixture-of-Experts model's routing over the last forward (its auxiliary losses, per-expert
+  // token fractions, dropped pairs); null for a dense model.
+  const MoeStats* moe_stats() const { return moe_ ? &moe_stats_ : nullptr; }
   // Bytes held by activations, scratch and low-precision weight copies.
   size_t bytes() const;
   // Bytes this rank sent in tensor-parallel collectives since the last reset (ring costs).
@@ -229,6 +236,9 @@ class TrainState {
  private:
   struct LayerActs {
     Tensor x_in, ln1, mean1, rstd1, qkv, att, lse, x_mid, ln2, mean2, rstd2, up, act;
+    // MoE: up and act hold the permuted rows (up to N*k); ye the experts' outputs per row.
+    Tensor ye;
+    std::shared_ptr<MoeRouting> route;
   };
   void alloc_layer(const ModelConfig& c, LayerActs& a, bool input, bool body, bool core);
   // Which storage layer l's activations live in: its own, or the shared recompute scratch.
@@ -237,6 +247,14 @@ class TrainState {
   void forward_layer(const Model& model, int l, const LayerParams& p, LayerActs& a, float* x_next);
   void backward_layer(const Model& model, int l, const LayerParams& p, const LayerParams& gp,
                       LayerActs& a);
+  // A Mixtral layer's MLP: x_next = x_mid + sum over each token's experts of weight * expert(ln2),
+  // each expert one GEMM over its permuted rows; and its backward, from dy = d x_next, into
+  // dln_ (d ln2).
+  void forward_moe(const ModelConfig& c, const LayerParams& p, LayerActs& a, float* x_next);
+  void backward_moe(const ModelConfig& c, const LayerParams& p, const LayerParams& gp, LayerActs& a,
+                    const float* dy);
+  // The auxiliary losses' share of the step's loss.
+  double moe_loss() const;
   // The adapter's terms for layer l's fused GEMM `site` (nothing without LoRA): forward adds them
   // to y (N, ldy) from the input x; backward adds the adapter's gradients and dx's share.
   void lora_forward(int l, LoraSite site, const float* x, float* y, int ldy);
@@ -304,6 +322,14 @@ class TrainState {
   float* lora_grads_ = nullptr;
   uint64_t lora_seed_ = 0;
   std::unique_ptr<LoraScratch> lora_scratch_;
+  // Mixture-of-Experts scratch: the permuted inputs and their gradient (N*k, C), the outputs'
+  // gradient (N*k, C), the router's logits and their gradient (N, E), d weight (N, k).
+  bool moe_ = false;
+  MoeConfig moe_config_;
+  float grad_scale_ = 1.0f;   // the current step's (the auxiliary losses' gradients take it too)
+  bool recomputing_ = false;  // in backward's rerun of a layer: its routing is counted already
+  Tensor moe_x_, moe_dx_, moe_dy_, moe_logits_, moe_dlogits_, moe_dw_;
+  MoeStats moe_stats_;
 };
 
 }  // namespace kiln
