@@ -91,6 +91,15 @@ TEST(Engine, BatchOf16MatchesAloneAndTheContiguousDecoder) {
   batch_invariance(tiny_llama());
 }
 
+// Mixtral: the routing per row and the experts grouped over the batch's rows give each sequence
+// what it gets alone and what the decoder's token-by-token experts give.
+TEST(Engine, MixtralBatchOf16MatchesAloneAndTheDecoder) {
+  ModelConfig c = tiny_llama();
+  c.moe.experts = 4;
+  c.moe.experts_per_tok = 2;
+  batch_invariance(c);
+}
+
 TEST(Engine, RopeScalingMatchesTheDecoder) {
   using K = ops::RopeScaling::Kind;
   for (K kind : {K::linear, K::dynamic_ntk, K::llama3}) {

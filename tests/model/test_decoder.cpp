@@ -15,7 +15,7 @@
 namespace kiln {
 namespace {
 
-void check(Arch arch) {
+void check(Arch arch, int experts = 0) {
   ModelConfig c;
   c.arch = arch;
   c.vocab_size = 40;
@@ -27,6 +27,8 @@ void check(Arch arch) {
   c.intermediate = 48;
   c.max_positions = 24;
   c.tie_embeddings = arch == Arch::gpt2;
+  c.moe.experts = experts;
+  c.moe.experts_per_tok = 2;
   Model m(c);
   m.init_weights(5);
   const int T = 19;
@@ -60,6 +62,11 @@ TEST(Decoder, LlamaMatchesTrainingForward) {
 }
 TEST(Decoder, Gpt2MatchesTrainingForward) {
   check(Arch::gpt2);
+}
+// Mixtral: the decoder's token-by-token routing (its own softmax and arg-max loop) against the
+// training forward's permuted, per-expert GEMMs.
+TEST(Decoder, MixtralMatchesTrainingForward) {
+  check(Arch::llama, 4);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/io/file.h"
+#include "kiln/io/gguf.h"
 #include "kiln/model/decoder.h"
 #include "kiln/quant/gguf_model.h"
 #include "test_util.h"
@@ -159,6 +160,54 @@ class GgufLlamaCpp : public ::testing::Test {
     model = std::make_unique<Model>(tiny_config());
     model->init_weights(1234);
   }
+  // Teacher forcing on the file `km` exports as type t: llama.cpp's logits after each prefix of
+  // kiln's greedy continuation (on kiln's import of the file) within 1% (f32) or 8% of their
+  // rms, and the same argmax wherever kiln's choice is decided by more than that.
+  void forced_logits_match(const Model& km, GgufType t, const std::string& prefix) {
+    const std::string name(gguf_type_name(t));
+    const std::string path = dir / (prefix + name + ".gguf");
+    export_gguf(km, tok, path, t);
+    GgufModel g = load_gguf_model(path);
+    Greedy k = kiln_greedy(*g.model, prompt, n_new);
+    std::vector<int> ids = prompt;
+    ids.insert(ids.end(), k.tokens.begin(), k.tokens.end());
+    const auto l = llama_cpp_logits(path, ids, int(prompt.size()));
+    ASSERT_GE(l.size(), k.logits.size()) << name;
+    double worst = 0, rms = 0;
+    size_t count = 0, argmax_same = 0;
+    for (size_t p = 0; p < k.logits.size(); ++p) {
+      const auto& a = k.logits[p];
+      ASSERT_EQ(l[p].size(), a.size()) << name;
+      for (size_t v = 0; v < a.size(); ++v) {
+        worst = std::max(worst, std::fabs(double(a[v]) - l[p][v]));
+        rms += double(a[v]) * a[v], ++count;
+      }
+      argmax_same += std::max_element(l[p].begin(), l[p].end()) - l[p].begin() ==
+                     std::max_element(a.begin(), a.end()) - a.begin();
+    }
+    rms = std::sqrt(rms / double(count));
+    // The same comparison for the unquantized model: how far off decoding the wrong weights is.
+    const auto ctl = forced_logits(km, ids, int(prompt.size()));
+    double control = 0;
+    for (size_t p = 0; p < k.logits.size(); ++p)
+      for (size_t v = 0; v < ctl[p].size(); ++v)
+        control = std::max(control, std::fabs(double(ctl[p][v]) - l[p][v]));
+    std::printf(
+        "%s%-7s steps %2zu  max |kiln - llama.cpp| = %.4f of the logits' rms %.3f "
+        "(unquantized model: %.4f); same argmax %zu of %zu\n",
+        prefix.c_str(), name.c_str(), k.logits.size(), worst / rms, rms, control / rms, argmax_same,
+        k.logits.size());
+    // f32 differs only by llama.cpp's f16 K/V cache; the quantized files also by its rounding of
+    // activations to 8 bits (kiln's Decoder here runs the dequantized weights in fp32).
+    EXPECT_LE(worst / rms, t == GgufType::f32 ? 0.01 : 0.08) << name;
+    if (t != GgufType::f32 && t != GgufType::q8_0)
+      EXPECT_GT(control, 2 * worst) << name << ": the check cannot tell the file's weights apart";
+    for (size_t p = 0; p < k.logits.size(); ++p)
+      if (k.gaps[p] > 2 * worst)
+        EXPECT_EQ(std::max_element(l[p].begin(), l[p].end()) - l[p].begin(), k.tokens[p])
+            << name << " step " << p << ": decided by " << k.gaps[p];
+  }
+
   std::unique_ptr<Model> model;
   Tokenizer tok = Tokenizer::byte_level({"<|endoftext|>"});
   test::TempDir dir{"kiln-gguf-llama"};
@@ -227,6 +276,83 @@ TEST_F(GgufLlamaCpp, GreedyMatchesQ8) {
   EXPECT_EQ(l, k.tokens);
 }
 
+// Mixtral: the experts go out stacked as llama.cpp's ffn_{gate,up,down}_exps (the router as
+// ffn_gate_inp, expert_count / expert_used_count in the metadata) and come back bit for bit;
+// llama.cpp's MoE graph continues the prompt as kiln's decoder does, f32 and q8_0.
+class GgufMixtral : public GgufLlamaCpp {
+ protected:
+  void SetUp() override {
+    ModelConfig c = tiny_config();
+    c.moe.experts = 4;
+    c.moe.experts_per_tok = 2;
+    // The first seed whose greedy continuation runs the whole length without eos and is not
+    // degenerate (a model this small often says eos at once): deterministic, and cheap.
+    for (uint64_t seed = 1; seed < 64; ++seed) {
+      model = std::make_unique<Model>(c);
+      model->init_weights(seed);
+      const Greedy k = kiln_greedy(*model, prompt, n_new);
+      if (int(k.tokens.size()) == n_new &&
+          std::set<int>(k.tokens.begin(), k.tokens.end()).size() >= 8)
+        return;
+    }
+    FAIL() << "no seed gives a usable continuation";
+  }
+};
+
+TEST_F(GgufMixtral, F32RoundTripIsExact) {
+  const std::string path = dir / "moe-f32.gguf";
+  export_gguf(*model, tok, path, GgufType::f32);
+  GgufModel g = load_gguf_model(path);
+  EXPECT_EQ(g.model->config().moe.experts, 4);
+  EXPECT_EQ(g.model->config().moe.experts_per_tok, 2);
+  ASSERT_EQ(g.model->num_params(), model->num_params());
+  EXPECT_EQ(0, std::memcmp(g.model->weights().f32(), model->weights().f32(),
+                           size_t(model->num_params()) * 4));
+  const gguf::File f = gguf::File::open(path);
+  EXPECT_EQ(f.tensor("blk.1.ffn_gate_exps.weight").dims, (std::vector<int64_t>{64, 128, 4}));
+  EXPECT_EQ(f.tensor("blk.1.ffn_down_exps.weight").dims, (std::vector<int64_t>{128, 64, 4}));
+  EXPECT_EQ(f.tensor("blk.1.ffn_gate_inp.weight").dims, (std::vector<int64_t>{64, 4}));
+}
+
+TEST_F(GgufMixtral, Q8KeepsTheRouterF32AndEachExpertsRows) {
+  const std::string path = dir / "moe-q8.gguf";
+  export_gguf(*model, tok, path, GgufType::q8_0);
+  const gguf::File f = gguf::File::open(path);
+  EXPECT_EQ(f.tensor("blk.0.ffn_gate_inp.weight").type, gguf::TensorType::f32);
+  EXPECT_EQ(f.tensor("blk.0.ffn_up_exps.weight").type, gguf::TensorType::q8_0);
+  GgufModel g = load_gguf_model(path);
+  const ParamInfo& p = model->param("model.layers.0.block_sparse_moe.experts.3.w3.weight");
+  QTensor q =
+      quantize(model->weights().f32() + p.offset, int(p.shape[0]), int(p.shape[1]), QType::q8_0);
+  ASSERT_TRUE(g.qweights.count(p.name));
+  EXPECT_EQ(g.qweights.at(p.name).data, q.data);
+}
+
+TEST_F(GgufMixtral, GreedyMatchesLlamaCppF32) {
+  const std::string path = dir / "moe-f32.gguf";
+  export_gguf(*model, tok, path, GgufType::f32);
+  Greedy k = kiln_greedy(*model, prompt, n_new);
+  std::vector<int> l = llama_cpp_greedy(path, prompt, n_new);
+  std::printf("kiln f32:      %s (min top-1 gap %.4f)\nllama.cpp f32: %s\n", join(k.tokens).c_str(),
+              k.min_gap, join(l).c_str());
+  std::set<int> distinct(k.tokens.begin(), k.tokens.end());
+  EXPECT_GE(distinct.size(), 4u) << "the continuation is degenerate: choose another seed";
+  EXPECT_EQ(l, k.tokens);
+}
+
+// q8_0 and q4_0 experts: llama.cpp's MoE graph over the quantized stacked experts, by teacher
+// forcing (its 8-bit activations can flip a near-tied router choice in a free-running
+// continuation).
+TEST_F(GgufMixtral, LogitsMatchLlamaCppQuantized) {
+  ModelConfig c = kquant_config();
+  c.moe.experts = 4;
+  c.moe.experts_per_tok = 2;
+  Model km(c);
+  km.init_weights(99);
+  for (GgufType t : {GgufType::f32, GgufType::q8_0, GgufType::q4_0, GgufType::q4_k_m})
+    forced_logits_match(km, t, "moe-");
+}
+
 // Teacher forcing: llama.cpp is fed kiln's greedy continuation and returns its logits after
 // every prefix, so each step is compared on the same input (free-running continuations part
 // for good at the first near-tie, which llama.cpp's 8-bit rounding of activations decides).
@@ -234,50 +360,8 @@ TEST_F(GgufLlamaCpp, LogitsMatchLlamaCppOnEveryMix) {
   auto km = std::make_unique<Model>(kquant_config());
   km->init_weights(99);
   for (GgufType t : {GgufType::f32, GgufType::q8_0, GgufType::q4_0, GgufType::q4_k_m,
-                     GgufType::q5_k_m, GgufType::q6_k, GgufType::q3_k_m, GgufType::q2_k}) {
-    const std::string name(gguf_type_name(t));
-    const std::string path = dir / ("m-" + name + ".gguf");
-    export_gguf(*km, tok, path, t);
-    GgufModel g = load_gguf_model(path);
-    Greedy k = kiln_greedy(*g.model, prompt, n_new);
-    std::vector<int> ids = prompt;
-    ids.insert(ids.end(), k.tokens.begin(), k.tokens.end());
-    const auto l = llama_cpp_logits(path, ids, int(prompt.size()));
-    ASSERT_GE(l.size(), k.logits.size()) << name;
-    double worst = 0, rms = 0;
-    size_t count = 0, argmax_same = 0;
-    for (size_t p = 0; p < k.logits.size(); ++p) {
-      const auto& a = k.logits[p];
-      ASSERT_EQ(l[p].size(), a.size()) << name;
-      for (size_t v = 0; v < a.size(); ++v) {
-        worst = std::max(worst, std::fabs(double(a[v]) - l[p][v]));
-        rms += double(a[v]) * a[v], ++count;
-      }
-      argmax_same += std::max_element(l[p].begin(), l[p].end()) - l[p].begin() ==
-                     std::max_element(a.begin(), a.end()) - a.begin();
-    }
-    rms = std::sqrt(rms / double(count));
-    // The same comparison for the unquantized model: how far off decoding the wrong weights is.
-    const auto ctl = forced_logits(*km, ids, int(prompt.size()));
-    double control = 0;
-    for (size_t p = 0; p < k.logits.size(); ++p)
-      for (size_t v = 0; v < ctl[p].size(); ++v)
-        control = std::max(control, std::fabs(double(ctl[p][v]) - l[p][v]));
-    std::printf(
-        "%-7s steps %2zu  max |kiln - llama.cpp| = %.4f of the logits' rms %.3f "
-        "(unquantized model: %.4f); same argmax %zu of %zu\n",
-        name.c_str(), k.logits.size(), worst / rms, rms, control / rms, argmax_same,
-        k.logits.size());
-    // f32 differs only by llama.cpp's f16 K/V cache; the quantized files also by its rounding of
-    // activations to 8 bits (kiln's Decoder here runs the dequantized weights in fp32).
-    EXPECT_LE(worst / rms, t == GgufType::f32 ? 0.01 : 0.08) << name;
-    if (t != GgufType::f32 && t != GgufType::q8_0)
-      EXPECT_GT(control, 2 * worst) << name << ": the check cannot tell the file's weights apart";
-    for (size_t p = 0; p < k.logits.size(); ++p)
-      if (k.gaps[p] > 2 * worst)
-        EXPECT_EQ(std::max_element(l[p].begin(), l[p].end()) - l[p].begin(), k.tokens[p])
-            << name << " step " << p << ": decided by " << k.gaps[p];
-  }
+                     GgufType::q5_k_m, GgufType::q6_k, GgufType::q3_k_m, GgufType::q2_k})
+    forced_logits_match(*km, t, "m-");
 }
 
 }  // namespace

@@ -8,9 +8,12 @@
 #include "kiln/infer/paged_attention.h"
 #include "kiln/model/block_spec.h"
 #include "kiln/model/lora_linear.h"
+#include "kiln/model/moe.h"
+#include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/elementwise.h"
 #include "kiln/ops/embedding.h"
+#include "kiln/ops/matmul.h"
 #include "kiln/ops/rope.h"
 
 namespace kiln {
@@ -81,9 +84,12 @@ class CpuForwardPass final : public ForwardPass {
   // Attention of layer l: q|k|v (N, QKV) -> K/V into the cache, att (N, H*D).
   void attention(int l, const ForwardBatch& b, const std::vector<Segment>& segs,
                  const std::vector<PagedRow>& rows, KvCache& cache);
-  // The block's MLP, ln_ (N, C) -> x_ (N, C): the single place an MoE layer will replace the
-  // dense MLP (a router picking experts per row, each expert this same up/act/down).
+  // The block's MLP, ln_ (N, C) -> x_ (N, C); a Mixtral layer's goes to moe_mlp.
   void mlp(const LayerWeights& p, const ForwardBatch& b, int l);
+  // The router picks each row's experts (model/moe.h, dropless); the rows are permuted by expert
+  // and each expert's rows go through its up/act/down as one GEMM each, then are summed back
+  // into their rows with the routing weights.
+  void moe_mlp(const LayerWeights& p, int N);
 
   ModelConfig c_;
   BlockSpec spec_;
@@ -91,6 +97,8 @@ class CpuForwardPass final : public ForwardPass {
   std::vector<float> rope_cos_, rope_sin_;  // (max_ctx, D/2), RoPE only
   // Scratch, grown to the largest batch.
   std::vector<float> x_, ln_, qkv_, att_, mid_, up_, act_, mean_, rstd_, hid_, lse_;
+  std::vector<float> router_, moe_x_, moe_y_;  // MoE: logits (N, E); permuted rows (N*k, C)
+  MoeRouting route_;
   // The batch's rows by LoRA adapter (Punica's segments: each adapter's rows in one GEMM pair,
   // however the engine interleaved them), and scratch for gathering them.
   struct AdapterRows {
@@ -166,8 +174,42 @@ void CpuForwardPass::project(float* y, const float* x, const LinearWeight& w, co
   }
 }
 
+void CpuForwardPass::moe_mlp(const LayerWeights& p, int N) {
+  const int C = c_.hidden, F = c_.intermediate, E = c_.moe.experts, k = c_.moe.experts_per_tok;
+  grow(router_, size_t(N) * E);
+  cpu::gemm(router_.data(), ln_.data(), p.router, N, E, C, false, true, 1.0f, 0.0f);
+  moe_route(route_, router_.data(), N, E, k, 0.0f);  // inference is dropless
+  const int M = route_.rows();
+  grow(moe_x_, size_t(M) * C);
+  grow(moe_y_, size_t(M) * C);
+  grow(up_, size_t(M) * 2 * F);
+  grow(act_, size_t(M) * F);
+  for (int i = 0; i < M; ++i)
+    std::memcpy(&moe_x_[size_t(i) * C], &ln_[size_t(route_.source[size_t(i)] / k) * C],
+                C * sizeof(float));
+  for (int e = 0; e < E; ++e) {
+    const int r0 = route_.offsets[size_t(e)], n = route_.offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    linear(&up_[size_t(r0) * 2 * F], &moe_x_[size_t(r0) * C], p.expert_up[size_t(e)], n);
+    cpu::swiglu_forward(&act_[size_t(r0) * F], &up_[size_t(r0) * 2 * F], n, F);
+    linear(&moe_y_[size_t(r0) * C], &act_[size_t(r0) * F], p.expert_down[size_t(e)], n);
+  }
+  std::fill(x_.begin(), x_.begin() + size_t(N) * C, 0.0f);
+  for (int i = 0; i < M; ++i) {
+    const int pair = route_.source[size_t(i)];
+    const float w = route_.weight[size_t(pair)];
+    float* x = &x_[size_t(pair / k) * C];
+    const float* y = &moe_y_[size_t(i) * C];
+    for (int j = 0; j < C; ++j) x[j] += w * y[j];
+  }
+}
+
 void CpuForwardPass::mlp(const LayerWeights& p, const ForwardBatch& b, int l) {
   const int N = int(b.ids.size());
+  if (p.router) {
+    moe_mlp(p, N);
+    return;
+  }
   project(up_.data(), ln_.data(), p.up, b, l, LoraSite::up);
   cpu_block_activation(spec_, act_.data(), up_.data(), N, c_.intermediate);
   project(x_.data(), act_.data(), p.down, b, l, LoraSite::down);

@@ -215,6 +215,8 @@ void CudaPassT<Act>::run(const ForwardBatch& b, KvCache& cache) {
 
 std::unique_ptr<CudaPass> make_pass(const Model& model, int max_ctx, bool bf16) {
   cuda::require("decoder");
+  KILN_CHECK(!model.config().moe.enabled(), "cuda forward",
+             "device: cuda does not run Mixture-of-Experts models yet; serve it on the CPU");
   KILN_CHECK(max_ctx >= 1 && max_ctx <= model.config().max_positions, "cuda forward",
              "need 1 <= max_ctx <= the model's context (", model.config().max_positions, "), got ",
              max_ctx);

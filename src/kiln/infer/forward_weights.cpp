@@ -27,8 +27,16 @@ ForwardWeights fp32_weights(const Model& model) {
     e.o = lin(l.o_w, l.o_b, C, H * D);
     e.ln2 = l.ln2_w;
     e.ln2_b = l.ln2_b;
-    e.up = lin(l.up_w, l.up_b, spec.up_width, C);
-    e.down = lin(l.down_w, l.down_b, C, F);
+    if (c.moe.enabled()) {
+      e.router = l.router_w;
+      for (int x = 0; x < c.moe.experts; ++x) {
+        e.expert_up.push_back(lin(l.up_w + int64_t(x) * 2 * F * C, nullptr, 2 * F, C));
+        e.expert_down.push_back(lin(l.down_w + int64_t(x) * C * F, nullptr, C, F));
+      }
+    } else {
+      e.up = lin(l.up_w, l.up_b, spec.up_width, C);
+      e.down = lin(l.down_w, l.down_b, C, F);
+    }
     w.layers.push_back(e);
   }
   return w;
@@ -76,8 +84,15 @@ ForwardWeights quantized_weights(const Model& model,
       use(e.qkv, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
                   p + "self_attn.v_proj.weight"});
       use(e.o, {p + "self_attn.o_proj.weight"});
-      use(e.up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
-      use(e.down, {p + "mlp.down_proj.weight"});
+      for (int x = 0; x < int(e.expert_up.size()); ++x) {
+        const std::string ex = p + "block_sparse_moe.experts." + std::to_string(x) + ".";
+        use(e.expert_up[size_t(x)], {ex + "w1.weight", ex + "w3.weight"});
+        use(e.expert_down[size_t(x)], {ex + "w2.weight"});
+      }
+      if (e.expert_up.empty()) {
+        use(e.up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
+        use(e.down, {p + "mlp.down_proj.weight"});
+      }
     } else {
       const std::string p = "transformer.h." + std::to_string(l) + ".";
       use(e.qkv, {p + "attn.c_attn.weight"});

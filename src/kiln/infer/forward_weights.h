@@ -20,8 +20,11 @@ struct LayerWeights {
   LinearWeight o;                // H*D -> C
   const float* ln2 = nullptr;    // (C)
   const float* ln2_b = nullptr;  // (C) GPT-2 only
-  LinearWeight up;               // C -> 2F (Llama gate|up) or F (GPT-2)
-  LinearWeight down;             // F -> C
+  LinearWeight up;               // C -> 2F (Llama gate|up) or F (GPT-2); dense only
+  LinearWeight down;             // F -> C; dense only
+  // Mixtral: the router (E, C) fp32, and each expert's w1|w3 (C -> 2F) and w2 (F -> C).
+  const float* router = nullptr;
+  std::vector<LinearWeight> expert_up, expert_down;
 };
 
 struct ForwardWeights {

@@ -35,6 +35,43 @@ Decoder::Decoder(const Model& model, int max_len) : model_(model) {
   logits_.resize(c.vocab_size);
 }
 
+void Decoder::moe_mlp(float* out, const float* ln, const LayerParams& p, int n) const {
+  const ModelConfig& c = model_.config();
+  const int C = c.hidden, F = c.intermediate, E = c.moe.experts, k = c.moe.experts_per_tok;
+  std::vector<float> prob(E), up(2 * F), act(F), y(C);
+  for (int t = 0; t < n; ++t) {
+    const float* h = ln + int64_t(t) * C;
+    float* o = out + int64_t(t) * C;
+    std::fill(o, o + C, 0.0f);
+    cpu::linear_forward(prob.data(), h, p.router_w, nullptr, 1, C, E, WeightLayout::out_in);
+    const float mx = *std::max_element(prob.begin(), prob.end());
+    float sum = 0;
+    for (float& z : prob) sum += (z = std::exp(z - mx));
+    for (float& z : prob) z /= sum;
+    // The k largest by repeated arg-max; then their probabilities over their sum.
+    std::vector<int> chosen;
+    std::vector<bool> taken(E, false);
+    float kept = 0;
+    for (int j = 0; j < k; ++j) {
+      int best = -1;
+      for (int e = 0; e < E; ++e)
+        if (!taken[e] && (best < 0 || prob[e] > prob[best])) best = e;
+      taken[best] = true;
+      chosen.push_back(best);
+      kept += prob[best];
+    }
+    for (int e : chosen) {
+      cpu::linear_forward(up.data(), h, p.up_w + int64_t(e) * 2 * F * C, nullptr, 1, C, 2 * F,
+                          WeightLayout::out_in);
+      cpu::swiglu_forward(act.data(), up.data(), 1, F);
+      cpu::linear_forward(y.data(), act.data(), p.down_w + int64_t(e) * C * F, nullptr, 1, F, C,
+                          WeightLayout::out_in);
+      const float w = prob[e] / kept;
+      for (int i = 0; i < C; ++i) o[i] += w * y[i];
+    }
+  }
+}
+
 const std::vector<float>& Decoder::feed(const std::vector<int>& tokens) {
   const ModelConfig& c = model_.config();
   const int n = int(tokens.size());
@@ -102,6 +139,12 @@ const std::vector<float>& Decoder::feed(const std::vector<int>& tokens) {
     });
     cpu::linear_forward(mid.data(), att.data(), p.o_w, p.o_b, n, HD, C, layout);
     cpu::add(mid.data(), mid.data(), x.data(), int64_t(n) * C);
+    if (c.moe.enabled()) {
+      cpu::rms_norm_forward(ln.data(), rstd.data(), mid.data(), p.ln2_w, n, C, c.norm_eps);
+      moe_mlp(x.data(), ln.data(), p, n);
+      cpu::add(x.data(), x.data(), mid.data(), int64_t(n) * C);
+      continue;
+    }
     if (llama) {
       cpu::rms_norm_forward(ln.data(), rstd.data(), mid.data(), p.ln2_w, n, C, c.norm_eps);
       cpu::linear_forward(up.data(), ln.data(), p.up_w, nullptr, n, C, 2 * F, layout);

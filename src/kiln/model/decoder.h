@@ -23,6 +23,9 @@ class Decoder {
   void reset() { pos_ = 0; }
 
  private:
+  // A Mixtral layer's MLP for n rows, token by token: its router's softmax, the k most probable
+  // experts renormalised, each expert's SwiGLU on the one row. out (n, C).
+  void moe_mlp(float* out, const float* ln, const LayerParams& p, int n) const;
   const Model& model_;
   int max_len_, pos_ = 0;
   Tensor k_cache_, v_cache_;    // (L, max_len, K*D)

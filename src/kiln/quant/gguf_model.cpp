@@ -30,8 +30,41 @@ using ordered_json = nlohmann::ordered_json;
 
 namespace {
 
+// A Mixtral layer's router, which llama.cpp keeps unquantized (ffn_gate_inp).
+bool is_router(const std::string& gguf_name) {
+  return gguf_name.find("ffn_gate_inp.weight") != std::string::npos;
+}
+
 // llama.cpp's token types (llama_token_type).
 enum : int64_t { kNormal = 1, kControl = 3, kUserDefined = 4, kUnused = 5 };
+
+// Where an HF parameter lives in a GGUF file: a tensor, or one expert's slice of a Mixtral
+// layer's stacked expert tensor (llama.cpp's ffn_{gate,up,down}_exps, ggml dims
+// {cols, rows, experts}: expert e's rows at e/experts of the bytes).
+struct GgufPlace {
+  std::string name;
+  int expert = -1;  // the slice, or -1: the whole tensor
+};
+
+std::string gguf_name(const std::string& hf);
+
+GgufPlace gguf_place(const std::string& hf) {
+  static const std::pair<const char*, const char*> experts[] = {
+      {"w1.weight", "ffn_gate_exps.weight"},
+      {"w3.weight", "ffn_up_exps.weight"},
+      {"w2.weight", "ffn_down_exps.weight"},
+  };
+  const std::string pre = "model.layers.", mid = ".block_sparse_moe.experts.";
+  const size_t at = hf.find(mid);
+  if (hf.rfind(pre, 0) != 0 || at == std::string::npos) return {gguf_name(hf), -1};
+  const std::string layer = hf.substr(pre.size(), at - pre.size());
+  const std::string rest = hf.substr(at + mid.size());  // "E.w1.weight"
+  const size_t dot = rest.find('.');
+  const int e = std::stoi(rest.substr(0, dot));
+  for (const auto& [from, to] : experts)
+    if (rest.substr(dot + 1) == from) return {"blk." + layer + "." + to, e};
+  fail("gguf", "no GGUF name for parameter '", hf, "'");
+}
 
 // HF parameter name -> llama.cpp tensor name.
 std::string gguf_name(const std::string& hf) {
@@ -45,6 +78,7 @@ std::string gguf_name(const std::string& hf) {
       {"mlp.gate_proj.weight", "ffn_gate.weight"},
       {"mlp.up_proj.weight", "ffn_up.weight"},
       {"mlp.down_proj.weight", "ffn_down.weight"},
+      {"block_sparse_moe.gate.weight", "ffn_gate_inp.weight"},
   };
   if (hf == "model.embed_tokens.weight") return "token_embd.weight";
   if (hf == "model.norm.weight") return "output_norm.weight";
@@ -308,9 +342,11 @@ std::string dims_str(const std::vector<int64_t>& d) {
 // metadata claims a huge model fails here instead of allocating it.
 void check_tensor_shapes(const gguf::File& f, const ModelConfig& c) {
   for (const ParamInfo& p : param_layout(c)) {
-    const std::string name = gguf_name(p.name);
+    const GgufPlace at = gguf_place(p.name);
+    const std::string& name = at.name;
     const gguf::TensorInfo& t = f.tensor(name);
-    const std::vector<int64_t> want(p.shape.rbegin(), p.shape.rend());  // ggml order
+    std::vector<int64_t> want(p.shape.rbegin(), p.shape.rend());  // ggml order
+    if (at.expert >= 0) want.push_back(c.moe.experts);
     KILN_CHECK(t.dims == want, "gguf", "'", f.path(), "': tensor '", name, "' has shape ",
                dims_str(t.dims), " (ggml order) but the metadata implies ", dims_str(want),
                ": the metadata disagrees with the tensors");
@@ -356,6 +392,10 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
   w.set("llama.rope.freq_base", Value::f32(c.rope_theta));
   w.set("llama.attention.layer_norm_rms_epsilon", Value::f32(c.norm_eps));
   w.set("llama.rope.dimension_count", Value::u32(uint32_t(c.head_dim)));
+  if (c.moe.enabled()) {
+    w.set("llama.expert_count", Value::u32(uint32_t(c.moe.experts)));
+    w.set("llama.expert_used_count", Value::u32(uint32_t(c.moe.experts_per_tok)));
+  }
   w.set("llama.attention.key_length", Value::u32(uint32_t(c.head_dim)));
   w.set("llama.attention.value_length", Value::u32(uint32_t(c.head_dim)));
   if (c.rope_scaling.kind == K::linear) {
@@ -369,14 +409,19 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
     w.set("general.file_type", Value::u32(gguf_file_type(type)));
   }
 
-  // The tensors (GGUF names, ggml dims), in llama.cpp's order when quantized, and their types.
+  // The tensors (GGUF names, ggml dims), in llama.cpp's order when quantized, and their types;
+  // each holds one parameter, or a Mixtral layer's experts stacked in expert order.
   std::vector<MixTensor> tensors;
-  std::map<std::string, const ParamInfo*> param_of;
+  std::map<std::string, std::vector<const ParamInfo*>> params_of;
   for (const ParamInfo& p : model.params()) {
-    MixTensor t{gguf_name(p.name), {}};
+    const GgufPlace at = gguf_place(p.name);
+    std::vector<const ParamInfo*>& parts = params_of[at.name];
+    parts.push_back(&p);
+    if (parts.size() > 1) continue;  // a later expert of a stacked tensor
+    MixTensor t{at.name, {}};
     t.dims = p.shape.size() == 1 ? std::vector<int64_t>{p.shape[0]}
                                  : std::vector<int64_t>{p.shape[1], p.shape[0]};
-    param_of[t.name] = &p;
+    if (at.expert >= 0) t.dims.push_back(c.moe.experts);
     tensors.push_back(std::move(t));
   }
   std::vector<TensorType> types;
@@ -385,14 +430,26 @@ void export_gguf(const Model& model, const Tokenizer& tok, const std::string& pa
     types = llama_quantize_types(type, {c.layers, c.heads, c.kv_heads}, tensors);
   } else {
     for (const MixTensor& t : tensors)
-      types.push_back(t.dims.size() == 1 || type == GgufType::f32 ? TensorType::f32
-                                                                  : TensorType::f16);
+      types.push_back(t.dims.size() == 1 || type == GgufType::f32 || is_router(t.name)
+                          ? TensorType::f32
+                          : TensorType::f16);
   }
   const float* flat = model.weights().f32();
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const ParamInfo& p = *param_of.at(tensors[i].name);
+    const std::vector<const ParamInfo*>& parts = params_of.at(tensors[i].name);
+    const ParamInfo& p = *parts[0];
     const float* src = flat + p.offset;
-    const int64_t cols = tensors[i].dims[0], rows = p.shape.size() == 1 ? 1 : p.shape[0];
+    const int64_t cols = tensors[i].dims[0];
+    const int64_t part_rows = p.shape.size() == 1 ? 1 : p.shape[0];
+    const int64_t rows = part_rows * int64_t(parts.size());
+    std::vector<float> stacked;
+    if (parts.size() > 1) {  // the experts' matrices one after another
+      stacked.resize(size_t(rows * cols));
+      for (size_t e = 0; e < parts.size(); ++e)
+        std::memcpy(stacked.data() + e * size_t(part_rows * cols), flat + parts[e]->offset,
+                    size_t(part_rows * cols) * sizeof(float));
+      src = stacked.data();
+    }
     std::vector<float> permuted;
     if (int heads = permuted_heads(p.name, c)) {
       permuted.resize(size_t(rows * cols));
@@ -457,6 +514,10 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
                f.get_int("llama.rope.dimension_count"), " but heads have ", c.head_dim,
                " dims; partial RoPE is not supported");
   c.intermediate = get_dim(f, "llama.feed_forward_length", limits::kMaxFfn);
+  if (f.has("llama.expert_count") && f.get_int("llama.expert_count") > 0) {
+    c.moe.experts = get_dim(f, "llama.expert_count", limits::kMaxExperts);
+    c.moe.experts_per_tok = get_dim(f, "llama.expert_used_count", limits::kMaxExperts);
+  }
   c.max_positions = get_dim(f, "llama.context_length", limits::kMaxContext);
   c.norm_eps = float(f.get_float("llama.attention.layer_norm_rms_epsilon"));
   c.rope_theta = f.has("llama.rope.freq_base") ? float(f.get_float("llama.rope.freq_base")) : 1e4f;
@@ -488,9 +549,15 @@ GgufModel load_gguf_model(const std::string& path, bool keep_quantized) {
   float* flat = out.model->weights().f32();
   std::set<std::string> used;
   for (const ParamInfo& p : out.model->params()) {
-    const std::string name = gguf_name(p.name);
-    const gguf::TensorInfo& t = f.tensor(name);
+    const GgufPlace at = gguf_place(p.name);
+    const std::string& name = at.name;
+    gguf::TensorInfo t = f.tensor(name);
     used.insert(name);
+    if (at.expert >= 0) {  // this expert's slice (check_tensor_shapes saw the stacked shape)
+      const size_t bytes = t.nbytes() / size_t(c.moe.experts);
+      t.dims.pop_back();
+      t.data += size_t(at.expert) * bytes;
+    }
     float* dst = flat + p.offset;
     const int heads = permuted_heads(p.name, c);
     const int64_t rows = p.shape[0], cols = p.shape.size() > 1 ? p.shape[1] : 1;

@@ -226,11 +226,12 @@ std::vector<TensorType> llama_quantize_types(GgufType type, const MixModel& m,
   const TensorType dflt = default_type(type);
   std::vector<TensorType> out;
   for (const MixTensor& t : tensors) {
-    // tensor_allows_quantization: 2-D weights (ggml_n_dims: a trailing dim of 1 does not count),
-    // not norms.
-    const bool quantized = t.dims.size() == 2 && t.dims[1] > 1 && t.name.size() >= 6 &&
+    // tensor_allows_quantization: 2-D weights and 3-D stacked experts (ggml_n_dims: a trailing
+    // dim of 1 does not count), not norms, not a Mixtral layer's router (ffn_gate_inp).
+    const bool quantized = t.dims.size() >= 2 && t.dims[1] > 1 && t.name.size() >= 6 &&
                            t.name.compare(t.name.size() - 6, 6, "weight") == 0 &&
-                           !contains(t.name, "_norm.weight");
+                           !contains(t.name, "_norm.weight") &&
+                           !contains(t.name, "ffn_gate_inp.weight");
     if (!quantized) {
       out.push_back(TensorType::f32);
       continue;

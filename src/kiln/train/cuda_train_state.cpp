@@ -267,6 +267,8 @@ CudaTrainState::CudaTrainState(const Model& model, int B, int T, Precision preci
       "train", "device: cuda trains a whole model (no pipeline stages)");
   KILN_CHECK(T <= c.max_positions, "train", "sequence length ", T,
              " exceeds the model's max_position_embeddings (", c.max_positions, ")");
+  KILN_CHECK(!c.moe.enabled(), "train",
+             "device: cuda does not train Mixture-of-Experts models yet; use device: cpu");
   KILN_CHECK(precision != Precision::fp16, "train",
              "train.precision = fp16 is not supported on device: cuda; use bf16 (same speed on "
              "tensor cores, no loss scaling) or fp32");

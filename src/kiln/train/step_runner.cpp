@@ -83,8 +83,15 @@ GatheredModel gather_part(const Model& m, AdamW& opt, const AdamWConfig& cfg,
 std::unique_ptr<StepRunner> make_step_runner(const TrainConfig& cfg, dist::ProcessGroups& groups,
                                              std::unique_ptr<Model> model,
                                              std::unique_ptr<AdamW> opt) {
-  if (cfg.trains_adapter()) return make_lora_runner(cfg, groups, std::move(model));
   const int tp = cfg.parallel.tp, pp = cfg.parallel.pp;
+  if (model->config().moe.enabled()) {
+    KILN_CHECK(!cfg.trains_adapter(), "train",
+               "LoRA and QLoRA on a Mixture-of-Experts model are not built; use method: full");
+    KILN_CHECK(tp == 1 && pp == 1, "train", "a Mixture-of-Experts model trains with data ",
+               "parallelism and ZeRO (parallel.dp, parallel.zero); parallel.tp = ", tp,
+               " and parallel.pp = ", pp, " are not built for its experts yet: set both to 1");
+  }
+  if (cfg.trains_adapter()) return make_lora_runner(cfg, groups, std::move(model));
   const AdamWConfig adamw = adamw_config(cfg);
   RunnerPart part;
   part.whole_cfg = model->config();

@@ -94,6 +94,9 @@ class StepRunner {
   virtual int64_t comm_bytes() const = 0;
   // The layout's part of the start-up log line (", zero 1 (moments sharded over dp)").
   virtual std::string describe() const { return ""; }
+  // A Mixture-of-Experts model's routing in this rank's last forward (null: dense, or a layout
+  // that does not report it).
+  virtual const MoeStats* moe_stats() const { return nullptr; }
   virtual std::string device_suffix() const { return ""; }
 
   int row0() const { return row0_; }  // this rank's first row of each global batch

@@ -296,10 +296,11 @@ std::unique_ptr<StepRunner> start_runner(const TrainConfig& cfg, dist::ProcessGr
   return runner;
 }
 
-// One metrics.jsonl record (evaluation adds val_loss); scaler: fp16's, else null.
+// One metrics.jsonl record (evaluation adds val_loss); scaler: fp16's, else null; moe: the
+// routing's statistics of a Mixture-of-Experts model, else null.
 nlohmann::json metrics_record(int64_t step, const StepRecord& s, float lr, int64_t tokens,
                               int64_t tokens_per_step, double dt, int64_t state_bytes,
-                              int64_t comm_bytes, const LossScaler* scaler) {
+                              int64_t comm_bytes, const LossScaler* scaler, const MoeStats* moe) {
   nlohmann::json rec = {{"step", step},
                         {"loss", s.loss},
                         {"lr", lr},
@@ -311,6 +312,12 @@ nlohmann::json metrics_record(int64_t step, const StepRecord& s, float lr, int64
                         {"state_bytes", state_bytes},
                         {"comm_bytes", comm_bytes}};
   if (scaler) rec["loss_scale"] = scaler->scale();
+  if (moe) {  // the routing of the step's last micro-batch on rank 0
+    rec["moe_aux_loss"] = moe->aux();
+    rec["moe_z_loss"] = moe->z();
+    rec["moe_dropped"] = moe->dropped;
+    rec["expert_fractions"] = moe->fractions();
+  }
   if (s.skipped || scaler) rec["skipped"] = s.skipped;
   if (!s.updated) rec["updated"] = false;
   return rec;
@@ -444,8 +451,9 @@ TrainResult train(TrainConfig cfg, bool resume, dist::Comm* comm_arg) {
       log_info("step ", step, " sent ", result.comm_bytes, " bytes on rank 0 (comm_bytes)");
     result.losses.push_back(s.loss);
     result.step_ms.push_back(dt * 1e3);
-    nlohmann::json rec = metrics_record(step, s, lr, state.tokens_seen, tokens_per_step, dt,
-                                        state_bytes, result.comm_bytes, fp16 ? &scaler : nullptr);
+    nlohmann::json rec =
+        metrics_record(step, s, lr, state.tokens_seen, tokens_per_step, dt, state_bytes,
+                       result.comm_bytes, fp16 ? &scaler : nullptr, runner->moe_stats());
     const bool last = step == cfg.train.steps;
     if (has_val && cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || last)) {
       last_val = evaluate(*data, B, T, cfg.train.eval_batches, *runner);

@@ -60,6 +60,7 @@ class ZeroRunner final : public StepRunner {
   int64_t state_bytes() const override { return zero_->state_bytes(); }
   int64_t activation_bytes() const override { return int64_t(ts_->bytes()); }
   void set_positions(const int32_t* positions) override { ts_->set_positions(positions); }
+  const MoeStats* moe_stats() const override { return ts_->moe_stats(); }
   int64_t comm_bytes() const override { return zero_->comm_bytes() + ts_->comm_bytes(); }
   std::string describe() const override {
     return ", zero " + std::to_string(zero_->stage()) + ", " +
