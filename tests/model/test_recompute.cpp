@@ -1,6 +1,7 @@
 // Activation recomputation must not change a single bit: the recomputed activations come from
 // the same deterministic kernels on the same inputs. Losses and every gradient are compared with
-// memcmp across none / selective / full / full on the first two layers only, in fp32 and bf16, and
+// memcmp across none / selective / full / full on the first two layers only, in fp32 and bf16
+// (dense, and Mixtral with and without a capacity factor: the recomputed routing is the same), and
 // the memory kept must shrink in that order.
 #include <gtest/gtest.h>
 
@@ -13,7 +14,8 @@
 namespace kiln {
 namespace {
 
-ModelConfig config(Arch arch) {
+// experts > 0: Mixtral (top-2), with capacity_factor > 0 dropping pairs.
+ModelConfig config(Arch arch, int experts = 0, float capacity_factor = 0) {
   ModelConfig c;
   c.arch = arch;
   c.vocab_size = 97;
@@ -25,6 +27,11 @@ ModelConfig config(Arch arch) {
   c.intermediate = 80;
   c.max_positions = 64;
   c.tie_embeddings = arch == Arch::gpt2;
+  c.moe.experts = experts;
+  c.moe.experts_per_tok = 2;
+  c.moe.capacity_factor = capacity_factor;
+  c.moe.output_router_logits = true;
+  c.moe.z_loss_coef = 0.001f;
   return c;
 }
 
@@ -49,8 +56,9 @@ Result run(const Model& m, TrainOptions opt) {
 }
 
 TEST(Recompute, BitIdenticalLossAndGradientsLessMemory) {
-  for (Arch arch : {Arch::llama, Arch::gpt2}) {
-    Model m(config(arch));
+  for (const ModelConfig& c : {config(Arch::llama), config(Arch::gpt2), config(Arch::llama, 4),
+                               config(Arch::llama, 4, 1.0f)}) {
+    Model m(c);
     m.init_weights(8);
     for (Precision p : {Precision::fp32, Precision::bf16}) {
       Result none = run(m, {p, Recompute::none, -1});

@@ -88,6 +88,23 @@ TEST(Estimate, ParamsEqualModelConfig) {
   EXPECT_THROW(estimate_model("8b"), Error);
 }
 
+// Mixtral 8x7B's published sizes: 46.7B parameters, 12.9B used per token. Memory holds all of
+// them; the FLOPs per token count the active ones.
+TEST(Estimate, MixtralCountsActiveParametersForFlops) {
+  const ModelConfig m = estimate_model("8x7b");
+  EXPECT_EQ(m.num_params(), 46'702'792'704);
+  EXPECT_EQ(m.active_params(), 12'879'925'248);
+  EstimateInput in = seven_b(64);
+  in.model = m;
+  in.tp = 8;
+  in.dp = 8;
+  const Estimate e = estimate(in);
+  EXPECT_EQ(e.params, m.num_params());
+  EXPECT_EQ(e.active_params, m.active_params());
+  EXPECT_DOUBLE_EQ(e.flops_6n, 6.0 * double(m.active_params()) * e.tokens_per_step);
+  EXPECT_NE(estimate_table(e).find("active parameters"), std::string::npos);
+}
+
 TEST(Estimate, ZeroStagesDivideByDp) {
   EstimateInput in = seven_b(8);
   Estimate z0 = estimate(in);
@@ -249,6 +266,13 @@ ModelConfig cpu_config(Arch arch, int C, int L, int H, int K, int F, int V) {
   return c;
 }
 
+ModelConfig cpu_moe_config() {
+  ModelConfig c = cpu_config(Arch::llama, 256, 4, 8, 4, 352, 8192);
+  c.moe.experts = 8;
+  c.moe.experts_per_tok = 2;
+  return c;
+}
+
 struct CpuCase {
   const char* name;
   ModelConfig cfg;
@@ -260,6 +284,7 @@ std::vector<CpuCase> cpu_cases() {
   return {
       {"small gpt2", cpu_config(Arch::gpt2, 256, 4, 4, 4, 1024, 8192), 4, 128},
       {"medium llama gqa", cpu_config(Arch::llama, 384, 6, 6, 2, 1024, 8192), 4, 256},
+      {"mixtral 8 x top-2", cpu_moe_config(), 4, 256},
       {"medium llama, full recompute",
        cpu_config(Arch::llama, 384, 6, 6, 2, 1024, 8192),
        4,

@@ -157,6 +157,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   j["accum"] = a.accum;
   j["bucket_mb"] = a.bucket_mb;
   j["params"] = cfg.model.num_params();
+  j["active_params"] = cfg.model.active_params();  // MoE: the experts a token reaches
   j["batch"] = a.batch;
   j["seq"] = a.seq;
   j["precision"] = a.precision;
@@ -165,7 +166,7 @@ void bench_train_layout(const BenchTrainArgs& a, dist::Comm* comm) {
   j["recompute"] = a.recompute;
   j["method"] = a.lora > 0 ? cfg.method + " r " + std::to_string(a.lora) : "full";
   j["bf16_backend"] = std::string(ops::cpu::bf16_backend());
-  const double flops = step_flops(cfg.model, double(cfg.model.num_params()),
+  const double flops = step_flops(cfg.model, double(cfg.model.active_params()),
                                   double(a.batch) * a.accum, a.seq, cfg.train.recompute)
                            .total();
   // (With LoRA the frozen weights' gradient GEMMs are skipped: the count does not apply.)

@@ -148,6 +148,27 @@ void NcclComm::recv(float* data, int64_t n, int peer, int tag) {
   recv_async(data, n, peer, tag).wait();
 }
 
+void NcclComm::all_to_all_v(const float* send, const std::vector<int64_t>& send_counts,
+                            float* recv, const std::vector<int64_t>& recv_counts) {
+  KILN_CHECK(int(send_counts.size()) == size_ && int(recv_counts.size()) == size_,
+             "nccl all_to_all_v", "need one send and one receive count per rank (", size_, ")");
+  run("all_to_all_v", [&](cudaStream_t s) {
+    KILN_NCCL("all_to_all_v", ncclGroupStart());
+    int64_t so = 0, ro = 0;
+    for (int p = 0; p < size_; ++p) {
+      if (send_counts[size_t(p)] > 0)
+        KILN_NCCL("all_to_all_v", ncclSend(send + so, size_t(send_counts[size_t(p)]),
+                                           ncclFloat32, p, comm_, s));
+      if (recv_counts[size_t(p)] > 0)
+        KILN_NCCL("all_to_all_v", ncclRecv(recv + ro, size_t(recv_counts[size_t(p)]),
+                                           ncclFloat32, p, comm_, s));
+      so += send_counts[size_t(p)];
+      ro += recv_counts[size_t(p)];
+    }
+    KILN_NCCL("all_to_all_v", ncclGroupEnd());
+  }).wait();
+}
+
 void NcclComm::barrier() {
   all_reduce(one_.data(), 1);
 }

@@ -47,6 +47,9 @@ class NcclComm final : public dist::Comm {
   void send(const float* data, int64_t n, int peer, int tag) override;
   void recv(float* data, int64_t n, int peer, int tag) override;
   void barrier() override;
+  // One NCCL group of point-to-point sends and receives (NCCL has no all-to-all-v).
+  void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                    const std::vector<int64_t>& recv_counts) override;
   std::unique_ptr<dist::Comm> split(int color, int key) override;
 
   ncclComm_t handle() const { return comm_; }

@@ -55,6 +55,47 @@ Request SingleComm::reduce_scatter_async(const float* in, float* out, int64_t n_
   return {};
 }
 
+void Comm::all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                        const std::vector<int64_t>& recv_counts) {
+  const int P = size(), me = rank();
+  KILN_CHECK(int(send_counts.size()) == P && int(recv_counts.size()) == P, "all_to_all_v",
+             "need one send and one receive count per rank (", P, "), got ", send_counts.size(),
+             " and ", recv_counts.size());
+  constexpr int kTag = 0x4d6f45;  // "MoE": its own tag, apart from pipeline activations
+  std::vector<Request> pending;
+  int64_t soff = 0, roff = 0;
+  std::vector<int64_t> send_at(static_cast<size_t>(P)), recv_at(static_cast<size_t>(P));
+  for (int p = 0; p < P; ++p) {
+    check_count("all_to_all_v", send_counts[size_t(p)]);
+    check_count("all_to_all_v", recv_counts[size_t(p)]);
+    send_at[size_t(p)] = soff, recv_at[size_t(p)] = roff;
+    soff += send_counts[size_t(p)], roff += recv_counts[size_t(p)];
+  }
+  KILN_CHECK(send_counts[size_t(me)] == recv_counts[size_t(me)], "all_to_all_v", "rank ", me,
+             " sends itself ", send_counts[size_t(me)], " floats but expects ",
+             recv_counts[size_t(me)]);
+  for (int p = 0; p < P; ++p)
+    if (p != me && recv_counts[size_t(p)] > 0)
+      pending.push_back(recv_async(recv + recv_at[size_t(p)], recv_counts[size_t(p)], p, kTag));
+  for (int p = 0; p < P; ++p)
+    if (p != me && send_counts[size_t(p)] > 0)
+      pending.push_back(send_async(send + send_at[size_t(p)], send_counts[size_t(p)], p, kTag));
+  if (send_counts[size_t(me)] > 0)
+    std::memcpy(recv + recv_at[size_t(me)], send + send_at[size_t(me)],
+                size_t(send_counts[size_t(me)]) * sizeof(float));
+  for (Request& r : pending) r.wait();
+}
+
+void SingleComm::all_to_all_v(const float* send, const std::vector<int64_t>& send_counts,
+                              float* recv, const std::vector<int64_t>& recv_counts) {
+  KILN_CHECK(send_counts.size() == 1 && recv_counts.size() == 1 &&
+                 send_counts[0] == recv_counts[0],
+             "all_to_all_v", "a 1-rank communicator sends itself what it receives");
+  check_count("all_to_all_v", send_counts[0]);
+  if (send_counts[0] > 0 && send != recv)
+    std::memcpy(recv, send, size_t(send_counts[0]) * sizeof(float));
+}
+
 Request SingleComm::all_gather_async(const float* in, float* out, int64_t n_per_rank) {
   check_count("all_gather", n_per_rank);
   if (n_per_rank > 0 && in != out) std::memcpy(out, in, n_per_rank * sizeof(float));

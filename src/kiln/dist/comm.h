@@ -84,6 +84,13 @@ class Comm {
   virtual void send(const float* data, int64_t n, int peer, int tag) = 0;
   virtual void recv(float* data, int64_t n, int peer, int tag) = 0;
   virtual void barrier() = 0;
+  // All-to-all with per-peer counts (MPI_Alltoallv; expert parallelism's token dispatch): the
+  // send_counts[p] floats at send + sum(send_counts[0..p)) go to rank p, and rank p's block for
+  // this rank lands at recv + sum(recv_counts[0..p)). send_counts[p] here must equal rank p's
+  // recv_counts[rank()]. Both vectors have size() entries. Blocking. The default posts every
+  // receive and send point to point (send_async / recv_async) and waits for them all.
+  virtual void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                            const std::vector<int64_t>& recv_counts);
 
   // Collective over this communicator: ranks with the same color form a new communicator, ranked
   // by key (ties by this communicator's rank). Like MPI_Comm_split; color must be >= 0.
@@ -118,6 +125,8 @@ class SingleComm final : public Comm {
   void send(const float* data, int64_t n, int peer, int tag) override;
   void recv(float* data, int64_t n, int peer, int tag) override;
   void barrier() override {}
+  void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                    const std::vector<int64_t>& recv_counts) override;
   std::unique_ptr<Comm> split(int color, int key) override;
 };
 

@@ -50,4 +50,15 @@ ProcessGroups make_groups(Comm& world, int tp, int pp) {
   return pg;
 }
 
+ExpertGroups make_expert_groups(Comm& dp, int ep) {
+  KILN_CHECK(ep >= 1 && dp.size() % ep == 0, "parallel", "parallel.ep = ", ep,
+             " must divide the data-parallel size ", dp.size(),
+             " (world / (tp * pp)); run ep * k ranks or lower parallel.ep");
+  ExpertGroups g;
+  const int r = dp.rank();
+  g.ep = split_checked(dp, r / ep, r % ep, ep, "expert-parallel");
+  g.edp = split_checked(dp, r % ep, r / ep, dp.size() / ep, "expert-data-parallel");
+  return g;
+}
+
 }  // namespace kiln::dist

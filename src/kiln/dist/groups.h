@@ -38,4 +38,14 @@ struct ProcessGroups {
 };
 ProcessGroups make_groups(Comm& world, int tp, int pp);
 
+// Expert parallelism inside data parallelism (Megatron-Core's expert-model-parallel groups): the
+// dp group's consecutive runs of ep ranks share out the experts (ep, group rank = the part of the
+// experts held), and the ranks holding the same part form the expert-data-parallel group (edp,
+// dp/ep ranks) over which those experts' gradients are summed. Collective over dp. Throws naming
+// the fix when ep does not divide dp.
+struct ExpertGroups {
+  std::unique_ptr<Comm> ep, edp;
+};
+ExpertGroups make_expert_groups(Comm& dp, int ep);
+
 }  // namespace kiln::dist

@@ -62,6 +62,33 @@ void moe_route(MoeRouting& r, const float* logits, int N, int E, int k, float ca
   }
 }
 
+void moe_plan_dispatch(MoeDispatch& d, const MoeRouting& r, int P, const std::vector<int>& recv) {
+  const int El = r.E / P;
+  d.recv = recv;
+  d.send_rows.assign(size_t(P), 0);
+  d.recv_rows.assign(size_t(P), 0);
+  for (int e = 0; e < r.E; ++e)
+    d.send_rows[size_t(e / El)] += r.offsets[size_t(e) + 1] - r.offsets[size_t(e)];
+  // Arrived rows: from rank 0 its rows for local expert 0, 1, ..., then rank 1's, ...
+  std::vector<int> start(size_t(P) * El);
+  int at = 0;
+  for (int p = 0; p < P; ++p)
+    for (int e = 0; e < El; ++e) {
+      start[size_t(p) * El + e] = at;
+      at += recv[size_t(p) * El + e];
+      d.recv_rows[size_t(p)] += recv[size_t(p) * El + e];
+    }
+  d.grouped.clear();
+  d.offsets.assign(size_t(El) + 1, 0);
+  for (int e = 0; e < El; ++e) {
+    d.offsets[size_t(e)] = int(d.grouped.size());
+    for (int p = 0; p < P; ++p)
+      for (int i = 0; i < recv[size_t(p) * El + e]; ++i)
+        d.grouped.push_back(start[size_t(p) * El + e] + i);
+  }
+  d.offsets[size_t(El)] = at;
+}
+
 void MoeStats::reset(int E) {
   layers = 0;
   pairs = 0;

@@ -39,6 +39,24 @@ int moe_capacity(int N, int E, int k, float capacity_factor);
 // Routes N tokens from the router's logits (N, E).
 void moe_route(MoeRouting& r, const float* logits, int N, int E, int k, float capacity_factor);
 
+// Expert parallelism's bookkeeping for one layer on one rank of the ep group (P ranks, El experts
+// each). Rows leave in the routing's permuted order, rank by rank (send_rows[p] rows to p); they
+// arrive from each rank grouped by this rank's experts (recv[p*El + e]: rows from p for local
+// expert e); `grouped` lists the arrived rows expert by expert (offsets: local expert e's are
+// grouped[offsets[e] .. offsets[e+1])), which is the order the experts' GEMMs run in.
+struct MoeDispatch {
+  std::vector<int64_t> send_rows, recv_rows;  // (P) rows to and from each rank
+  std::vector<int> recv;                      // (P*El)
+  std::vector<int> grouped;                   // (R) arrived row index, by local expert
+  std::vector<int> offsets;                   // (El+1)
+  std::vector<float> xe, up, act, ye;         // (R, C) (R, 2F) (R, F) (R, C), grouped order
+  int rows() const { return int(grouped.size()); }
+};
+
+// From the routing (global experts) and the per-expert counts the ranks exchanged (recv, P*El),
+// fills the rest of d for this rank. El = r.E / P.
+void moe_plan_dispatch(MoeDispatch& d, const MoeRouting& r, int P, const std::vector<int>& recv);
+
 // The auxiliary losses of one step, pooled over its MoE layers.
 struct MoeStats {
   int layers = 0;

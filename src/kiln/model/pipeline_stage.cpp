@@ -14,6 +14,20 @@ PipelineStage full_model_stage(const ModelConfig& cfg) {
   return {0, cfg.layers, true, true};
 }
 
+PipelineStage expert_part(const ModelConfig& cfg, PipelineStage stage, int parts, int part) {
+  const int E = cfg.moe.experts;
+  KILN_CHECK(E > 0, "expert parallelism", "parallel.ep = ", parts,
+             " splits the experts of a Mixture-of-Experts model, but this model is dense; use "
+             "parallel.ep = 1");
+  KILN_CHECK(parts >= 1 && E % parts == 0, "expert parallelism", "parallel.ep = ", parts,
+             " does not divide num_local_experts = ", E, "; choose ep among the divisors of ", E);
+  KILN_CHECK(part >= 0 && part < parts, "expert parallelism", "part ", part,
+             " is out of range for ", parts, " parts");
+  stage.first_expert = part * (E / parts);
+  stage.num_experts = E / parts;
+  return stage;
+}
+
 PipelineStage pipeline_stage(const ModelConfig& cfg, int stages, int stage) {
   const int L = cfg.layers;
   KILN_CHECK(stages >= 1 && stage >= 0 && stage < stages, "pipeline", "stage ", stage,

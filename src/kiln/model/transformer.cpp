@@ -62,12 +62,17 @@ std::vector<ParamInfo> param_layout(const ModelConfig& cfg, const PipelineStage&
       if (cfg.moe.enabled()) {
         const std::string moe = p + "block_sparse_moe.";
         add(moe + "gate.weight", {int64_t(cfg.moe.experts), C});
-        for (int e = 0; e < cfg.moe.experts; ++e) {
+        // This part's experts (all of them, or expert parallelism's run).
+        const int e0 = stage.first_expert;
+        const int e1 = stage.num_experts < 0 ? cfg.moe.experts : e0 + stage.num_experts;
+        KILN_CHECK(e0 >= 0 && e0 < e1 && e1 <= cfg.moe.experts, "model", "experts [", e0, ", ",
+                   e1, ") are outside the model's ", cfg.moe.experts);
+        for (int e = e0; e < e1; ++e) {
           const std::string x = moe + "experts." + std::to_string(e) + ".";
           add(x + "w1.weight", {F, C});  // gate|up back to back: one GEMM per expert
           add(x + "w3.weight", {F, C});
         }
-        for (int e = 0; e < cfg.moe.experts; ++e)
+        for (int e = e0; e < e1; ++e)
           add(moe + "experts." + std::to_string(e) + ".w2.weight", {C, F});
         continue;
       }
@@ -154,8 +159,9 @@ ModelParams Model::locate(float* flat) const {
       L.ln2_w = at(p + "post_attention_layernorm.weight");
       if (cfg_.moe.enabled()) {
         L.router_w = at(p + "block_sparse_moe.gate.weight");
-        L.up_w = at(p + "block_sparse_moe.experts.0.w1.weight");
-        L.down_w = at(p + "block_sparse_moe.experts.0.w2.weight");
+        const std::string first = std::to_string(stage_.first_expert);
+        L.up_w = at(p + "block_sparse_moe.experts." + first + ".w1.weight");
+        L.down_w = at(p + "block_sparse_moe.experts." + first + ".w2.weight");
         continue;
       }
       L.up_w = at(p + "mlp.gate_proj.weight");
@@ -234,6 +240,7 @@ void TrainState::alloc_layer(const ModelConfig& c, LayerActs& a, bool input, boo
   if (c.moe.enabled()) {
     a.ye = Tensor::empty({rows, C});
     a.route = std::make_shared<MoeRouting>();
+    a.dispatch = std::make_shared<MoeDispatch>();
   }
 }
 
@@ -267,6 +274,16 @@ TrainState::TrainState(const Model& model, int B, int T, TrainOptions opt)
   moe_ = c.moe.enabled();
   moe_config_ = c.moe;
   if (moe_) {
+    const PipelineStage& st = model.stage();
+    first_expert_ = st.first_expert;
+    local_experts_ = st.num_experts < 0 ? c.moe.experts : st.num_experts;
+    ep_ = opt.ep && opt.ep->size() > 1;
+    const int ep = ep_ ? opt.ep->size() : 1;
+    KILN_CHECK(local_experts_ * ep == c.moe.experts &&
+                   first_expert_ == (ep_ ? opt.ep->rank() : 0) * local_experts_,
+               "train", "the model holds experts [", first_expert_, ", ",
+               first_expert_ + local_experts_, ") of ", c.moe.experts,
+               ", which is not this rank's part under expert parallelism over ", ep, " ranks");
     KILN_CHECK(!tp_, "train",
                "a Mixture-of-Experts model trains without tensor parallelism for now; use "
                "parallel.tp = 1");
@@ -694,6 +711,71 @@ void TrainState::backward(const Model& model, ModelParams& w, ModelParams& g, co
   done(StepHooks::kEmbedding, true);
 }
 
+void TrainState::experts_forward(const ModelConfig& c, const LayerParams& p,
+                                 const std::vector<int>& offsets, const float* x, float* up,
+                                 float* act, float* y) {
+  const int C = c.hidden, F = c.intermediate, El = int(offsets.size()) - 1;
+  for (int e = 0; e < El; ++e) {  // every expert's rows as one GEMM
+    const int r0 = offsets[size_t(e)], n = offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.forward(up + int64_t(r0) * 2 * F, x + int64_t(r0) * C, p.up_w + int64_t(e) * 2 * F * C,
+                 nullptr, n, C, 2 * F, WeightLayout::out_in);
+  }
+  cpu::swiglu_forward(act, up, offsets.back(), F);
+  for (int e = 0; e < El; ++e) {
+    const int r0 = offsets[size_t(e)], n = offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.forward(y + int64_t(r0) * C, act + int64_t(r0) * F, p.down_w + int64_t(e) * C * F,
+                 nullptr, n, F, C, WeightLayout::out_in);
+  }
+}
+
+void TrainState::experts_backward(const ModelConfig& c, const LayerParams& p,
+                                  const LayerParams& gp, const std::vector<int>& offsets,
+                                  const float* x, const float* up, const float* act,
+                                  const float* dy, float* dx) {
+  const int C = c.hidden, F = c.intermediate, El = int(offsets.size()) - 1;
+  const int rows = offsets.back();
+  if (dact_.numel() < int64_t(rows) * F) {  // expert parallelism: as many rows as arrived
+    dact_ = Tensor::empty({int64_t(rows), int64_t(F)});
+    dup_ = Tensor::empty({int64_t(rows), int64_t(2 * F)});
+  }
+  for (int e = 0; e < El; ++e) {
+    const int r0 = offsets[size_t(e)], n = offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.backward(dact_.f32() + int64_t(r0) * F, gp.down_w + int64_t(e) * C * F, nullptr,
+                  dy + int64_t(r0) * C, act + int64_t(r0) * F, p.down_w + int64_t(e) * C * F, n,
+                  F, C, WeightLayout::out_in);
+  }
+  cpu::swiglu_backward(dup_.f32(), dact_.f32(), up, rows, F);
+  for (int e = 0; e < El; ++e) {
+    const int r0 = offsets[size_t(e)], n = offsets[size_t(e) + 1] - r0;
+    if (n == 0) continue;
+    lin_.backward(dx + int64_t(r0) * C, gp.up_w + int64_t(e) * 2 * F * C, nullptr,
+                  dup_.f32() + int64_t(r0) * 2 * F, x + int64_t(r0) * C,
+                  p.up_w + int64_t(e) * 2 * F * C, n, C, 2 * F, WeightLayout::out_in);
+  }
+}
+
+namespace {
+
+// Rows of C floats between two orders: to[i] = from[index[i]] (gather) or to[index[i]] = from[i].
+void gather_rows_by(float* to, const float* from, const std::vector<int>& index, int C) {
+  for (size_t i = 0; i < index.size(); ++i)
+    std::memcpy(to + int64_t(i) * C, from + int64_t(index[i]) * C, size_t(C) * sizeof(float));
+}
+void scatter_rows_by(float* to, const float* from, const std::vector<int>& index, int C) {
+  for (size_t i = 0; i < index.size(); ++i)
+    std::memcpy(to + int64_t(index[i]) * C, from + int64_t(i) * C, size_t(C) * sizeof(float));
+}
+std::vector<int64_t> times(const std::vector<int64_t>& rows, int C) {
+  std::vector<int64_t> n(rows);
+  for (int64_t& x : n) x *= C;
+  return n;
+}
+
+}  // namespace
+
 void TrainState::forward_moe(const ModelConfig& c, const LayerParams& p, LayerActs& a,
                              float* x_next) {
   const int N = B_ * T_, C = c.hidden, F = c.intermediate, E = c.moe.experts,
@@ -709,18 +791,32 @@ void TrainState::forward_moe(const ModelConfig& c, const LayerParams& p, LayerAc
   for (int i = 0; i < M; ++i)
     std::memcpy(xs + int64_t(i) * C, ln2 + int64_t(r.source[size_t(i)] / k) * C,
                 size_t(C) * sizeof(float));
-  for (int e = 0; e < E; ++e) {  // every expert's rows as one GEMM
-    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
-    if (n == 0) continue;
-    lin_.forward(a.up.f32() + int64_t(r0) * 2 * F, xs + int64_t(r0) * C,
-                 p.up_w + int64_t(e) * 2 * F * C, nullptr, n, C, 2 * F, WeightLayout::out_in);
-  }
-  cpu::swiglu_forward(a.act.f32(), a.up.f32(), M, F);
-  for (int e = 0; e < E; ++e) {
-    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
-    if (n == 0) continue;
-    lin_.forward(a.ye.f32() + int64_t(r0) * C, a.act.f32() + int64_t(r0) * F,
-                 p.down_w + int64_t(e) * C * F, nullptr, n, F, C, WeightLayout::out_in);
+  if (!ep_) {
+    experts_forward(c, p, r.offsets, xs, a.up.f32(), a.act.f32(), a.ye.f32());
+  } else {
+    // Each row to the rank owning its expert (the permuted order is already rank by rank), the
+    // experts' outputs back in the same order.
+    dist::Comm& ep = *opt_.ep;
+    const int P = ep.size(), El = local_experts_;
+    std::vector<float> counts(static_cast<size_t>(E)), arrived(size_t(P) * El);
+    for (int e = 0; e < E; ++e)
+      counts[size_t(e)] = float(r.offsets[size_t(e) + 1] - r.offsets[size_t(e)]);
+    ep.all_to_all_v(counts.data(), std::vector<int64_t>(size_t(P), El), arrived.data(),
+                    std::vector<int64_t>(size_t(P), El));
+    MoeDispatch& d = *a.dispatch;
+    moe_plan_dispatch(d, r, P, std::vector<int>(arrived.begin(), arrived.end()));
+    const int R = d.rows();
+    std::vector<float> xr(size_t(R) * C);
+    ep.all_to_all_v(xs, times(d.send_rows, C), xr.data(), times(d.recv_rows, C));
+    d.xe.resize(size_t(R) * C);
+    d.up.resize(size_t(R) * 2 * F);
+    d.act.resize(size_t(R) * F);
+    d.ye.resize(size_t(R) * C);
+    gather_rows_by(d.xe.data(), xr.data(), d.grouped, C);
+    experts_forward(c, p, d.offsets, d.xe.data(), d.up.data(), d.act.data(), d.ye.data());
+    scatter_rows_by(xr.data(), d.ye.data(), d.grouped, C);
+    ep.all_to_all_v(xr.data(), times(d.recv_rows, C), a.ye.f32(), times(d.send_rows, C));
+    comm_bytes_ += 8 * int64_t(M) * C;  // the rows out and back (an upper bound: own rows too)
   }
   std::memcpy(x_next, a.x_mid.f32(), size_t(N) * C * sizeof(float));
   for (int i = 0; i < M; ++i) {
@@ -734,8 +830,7 @@ void TrainState::forward_moe(const ModelConfig& c, const LayerParams& p, LayerAc
 
 void TrainState::backward_moe(const ModelConfig& c, const LayerParams& p, const LayerParams& gp,
                               LayerActs& a, const float* dy) {
-  const int N = B_ * T_, C = c.hidden, F = c.intermediate, E = c.moe.experts,
-            k = c.moe.experts_per_tok;
+  const int N = B_ * T_, C = c.hidden, E = c.moe.experts, k = c.moe.experts_per_tok;
   const MoeRouting& r = *a.route;
   const int M = r.rows();
   const float* ln2 = a.ln2.f32();
@@ -757,21 +852,22 @@ void TrainState::backward_moe(const ModelConfig& c, const LayerParams& p, const 
     }
     dw[pair] = float(dot);
   }
-  for (int e = 0; e < E; ++e) {
-    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
-    if (n == 0) continue;
-    lin_.backward(dact_.f32() + int64_t(r0) * F, gp.down_w + int64_t(e) * C * F, nullptr,
-                  dys + int64_t(r0) * C, a.act.f32() + int64_t(r0) * F,
-                  p.down_w + int64_t(e) * C * F, n, F, C, WeightLayout::out_in);
-  }
-  cpu::swiglu_backward(dup_.f32(), dact_.f32(), a.up.f32(), M, F);
   float* dxs = moe_dx_.f32();
-  for (int e = 0; e < E; ++e) {
-    const int r0 = r.offsets[size_t(e)], n = r.offsets[size_t(e) + 1] - r0;
-    if (n == 0) continue;
-    lin_.backward(dxs + int64_t(r0) * C, gp.up_w + int64_t(e) * 2 * F * C, nullptr,
-                  dup_.f32() + int64_t(r0) * 2 * F, xs + int64_t(r0) * C,
-                  p.up_w + int64_t(e) * 2 * F * C, n, C, 2 * F, WeightLayout::out_in);
+  if (!ep_) {
+    experts_backward(c, p, gp, r.offsets, xs, a.up.f32(), a.act.f32(), dys, dxs);
+  } else {
+    // The outputs' gradients to the experts' ranks, the inputs' gradients back.
+    dist::Comm& ep = *opt_.ep;
+    MoeDispatch& d = *a.dispatch;
+    const int R = d.rows();
+    std::vector<float> buf(size_t(R) * C), dye(size_t(R) * C), dxe(size_t(R) * C);
+    ep.all_to_all_v(dys, times(d.send_rows, C), buf.data(), times(d.recv_rows, C));
+    gather_rows_by(dye.data(), buf.data(), d.grouped, C);
+    experts_backward(c, p, gp, d.offsets, d.xe.data(), d.up.data(), d.act.data(), dye.data(),
+                     dxe.data());
+    scatter_rows_by(buf.data(), dxe.data(), d.grouped, C);
+    ep.all_to_all_v(buf.data(), times(d.recv_rows, C), dxs, times(d.send_rows, C));
+    comm_bytes_ += 8 * int64_t(M) * C;
   }
   // d ln2: the experts' input gradients back at their tokens, plus the router's.
   float* dln = dln_.f32();

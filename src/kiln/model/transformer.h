@@ -166,6 +166,11 @@ struct TrainOptions {
   // QLoRA (with lora): the base's linear weights are these NF4 tensors, dequantized for each GEMM
   // at the precision (bf16 or fp32); the flat buffer's copies of them are not read.
   const Nf4Base* nf4 = nullptr;
+  // Expert parallelism: the model holds the experts of its part (PipelineStage::first_expert..)
+  // and `ep` (its ranks' parts in order) is the group its tokens are dispatched over: each MoE
+  // layer sends every routed row to the rank owning its expert and gets the output back
+  // (Comm::all_to_all_v). Null or size 1: the model holds every expert.
+  dist::Comm* ep = nullptr;
 };
 
 // Activations and scratch for training on (B, T). Sized once; reused every step. With
@@ -239,6 +244,9 @@ class TrainState {
     // MoE: up and act hold the permuted rows (up to N*k); ye the experts' outputs per row.
     Tensor ye;
     std::shared_ptr<MoeRouting> route;
+    // Expert parallelism: the rows this rank's experts received (xe, grouped by local expert),
+    // their up and act, and how they came (moe.cpp's MoeDispatch).
+    std::shared_ptr<MoeDispatch> dispatch;
   };
   void alloc_layer(const ModelConfig& c, LayerActs& a, bool input, bool body, bool core);
   // Which storage layer l's activations live in: its own, or the shared recompute scratch.
@@ -249,10 +257,18 @@ class TrainState {
                       LayerActs& a);
   // A Mixtral layer's MLP: x_next = x_mid + sum over each token's experts of weight * expert(ln2),
   // each expert one GEMM over its permuted rows; and its backward, from dy = d x_next, into
-  // dln_ (d ln2).
+  // dln_ (d ln2). Under expert parallelism the rows travel to their experts' ranks and back.
   void forward_moe(const ModelConfig& c, const LayerParams& p, LayerActs& a, float* x_next);
   void backward_moe(const ModelConfig& c, const LayerParams& p, const LayerParams& gp, LayerActs& a,
                     const float* dy);
+  // This rank's experts over their rows: x (rows, C) grouped by local expert as `offsets` (El+1)
+  // says -> up (rows, 2F), act (rows, F), y (rows, C); and the backward from dy (rows, C) into dx
+  // (rows, C) and the experts' gradients (gp).
+  void experts_forward(const ModelConfig& c, const LayerParams& p, const std::vector<int>& offsets,
+                       const float* x, float* up, float* act, float* y);
+  void experts_backward(const ModelConfig& c, const LayerParams& p, const LayerParams& gp,
+                        const std::vector<int>& offsets, const float* x, const float* up,
+                        const float* act, const float* dy, float* dx);
   // The auxiliary losses' share of the step's loss.
   double moe_loss() const;
   // The adapter's terms for layer l's fused GEMM `site` (nothing without LoRA): forward adds them
@@ -326,6 +342,8 @@ class TrainState {
   // gradient (N*k, C), the router's logits and their gradient (N, E), d weight (N, k).
   bool moe_ = false;
   MoeConfig moe_config_;
+  int first_expert_ = 0, local_experts_ = 0;  // this rank's experts (all of them without ep)
+  bool ep_ = false;                           // TrainOptions::ep has more than one rank
   float grad_scale_ = 1.0f;   // the current step's (the auxiliary losses' gradients take it too)
   bool recomputing_ = false;  // in backward's rerun of a layer: its routing is counted already
   Tensor moe_x_, moe_dx_, moe_dy_, moe_logits_, moe_dlogits_, moe_dw_;

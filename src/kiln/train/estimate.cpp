@@ -155,8 +155,15 @@ ModelConfig estimate_model(const std::string& spec) {
   if (s == "7b") return llama_shape(4096, 32, 32, 32, 11008, 4096);
   if (s == "13b") return llama_shape(5120, 40, 40, 40, 13824, 4096);
   if (s == "70b") return llama_shape(8192, 80, 64, 8, 28672, 4096);
+  if (s == "8x7b") {  // Mixtral 8x7B: 8 experts of Mistral 7B's MLP, 2 per token
+    ModelConfig c = llama_shape(4096, 32, 32, 8, 14336, 32768);
+    c.moe.experts = 8;
+    c.moe.experts_per_tok = 2;
+    return c;
+  }
   KILN_CHECK(std::filesystem::exists(spec), "estimate", "--model '", spec,
-             "' is neither a named size (125m, 350m, 1.3b, 7b, 13b, 70b) nor a config.json file");
+             "' is neither a named size (125m, 350m, 1.3b, 7b, 13b, 70b, 8x7b) nor a ",
+             "config.json file");
   return load_model_config(spec);
 }
 
@@ -168,7 +175,11 @@ MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& c, int B, int T, const T
   const double P = double(c.num_params());
   // Per layer: x_in, ln1, x_mid, ln2 (4C), qkv, att, lse (H per token), up, act, and the norm
   // statistics (rstd; GPT-2's LayerNorm also keeps the mean).
-  const double per_layer = 4 * C + QKV + HD + H + UP + F + (gpt2 ? 4 : 2);
+  double per_layer = 4 * C + QKV + HD + H + UP + F + (gpt2 ? 4 : 2);
+  // MoE: up and act hold k permuted rows per token, plus the experts' outputs (k C) and the
+  // routing (probabilities E, log-sum-exp, experts, weights and permuted rows k each).
+  const double k = c.moe.experts_per_tok, E = c.moe.experts;
+  if (c.moe.enabled()) per_layer += (k - 1) * (UP + F) + k * C + E + 1 + 3 * k;
   // Recomputing layers keep less: selective drops the attention output and lse (HD + H), full
   // keeps only x_in (C); one shared scratch layer holds what they rebuild in backward.
   const int rl = opt.recompute == Recompute::none ? 0
@@ -179,7 +190,10 @@ MemoryBytes estimate_kiln_cpu_memory(const ModelConfig& c, int B, int T, const T
                          : opt.recompute == Recompute::full ? per_layer - C
                                                             : HD + H;
   // Once: x_out, lnf, dlnf, and the backward's dres, dln (5C), datt, dqkv, dup, dact, rstdf/meanf.
-  const double once = 5 * C + HD + QKV + UP + F + (gpt2 ? 2 : 1);
+  double once = 5 * C + HD + QKV + UP + F + (gpt2 ? 2 : 1);
+  // MoE: dup and dact for k rows per token; the permuted input, its gradient and the outputs'
+  // gradient (3 k C); the router's logits and their gradient (2 E); d weight (k).
+  if (c.moe.enabled()) once += (k - 1) * (UP + F) + 3 * k * C + 2 * E + k;
   MemoryBytes m;
   m.weights = 4 * P;
   m.grads = 4 * P;
@@ -216,6 +230,10 @@ Estimate estimate(const EstimateInput& in_) {
   const int64_t exact = c.num_params();
   e.params = in.params_override > 0 ? in.params_override : exact;
   const double N = double(e.params), scale = N / double(exact);
+  // FLOPs follow the parameters a token uses (MoE: the experts it is routed to); memory holds
+  // them all.
+  e.active_params = int64_t(std::llround(double(c.active_params()) * scale));
+  const double N_active = double(e.active_params);
   if (in.tokens == 0) in.tokens = 20.0 * N;  // Chinchilla: 20 tokens per parameter
   e.micro_batches = int(in.global_batch / (int64_t(in.micro_batch) * in.dp));
   const int m = e.micro_batches, p = in.pp, t = in.tp;
@@ -279,7 +297,7 @@ Estimate estimate(const EstimateInput& in_) {
   }
   e.fits = e.memory.total() <= in.gpu_memory;
 
-  const StepFlops f = step_flops(c, N, double(in.global_batch), in.seq, in.recompute);
+  const StepFlops f = step_flops(c, N_active, double(in.global_batch), in.seq, in.recompute);
   e.tokens_per_step = double(in.global_batch) * in.seq;
   e.flops_6n = f.matmul;
   e.flops_attention = f.attention;
@@ -296,7 +314,7 @@ Estimate estimate(const EstimateInput& in_) {
   e.step_seconds = e.flops_per_step() / rate * (1 + e.overhead) / (1 - e.bubble);
   e.steps = int64_t(std::ceil(in.tokens / e.tokens_per_step));
   e.run_seconds = double(e.steps) * e.step_seconds;
-  e.run_seconds_6nd = 6.0 * N * in.tokens / rate;
+  e.run_seconds_6nd = 6.0 * N_active * in.tokens / rate;
   e.in = in;
   return e;
 }
@@ -391,6 +409,9 @@ std::string estimate_table(const Estimate& e) {
   line("model     N = %.4g parameters%s (L=%d C=%d H=%d K=%d F=%d V=%d)", double(e.params),
        in.params_override ? " (--params)" : "", c.layers, c.hidden, c.heads, c.kv_heads,
        c.intermediate, c.vocab_size);
+  if (c.moe.enabled())
+    line("experts   %d per MoE layer, %d per token: %.4g active parameters per token (the FLOPs' N)",
+         c.moe.experts, c.moe.experts_per_tok, double(e.active_params));
   if (in.kiln_cpu) {
     line("target    kiln CPU trainer, fp32, B=%d T=%d", in.micro_batch, in.seq);
   } else {
@@ -425,7 +446,7 @@ std::string estimate_table(const Estimate& e) {
   line("  run           D = %.4g tokens, %lld steps: %.1f days", in.tokens, (long long)e.steps,
        e.run_seconds / kDay);
   line("  6*N*D         %.4g FLOPs: %.4g s = %.1f days at %.0f TFLOP/s x %d x MFU %.2f",
-       6.0 * double(e.params) * in.tokens, e.run_seconds_6nd, e.run_seconds_6nd / kDay,
+       6.0 * double(e.active_params) * in.tokens, e.run_seconds_6nd, e.run_seconds_6nd / kDay,
        in.peak_tflops, in.gpus, in.mfu);
   return o.str();
 }
@@ -434,6 +455,7 @@ nlohmann::json estimate_json(const Estimate& e) {
   const EstimateInput& in = e.in;
   nlohmann::json j;
   j["params"] = e.params;
+  j["active_params"] = e.active_params;
   j["rank_params"] = e.rank_params;
   j["gpus"] = in.gpus;
   j["gpu_memory"] = in.gpu_memory;
@@ -467,7 +489,7 @@ nlohmann::json estimate_json(const Estimate& e) {
   j["tokens"] = in.tokens;
   j["steps"] = e.steps;
   j["run_days"] = e.run_seconds / kDay;
-  j["flops_6nd"] = 6.0 * double(e.params) * in.tokens;
+  j["flops_6nd"] = 6.0 * double(e.active_params) * in.tokens;
   j["run_days_6nd"] = e.run_seconds_6nd / kDay;
   j["mfu"] = in.mfu;
   return j;

@@ -61,7 +61,8 @@ struct MemoryBytes {
 
 struct Estimate {
   EstimateInput in;         // the input, with dp / global batch / tokens resolved
-  int64_t params = 0;       // N
+  int64_t params = 0;         // N
+  int64_t active_params = 0;  // a token's share of N: all of it, or for MoE the k experts it uses
   int64_t rank_params = 0;  // parameters one model-parallel rank holds (before ZeRO-3 sharding)
   double bytes_per_param[3] = {0, 0, 0};  // weights, grads, optimizer (before ZeRO sharding)
   MemoryBytes memory;                     // per rank, the most loaded pipeline stage
@@ -69,7 +70,7 @@ struct Estimate {
 
   int micro_batches = 1;       // m, per data-parallel rank per step
   double tokens_per_step = 0;  // global_batch * seq
-  double flops_6n = 0;         // 6·N·tokens per step
+  double flops_6n = 0;         // 6·N·tokens per step (MoE: N active)
   double flops_attention = 0;  // 12·L·T²·C per sequence, per step
   double flops_recompute = 0;  // extra forward work recomputation adds, per step
   double bubble = 0;           // pipeline bubble fraction (p-1)/(m+p-1)

@@ -76,6 +76,14 @@ void keep_stage(std::unique_ptr<Model>& model, AdamW& opt, const AdamWConfig& cf
 
 GatheredModel gather_stages(const Model& model, AdamW& opt, const AdamWConfig& cfg,
                             dist::Comm& pp) {
+  return gather_parts(model, opt, cfg, pp, [&](int s) {
+    return pipeline_stage(model.config(), pp.size(), s);
+  });
+}
+
+GatheredModel gather_parts(const Model& model, AdamW& opt, const AdamWConfig& cfg,
+                           dist::Comm& comm, const std::function<PipelineStage(int)>& part_of) {
+  dist::Comm& pp = comm;
   const int stages = pp.size();
   // Between steps no pipeline message is in flight, so tag 0 cannot match a training message.
   if (pp.rank() != 0) {
@@ -94,7 +102,7 @@ GatheredModel gather_stages(const Model& model, AdamW& opt, const AdamWConfig& c
   };
   take(model, model.weights(), opt.m(), opt.v());
   for (int s = 1; s < stages; ++s) {
-    Model part(model.config(), pipeline_stage(model.config(), stages, s));
+    Model part(model.config(), part_of(s));
     Tensor m = Tensor::empty({part.num_params()}), v = Tensor::empty({part.num_params()});
     for (Tensor* t : {&part.weights(), &m, &v}) pp.recv(t->f32(), t->numel(), s, 0);
     take(part, part.weights(), m, v);

@@ -4,6 +4,7 @@
 // forward and their gradients backward over the pipeline group with Comm send/recv.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,10 @@ struct GatheredModel {
 // whole model (the others return an empty GatheredModel). Costs stage 0 a whole model's weights
 // and moments in memory for as long as the result lives.
 GatheredModel gather_stages(const Model& model, AdamW& opt, const AdamWConfig& cfg, dist::Comm& pp);
+// The same over any split of the model into parts, rank r of `comm` holding part_of(r) (expert
+// parallelism: each rank's run of the experts).
+GatheredModel gather_parts(const Model& model, AdamW& opt, const AdamWConfig& cfg,
+                           dist::Comm& comm, const std::function<PipelineStage(int)>& part_of);
 
 // One rank's stage of a pipeline: the schedule, one TrainState per micro-batch that can be in
 // flight, and the exchange with the neighbouring stages over the pipeline group `pp` (rank =

@@ -88,8 +88,22 @@ std::unique_ptr<StepRunner> make_step_runner(const TrainConfig& cfg, dist::Proce
     KILN_CHECK(!cfg.trains_adapter(), "train",
                "LoRA and QLoRA on a Mixture-of-Experts model are not built; use method: full");
     KILN_CHECK(tp == 1 && pp == 1, "train", "a Mixture-of-Experts model trains with data ",
-               "parallelism and ZeRO (parallel.dp, parallel.zero); parallel.tp = ", tp,
-               " and parallel.pp = ", pp, " are not built for its experts yet: set both to 1");
+               "and expert parallelism and ZeRO (parallel.dp, parallel.ep, parallel.zero); ",
+               "parallel.tp = ", tp, " and parallel.pp = ", pp,
+               " are not built for its experts yet: set both to 1");
+  }
+  if (cfg.parallel.ep > 1) {
+    KILN_CHECK(model->config().moe.enabled(), "train", "parallel.ep = ", cfg.parallel.ep,
+               " splits a Mixture-of-Experts model's experts, but this model is dense; use "
+               "parallel.ep = 1");
+    KILN_CHECK(cfg.parallel.zero == 0 && cfg.device == Device::cpu, "train",
+               "parallel.ep > 1 runs with parallel.zero = 0 on device: cpu for now");
+    RunnerPart part;
+    part.whole_cfg = model->config();
+    part.topt = {cfg.train.precision, cfg.train.recompute, cfg.train.recompute_layers};
+    part.model = std::move(model);
+    part.opt = std::move(opt);
+    return make_expert_runner(cfg, groups, std::move(part));
   }
   if (cfg.trains_adapter()) return make_lora_runner(cfg, groups, std::move(model));
   const AdamWConfig adamw = adamw_config(cfg);

@@ -7,6 +7,8 @@
 //   pipeline (part_runner.cpp)         a stage (of a shard): Pipeline, AdamW or DpShardedAdamW
 //   GPU (gpu_runner.cpp)      device: cuda, one process: CudaTrainState
 //   LoRA (lora_runner.cpp)    method lora: the base frozen, an adapter trained (dp only)
+//   expert parallel (expert_runner.cpp)  parallel.ep > 1: a Mixture-of-Experts model's experts
+//                             split over ep ranks, TrainState dispatching rows to them, AdamW
 // Every runner makes the same decisions in the same order (StepRunner::step): a non-finite loss
 // or an fp16 overflow on any rank skips the step on all of them; otherwise the gradients are
 // unscaled, the whole model's norm taken, and clip_and_update (optimizer.h) clips and updates.

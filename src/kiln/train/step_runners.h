@@ -23,6 +23,8 @@ std::unique_ptr<StepRunner> make_part_runner(const TrainConfig& cfg, dist::Proce
                                              RunnerPart part);
 std::unique_ptr<StepRunner> make_lora_runner(const TrainConfig& cfg, dist::ProcessGroups& groups,
                                              std::unique_ptr<Model> base);
+std::unique_ptr<StepRunner> make_expert_runner(const TrainConfig& cfg, dist::ProcessGroups& groups,
+                                               RunnerPart part);
 std::unique_ptr<StepRunner> make_gpu_runner(const TrainConfig& cfg, dist::ProcessGroups& groups,
                                             RunnerPart part);
 

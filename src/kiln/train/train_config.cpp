@@ -215,6 +215,7 @@ void read_parallel(const YAML::Node& node, const std::string& path, TrainConfig&
   auto& p = c.parallel;
   par.get("tp", p.tp);
   par.get("pp", p.pp);
+  par.get("ep", p.ep);
   par.get("zero", p.zero);
   par.get("sequence_parallel", p.sequence_parallel);
   par.get("schedule", p.schedule);
@@ -222,8 +223,10 @@ void read_parallel(const YAML::Node& node, const std::string& path, TrainConfig&
   par.get("timeout_s", p.timeout_s);
   par.get("checkpoint", p.checkpoint);
   par.finish();
-  KILN_CHECK(p.tp >= 1 && p.pp >= 1, "config", path,
-             ": parallel.tp and parallel.pp must be at least 1");
+  KILN_CHECK(p.tp >= 1 && p.pp >= 1 && p.ep >= 1, "config", path,
+             ": parallel.tp, parallel.pp and parallel.ep must be at least 1");
+  KILN_CHECK(p.ep == 1 || p.checkpoint == "gathered", "config", path,
+             ": parallel.ep > 1 writes gathered checkpoints; set parallel.checkpoint=gathered");
   KILN_CHECK(p.zero >= 0 && p.zero <= 3, "config", path, ": parallel.zero = ", p.zero,
              " is not a ZeRO stage; use 0, 1, 2 or 3");
   KILN_CHECK(p.schedule == "1f1b" || p.schedule == "gpipe", "config", path, ": parallel.schedule '",
@@ -234,9 +237,10 @@ void read_parallel(const YAML::Node& node, const std::string& path, TrainConfig&
              ": parallel.bucket_mb and parallel.timeout_s must be positive");
   KILN_CHECK(!p.sequence_parallel || p.tp > 1, "config", path,
              ": parallel.sequence_parallel needs parallel.tp > 1");
-  KILN_CHECK(c.train.final_checkpoint || c.train.samples == 0 || p.pp == 1, "config", path,
-             ": with parallel.pp > 1 the samples come from the final checkpoint; set ",
-             "train.samples=0 or train.final_checkpoint=true");
+  KILN_CHECK(c.train.final_checkpoint || c.train.samples == 0 || (p.pp == 1 && p.ep == 1),
+             "config", path,
+             ": with parallel.pp > 1 or parallel.ep > 1 the samples come from the final ",
+             "checkpoint; set train.samples=0 or train.final_checkpoint=true");
 }
 
 }  // namespace

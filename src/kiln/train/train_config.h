@@ -104,6 +104,7 @@ struct TrainConfig {
   struct Parallel {
     int tp = 1;                      // tensor-parallel ranks (divide the heads and kv heads)
     int pp = 1;                      // pipeline stages (divide the layers)
+    int ep = 1;  // expert-parallel ranks: split a MoE model's experts (divide dp and the experts)
     int zero = 0;                    // 0 plain DP, 1 optimizer state, 2 + gradients, 3 + weights
     bool sequence_parallel = false;  // with tp > 1: norms and residuals on 1/tp of the tokens
     std::string schedule = "1f1b";   // pipeline schedule: 1f1b | gpipe
